@@ -1,0 +1,2 @@
+//! `hbone` (work in progress).
+#![forbid(unsafe_code)]

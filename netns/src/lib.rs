@@ -1,0 +1,2 @@
+//! `netns` (work in progress).
+#![forbid(unsafe_code)]

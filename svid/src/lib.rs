@@ -1,0 +1,2 @@
+//! `svid` (work in progress).
+#![forbid(unsafe_code)]

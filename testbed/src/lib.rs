@@ -1,0 +1,2 @@
+//! `testbed` (work in progress).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! `xds-workload` (work in progress).
+#![forbid(unsafe_code)]

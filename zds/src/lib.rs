@@ -1,0 +1,2 @@
+//! `zds` (work in progress).
+#![forbid(unsafe_code)]
