@@ -1,0 +1,3 @@
+//! Example `agent` (work in progress).
+
+fn main() {}

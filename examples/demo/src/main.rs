@@ -1,0 +1,3 @@
+//! Example `demo` (work in progress).
+
+fn main() {}

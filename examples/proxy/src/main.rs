@@ -1,0 +1,3 @@
+//! Example `proxy` (work in progress).
+
+fn main() {}
