@@ -1,3 +1,6 @@
-//! Example `agent` (work in progress).
+//! Example node agent (see README.md).
+
+mod cli;
+mod workloads;
 
 fn main() {}

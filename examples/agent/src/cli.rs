@@ -1,0 +1,205 @@
+//! Command line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Node agent: enrolls pods by namespace label, hands their network namespace to the node
+/// proxy over ZDS, installs the in-pod redirection rules, serves workload xDS and signs
+/// workload certificates.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agent", version, about, long_about = None)]
+pub(crate) struct Args {
+    /// Cluster-wide workloads file (YAML: namespaces, pods, policies); re-read when it changes.
+    #[arg(long, env = "AGENT_WORKLOADS", value_name = "FILE")]
+    pub(crate) workloads: PathBuf,
+
+    /// Name of the node this agent runs on; pods whose `node` equals it are enrolled here.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub(crate) node_name: String,
+
+    /// Trust domain of the SPIFFE identities this agent publishes and signs.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub(crate) trust_domain: String,
+
+    /// Namespace label that enrolls a namespace when its value is exactly "true".
+    #[arg(long, env = "MTLS_LABEL_KEY", default_value = "io.cilium/mtls-enabled")]
+    pub(crate) label_key: String,
+
+    /// ZDS socket (SOCK_SEQPACKET) the node proxy connects to.
+    #[arg(
+        long,
+        env = "ZDS_SOCKET",
+        value_name = "PATH",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    pub(crate) zds_socket: PathBuf,
+
+    /// Address of the TLS gRPC endpoint serving workload xDS and the certificate service.
+    #[arg(
+        long,
+        env = "XDS_LISTEN_ADDRESS",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:15012"
+    )]
+    pub(crate) xds_address: SocketAddr,
+
+    /// Also serve workload xDS (plaintext gRPC, no CA) on this unix socket.
+    #[arg(long, env = "XDS_UNIX_SOCKET", value_name = "PATH")]
+    pub(crate) xds_unix_socket: Option<PathBuf>,
+
+    /// Directory for agent state; the CA root is written to `<state-dir>/root-cert.pem`.
+    #[arg(
+        long,
+        env = "AGENT_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/run/meshwire/agent"
+    )]
+    pub(crate) state_dir: PathBuf,
+
+    /// CA certificate (PEM). Unset: a root is generated. Set but missing: generated and written here.
+    #[arg(long, env = "CA_CERT_FILE", value_name = "FILE", requires = "ca_key")]
+    pub(crate) ca_cert: Option<PathBuf>,
+
+    /// CA private key (PEM), used together with --ca-cert.
+    #[arg(long, env = "CA_KEY_FILE", value_name = "FILE", requires = "ca_cert")]
+    pub(crate) ca_key: Option<PathBuf>,
+
+    /// In-pod redirection rule preset.
+    #[arg(long, env = "RULES_PRESET", value_enum, default_value_t = RulesPreset::Istio)]
+    pub(crate) rules: RulesPreset,
+
+    /// Interval of the periodic check that repairs rule drift and re-sends lost pods
+    /// (e.g. 500ms, 10s, 1m).
+    #[arg(long, env = "RECONCILE_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) reconcile_interval: Duration,
+
+    /// Address of the Prometheus endpoint (`/metrics`).
+    #[arg(
+        long,
+        env = "AGENT_METRICS_ADDRESS",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9964"
+    )]
+    pub(crate) metrics_address: SocketAddr,
+
+    /// Cluster id of the workloads this agent publishes.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub(crate) cluster_id: String,
+}
+
+/// Which in-pod redirection rule set the agent installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RulesPreset {
+    /// Istio-style chains (`ISTIO_*`).
+    Istio,
+    /// Cilium-style chains (`CILIUM_*`).
+    Cilium,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number followed by ms, s, m or h")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let a =
+            Args::try_parse_from(["agent", "--workloads", "w.yaml", "--node-name", "n1"]).unwrap();
+        assert_eq!(a.trust_domain, "cluster.local");
+        assert_eq!(a.label_key, "io.cilium/mtls-enabled");
+        assert_eq!(a.zds_socket, PathBuf::from("/var/run/ztunnel/ztunnel.sock"));
+        assert_eq!(
+            a.xds_address,
+            "127.0.0.1:15012".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(a.xds_unix_socket, None);
+        assert_eq!(a.state_dir, PathBuf::from("/var/run/meshwire/agent"));
+        assert_eq!(a.ca_cert, None);
+        assert_eq!(a.rules, RulesPreset::Istio);
+        assert_eq!(a.reconcile_interval, Duration::from_secs(10));
+        assert_eq!(
+            a.metrics_address,
+            "127.0.0.1:9964".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(a.cluster_id, "Kubernetes");
+    }
+
+    #[test]
+    fn required_flags_and_pairs() {
+        assert!(Args::try_parse_from(["agent", "--node-name", "n1"]).is_err());
+        assert!(Args::try_parse_from(["agent", "--workloads", "w"]).is_err());
+        // --ca-cert without --ca-key is refused.
+        assert!(
+            Args::try_parse_from([
+                "agent",
+                "--workloads",
+                "w",
+                "--node-name",
+                "n",
+                "--ca-cert",
+                "c"
+            ])
+            .is_err()
+        );
+        let a = Args::try_parse_from([
+            "agent",
+            "--workloads",
+            "w",
+            "--node-name",
+            "n",
+            "--rules",
+            "cilium",
+            "--reconcile-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(a.rules, RulesPreset::Cilium);
+        assert_eq!(a.reconcile_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
