@@ -1,0 +1,368 @@
+//! Command line and environment: every flag of the proxy, its environment variable and its
+//! default, and the resolved [`Config`] the rest of the binary runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Default ZDS socket path (the agent listens, the proxy connects).
+pub(crate) const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
+/// Default xDS (and CA) endpoint: gRPC over TLS on the node's loopback.
+pub(crate) const DEFAULT_XDS_ADDRESS: &str = "https://127.0.0.1:15012";
+/// Default root certificate that signs the xDS/CA serving certificate.
+pub(crate) const DEFAULT_XDS_ROOT_CA: &str = "/var/run/meshwire/agent/root-cert.pem";
+/// Default `SO_MARK` on every socket the proxy makes inside a pod (0x539).
+pub(crate) const DEFAULT_PACKET_MARK: u32 = 1337;
+
+/// Node proxy: per-pod listeners inside each enrolled pod's network namespace (15001 outbound,
+/// 15006 inbound plaintext, 15008 inbound HBONE), HBONE between pods with SPIFFE identities
+/// checked on both ends, L4 authorization, Prometheus metrics, readiness and admin endpoints.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "proxy", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// ZDS socket the node agent listens on (SOCK_SEQPACKET); the proxy connects to it.
+    #[arg(long, env = "INPOD_UDS", default_value = DEFAULT_ZDS_SOCKET)]
+    pub(crate) zds_socket: PathBuf,
+
+    /// Workload xDS endpoint (Delta ADS over gRPC/TLS).
+    #[arg(long, env = "XDS_ADDRESS", default_value = DEFAULT_XDS_ADDRESS)]
+    pub(crate) xds_address: String,
+
+    /// PEM root(s) that sign the xDS serving certificate: a file path, `SYSTEM` for the OS
+    /// store is not supported; a value that is not an existing file is taken as inline PEM.
+    #[arg(long, env = "XDS_ROOT_CA", default_value = DEFAULT_XDS_ROOT_CA)]
+    pub(crate) xds_root_ca: String,
+
+    /// Certificate service endpoint (IstioCertificateService over gRPC/TLS) [default: the xDS
+    /// address].
+    #[arg(long, env = "CA_ADDRESS")]
+    pub(crate) ca_address: Option<String>,
+
+    /// PEM root(s) that sign the CA serving certificate [default: the xDS root].
+    #[arg(long, env = "CA_ROOT_CA")]
+    pub(crate) ca_root_ca: Option<String>,
+
+    /// Name of the node this proxy serves; only pods whose xDS workload names this node are
+    /// proxied.
+    #[arg(long, env = "NODE_NAME")]
+    pub(crate) node_name: String,
+
+    /// Cluster id sent to the control plane (`clusterid` header and node metadata).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub(crate) cluster_id: String,
+
+    /// File holding a bearer token for the control plane (re-read per request); if the value is
+    /// not an existing file it is used as the token itself.
+    #[arg(long = "auth-token-file", env = "AUTH_TOKEN")]
+    pub(crate) auth_token: Option<String>,
+
+    /// SO_MARK put on every socket made inside a pod network namespace.
+    #[arg(long, env = "PACKET_MARK", default_value_t = DEFAULT_PACKET_MARK)]
+    pub(crate) packet_mark: u32,
+
+    /// Prometheus metrics endpoint (`/metrics`, `/stats/prometheus`).
+    #[arg(long, default_value = "[::]:15020")]
+    pub(crate) metrics_address: SocketAddr,
+
+    /// Readiness endpoint (`/healthz/ready`).
+    #[arg(long, default_value = "[::]:15021")]
+    pub(crate) readiness_address: SocketAddr,
+
+    /// Admin endpoint (`/config_dump`, `/quitquitquit`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub(crate) admin_address: SocketAddr,
+
+    /// Requested validity of workload certificates (e.g. `24h`, `90m`, `3600s`).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) secret_ttl: Duration,
+
+    /// How long in-flight connections may run after SIGTERM before they are cut.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
+}
+
+/// Everything the proxy runs on, resolved from [`Cli`] (defaults that depend on other flags
+/// filled in).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) zds_socket: PathBuf,
+    pub(crate) xds_address: String,
+    pub(crate) xds_root_ca: String,
+    pub(crate) ca_address: String,
+    pub(crate) ca_root_ca: String,
+    pub(crate) node_name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) auth_token: Option<String>,
+    pub(crate) packet_mark: u32,
+    pub(crate) metrics_address: SocketAddr,
+    pub(crate) readiness_address: SocketAddr,
+    pub(crate) admin_address: SocketAddr,
+    pub(crate) secret_ttl: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) json_logs: bool,
+}
+
+impl Cli {
+    /// Resolves dependent defaults and checks values clap cannot check.
+    pub(crate) fn into_config(self) -> anyhow::Result<Config> {
+        if self.node_name.trim().is_empty() {
+            bail!("--node-name must not be empty");
+        }
+        if self.packet_mark == 0 {
+            bail!("--packet-mark must not be 0 (the in-pod rules exempt marked sockets)");
+        }
+        let xds_address = normalize_address(&self.xds_address).context("--xds-address")?;
+        let ca_address = match self.ca_address {
+            Some(a) => normalize_address(&a).context("--ca-address")?,
+            None => xds_address.clone(),
+        };
+        if self.secret_ttl.is_zero() {
+            bail!("--secret-ttl must be positive");
+        }
+        Ok(Config {
+            zds_socket: self.zds_socket,
+            ca_root_ca: self.ca_root_ca.unwrap_or_else(|| self.xds_root_ca.clone()),
+            xds_root_ca: self.xds_root_ca,
+            xds_address,
+            ca_address,
+            node_name: self.node_name,
+            cluster_id: self.cluster_id,
+            auth_token: self.auth_token,
+            packet_mark: self.packet_mark,
+            metrics_address: self.metrics_address,
+            readiness_address: self.readiness_address,
+            admin_address: self.admin_address,
+            secret_ttl: self.secret_ttl,
+            drain_timeout: self.drain_timeout,
+            json_logs: self.log_format == "json",
+        })
+    }
+}
+
+/// Adds `https://` when the address has no scheme (as the control-plane clients of the mesh do)
+/// and rejects anything but `http`/`https` URIs with a host and port.
+pub(crate) fn normalize_address(address: &str) -> anyhow::Result<String> {
+    let address = address.trim();
+    let with_scheme = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("https://{address}")
+    };
+    let uri: hyper::Uri = with_scheme
+        .parse()
+        .with_context(|| format!("{address:?} is not a URI"))?;
+    match uri.scheme_str() {
+        Some("https" | "http") => {}
+        other => bail!("{address:?}: unsupported scheme {other:?} (use https://)"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        bail!("{address:?} has no host");
+    }
+    Ok(with_scheme.trim_end_matches('/').to_owned())
+}
+
+/// Parses a duration such as `24h`, `90m`, `1h30m`, `10s`, `500ms` or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{s:?}: expected a number before a unit"));
+        }
+        let (number, tail) = rest.split_at(digits);
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("{s:?}: number out of range"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let unit = match unit {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86400),
+            "" => return Err(format!("{s:?}: missing unit after {value}")),
+            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d)")),
+        };
+        let part = u32::try_from(value)
+            .ok()
+            .and_then(|v| unit.checked_mul(v))
+            .ok_or_else(|| format!("{s:?}: duration too large"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("{s:?}: duration too large"))?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Parses like the binary does, but without reading the process environment so the tests
+    /// do not depend on it.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        let cmd = Cli::command().mut_args(|a| a.env(None));
+        let matches =
+            cmd.try_get_matches_from(std::iter::once("proxy").chain(args.iter().copied()))?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cfg = parse(&["--node-name", "node-1"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            cfg.zds_socket,
+            PathBuf::from("/var/run/ztunnel/ztunnel.sock")
+        );
+        assert_eq!(cfg.xds_address, "https://127.0.0.1:15012");
+        assert_eq!(cfg.ca_address, "https://127.0.0.1:15012");
+        assert_eq!(cfg.xds_root_ca, "/var/run/meshwire/agent/root-cert.pem");
+        assert_eq!(cfg.ca_root_ca, "/var/run/meshwire/agent/root-cert.pem");
+        assert_eq!(cfg.node_name, "node-1");
+        assert_eq!(cfg.cluster_id, "Kubernetes");
+        assert_eq!(cfg.auth_token, None);
+        assert_eq!(cfg.packet_mark, 0x539);
+        assert_eq!(cfg.metrics_address, "[::]:15020".parse().unwrap());
+        assert_eq!(cfg.readiness_address, "[::]:15021".parse().unwrap());
+        assert_eq!(cfg.admin_address, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(cfg.secret_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn node_name_is_required() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn env_names_match_the_contract() {
+        let cmd = Cli::command();
+        let env_of = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env_of("zds_socket").as_deref(), Some("INPOD_UDS"));
+        assert_eq!(env_of("xds_address").as_deref(), Some("XDS_ADDRESS"));
+        assert_eq!(env_of("xds_root_ca").as_deref(), Some("XDS_ROOT_CA"));
+        assert_eq!(env_of("ca_address").as_deref(), Some("CA_ADDRESS"));
+        assert_eq!(env_of("ca_root_ca").as_deref(), Some("CA_ROOT_CA"));
+        assert_eq!(env_of("node_name").as_deref(), Some("NODE_NAME"));
+        assert_eq!(env_of("cluster_id").as_deref(), Some("CLUSTER_ID"));
+        assert_eq!(env_of("auth_token").as_deref(), Some("AUTH_TOKEN"));
+        assert_eq!(env_of("packet_mark").as_deref(), Some("PACKET_MARK"));
+        assert_eq!(env_of("secret_ttl").as_deref(), Some("SECRET_TTL"));
+        assert_eq!(env_of("metrics_address"), None);
+        assert_eq!(env_of("readiness_address"), None);
+        assert_eq!(env_of("admin_address"), None);
+        let long_of = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_long())
+        };
+        assert_eq!(long_of("auth_token"), Some("auth-token-file"));
+        assert_eq!(long_of("zds_socket"), Some("zds-socket"));
+        assert_eq!(long_of("metrics_address"), Some("metrics-address"));
+    }
+
+    #[test]
+    fn explicit_ca_overrides_xds() {
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--xds-address",
+            "localhost:15012",
+            "--ca-address",
+            "https://10.0.0.1:15012/",
+            "--ca-root-ca",
+            "/tmp/ca.pem",
+            "--packet-mark",
+            "4096",
+            "--secret-ttl",
+            "1h30m",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.xds_address, "https://localhost:15012");
+        assert_eq!(cfg.ca_address, "https://10.0.0.1:15012");
+        assert_eq!(cfg.ca_root_ca, "/tmp/ca.pem");
+        assert_eq!(cfg.xds_root_ca, DEFAULT_XDS_ROOT_CA);
+        assert_eq!(cfg.packet_mark, 4096);
+        assert_eq!(cfg.secret_ttl, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(parse(&["--node-name", "n", "--secret-ttl", "soon"]).is_err());
+        assert!(parse(&["--node-name", "n", "--packet-mark", "-1"]).is_err());
+        assert!(parse(&["--node-name", "n", "--metrics-address", "nowhere"]).is_err());
+        let zero_mark = parse(&["--node-name", "n", "--packet-mark", "0"]).unwrap();
+        assert!(zero_mark.into_config().is_err());
+        let bad_scheme = parse(&["--node-name", "n", "--xds-address", "ftp://x:1"]).unwrap();
+        assert!(bad_scheme.into_config().is_err());
+        let blank = parse(&["--node-name", " "]).unwrap();
+        assert!(blank.into_config().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("5m3").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            normalize_address("127.0.0.1:15012").unwrap(),
+            "https://127.0.0.1:15012"
+        );
+        assert_eq!(
+            normalize_address("https://[::1]:15012").unwrap(),
+            "https://[::1]:15012"
+        );
+        assert!(normalize_address("https://").is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Routing decisions, kept free of I/O so they can be tested on their own: where an outbound
+//! connection goes, which application port an inbound HBONE stream may reach, and which ports
+//! the proxy refuses to proxy to (its own).
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Outbound capture port (REDIRECT target inside each pod).
+pub(crate) const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext capture port.
+pub(crate) const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// Inbound HBONE port (mutual TLS + HTTP/2 CONNECT).
+pub(crate) const HBONE_PORT: u16 = 15008;
+
+/// Ports the proxy never proxies to: its own capture ports (a connection to them would loop).
+pub(crate) const ILLEGAL_PORTS: [u16; 3] = [HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT];
+
+/// Text used when a connection would be proxied to one of the proxy's own ports.
+pub(crate) const RECURSION: &str = "attempted recursive call to ourselves";
+
+pub(crate) fn is_illegal_port(port: u16) -> bool {
+    ILLEGAL_PORTS.contains(&port)
+}
+
+/// What the workload store knows about an outbound destination address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// A workload that has this address.
+    Workload(DestinationWorkload),
+    /// A service VIP that has no usable endpoint.
+    ServiceWithoutEndpoints,
+    /// Nothing in the mesh has this address.
+    Unknown,
+}
+
+/// The workload chosen for an outbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DestinationWorkload {
+    /// Address to reach the workload on (a pod IP).
+    pub(crate) ip: IpAddr,
+    /// Port of the application on that workload (the original port, or a service's target port).
+    pub(crate) port: u16,
+    /// The workload receives HBONE on 15008 (it is enrolled).
+    pub(crate) hbone: bool,
+    /// SPIFFE ID the workload's certificate must carry.
+    pub(crate) identity: String,
+}
+
+/// How to carry one outbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OutboundRoute {
+    /// Refuse the connection (close it).
+    Reject(&'static str),
+    /// Plain TCP from the source pod to `dst` (permissive mode: the destination is not enrolled
+    /// or not in the mesh).
+    Passthrough { dst: SocketAddr },
+    /// HBONE: mutual TLS to `next_hop` (port 15008) verifying `identity`, then
+    /// `CONNECT authority`.
+    Hbone {
+        next_hop: SocketAddr,
+        authority: SocketAddr,
+        identity: String,
+    },
+}
+
+/// Chooses the route of a captured outbound connection whose original destination is
+/// `original_dst`, given what the store knows about it.
+pub(crate) fn outbound_route(original_dst: SocketAddr, destination: &Destination) -> OutboundRoute {
+    if original_dst.ip().is_loopback() && is_illegal_port(original_dst.port()) {
+        return OutboundRoute::Reject(RECURSION);
+    }
+    match destination {
+        Destination::Unknown => OutboundRoute::Passthrough { dst: original_dst },
+        Destination::ServiceWithoutEndpoints => OutboundRoute::Reject("no healthy upstream"),
+        Destination::Workload(w) if w.hbone => OutboundRoute::Hbone {
+            next_hop: SocketAddr::new(w.ip, HBONE_PORT),
+            authority: SocketAddr::new(w.ip, w.port),
+            identity: w.identity.clone(),
+        },
+        Destination::Workload(w) => OutboundRoute::Passthrough {
+            dst: SocketAddr::new(w.ip, w.port),
+        },
+    }
+}
+
+/// Why an inbound HBONE stream is refused before the application is dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InboundRefusal {
+    /// The authority names another address than the one the connection arrived on (400).
+    WrongDestination,
+    /// The target port is one of the proxy's own ports (503).
+    IllegalPort,
+}
+
+impl InboundRefusal {
+    /// HTTP status answered on the CONNECT stream.
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Self::WrongDestination => 400,
+            Self::IllegalPort => 503,
+        }
+    }
+
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::WrongDestination => "authority does not match the destination address",
+            Self::IllegalPort => RECURSION,
+        }
+    }
+}
+
+/// Validates the `CONNECT` authority of an inbound HBONE stream against the address the TLS
+/// connection arrived on (`local`, the pod's IP and 15008) and returns the application
+/// address to dial: always the pod's own IP, with the authority's port.
+pub(crate) fn inbound_target(
+    authority: SocketAddr,
+    local: SocketAddr,
+) -> Result<SocketAddr, InboundRefusal> {
+    let local_ip = local.ip().to_canonical();
+    if authority.ip().to_canonical() != local_ip {
+        return Err(InboundRefusal::WrongDestination);
+    }
+    if is_illegal_port(authority.port()) {
+        return Err(InboundRefusal::IllegalPort);
+    }
+    Ok(SocketAddr::new(local_ip, authority.port()))
+}
+
+/// Checks the original destination of a plaintext connection captured on 15006.
+pub(crate) fn inbound_plaintext_target(
+    original_dst: SocketAddr,
+) -> Result<SocketAddr, &'static str> {
+    if is_illegal_port(original_dst.port()) {
+        return Err(RECURSION);
+    }
+    Ok(SocketAddr::new(
+        original_dst.ip().to_canonical(),
+        original_dst.port(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn workload(ip: &str, port: u16, hbone: bool) -> Destination {
+        Destination::Workload(DestinationWorkload {
+            ip: ip.parse().unwrap(),
+            port,
+            hbone,
+            identity: "spiffe://cluster.local/ns/shop/sa/server".into(),
+        })
+    }
+
+    #[test]
+    fn enrolled_destination_goes_over_hbone_to_15008() {
+        let route = outbound_route(sa("10.10.2.3:8080"), &workload("10.10.2.3", 8080, true));
+        assert_eq!(
+            route,
+            OutboundRoute::Hbone {
+                next_hop: sa("10.10.2.3:15008"),
+                authority: sa("10.10.2.3:8080"),
+                identity: "spiffe://cluster.local/ns/shop/sa/server".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_destination_keeps_its_family() {
+        let route = outbound_route(sa("[fd00::5]:80"), &workload("fd00::5", 80, true));
+        let OutboundRoute::Hbone {
+            next_hop,
+            authority,
+            ..
+        } = route
+        else {
+            panic!("expected HBONE, got {route:?}");
+        };
+        assert_eq!(next_hop, sa("[fd00::5]:15008"));
+        assert_eq!(authority, sa("[fd00::5]:80"));
+    }
+
+    #[test]
+    fn non_enrolled_destination_is_passed_through() {
+        assert_eq!(
+            outbound_route(sa("10.10.2.4:8080"), &workload("10.10.2.4", 8080, false)),
+            OutboundRoute::Passthrough {
+                dst: sa("10.10.2.4:8080")
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_destination_is_passed_through() {
+        assert_eq!(
+            outbound_route(sa("192.0.2.1:443"), &Destination::Unknown),
+            OutboundRoute::Passthrough {
+                dst: sa("192.0.2.1:443")
+            }
+        );
+        // Reaching a proxy port of another (non-loopback) address is not a loop.
+        assert_eq!(
+            outbound_route(sa("192.0.2.1:15008"), &Destination::Unknown),
+            OutboundRoute::Passthrough {
+                dst: sa("192.0.2.1:15008")
+            }
+        );
+    }
+
+    #[test]
+    fn loopback_proxy_ports_are_refused() {
+        for port in ILLEGAL_PORTS {
+            for ip in ["127.0.0.1", "[::1]"] {
+                let dst = sa(&format!("{ip}:{port}"));
+                assert_eq!(
+                    outbound_route(dst, &Destination::Unknown),
+                    OutboundRoute::Reject(RECURSION)
+                );
+            }
+        }
+        assert_eq!(
+            outbound_route(sa("127.0.0.1:8080"), &Destination::Unknown),
+            OutboundRoute::Passthrough {
+                dst: sa("127.0.0.1:8080")
+            }
+        );
+    }
+
+    #[test]
+    fn service_without_endpoints_is_refused() {
+        assert!(matches!(
+            outbound_route(sa("10.96.0.10:80"), &Destination::ServiceWithoutEndpoints),
+            OutboundRoute::Reject(_)
+        ));
+    }
+
+    #[test]
+    fn service_target_port_is_used() {
+        // A service VIP resolved to an endpoint: connect to the endpoint with the target port.
+        assert_eq!(
+            outbound_route(sa("10.96.0.10:80"), &workload("10.10.2.3", 8080, false)),
+            OutboundRoute::Passthrough {
+                dst: sa("10.10.2.3:8080")
+            }
+        );
+    }
+
+    #[test]
+    fn inbound_authority_must_be_the_local_address() {
+        let local = sa("10.10.2.3:15008");
+        assert_eq!(
+            inbound_target(sa("10.10.2.3:8080"), local),
+            Ok(sa("10.10.2.3:8080"))
+        );
+        assert_eq!(
+            inbound_target(sa("10.10.2.9:8080"), local),
+            Err(InboundRefusal::WrongDestination)
+        );
+        assert_eq!(InboundRefusal::WrongDestination.status(), 400);
+        // A dual-stack listener reports IPv4 peers as mapped addresses.
+        assert_eq!(
+            inbound_target(sa("10.10.2.3:8080"), sa("[::ffff:10.10.2.3]:15008")),
+            Ok(sa("10.10.2.3:8080"))
+        );
+    }
+
+    #[test]
+    fn inbound_illegal_ports_get_503() {
+        let local = sa("10.10.2.3:15008");
+        for port in ILLEGAL_PORTS {
+            let err = inbound_target(SocketAddr::new(local.ip(), port), local).unwrap_err();
+            assert_eq!(err, InboundRefusal::IllegalPort);
+            assert_eq!(err.status(), 503);
+        }
+    }
+
+    #[test]
+    fn plaintext_inbound_refuses_proxy_ports() {
+        assert_eq!(
+            inbound_plaintext_target(sa("10.10.2.3:15006")),
+            Err(RECURSION)
+        );
+        assert_eq!(
+            inbound_plaintext_target(sa("[::ffff:10.10.2.3]:80")),
+            Ok(sa("10.10.2.3:80"))
+        );
+    }
+}
