@@ -10,6 +10,7 @@ mod config;
 mod copy;
 mod http;
 mod metrics;
+mod pods;
 mod routing;
 
 use std::process::ExitCode;
