@@ -1,6 +1,8 @@
 //! Example node agent (see README.md).
 
 mod cli;
+mod desired;
+mod reconcile;
 mod workloads;
 
 fn main() {}
