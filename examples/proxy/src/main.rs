@@ -7,6 +7,7 @@
 //! both ends. See `README.md` for flags, metrics and endpoints.
 
 mod config;
+mod control;
 mod copy;
 mod http;
 mod metrics;
