@@ -1,8 +1,12 @@
 //! Example node agent (see README.md).
 
+mod ca_auth;
 mod cli;
 mod desired;
+mod metrics;
 mod reconcile;
+mod state;
+mod watch;
 mod workloads;
 
 fn main() {}
