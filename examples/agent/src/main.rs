@@ -1,6 +1,7 @@
 //! Example node agent (see README.md).
 
 mod ca_auth;
+mod ca_files;
 mod cli;
 mod desired;
 mod metrics;
