@@ -64,6 +64,19 @@ pub(crate) fn tls_config(
 
 /// A lazily connected gRPC channel to `address` over TLS (reconnects on its own).
 pub(crate) fn channel(address: &str, roots: &[CertificateDer<'static>]) -> anyhow::Result<Channel> {
+    let connector = connector(address, roots)?;
+    let endpoint = Endpoint::from_shared(address.to_owned())
+        .with_context(|| format!("{address:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(300)))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+fn connector(address: &str, roots: &[CertificateDer<'static>]) -> anyhow::Result<TlsConnect> {
     let uri: Uri = address.parse().with_context(|| format!("{address:?}"))?;
     let host = uri
         .host()
@@ -77,21 +90,12 @@ pub(crate) fn channel(address: &str, roots: &[CertificateDer<'static>]) -> anyho
         Err(_) => ServerName::try_from(host.clone())
             .with_context(|| format!("{host:?} is not a valid server name"))?,
     };
-    let connector = TlsConnect {
+    Ok(TlsConnect {
         tls: TlsConnector::from(Arc::new(tls_config(roots)?)),
         host,
         port,
         server_name,
-    };
-    let endpoint = Endpoint::from_shared(address.to_owned())
-        .with_context(|| format!("{address:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Some(Duration::from_secs(300)))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    })
 }
 
 /// Connector handed to tonic: TCP to the configured host and port, then TLS.
@@ -170,6 +174,87 @@ mod tests {
         );
         assert_eq!(Token::new(None).get(), None);
         assert_eq!(Token::new(Some(String::new())).get(), None);
+    }
+
+    /// A TLS server with a certificate for 127.0.0.1 from a fresh CA; returns its address and
+    /// the CA root in PEM.
+    async fn tls_server() -> (std::net::SocketAddr, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let td = svid::TrustDomain::new("cluster.local").unwrap();
+        let ca = svid::CertificateAuthority::generate_root(&td, svid::CaConfig::default()).unwrap();
+        let (chain, key) = ca
+            .issue_server_cert(
+                &["localhost"],
+                &["127.0.0.1".parse().unwrap()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        let _ = tls.write_all(&alpn.unwrap_or_default()).await;
+                        let _ = tls.shutdown().await;
+                        let _ = tls.read(&mut [0u8; 1]).await;
+                    }
+                });
+            }
+        });
+        (addr, ca.root_pem())
+    }
+
+    #[tokio::test]
+    async fn connector_verifies_the_server_against_the_root() {
+        use tokio::io::AsyncReadExt;
+        use tower::Service;
+        let (addr, root_pem) = tls_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let root_file = dir.path().join("root-cert.pem");
+        fs::write(&root_file, &root_pem).unwrap();
+        let roots = load_roots(root_file.to_str().unwrap()).unwrap();
+        assert_eq!(
+            load_roots(&root_pem).unwrap(),
+            roots,
+            "inline PEM gives the same roots"
+        );
+
+        let mut good = connector(&format!("https://{addr}"), &roots).unwrap();
+        let io = good.call(Uri::default()).await.unwrap();
+        let mut tls = io.into_inner();
+        let mut alpn = Vec::new();
+        tls.read_to_end(&mut alpn).await.unwrap();
+        assert_eq!(alpn, b"h2");
+
+        // Another CA's root does not verify the server.
+        let other = svid::CertificateAuthority::generate_root(
+            &svid::TrustDomain::new("cluster.local").unwrap(),
+            svid::CaConfig::default(),
+        )
+        .unwrap();
+        let other_roots = load_roots(&other.root_pem()).unwrap();
+        let mut bad = connector(&format!("https://{addr}"), &other_roots).unwrap();
+        assert!(bad.call(Uri::default()).await.is_err());
+        // A name the certificate does not carry is refused.
+        let mut wrong_name =
+            connector(&format!("https://istiod.example:{}", addr.port()), &roots).unwrap();
+        wrong_name.host = "127.0.0.1".into();
+        assert!(wrong_name.call(Uri::default()).await.is_err());
+        // The channel itself builds lazily.
+        assert!(channel(&format!("https://{addr}"), &roots).is_ok());
     }
 
     #[test]

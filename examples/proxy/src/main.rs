@@ -11,8 +11,11 @@ mod control;
 mod copy;
 mod http;
 mod metrics;
+mod podnet;
 mod pods;
 mod routing;
+#[cfg(test)]
+mod testutil;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,183 @@
+//! [`PodNetwork`] for a real pod: sockets made inside the pod's network namespace (received
+//! over ZDS) with the packet mark, so the in-pod redirection rules let them through.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use std::os::fd::OwnedFd;
+
+use futures_util::future::BoxFuture;
+use netns::{ListenerOptions, NetNs, SocketOptions};
+use nix::sched::{CloneFlags, setns};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::pods::PodNetwork;
+
+/// A pod's network namespace and the mark its sockets carry.
+#[derive(Debug)]
+pub(crate) struct PodNamespace {
+    ns: NetNs,
+    mark: u32,
+}
+
+impl PodNamespace {
+    pub(crate) fn new(ns: NetNs, mark: u32) -> Self {
+        Self { ns, mark }
+    }
+}
+
+/// Takes the netns fd received over ZDS.
+///
+/// `NetNs::from_fd` rejects a descriptor opened through a bind mount (`/var/run/netns/<pod>`,
+/// which is what the agent sends): its `/proc/self/fd` link names the mount path, not
+/// `net:[…]`. Until the `netns` crate accepts those, the namespace is entered once on a
+/// short-lived thread (which also proves the descriptor is a network namespace: `setns` with
+/// `CLONE_NEWNET` refuses anything else) and the thread's own namespace handle is kept.
+pub(crate) async fn netns_from_fd(fd: OwnedFd) -> anyhow::Result<NetNs> {
+    match NetNs::from_fd(fd.try_clone()?) {
+        Ok(ns) => return Ok(ns),
+        Err(netns::Error::NotNetworkNamespace { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-open".into())
+        .spawn(move || {
+            let opened = setns(&fd, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| anyhow::anyhow!("descriptor is not a usable network namespace: {e}"))
+                .and_then(|()| NetNs::current().map_err(anyhow::Error::from));
+            // The thread ends here, so it never has to switch back.
+            let _ = tx.send(opened);
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("namespace helper thread ended without a result"))?
+}
+
+fn to_io(e: netns::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl PodNetwork for PodNamespace {
+    fn id(&self) -> String {
+        let id = self.ns.id();
+        format!("net:[{}]@{}", id.ino(), id.dev())
+    }
+
+    fn listen(&self, port: u16) -> BoxFuture<'_, io::Result<TcpListener>> {
+        Box::pin(async move {
+            let mut opts = ListenerOptions::new();
+            opts.mark(self.mark)
+                .reuse_port(true)
+                .backlog(128)
+                .only_v6(false);
+            let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+            match netns::bind_listener_in(&self.ns, v6, opts.clone()).await {
+                Ok(l) => Ok(l),
+                Err(netns::Error::Socket { source, .. })
+                    if matches!(
+                        source.raw_os_error(),
+                        Some(97 /* EAFNOSUPPORT */ | 99 /* EADDRNOTAVAIL */)
+                    ) =>
+                {
+                    // IPv6 disabled in this pod: IPv4 only.
+                    let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+                    netns::bind_listener_in(&self.ns, v4, opts)
+                        .await
+                        .map_err(to_io)
+                }
+                Err(e) => Err(to_io(e)),
+            }
+        })
+    }
+
+    fn connect(&self, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        Box::pin(async move {
+            let mut opts = SocketOptions::new();
+            opts.mark(self.mark);
+            let stream = netns::connect_in(&self.ns, dst, opts)
+                .await
+                .map_err(to_io)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    }
+
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        netns::original_dst(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{NamedNetns, privileged};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn sockets_live_in_the_pod_namespace_and_carry_the_mark() {
+        if !privileged("podnet::sockets_live_in_the_pod_namespace") {
+            return;
+        }
+        let netns = NamedNetns::create("podnet");
+        let open = || async {
+            let fd = OwnedFd::from(std::fs::File::open(netns.path()).unwrap());
+            netns_from_fd(fd).await.unwrap()
+        };
+        let pod = PodNamespace::new(open().await, 0x539);
+        let other = PodNamespace::new(open().await, 0x539);
+        assert_eq!(pod.id(), other.id(), "same namespace, same id");
+        assert_ne!(
+            pod.id(),
+            PodNamespace::new(NetNs::current().unwrap(), 1).id()
+        );
+
+        let listener = pod.listen(0).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(
+            listener.local_addr().unwrap().is_ipv6(),
+            "dual-stack wildcard"
+        );
+        assert_eq!(
+            socket2::SockRef::from(&listener).mark().unwrap(),
+            0x539,
+            "listener is marked"
+        );
+        // Not reachable from the test's own namespace …
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        // … but from inside the pod, over IPv4 and IPv6.
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+            }
+        });
+        for dst in [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        ] {
+            let mut s = pod.connect(dst).await.unwrap();
+            assert_eq!(socket2::SockRef::from(&s).mark().unwrap(), 0x539);
+            // Not redirected: the original destination is the address connected to.
+            let orig = pod.original_dst(&s).unwrap();
+            assert_eq!(orig.ip(), s.local_addr().unwrap().ip().to_canonical());
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_that_is_not_a_netns_is_refused() {
+        if !privileged("podnet::a_descriptor_that_is_not_a_netns_is_refused") {
+            return;
+        }
+        let file = tempfile::tempfile().unwrap();
+        assert!(netns_from_fd(OwnedFd::from(file)).await.is_err());
+        let uts = std::fs::File::open("/proc/self/ns/uts").unwrap();
+        assert!(netns_from_fd(OwnedFd::from(uts)).await.is_err());
+    }
+}
