@@ -5,7 +5,9 @@
 mod bundle;
 mod ca;
 mod id;
+pub mod pb;
 pub mod provider;
+mod service;
 mod svid;
 mod tls;
 mod verifier;
@@ -18,6 +20,18 @@ pub use ca::{CaConfig, CaError, CertificateAuthority};
 pub use id::{
     IstioIdentity, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
 };
+pub use service::client::{
+    CaClient, CaClientConfig, CaClientError, CsrAndKey, FetchedSvid, Token, make_csr,
+    svid_from_response,
+};
+pub use service::server::{
+    AuthorizationRequest, Authorizer, CertificateService, CertificateServiceConfig, Denial,
+};
+pub use service::tls::{
+    ControlPlaneTlsError, PeerInfo, TlsConnection, TlsIncoming, control_plane_client_config,
+    control_plane_server_config, serve_tls, tls_channel, tls_incoming,
+};
+pub use service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
 pub use svid::{SvidError, X509Svid, peer_spiffe_id};
 pub use tls::{
     ALPN_H2, TlsConfigError, client_config, client_config_with_verifier, server_config,

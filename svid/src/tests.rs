@@ -453,7 +453,7 @@ fn ca_refuses_forged_csr() {
     let ca = ca("cluster.local");
     let pem = test_csr(ALICE);
     let der = PemObject::from_pem_slice(pem.as_bytes())
-        .map(|d: rustls_pki_types::CertificateSigningRequestDer<'static>| d.as_ref().to_vec())
+        .map(|d: CertificateSigningRequestDer<'static>| d.as_ref().to_vec())
         .unwrap();
     // Change the requested identity inside the signed part: alice -> alicf.
     let pos = der.windows(5).position(|w| w == b"alice").unwrap();
@@ -615,3 +615,65 @@ fn pem_encoding_decodes() {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+#[test]
+fn client_checks_the_returned_chain() {
+    let ca = ca("cluster.local");
+    let inter = ca.generate_intermediate(CaConfig::default()).unwrap();
+    let want = id(ALICE);
+    let csr = make_csr(&want).unwrap();
+    assert!(format!("{csr:?}").contains("redacted"));
+    // The CSR carries an empty subject and one critical URI SAN.
+    let der = CertificateSigningRequestDer::from_pem_slice(csr.csr_pem.as_bytes()).unwrap();
+    let (_, parsed) = <x509_parser::certification_request::X509CertificationRequest<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(der.as_ref()).unwrap();
+    assert!(
+        parsed
+            .certification_request_info
+            .subject
+            .iter_attributes()
+            .next()
+            .is_none()
+    );
+    let exts: Vec<_> = parsed.requested_extensions().unwrap().collect();
+    assert_eq!(exts.len(), 1);
+    let ca_view = ca::verify_csr(der.as_ref()).unwrap();
+    assert_eq!(ca_view.uris, vec![ALICE.to_string()]);
+
+    // Leaf, intermediate, and a last element with two roots.
+    let mut pems = inter
+        .sign_csr(&csr.csr_pem, &want, Duration::from_secs(600))
+        .unwrap();
+    let extra_root = self::ca("cluster.local");
+    let last = pems.pop().unwrap();
+    pems.push(format!("{last}{}", extra_root.root_pem()));
+    let got = svid_from_response(&want, &pems, csr.key.clone_key()).unwrap();
+    assert_eq!(got.svid.spiffe_id(), &want);
+    assert_eq!(got.svid.cert_chain().len(), 2);
+    assert_eq!(got.roots.len(), 2);
+
+    // A single element: accepted, no roots.
+    let got = svid_from_response(&want, &pems[..1], csr.key.clone_key()).unwrap();
+    assert!(got.roots.is_empty());
+
+    // Empty answer.
+    assert!(matches!(
+        svid_from_response(&want, &[], csr.key.clone_key()).unwrap_err(),
+        CaClientError::EmptyChain
+    ));
+    // A leaf for someone else (a CA ignoring the request).
+    let csr_b = make_csr(&id(BOB)).unwrap();
+    let pems_b = ca
+        .sign_csr(&csr_b.csr_pem, &id(BOB), Duration::from_secs(600))
+        .unwrap();
+    assert!(matches!(
+        svid_from_response(&want, &pems_b, csr_b.key.clone_key()).unwrap_err(),
+        CaClientError::WrongIdentity { .. }
+    ));
+    // A leaf that does not match our key.
+    assert!(matches!(
+        svid_from_response(&id(BOB), &pems_b, csr.key.clone_key()).unwrap_err(),
+        CaClientError::BadChain(SvidError::KeyMismatch)
+    ));
+}
+
+use rustls_pki_types::CertificateSigningRequestDer;

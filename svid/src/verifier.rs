@@ -255,6 +255,7 @@ pub struct SpiffeVerifierBuilder {
     provider: Arc<CryptoProvider>,
     roots: Option<Arc<TrustBundleSet>>,
     policy: Option<IdentityPolicy>,
+    client_auth_optional: bool,
 }
 
 impl fmt::Debug for SpiffeVerifierBuilder {
@@ -272,7 +273,16 @@ impl SpiffeVerifierBuilder {
             provider,
             roots: None,
             policy: None,
+            client_auth_optional: false,
         }
+    }
+
+    /// Client verifiers only: accept clients that present no certificate at all (a
+    /// certificate that *is* presented is still fully verified). For endpoints where
+    /// clients may authenticate otherwise, such as a bearer token on the control plane.
+    pub fn client_auth_optional(mut self) -> Self {
+        self.client_auth_optional = true;
+        self
     }
 
     /// The trust bundles to validate peer chains against (required).
@@ -327,7 +337,11 @@ impl SpiffeVerifierBuilder {
     /// Builds a verifier of client certificates (for the server side of a connection).
     /// Client certificates are mandatory.
     pub fn build_client_verifier(self) -> Result<Arc<SpiffeClientVerifier>, VerifierBuilderError> {
-        Ok(Arc::new(SpiffeClientVerifier { core: self.core()? }))
+        let mandatory = !self.client_auth_optional;
+        Ok(Arc::new(SpiffeClientVerifier {
+            core: self.core()?,
+            mandatory,
+        }))
     }
 }
 
@@ -416,9 +430,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// Verifies a client's X.509-SVID (mandatory): the leaf follows the SVID rules, the chain
 /// leads to a root of the bundle of the leaf's trust domain (webpki, client-auth usage where
 /// an EKU is present), and the SPIFFE ID satisfies the [`IdentityPolicy`].
+///
+/// A client certificate is mandatory unless the builder was told
+/// [`client_auth_optional`](SpiffeVerifierBuilder::client_auth_optional).
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     core: Core,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
@@ -472,7 +490,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,282 @@
+//! The certificate service: a tonic implementation of
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate` backed by a
+//! [`CertificateAuthority`] and an [`Authorizer`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateSigningRequestDer;
+use rustls_pki_types::pem::PemObject;
+use tonic::{Request, Response, Status};
+
+use crate::ca::{CaError, CertificateAuthority, verify_csr};
+use crate::id::SpiffeId;
+use crate::pb::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::service::tls::PeerInfo;
+use crate::service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
+
+/// Everything known about a certificate request when the authorizer is asked.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AuthorizationRequest {
+    /// The identity requested by the CSR's single URI SAN.
+    pub requested: SpiffeId,
+    /// The `ImpersonatedIdentity` metadata, if present (then equal to `requested`): the
+    /// caller asks on behalf of a workload rather than for itself.
+    pub impersonated: Option<SpiffeId>,
+    /// The SPIFFE ID of the caller's verified client certificate, if it presented one.
+    pub peer_identity: Option<SpiffeId>,
+    /// The bearer token of the `authorization` header, if any.
+    pub bearer_token: Option<String>,
+    /// The `clusterid` header, if any.
+    pub cluster_id: Option<String>,
+    /// The caller's address, when the connection was accepted through
+    /// [`tls_incoming`](crate::tls_incoming) or plain TCP.
+    pub remote_addr: Option<SocketAddr>,
+    /// The lifetime the caller asked for (`validity_duration`), before the CA's cap.
+    pub requested_ttl: Option<Duration>,
+}
+
+impl fmt::Debug for AuthorizationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationRequest")
+            .field("requested", &self.requested)
+            .field("impersonated", &self.impersonated)
+            .field("peer_identity", &self.peer_identity)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("cluster_id", &self.cluster_id)
+            .field("remote_addr", &self.remote_addr)
+            .field("requested_ttl", &self.requested_ttl)
+            .finish()
+    }
+}
+
+/// Why an authorizer refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denial {
+    /// The caller could not be authenticated (gRPC `UNAUTHENTICATED`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not have the identity (gRPC `PERMISSION_DENIED`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+}
+
+impl From<Denial> for Status {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Unauthenticated(m) => Self::unauthenticated(m),
+            Denial::PermissionDenied(m) => Self::permission_denied(m),
+        }
+    }
+}
+
+/// Decides, per request, whether the caller may have the requested identity.
+///
+/// Implemented for any `Fn(&AuthorizationRequest) -> Result<(), Denial>` closure; implement
+/// it directly for asynchronous checks (token review, pod lookups).
+pub trait Authorizer: Send + Sync + 'static {
+    /// `Ok(())` approves `request.requested`.
+    fn authorize(
+        &self,
+        request: &AuthorizationRequest,
+    ) -> impl Future<Output = Result<(), Denial>> + Send;
+}
+
+impl<F> Authorizer for F
+where
+    F: Fn(&AuthorizationRequest) -> Result<(), Denial> + Send + Sync + 'static,
+{
+    fn authorize(
+        &self,
+        request: &AuthorizationRequest,
+    ) -> impl Future<Output = Result<(), Denial>> + Send {
+        std::future::ready(self(request))
+    }
+}
+
+/// Settings of a [`CertificateService`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CertificateServiceConfig {
+    /// Lifetime used when a request has no positive `validity_duration`. The CA's
+    /// [`max_ttl`](crate::CaConfig::max_ttl) still caps it. Default: 24 hours.
+    pub default_ttl: Duration,
+}
+
+impl Default for CertificateServiceConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The certificate service. Turn it into a tonic service with
+/// [`CertificateService::into_server`] and add it to a router (beside an xDS service, for
+/// example), or run it alone with [`serve_tls`](crate::serve_tls).
+///
+/// Per request it verifies the CSR's self-signature, takes the requested identity from the
+/// CSR's single URI SAN, checks it against the `ImpersonatedIdentity` metadata, asks the
+/// [`Authorizer`], and signs a leaf carrying only that identity.
+pub struct CertificateService<A> {
+    ca: Arc<CertificateAuthority>,
+    authorizer: A,
+    config: CertificateServiceConfig,
+}
+
+impl<A> fmt::Debug for CertificateService<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateService")
+            .field("ca", &self.ca)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Authorizer> CertificateService<A> {
+    /// A service signing with `ca`, asking `authorizer` about every request.
+    pub fn new(ca: Arc<CertificateAuthority>, authorizer: A) -> Self {
+        Self::with_config(ca, authorizer, CertificateServiceConfig::default())
+    }
+
+    /// Like [`CertificateService::new`] with explicit settings.
+    pub fn with_config(
+        ca: Arc<CertificateAuthority>,
+        authorizer: A,
+        config: CertificateServiceConfig,
+    ) -> Self {
+        Self {
+            ca,
+            authorizer,
+            config,
+        }
+    }
+
+    /// The generated tonic server wrapper, ready for `Server::builder().add_service(..)`.
+    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+    }
+
+    async fn handle(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<IstioCertificateResponse, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let remote_addr = peer
+            .as_ref()
+            .map(|p| p.remote_addr)
+            .or_else(|| request.remote_addr());
+        let bearer_token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_owned());
+        let cluster_id = request
+            .metadata()
+            .get(CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = request.into_inner();
+
+        let csr_der = CertificateSigningRequestDer::from_pem_slice(body.csr.as_bytes())
+            .map_err(|e| Status::invalid_argument(format!("CSR is not PEM: {e}")))?;
+        let csr =
+            verify_csr(csr_der.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let requested = match csr.uris.as_slice() {
+            [one] => SpiffeId::new(one).map_err(|e| {
+                Status::invalid_argument(format!("CSR URI SAN {one:?} is not a SPIFFE ID: {e}"))
+            })?,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "CSR must carry exactly one URI SAN, found {}",
+                    other.len()
+                )));
+            }
+        };
+        let impersonated = impersonated_identity(body.metadata.as_ref())?;
+        if let Some(imp) = &impersonated
+            && imp != &requested
+        {
+            return Err(Status::invalid_argument(format!(
+                "ImpersonatedIdentity {imp} differs from the CSR identity {requested}"
+            )));
+        }
+        let requested_ttl = u64::try_from(body.validity_duration)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let authz = AuthorizationRequest {
+            requested,
+            impersonated,
+            peer_identity: peer.and_then(|p| p.peer_identity),
+            bearer_token,
+            cluster_id,
+            remote_addr,
+            requested_ttl,
+        };
+        if let Err(denial) = self.authorizer.authorize(&authz).await {
+            tracing::info!(identity = %authz.requested, caller = ?authz.peer_identity, %denial, "certificate request denied");
+            return Err(denial.into());
+        }
+        let ttl = requested_ttl.unwrap_or(self.config.default_ttl);
+        let chain = self
+            .ca
+            .sign_csr(&body.csr, &authz.requested, ttl)
+            .map_err(|e| match e {
+                CaError::CsrPem(_)
+                | CaError::CsrParse(_)
+                | CaError::CsrSignature
+                | CaError::CsrKey(_)
+                | CaError::IdentityMismatch { .. }
+                | CaError::EmptyPath(_) => Status::invalid_argument(e.to_string()),
+                CaError::ForeignTrustDomain { .. } => Status::permission_denied(e.to_string()),
+                other => {
+                    tracing::warn!(error = %other, "signing failed");
+                    Status::internal("signing failed")
+                }
+            })?;
+        tracing::debug!(identity = %authz.requested, "certificate issued");
+        Ok(IstioCertificateResponse { cert_chain: chain })
+    }
+}
+
+fn impersonated_identity(
+    metadata: Option<&prost_types::Struct>,
+) -> Result<Option<SpiffeId>, Status> {
+    let Some(value) = metadata.and_then(|m| m.fields.get(IMPERSONATED_IDENTITY_KEY)) else {
+        return Ok(None);
+    };
+    match &value.kind {
+        Some(prost_types::value::Kind::StringValue(s)) => SpiffeId::new(s)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("ImpersonatedIdentity {s:?}: {e}"))),
+        _ => Err(Status::invalid_argument(
+            "ImpersonatedIdentity must be a string",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Authorizer> IstioCertificateService for CertificateService<A> {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        self.handle(request).await.map(Response::new)
+    }
+}

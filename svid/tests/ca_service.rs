@@ -1,0 +1,365 @@
+//! Loopback tests of the certificate service: the gRPC client obtains certificates from the
+//! gRPC server over TLS on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use svid::pb::IstioCertificateRequest;
+use svid::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use svid::{
+    AuthorizationRequest, CaClient, CaClientConfig, CaClientError, CaConfig, CertificateAuthority,
+    CertificateService, Denial, IdentityPolicy, SpiffeId, SpiffeServerVerifier, Token,
+    TrustBundleSet, TrustDomain, control_plane_client_config, control_plane_server_config,
+    make_csr, provider, serve_tls, tls_channel,
+};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+const TOKEN: &str = "node-token";
+
+struct Harness {
+    ca: Arc<CertificateAuthority>,
+    port: u16,
+    seen: Arc<Mutex<Vec<AuthorizationRequest>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Harness {
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let ca = Arc::new(CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap());
+    let (chain, key) = ca
+        .issue_server_cert(
+            &["localhost", "istiod.istio-system.svc"],
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let tls = control_plane_server_config(
+        provider::default(),
+        chain,
+        key,
+        Some((
+            TrustBundleSet::from(ca.bundle()),
+            IdentityPolicy::SameTrustDomain(td),
+        )),
+    )
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    // A node authorizer: the token must match; impersonation only into namespace "default";
+    // namespace "forbidden" is never granted.
+    let authorizer = move |req: &AuthorizationRequest| {
+        log.lock().unwrap().push(req.clone());
+        if req.bearer_token.as_deref() != Some(TOKEN) {
+            return Err(Denial::Unauthenticated("bad token".into()));
+        }
+        let ns = req.requested.istio().map(|i| i.namespace().to_owned());
+        if ns.as_deref() == Some("forbidden") {
+            return Err(Denial::PermissionDenied(
+                "namespace not on this node".into(),
+            ));
+        }
+        if req.impersonated.is_some() && ns.as_deref() != Some("default") {
+            return Err(Denial::Unauthenticated("impersonation refused".into()));
+        }
+        Ok(())
+    };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = CertificateService::new(ca.clone(), authorizer);
+    tokio::spawn(async move {
+        serve_tls(service, listener, Arc::new(tls), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Harness {
+        ca,
+        port,
+        seen,
+        _stop: stop,
+    }
+}
+
+fn client(h: &Harness, config: CaClientConfig, own: Option<&svid::X509Svid>) -> CaClient {
+    let tls =
+        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), own).unwrap();
+    let channel = tls_channel(
+        &format!("https://127.0.0.1:{}", h.port),
+        Arc::new(tls),
+        None,
+    )
+    .unwrap();
+    CaClient::new(channel, config)
+}
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::new(s).unwrap()
+}
+
+fn token_config() -> CaClientConfig {
+    let mut c = CaClientConfig::default();
+    c.token(Token::Static(TOKEN.into()))
+        .cluster_id("cluster-1")
+        .ttl(Duration::from_secs(1800));
+    c
+}
+
+#[tokio::test]
+async fn client_gets_certificate_over_tls() {
+    let h = start().await;
+    let want = id("spiffe://cluster.local/ns/default/sa/reviews");
+    let mut cfg = token_config();
+    cfg.impersonate(true);
+    let got = client(&h, cfg, None).fetch(&want).await.unwrap();
+    assert_eq!(got.svid.spiffe_id(), &want);
+    assert_eq!(got.roots, vec![h.ca.root().clone()]);
+    let life = got
+        .svid
+        .not_after()
+        .duration_since(got.svid.not_before())
+        .unwrap();
+    assert_eq!(life, Duration::from_secs(1800 + 60));
+    // The certificate verifies against the returned roots.
+    let v = SpiffeServerVerifier::builder(provider::default())
+        .roots(TrustBundleSet::from(h.ca.bundle()))
+        .expect_ids([want.clone()])
+        .build_server_verifier()
+        .unwrap();
+    let (leaf, rest) = got.svid.cert_chain().split_first().unwrap();
+    assert_eq!(
+        v.verify_peer(leaf, rest, svid::pki_types::UnixTime::now())
+            .unwrap(),
+        want
+    );
+    // The server saw the headers and the metadata.
+    let seen = h.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.bearer_token.as_deref(), Some(TOKEN));
+    assert_eq!(seen.cluster_id.as_deref(), Some("cluster-1"));
+    assert_eq!(seen.impersonated.as_ref(), Some(&want));
+    assert_eq!(seen.requested_ttl, Some(Duration::from_secs(1800)));
+    assert!(seen.peer_identity.is_none());
+    assert!(seen.remote_addr.unwrap().ip().is_loopback());
+    assert!(
+        !format!("{seen:?}").contains(TOKEN),
+        "token must be redacted"
+    );
+}
+
+#[tokio::test]
+async fn mtls_caller_identity_reaches_authorizer() {
+    let h = start().await;
+    let me = id("spiffe://cluster.local/ns/istio-system/sa/ztunnel");
+    let own = h.ca.issue(&me, Duration::from_secs(600)).unwrap();
+    let want = id("spiffe://cluster.local/ns/default/sa/ratings");
+    let got = client(&h, token_config(), Some(&own))
+        .fetch(&want)
+        .await
+        .unwrap();
+    assert_eq!(got.svid.spiffe_id(), &want);
+    let seen = h.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.peer_identity, Some(me));
+    assert!(seen.impersonated.is_none());
+}
+
+#[tokio::test]
+async fn server_denials_become_grpc_codes() {
+    let h = start().await;
+    let status = |e: CaClientError| match e {
+        CaClientError::Status(s) => s.code(),
+        other => panic!("unexpected {other:?}"),
+    };
+    // Wrong token.
+    let mut cfg = token_config();
+    cfg.token(Token::Static("wrong".into()));
+    let e = client(&h, cfg, None)
+        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Code::Unauthenticated);
+    // Authorizer denies the identity.
+    let e = client(&h, token_config(), None)
+        .fetch(&id("spiffe://cluster.local/ns/forbidden/sa/a"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Code::PermissionDenied);
+    // Impersonation outside the allowed namespace.
+    let mut cfg = token_config();
+    cfg.impersonate(true);
+    let e = client(&h, cfg, None)
+        .fetch(&id("spiffe://cluster.local/ns/other/sa/a"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Code::Unauthenticated);
+    // Outside the CA's trust domain (the authorizer approves; the CA refuses).
+    let e = client(&h, token_config(), None)
+        .fetch(&id("spiffe://other.org/ns/default/sa/a"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn server_rejects_malformed_requests() {
+    let h = start().await;
+    let tls =
+        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
+    let channel = tls_channel(
+        &format!("https://localhost:{}", h.port),
+        Arc::new(tls),
+        None,
+    )
+    .unwrap();
+    let mut raw = IstioCertificateServiceClient::new(channel);
+    let call = |csr: String, metadata: Option<prost_types::Struct>| {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: 60,
+            metadata,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        req
+    };
+    let a = id("spiffe://cluster.local/ns/default/sa/a");
+    let b = id("spiffe://cluster.local/ns/default/sa/b");
+    // ImpersonatedIdentity that differs from the CSR.
+    let md = prost_types::Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(b.to_string())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let e = raw
+        .create_certificate(call(make_csr(&a).unwrap().csr_pem, Some(md)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Garbage CSR.
+    let e = raw
+        .create_certificate(call("not a csr".into(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // A CSR whose signature does not match its contents (identity edited after signing).
+    let pem = make_csr(&a).unwrap().csr_pem;
+    let der: Vec<u8> = {
+        use svid::pki_types::pem::PemObject;
+        svid::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    let pos = der.windows(4).rposition(|w| w == b"sa/a").unwrap();
+    let mut forged = der.clone();
+    forged[pos + 3] = b'b';
+    let forged_pem = pem_encode("CERTIFICATE REQUEST", &forged);
+    let e = raw
+        .create_certificate(call(forged_pem, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("signature"), "{}", e.message());
+    // Nothing reached the authorizer for malformed requests.
+    assert!(h.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn client_refuses_server_with_untrusted_certificate() {
+    let h = start().await;
+    let other = CertificateAuthority::generate_root(
+        &TrustDomain::new("cluster.local").unwrap(),
+        CaConfig::default(),
+    )
+    .unwrap();
+    let tls = control_plane_client_config(provider::default(), other.root_pem().as_bytes(), None)
+        .unwrap();
+    let channel = tls_channel(
+        &format!("https://127.0.0.1:{}", h.port),
+        Arc::new(tls),
+        None,
+    )
+    .unwrap();
+    let e = CaClient::new(channel, token_config())
+        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unavailable),
+        "{e:?}"
+    );
+    // And a name the server certificate was not issued for.
+    let tls =
+        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
+    let channel = tls_channel(
+        &format!("https://127.0.0.1:{}", h.port),
+        Arc::new(tls),
+        Some("not-istiod.example"),
+    )
+    .unwrap();
+    let e = CaClient::new(channel, token_config())
+        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unavailable),
+        "{e:?}"
+    );
+    // The name override works for a name the certificate carries.
+    let tls =
+        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
+    let channel = tls_channel(
+        &format!("https://127.0.0.1:{}", h.port),
+        Arc::new(tls),
+        Some("istiod.istio-system.svc"),
+    )
+    .unwrap();
+    CaClient::new(channel, token_config())
+        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
+        .await
+        .unwrap();
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    // Minimal base64 for the test, independent of the crate's encoder.
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in der.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        s.push(A[(n >> 18) as usize & 63] as char);
+        s.push(A[(n >> 12) as usize & 63] as char);
+        s.push(if c.len() > 1 {
+            A[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            A[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    let body: Vec<String> = s
+        .as_bytes()
+        .chunks(64)
+        .map(|l| String::from_utf8(l.to_vec()).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
+}
