@@ -4,6 +4,7 @@ mod ca_auth;
 mod ca_files;
 mod cli;
 mod desired;
+mod effects;
 mod metrics;
 mod reconcile;
 mod state;

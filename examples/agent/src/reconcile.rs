@@ -125,6 +125,9 @@ pub(crate) trait Publisher: Send + Sync {
 /// How far a local pod has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Stage {
+    /// An add was attempted but not acknowledged: the proxy (or the ZDS snapshot cache) may
+    /// hold the pod; no rules were installed by us.
+    Offered,
     /// Known from a previous agent run: rules may be installed and the proxy may hold it, but
     /// this agent has not handed it over yet.
     Restored,
@@ -203,7 +206,12 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
     pub(crate) fn with_rules(&self) -> Vec<LocalPod> {
         self.pods
             .values()
-            .filter(|t| t.stage != Stage::HandedOver)
+            .filter(|t| {
+                matches!(
+                    t.stage,
+                    Stage::Restored | Stage::RulesInstalled | Stage::Published
+                )
+            })
             .map(|t| t.pod.clone())
             .collect()
     }
@@ -258,7 +266,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
                 // Still leaving (a step failed above); retried next pass.
                 continue;
             }
-            if matches!(stage, None | Some(Stage::Restored)) {
+            if matches!(stage, None | Some(Stage::Offered | Stage::Restored)) {
                 info!(pod = %pod.display_name(), %uid, "enrolling pod: handing its netns to the proxy");
                 match self.zds.add(pod).await {
                     Ok(()) => {
@@ -274,6 +282,12 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
                     Err(e) => {
                         warn!(pod = %pod.display_name(), %uid, error = %e, "proxy did not take pod; will retry");
                         out.failures.push((uid.clone(), e));
+                        // It may still reach the proxy (e.g. in the next snapshot), so it
+                        // must be deleted if it leaves before being acknowledged.
+                        self.pods.entry(uid.clone()).or_insert_with(|| Tracked {
+                            pod: pod.clone(),
+                            stage: Stage::Offered,
+                        });
                         continue;
                     }
                 }
@@ -315,7 +329,10 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             return;
         };
         let name = t.pod.display_name();
-        if t.stage != Stage::HandedOver {
+        if matches!(
+            t.stage,
+            Stage::Restored | Stage::RulesInstalled | Stage::Published
+        ) {
             match self.rules.remove(&t.pod).await {
                 Ok(Removal::Removed) => info!(pod = %name, %uid, "redirection rules removed"),
                 Ok(Removal::NetnsGone) => {
@@ -660,6 +677,25 @@ mod tests {
             ]
         );
         assert_eq!(out.enrolled, vec!["a"]);
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_pod_that_leaves_is_still_deleted() {
+        let (fake, mut r) = setup();
+        fake.world()
+            .fail_add
+            .insert("a".into(), Cause::ProxyUnavailable);
+        r.reconcile(C, &desired(&["a"]), false).await;
+        assert_eq!(stages(&r), vec![("a".to_owned(), Stage::Offered)]);
+        assert!(r.with_rules().is_empty());
+        fake.take_journal();
+        let out = r.reconcile(C, &desired(&[]), false).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![Call::Del("a".into()), publish(&[])]
+        );
+        assert_eq!(out.unenrolled, vec!["a"]);
+        assert!(r.tracked().next().is_none());
     }
 
     #[tokio::test]

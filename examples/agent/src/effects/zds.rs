@@ -1,0 +1,186 @@
+//! The proxy channel over the `zds` crate's server.
+
+use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use zds::{ConnectionId, Server, ServerEvent, Workload, ZdsError};
+
+use crate::desired::LocalPod;
+use crate::metrics::Metrics;
+use crate::reconcile::{Cause, EffectError, ProxyChannel};
+
+/// What the newest proxy connection holds, as far as the acks tell.
+#[derive(Debug, Default)]
+struct Held {
+    newest: Option<ConnectionId>,
+    /// Known once the newest connection answered its snapshot.
+    uids: Option<BTreeSet<String>>,
+}
+
+/// [`ProxyChannel`] backed by a [`zds::Server`].
+#[derive(Debug, Clone)]
+pub(crate) struct ZdsChannel {
+    server: Arc<Server>,
+    held: Arc<Mutex<Held>>,
+}
+
+impl ZdsChannel {
+    pub(crate) fn new(server: Arc<Server>) -> Self {
+        Self {
+            server,
+            held: Arc::default(),
+        }
+    }
+
+    fn held_mut<R>(&self, f: impl FnOnce(&mut Held) -> R) -> R {
+        f(&mut self.held.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Follows the server's events: logs them, keeps the connected-proxies gauge and the
+    /// held set, and wakes the reconciler when a proxy finished its snapshot.
+    pub(crate) async fn follow_events(
+        self,
+        mut events: broadcast::Receiver<ServerEvent>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(ServerEvent::Connected { id }) => {
+                    info!(connection = %id, "proxy connected over ZDS; sending it the snapshot");
+                    metrics.connected_proxies.inc();
+                    self.held_mut(|h| {
+                        h.newest = Some(id);
+                        h.uids = None;
+                    });
+                }
+                Ok(ServerEvent::SnapshotDone {
+                    id,
+                    workloads,
+                    nacked,
+                }) => {
+                    for uid in &nacked {
+                        warn!(connection = %id, %uid, "proxy rejected pod in its snapshot");
+                        metrics.failure(Cause::ProxyNack.label());
+                    }
+                    info!(connection = %id, pods = workloads, rejected = nacked.len(), "proxy acknowledged the snapshot");
+                    let cached: BTreeSet<String> = self
+                        .server
+                        .workloads()
+                        .await
+                        .into_iter()
+                        .map(|w| w.uid)
+                        .collect();
+                    self.held_mut(|h| {
+                        if h.newest == Some(id) {
+                            let nacked: BTreeSet<String> = nacked.into_iter().collect();
+                            h.uids = Some(cached.difference(&nacked).cloned().collect());
+                        }
+                    });
+                    wake.notify_one();
+                }
+                Ok(ServerEvent::Nacked { id, uid, message }) => {
+                    warn!(connection = %id, uid = uid.as_deref().unwrap_or("-"), %message, "proxy NACKed a request");
+                    if let Some(uid) = uid {
+                        self.held_mut(|h| {
+                            if h.newest == Some(id)
+                                && let Some(uids) = &mut h.uids
+                            {
+                                uids.remove(&uid);
+                            }
+                        });
+                    }
+                }
+                Ok(ServerEvent::Disconnected { id, error }) => {
+                    match error {
+                        Some(e) => warn!(connection = %id, error = %e, "proxy connection closed"),
+                        None => info!(connection = %id, "proxy disconnected"),
+                    }
+                    metrics.connected_proxies.dec();
+                    self.held_mut(|h| {
+                        if h.newest == Some(id) {
+                            h.newest = None;
+                            h.uids = None;
+                        }
+                    });
+                }
+                Ok(other) => info!(event = ?other, "ZDS event"),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(
+                        missed = n,
+                        "missed ZDS events; re-checking the proxy on the next pass"
+                    );
+                    self.held_mut(|h| h.uids = None);
+                    let n = self.server.connections().await;
+                    metrics
+                        .connected_proxies
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+fn open_netns(pod: &LocalPod) -> Result<OwnedFd, EffectError> {
+    let file = std::fs::File::open(&pod.netns).map_err(|e| {
+        EffectError::new(
+            Cause::Netns,
+            format!("cannot open netns {}: {e}", pod.netns.display()),
+        )
+    })?;
+    let fd = OwnedFd::from(file);
+    zds::verify_netns(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| {
+        EffectError::new(
+            Cause::Netns,
+            format!("{} is not a network namespace: {e}", pod.netns.display()),
+        )
+    })?;
+    Ok(fd)
+}
+
+fn zds_error(e: ZdsError) -> EffectError {
+    let cause = match &e {
+        ZdsError::Nack(_) => Cause::ProxyNack,
+        ZdsError::Timeout => Cause::ProxyTimeout,
+        _ => Cause::ProxyUnavailable,
+    };
+    EffectError::new(cause, e.to_string())
+}
+
+impl ProxyChannel for ZdsChannel {
+    async fn add(&self, pod: &LocalPod) -> Result<(), EffectError> {
+        let fd = open_netns(pod)?;
+        let workload = Workload::new(&pod.uid, &pod.name, &pod.namespace, &pod.service_account);
+        self.server.add(workload, fd).await.map_err(zds_error)?;
+        self.held_mut(|h| {
+            if let Some(uids) = &mut h.uids {
+                uids.insert(pod.uid.clone());
+            }
+        });
+        Ok(())
+    }
+
+    async fn del(&self, uid: &str) -> Result<(), EffectError> {
+        self.server.del(uid).await.map_err(zds_error)?;
+        self.held_mut(|h| {
+            if let Some(uids) = &mut h.uids {
+                uids.remove(uid);
+            }
+        });
+        Ok(())
+    }
+
+    fn held(&self) -> Option<BTreeSet<String>> {
+        self.held_mut(|h| h.uids.clone())
+    }
+}
