@@ -90,12 +90,13 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod error;
 mod ns;
 mod rules;
 mod socket;
+mod sys;
 
 pub use error::{Error, SocketOp};
 pub use ns::{NetNs, NsId};

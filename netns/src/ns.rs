@@ -115,14 +115,11 @@ impl NetNs {
         if fs.filesystem_type() != NSFS_MAGIC {
             return Err(Error::NotNetworkNamespace { what: what() });
         }
-        // The fd's /proc link names the namespace type: "net:[<ino>]".
-        let link = std::fs::read_link(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())).map_err(
-            |source| Error::Inspect {
-                what: what(),
-                source,
-            },
-        )?;
-        if !link.to_string_lossy().starts_with("net:[") {
+        let kind = crate::sys::namespace_type(fd.as_fd()).map_err(|source| Error::Inspect {
+            what: what(),
+            source,
+        })?;
+        if kind != libc::CLONE_NEWNET {
             return Err(Error::NotNetworkNamespace { what: what() });
         }
         let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::Inspect {
