@@ -15,6 +15,8 @@ pub(crate) struct CallerInfo {
     pub(crate) remote: Option<SocketAddr>,
     /// `authorization: Bearer <token>` value, if any.
     pub(crate) bearer_token: Option<String>,
+    /// SPIFFE ID of the caller's verified client certificate, if any.
+    pub(crate) client_identity: Option<String>,
 }
 
 /// How callers are recognised as the proxy of a node.
@@ -28,7 +30,20 @@ pub(crate) struct CallerPolicy {
 
 impl CallerPolicy {
     /// The node whose proxy `caller` is, if it can be recognised.
+    ///
+    /// In order: a client certificate `spiffe://<trust domain>/node/<node>`, a known bearer
+    /// token, then (demo mode) the loopback address.
     pub(crate) fn caller_node(&self, caller: &CallerInfo, settings: &Settings) -> Option<String> {
+        if let Some(id) = &caller.client_identity
+            && let Some(node) = id
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.strip_prefix(settings.trust_domain.as_str()))
+                .and_then(|rest| rest.strip_prefix("/node/"))
+            && !node.is_empty()
+            && !node.contains('/')
+        {
+            return Some(node.to_owned());
+        }
         if let Some(token) = &caller.bearer_token
             && let Some(node) = self.tokens.get(token)
         {
@@ -220,6 +235,7 @@ mod tests {
         let at = |addr: &str, token: Option<&str>| CallerInfo {
             remote: Some(addr.parse().unwrap()),
             bearer_token: token.map(str::to_owned),
+            client_identity: None,
         };
         assert_eq!(
             policy
@@ -263,6 +279,30 @@ mod tests {
             Some("node-1"),
             "an unknown token on loopback is still the local proxy in demo mode"
         );
+        let with_cert = |id: &str| CallerInfo {
+            remote: Some("10.0.0.5:4000".parse().unwrap()),
+            bearer_token: None,
+            client_identity: Some(id.to_owned()),
+        };
+        assert_eq!(
+            policy
+                .caller_node(&with_cert("spiffe://cluster.local/node/node-7"), &s)
+                .as_deref(),
+            Some("node-7")
+        );
+        for not_a_node in [
+            "spiffe://other.domain/node/node-7",
+            "spiffe://cluster.local/ns/shop/sa/client",
+            "spiffe://cluster.local/node/",
+            "spiffe://cluster.local/node/a/b",
+            "spiffe://cluster.localx/node/n",
+        ] {
+            assert_eq!(
+                policy.caller_node(&with_cert(not_a_node), &s),
+                None,
+                "{not_a_node}"
+            );
+        }
         let strict = CallerPolicy {
             trust_loopback: false,
             ..policy

@@ -167,6 +167,8 @@ pub(crate) struct Reconciler<Z, R, P> {
     rules: R,
     publisher: P,
     pods: BTreeMap<String, Tracked>,
+    /// Local pods advertised as HBONE by the last publish.
+    advertised: BTreeSet<String>,
 }
 
 impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
@@ -176,6 +178,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             rules,
             publisher,
             pods: BTreeMap::new(),
+            advertised: BTreeSet::new(),
         }
     }
 
@@ -242,16 +245,18 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
         // 1. Stop advertising HBONE for leaving pods, before anything else changes for them.
         let mut unpublished = false;
         for uid in &leaving {
-            if let Some(t) = self.pods.get_mut(uid)
-                && t.stage == Stage::Published
-            {
-                info!(pod = %t.pod.display_name(), %uid, "unenrolling pod: no longer advertised as HBONE");
-                t.stage = Stage::RulesInstalled;
-                unpublished = true;
+            if let Some(t) = self.pods.get_mut(uid) {
+                if t.stage == Stage::Published {
+                    t.stage = Stage::RulesInstalled;
+                }
+                if self.advertised.contains(uid) {
+                    info!(pod = %t.pod.display_name(), %uid, "unenrolling pod: no longer advertised as HBONE");
+                    unpublished = true;
+                }
             }
         }
         if unpublished {
-            self.publish(cluster);
+            self.publish(cluster, desired);
         }
 
         // 2. Remove rules, then tell the proxy.
@@ -316,7 +321,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
                 out.enrolled.push(uid.clone());
             }
         }
-        self.publish(cluster);
+        self.publish(cluster, desired);
 
         if periodic {
             self.check(&mut out).await;
@@ -409,14 +414,21 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
         }
     }
 
-    fn publish(&self, cluster: &Cluster) {
+    /// Advertises published pods, and restored pods that are still desired: they were
+    /// enrolled by the previous agent run and keep their rules, so they keep working while
+    /// this run hands them to the proxy again.
+    fn publish(&mut self, cluster: &Cluster, desired: &BTreeMap<String, LocalPod>) {
         let ready: BTreeSet<String> = self
             .pods
             .iter()
-            .filter(|(_, t)| t.stage == Stage::Published)
+            .filter(|(uid, t)| {
+                t.stage == Stage::Published
+                    || (t.stage == Stage::Restored && desired.get(*uid) == Some(&t.pod))
+            })
             .map(|(uid, _)| uid.clone())
             .collect();
         self.publisher.publish(cluster, &ready);
+        self.advertised = ready;
     }
 }
 
@@ -891,6 +903,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn restored_pods_stay_advertised_until_the_proxy_is_back() {
+        let (fake, mut r) = setup();
+        r.restore([pod("keep")]);
+        fake.world()
+            .fail_add
+            .insert("keep".into(), Cause::ProxyUnavailable);
+        r.reconcile(C, &desired(&["keep"]), false).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![Call::Add("keep".into()), publish(&["keep"])]
+        );
+        assert_eq!(stages(&r), vec![("keep".to_owned(), Stage::Restored)]);
+        assert_eq!(r.with_rules().len(), 1, "still remembered as having rules");
+
+        // Unlabelled while the proxy is away: withdrawn first, then rules removed, then Del.
+        r.reconcile(C, &desired(&[]), false).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![
+                publish(&[]),
+                Call::Remove("keep".into()),
+                Call::Del("keep".into()),
+                publish(&[])
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn hbone_is_never_published_for_a_pod_without_rules() {
         // Over a sequence of desired sets with failing installs and removals: every Publish
         // lists only pods the proxy holds and whose rules are installed, rules are installed
@@ -925,6 +965,7 @@ mod tests {
         assert!(journal.contains(&Call::RemoveFailed("c".into())));
         let mut rules: BTreeSet<String> = BTreeSet::new();
         let mut at_proxy: BTreeSet<String> = BTreeSet::new();
+        let mut advertised: Vec<String> = Vec::new();
         for call in &journal {
             match call {
                 Call::Add(u) => {
@@ -945,9 +986,14 @@ mod tests {
                     rules.insert(u.clone());
                 }
                 Call::Remove(u) => {
+                    assert!(
+                        !advertised.contains(u),
+                        "rules of {u} removed while advertised"
+                    );
                     rules.remove(u);
                 }
                 Call::Publish(list) => {
+                    advertised.clone_from(list);
                     for u in list {
                         assert!(
                             rules.contains(u),
