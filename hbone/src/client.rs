@@ -1,0 +1,276 @@
+//! A single HBONE client connection: TLS 1.3 + HTTP/2, one CONNECT stream per tunnel.
+
+use std::error::Error as StdError;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::StatusCode;
+use svid::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::Http2Config;
+use crate::driver::{ClientDriver, ClientExit};
+use crate::pool::StreamGuard;
+use crate::request::{BuildError, ConnectRequest, ConnectResponse, Rejection};
+use crate::tunnel::Tunnel;
+
+/// Why opening a tunnel failed.
+///
+/// Cheap to clone: when several requests wait for one connection attempt, each gets a
+/// copy of its failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The connector could not open the transport connection.
+    #[error("connecting to the next hop failed: {0}")]
+    Connect(#[source] Arc<io::Error>),
+    /// The connector did not finish within the connect timeout.
+    #[error("connecting to the next hop timed out (is a network policy blocking the HBONE port?)")]
+    ConnectTimeout,
+    /// The caller's TLS configuration source failed.
+    #[error("no TLS client configuration: {0}")]
+    TlsConfig(#[source] Arc<dyn StdError + Send + Sync>),
+    /// The TLS handshake failed (for example the server's identity is not one of the
+    /// expected ones). [`ClientError::tls_error`] gives the rustls error.
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] Arc<io::Error>),
+    /// The TLS or HTTP/2 handshake did not finish within the handshake timeout.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The server's certificate carries no SPIFFE ID, or not an expected one.
+    #[error("server identity {found:?} is not one of the expected identities")]
+    UnexpectedIdentity {
+        /// The identity found in the server's certificate, if any.
+        found: Option<SpiffeId>,
+    },
+    /// An HTTP/2 error on the connection or the stream.
+    #[error("HTTP/2: {0}")]
+    Http2(#[source] Arc<h2::Error>),
+    /// The server refused the tunnel with 400, 401 or 503.
+    #[error("tunnel refused with status {}", .0.status())]
+    Rejected(Rejection),
+    /// The server answered with a status other than 200, 400, 401 or 503.
+    #[error("tunnel refused with unexpected status {0}")]
+    UnexpectedStatus(StatusCode),
+    /// The request could not be encoded.
+    #[error("invalid request: {0}")]
+    Request(#[source] Arc<BuildError>),
+    /// The connection closed before the tunnel was established.
+    #[error("connection closed")]
+    ConnectionClosed,
+}
+
+impl ClientError {
+    /// The rejection, for a 400/401/503 answer.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Rejected(r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the server answered with, for refusals.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Rejected(r) => Some(r.status()),
+            Self::UnexpectedStatus(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// The rustls error behind a failed TLS handshake (for example a server identity
+    /// that is not expected). A server that refuses *our* certificate is only noticed
+    /// after the handshake (TLS 1.3 clients finish first); that arrives as
+    /// [`ClientError::Http2`] carrying the alert as an I/O error, without the rustls type.
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            Self::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
+            _ => None,
+        }
+    }
+
+    fn http2(e: h2::Error) -> Self {
+        Self::Http2(Arc::new(e))
+    }
+
+    /// Whether the request certainly never reached the server, so that it can be
+    /// retried on another connection.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            Self::Http2(e) => {
+                e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (e.is_go_away() && e.is_remote())
+            }
+            Self::ConnectionClosed => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<BuildError> for ClientError {
+    fn from(e: BuildError) -> Self {
+        Self::Request(Arc::new(e))
+    }
+}
+
+/// The name used for the TLS handshake. SNI is disabled on HBONE and the SPIFFE
+/// verifier ignores the name, so a fixed placeholder is used.
+pub(crate) fn placeholder_server_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into())
+}
+
+/// TLS client handshake; returns the stream and the server's SPIFFE ID.
+pub(crate) async fn tls_connect<T>(
+    io: T,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(tokio_rustls::client::TlsStream<T>, Option<SpiffeId>), ClientError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(placeholder_server_name(), io)
+        .await
+        .map_err(|e| ClientError::Tls(Arc::new(e)))?;
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| svid::peer_spiffe_id(c).ok());
+    Ok((stream, peer))
+}
+
+/// HTTP/2 client handshake over an established (secured) stream; spawns the driver.
+pub(crate) async fn h2_handshake<T>(
+    io: T,
+    config: &Http2Config,
+    probe: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        ClientDriver<T>,
+    ),
+    ClientError,
+>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = config
+        .client_builder()
+        .handshake::<T, Bytes>(io)
+        .await
+        .map_err(ClientError::http2)?;
+    Ok((send, ClientDriver::new(conn, config, probe)))
+}
+
+/// Sends one CONNECT request and waits for the response.
+pub(crate) async fn open_stream(
+    send: h2::client::SendRequest<Bytes>,
+    request: &ConnectRequest,
+    guard: Option<Arc<StreamGuard>>,
+) -> Result<Tunnel, ClientError> {
+    let http = request.to_http()?;
+    let mut send = send.ready().await.map_err(ClientError::http2)?;
+    let (response, stream) = send
+        .send_request(http, false)
+        .map_err(ClientError::http2)?;
+    let response = response.await.map_err(ClientError::http2)?;
+    let (parts, recv) = response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Err(match Rejection::from_status(parts.status) {
+            Some(r) => ClientError::Rejected(r),
+            None => ClientError::UnexpectedStatus(parts.status),
+        });
+    }
+    let response = ConnectResponse::from_parts(parts.status, &parts.headers);
+    Ok(Tunnel::new(recv, stream, Some(response), guard))
+}
+
+/// One HBONE client connection, not pooled: TLS 1.3 with the caller's configuration,
+/// HTTP/2 on top, and any number of tunnels (up to the server's stream limit).
+///
+/// Useful for hops that must not be pooled (the inner connection of double HBONE runs
+/// over a [`Tunnel`]) and for measuring fresh-connection cost. Most callers want the
+/// [`Pool`](crate::Pool).
+///
+/// The connection task runs on the current tokio runtime and ends when the
+/// `ClientConnection` and all its tunnels are dropped, the server closes the
+/// connection, or a keepalive PING goes unanswered.
+#[derive(Debug, Clone)]
+pub struct ClientConnection {
+    send: h2::client::SendRequest<Bytes>,
+    peer: Option<SpiffeId>,
+    closed: Arc<AtomicBool>,
+}
+
+impl ClientConnection {
+    /// TLS handshake over `io` (any connected byte stream), then HTTP/2.
+    ///
+    /// `tls` should come from [`svid::client_config`], which verifies the server's
+    /// identity against the expected ones; the handshake fails if it does not match.
+    pub async fn connect<T>(
+        io: T,
+        tls: Arc<rustls::ClientConfig>,
+        config: &Http2Config,
+    ) -> Result<Self, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (stream, peer) = tls_connect(io, tls).await?;
+        let mut conn = Self::handshake(stream, config).await?;
+        conn.peer = peer;
+        Ok(conn)
+    }
+
+    /// HTTP/2 over a stream that is already secured (or a test stream): no TLS here.
+    pub(crate) async fn handshake<T>(io: T, config: &Http2Config) -> Result<Self, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, driver) = h2_handshake(io, config, None).await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        tokio::spawn(async move {
+            match driver.await {
+                ClientExit::Closed(Ok(())) => tracing::debug!("HBONE connection closed"),
+                ClientExit::Closed(Err(e)) => tracing::debug!(error = %e, "HBONE connection failed"),
+                ClientExit::KeepaliveTimeout => {
+                    tracing::info!("HBONE connection dropped: keepalive PING unanswered");
+                }
+            }
+            flag.store(true, Ordering::Release);
+        });
+        Ok(Self {
+            send,
+            peer: None,
+            closed,
+        })
+    }
+
+    /// The server's SPIFFE ID, from its certificate.
+    pub fn peer_identity(&self) -> Option<&SpiffeId> {
+        self.peer.as_ref()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The server's current limit on concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS,
+    /// or the assumed initial value before the server's SETTINGS arrived).
+    pub fn max_send_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
+    /// Opens a tunnel: sends CONNECT and waits for the response. Anything but 200 is an
+    /// error ([`ClientError::Rejected`] for 400/401/503).
+    pub async fn open(&self, request: &ConnectRequest) -> Result<Tunnel, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::ConnectionClosed);
+        }
+        open_stream(self.send.clone(), request, None).await
+    }
+}
