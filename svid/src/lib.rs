@@ -5,6 +5,7 @@
 mod bundle;
 mod ca;
 mod id;
+mod manager;
 pub mod pb;
 pub mod provider;
 mod service;
@@ -19,6 +20,10 @@ pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
 pub use ca::{CaConfig, CaError, CertificateAuthority};
 pub use id::{
     IstioIdentity, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
+};
+pub use manager::{
+    CertificateHandle, CertificateManager, CertificateSource, CertificateState, ManagerConfig,
+    ManagerError, Priority,
 };
 pub use service::client::{
     CaClient, CaClientConfig, CaClientError, CsrAndKey, FetchedSvid, Token, make_csr,

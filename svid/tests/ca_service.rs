@@ -363,3 +363,25 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
         body.join("\n")
     )
 }
+
+#[tokio::test]
+async fn manager_fetches_through_the_grpc_client() {
+    let h = start().await;
+    let mut cfg = token_config();
+    cfg.impersonate(true);
+    let mgr = svid::CertificateManager::new(client(&h, cfg, None), svid::ManagerConfig::default());
+    let want = id("spiffe://cluster.local/ns/default/sa/productpage");
+    let handle = mgr.hold(&want, svid::Priority::OnDemand);
+    let got = handle.get().await.unwrap();
+    assert_eq!(got.svid.spiffe_id(), &want);
+    assert_eq!(got.roots, vec![h.ca.root().clone()]);
+    // A denied identity surfaces as a fetch failure.
+    let denied = mgr.hold(
+        &id("spiffe://cluster.local/ns/forbidden/sa/x"),
+        svid::Priority::OnDemand,
+    );
+    assert!(matches!(
+        denied.get().await,
+        Err(svid::ManagerError::FetchFailed { .. })
+    ));
+}

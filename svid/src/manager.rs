@@ -1,0 +1,617 @@
+//! The certificate manager: one certificate per identity, shared by every holder, refreshed
+//! at half-life, fetched with bounded concurrency and priorities, retried with back-off.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::ca::CertificateAuthority;
+use crate::id::SpiffeId;
+use crate::service::client::{CaClient, CaClientError, FetchedSvid};
+
+/// Where certificates come from: the gRPC [`CaClient`], a local [`CertificateAuthority`], or
+/// anything else (a SPIRE agent, a test double).
+pub trait CertificateSource: Send + Sync + 'static {
+    /// Why a fetch failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Obtains a fresh certificate for `id`.
+    fn fetch(&self, id: &SpiffeId)
+    -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send;
+}
+
+impl CertificateSource for CaClient {
+    type Error = CaClientError;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
+        let this = self.clone();
+        let id = id.clone();
+        async move { Self::fetch(&this, &id).await }
+    }
+}
+
+/// Issues locally with the CA's [`max_ttl`](crate::CaConfig::max_ttl).
+impl CertificateSource for CertificateAuthority {
+    type Error = crate::ca::CaError;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
+        let result = self
+            .issue(id, self.config().max_ttl)
+            .map(|svid| FetchedSvid::new(svid, vec![self.root().clone()]));
+        std::future::ready(result)
+    }
+}
+
+impl<T: CertificateSource> CertificateSource for Arc<T> {
+    type Error = T::Error;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
+        T::fetch(self, id)
+    }
+}
+
+/// How urgently a certificate is wanted. Requests waiting for a free slot start in this
+/// order: [`OnDemand`](Priority::OnDemand), then [`Prefetch`](Priority::Prefetch), then
+/// [`Rotation`](Priority::Rotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Priority {
+    /// Replacing a certificate that is still valid (background).
+    Rotation,
+    /// Warming up for a workload that will need it soon.
+    Prefetch,
+    /// A connection is waiting for it now.
+    OnDemand,
+}
+
+/// Settings of a [`CertificateManager`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ManagerConfig {
+    /// Most fetches running at once. Default: 8.
+    pub max_in_flight: usize,
+    /// First retry delay after a failure. Default: 1 second.
+    pub initial_backoff: Duration,
+    /// Longest retry delay. Default: 150 seconds.
+    pub max_backoff: Duration,
+    /// Random spread of each retry delay, as a fraction (0.2 = ±20 %). Default: 0.2.
+    pub jitter: f64,
+    /// Shortest delay before a refresh, so a certificate whose half-life is already past
+    /// does not cause a tight loop. Default: 1 second.
+    pub min_refresh_delay: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 8,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(150),
+            jitter: 0.2,
+            min_refresh_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// Sets [`ManagerConfig::max_in_flight`] (at least 1).
+    pub fn max_in_flight(&mut self, n: usize) -> &mut Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+    /// Sets [`ManagerConfig::initial_backoff`].
+    pub fn initial_backoff(&mut self, d: Duration) -> &mut Self {
+        self.initial_backoff = d;
+        self
+    }
+    /// Sets [`ManagerConfig::max_backoff`].
+    pub fn max_backoff(&mut self, d: Duration) -> &mut Self {
+        self.max_backoff = d;
+        self
+    }
+    /// Sets [`ManagerConfig::jitter`] (clamped to 0..=1).
+    pub fn jitter(&mut self, fraction: f64) -> &mut Self {
+        self.jitter = fraction.clamp(0.0, 1.0);
+        self
+    }
+    /// Sets [`ManagerConfig::min_refresh_delay`].
+    pub fn min_refresh_delay(&mut self, d: Duration) -> &mut Self {
+        self.min_refresh_delay = d;
+        self
+    }
+}
+
+/// Why no certificate could be handed out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The last fetch failed and no valid certificate is held; a retry is scheduled.
+    #[error("fetching the certificate for {id} failed: {reason}")]
+    FetchFailed {
+        /// The identity.
+        id: SpiffeId,
+        /// The source's error, as text.
+        reason: Arc<str>,
+    },
+    /// The manager has shut down.
+    #[error("certificate manager has shut down")]
+    Closed,
+}
+
+/// What holders observe for one identity.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateState {
+    /// The valid certificate, if any. Removed when it expires.
+    pub certificate: Option<Arc<FetchedSvid>>,
+    /// The error of the last fetch, cleared on success.
+    pub last_error: Option<Arc<str>>,
+    /// Number of fetches that finished (successfully or not).
+    pub attempts: u64,
+}
+
+struct Entry {
+    holders: usize,
+    state: watch::Sender<CertificateState>,
+    /// Waiting for a slot, with this priority and queue order.
+    queued: Option<(Priority, u64)>,
+    /// A fetch is running.
+    task: Option<AbortHandle>,
+    /// The next refresh or retry, and its priority.
+    scheduled: Option<(Instant, Priority)>,
+    /// Current back-off delay (before jitter), after consecutive failures.
+    backoff: Option<Duration>,
+    /// When the held certificate expires.
+    expires: Option<Instant>,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<SpiffeId, Entry>,
+    in_flight: usize,
+    seq: u64,
+    generation: u64,
+}
+
+struct Shared<S> {
+    source: Arc<S>,
+    config: ManagerConfig,
+    state: Mutex<State>,
+    wake: Arc<Notify>,
+    driver: Mutex<Option<AbortHandle>>,
+}
+
+impl<S> Drop for Shared<S> {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.driver.lock()
+            && let Some(h) = d.take()
+        {
+            h.abort();
+        }
+        let st = match self.state.get_mut() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        for e in st.entries.values_mut() {
+            if let Some(t) = e.task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than stopping; keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Hands out one certificate per identity to any number of holders.
+///
+/// - [`hold`](CertificateManager::hold) registers interest and starts a fetch (at the given
+///   priority) if the identity is new; the returned [`CertificateHandle`] releases on drop,
+///   and the identity is forgotten when its last holder goes.
+/// - A certificate is refreshed at half-life ([`X509Svid::refresh_at`](crate::X509Svid::refresh_at))
+///   with [`Priority::Rotation`]. At most [`ManagerConfig::max_in_flight`] fetches run at
+///   once; queued fetches start by priority.
+/// - A failed fetch is retried after an exponential back-off with jitter (from
+///   [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
+///   [`max_backoff`](ManagerConfig::max_backoff)), never later than the expiry of the
+///   certificate still held. That certificate keeps being served until it expires.
+///
+/// Timers use `tokio::time`, so tests can run under paused time. Create it inside a tokio
+/// runtime: it spawns a driver task, which stops when the manager, its clones and all handles
+/// are gone.
+pub struct CertificateManager<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for CertificateManager<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for CertificateManager<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.shared.lock();
+        f.debug_struct("CertificateManager")
+            .field("identities", &st.entries.len())
+            .field("in_flight", &st.in_flight)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl<S: CertificateSource> CertificateManager<S> {
+    /// A manager fetching from `source`. Must be called inside a tokio runtime.
+    pub fn new(source: S, config: ManagerConfig) -> Self {
+        let mut config = config;
+        config.max_in_flight = config.max_in_flight.max(1);
+        let shared = Arc::new(Shared {
+            source: Arc::new(source),
+            config,
+            state: Mutex::new(State::default()),
+            wake: Arc::new(Notify::new()),
+            driver: Mutex::new(None),
+        });
+        let task = tokio::spawn(drive(Arc::downgrade(&shared), shared.wake.clone()));
+        if let Ok(mut d) = shared.driver.lock() {
+            *d = Some(task.abort_handle());
+        }
+        Self { shared }
+    }
+
+    /// Registers a holder of `id`'s certificate. A new identity is fetched at `priority`; a
+    /// known one that is still waiting for its first certificate has its priority raised if
+    /// `priority` is higher.
+    pub fn hold(&self, id: &SpiffeId, priority: Priority) -> CertificateHandle {
+        let mut st = self.shared.lock();
+        let seq = next_seq(&mut st);
+        let st = &mut *st;
+        let rx = match st.entries.get_mut(id) {
+            Some(e) => {
+                e.holders += 1;
+                raise(e, priority);
+                e.state.subscribe()
+            }
+            None => {
+                st.generation += 1;
+                let (tx, rx) = watch::channel(CertificateState::default());
+                st.entries.insert(
+                    id.clone(),
+                    Entry {
+                        holders: 1,
+                        state: tx,
+                        queued: Some((priority, seq)),
+                        task: None,
+                        scheduled: None,
+                        backoff: None,
+                        expires: None,
+                        generation: st.generation,
+                    },
+                );
+                rx
+            }
+        };
+        self.shared.wake.notify_one();
+        CertificateHandle {
+            id: id.clone(),
+            rx,
+            manager: self.shared.clone(),
+        }
+    }
+
+    /// The identities currently held.
+    pub fn identities(&self) -> Vec<SpiffeId> {
+        self.shared.lock().entries.keys().cloned().collect()
+    }
+
+    /// Number of fetches running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.lock().in_flight
+    }
+}
+
+fn next_seq(st: &mut State) -> u64 {
+    st.seq += 1;
+    st.seq
+}
+
+/// Raises the priority of a fetch that has not produced a certificate yet.
+fn raise(e: &mut Entry, priority: Priority) {
+    let has_cert = e.state.borrow().certificate.is_some();
+    if let Some((p, _)) = &mut e.queued
+        && *p < priority
+    {
+        *p = priority;
+    }
+    if let Some((_, p)) = &mut e.scheduled
+        && *p < priority
+        && !has_cert
+    {
+        *p = priority;
+    }
+}
+
+/// Object-safe part of the manager that handles need.
+trait Release: Send + Sync {
+    fn release(&self, id: &SpiffeId);
+    fn want_now(&self, id: &SpiffeId);
+}
+
+impl<S: CertificateSource> Release for Shared<S> {
+    fn release(&self, id: &SpiffeId) {
+        let mut st = self.lock();
+        let Some(e) = st.entries.get_mut(id) else {
+            return;
+        };
+        e.holders = e.holders.saturating_sub(1);
+        if e.holders > 0 {
+            return;
+        }
+        if let Some(e) = st.entries.remove(id)
+            && let Some(task) = e.task
+        {
+            task.abort();
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
+        tracing::debug!(identity = %id, "forgot identity");
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    fn want_now(&self, id: &SpiffeId) {
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(id) {
+            raise(e, Priority::OnDemand);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+}
+
+/// A holder's share of one identity's certificate. Dropping it releases the share; the
+/// identity is forgotten when the last share goes. A handle keeps the manager running.
+pub struct CertificateHandle {
+    id: SpiffeId,
+    rx: watch::Receiver<CertificateState>,
+    manager: Arc<dyn Release>,
+}
+
+impl fmt::Debug for CertificateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateHandle")
+            .field("id", &self.id)
+            .field("has_certificate", &self.rx.borrow().certificate.is_some())
+            .finish()
+    }
+}
+
+impl CertificateHandle {
+    /// The identity.
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The current valid certificate, if any.
+    pub fn current(&self) -> Option<Arc<FetchedSvid>> {
+        self.rx.borrow().certificate.clone()
+    }
+
+    /// The full state (certificate, last error, number of attempts).
+    pub fn state(&self) -> CertificateState {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the certificate is replaced, expires, or a fetch
+    /// fails; use it to rebuild TLS configurations on rotation.
+    pub fn subscribe(&self) -> watch::Receiver<CertificateState> {
+        self.rx.clone()
+    }
+
+    /// Returns the current certificate, or waits for one. A fetch still waiting for a slot is
+    /// moved to [`Priority::OnDemand`]. Returns an error when no valid certificate is held
+    /// and the last fetch failed (a retry stays scheduled), or when the next fetch fails.
+    pub async fn get(&self) -> Result<Arc<FetchedSvid>, ManagerError> {
+        let mut rx = self.rx.clone();
+        let start_attempts = {
+            let s = rx.borrow_and_update();
+            if let Some(c) = &s.certificate {
+                return Ok(c.clone());
+            }
+            if let Some(reason) = &s.last_error {
+                return Err(ManagerError::FetchFailed {
+                    id: self.id.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            s.attempts
+        };
+        self.manager.want_now(&self.id);
+        loop {
+            if rx.changed().await.is_err() {
+                return Err(ManagerError::Closed);
+            }
+            let s = rx.borrow_and_update();
+            if let Some(c) = &s.certificate {
+                return Ok(c.clone());
+            }
+            if s.attempts > start_attempts
+                && let Some(reason) = &s.last_error
+            {
+                return Err(ManagerError::FetchFailed {
+                    id: self.id.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+}
+
+impl Drop for CertificateHandle {
+    fn drop(&mut self) {
+        self.manager.release(&self.id);
+    }
+}
+
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    let r: f64 = rand::random();
+    d.mul_f64((1.0 + jitter * (2.0 * r - 1.0)).max(0.0))
+}
+
+/// Time from now until `t` (zero if past).
+fn until(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+async fn drive<S: CertificateSource>(weak: Weak<Shared<S>>, wake: Arc<Notify>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let next = step(&shared);
+        drop(shared);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// One pass of the scheduler: expire, move due timers to the queue, start fetches. Returns
+/// the next instant something is due.
+fn step<S: CertificateSource>(shared: &Arc<Shared<S>>) -> Option<Instant> {
+    let now = Instant::now();
+    let mut st = shared.lock();
+    let mut seq = st.seq;
+    for (id, e) in st.entries.iter_mut() {
+        if let Some(exp) = e.expires
+            && exp <= now
+        {
+            e.expires = None;
+            tracing::warn!(identity = %id, "certificate expired without a replacement");
+            e.state.send_modify(|s| s.certificate = None);
+        }
+        if let Some((at, p)) = e.scheduled
+            && at <= now
+            && e.task.is_none()
+        {
+            e.scheduled = None;
+            seq += 1;
+            e.queued = Some(match e.queued {
+                Some((q, s)) => (q.max(p), s),
+                None => (p, seq),
+            });
+        }
+    }
+    st.seq = seq;
+    let max = shared.config.max_in_flight;
+    while st.in_flight < max {
+        let best = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.task.is_none())
+            .filter_map(|(id, e)| e.queued.map(|(p, s)| (p, std::cmp::Reverse(s), id)))
+            .max()
+            .map(|(_, _, id)| id.clone());
+        let Some(id) = best else { break };
+        let Some(e) = st.entries.get_mut(&id) else {
+            break;
+        };
+        let priority = e.queued.take().map(|(p, _)| p);
+        let generation = e.generation;
+        tracing::debug!(identity = %id, ?priority, "fetching certificate");
+        let task = tokio::spawn(fetch_one(shared.clone(), id, generation));
+        e.task = Some(task.abort_handle());
+        st.in_flight += 1;
+    }
+    st.entries
+        .values()
+        .flat_map(|e| [e.expires, e.scheduled.map(|(t, _)| t)])
+        .flatten()
+        .min()
+}
+
+async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, generation: u64) {
+    let result = shared.source.fetch(&id).await;
+    let cfg = &shared.config;
+    let mut st = shared.lock();
+    let st = &mut *st;
+    let Some(e) = st
+        .entries
+        .get_mut(&id)
+        .filter(|e| e.generation == generation)
+    else {
+        // Forgotten meanwhile; the slot was released then.
+        return;
+    };
+    e.task = None;
+    st.in_flight = st.in_flight.saturating_sub(1);
+    let now = Instant::now();
+    match result {
+        Ok(fetched) => {
+            let refresh_in = until(fetched.svid.refresh_at()).max(cfg.min_refresh_delay);
+            let expires_in = until(fetched.svid.not_after());
+            e.expires = Some(now + expires_in);
+            e.scheduled = Some((now + refresh_in, Priority::Rotation));
+            e.backoff = None;
+            tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
+            e.state.send_modify(|s| {
+                s.certificate = Some(Arc::new(fetched));
+                s.last_error = None;
+                s.attempts += 1;
+            });
+        }
+        Err(err) => {
+            let backoff = e
+                .backoff
+                .map_or(cfg.initial_backoff, |b| (b * 2).min(cfg.max_backoff));
+            e.backoff = Some(backoff);
+            let mut at = now + jittered(backoff, cfg.jitter);
+            if let Some(exp) = e.expires {
+                at = at.min(exp);
+            }
+            let has_cert = e.state.borrow().certificate.is_some();
+            let priority = if has_cert {
+                Priority::Rotation
+            } else {
+                Priority::Prefetch
+            };
+            // A holder asking on demand meanwhile keeps that priority for the retry.
+            let priority = e.queued.map_or(priority, |(p, _)| p.max(priority));
+            e.queued = None;
+            e.scheduled = Some((at, priority));
+            let reason: Arc<str> = err.to_string().into();
+            tracing::warn!(identity = %id, error = %reason, retry_in = ?(at - now), "certificate fetch failed");
+            e.state.send_modify(|s| {
+                s.last_error = Some(reason);
+                s.attempts += 1;
+            });
+        }
+    }
+    shared.wake.notify_one();
+}
