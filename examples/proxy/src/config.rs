@@ -79,6 +79,18 @@ pub(crate) struct Cli {
     #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     pub(crate) secret_ttl: Duration,
 
+    /// IP announced to the control plane in the xDS node id and metadata.
+    #[arg(long, env = "INSTANCE_IP", default_value = "1.1.1.1")]
+    pub(crate) instance_ip: std::net::IpAddr,
+
+    /// Name announced to the control plane (the proxy's own pod name, if any).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub(crate) pod_name: String,
+
+    /// Namespace announced to the control plane (the proxy's own namespace, if any).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub(crate) pod_namespace: String,
+
     /// How long in-flight connections may run after SIGTERM before they are cut.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -106,7 +118,9 @@ pub(crate) struct Config {
     pub(crate) admin_address: SocketAddr,
     pub(crate) secret_ttl: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) json_logs: bool,
+    pub(crate) instance_ip: std::net::IpAddr,
+    pub(crate) pod_name: String,
+    pub(crate) pod_namespace: String,
 }
 
 impl Cli {
@@ -141,7 +155,9 @@ impl Cli {
             admin_address: self.admin_address,
             secret_ttl: self.secret_ttl,
             drain_timeout: self.drain_timeout,
-            json_logs: self.log_format == "json",
+            instance_ip: self.instance_ip,
+            pod_name: self.pod_name,
+            pod_namespace: self.pod_namespace,
         })
     }
 }

@@ -183,7 +183,9 @@ mod tests {
         let mut buf = [0u8; 5];
         server.read_exact(&mut buf).await.unwrap();
         // Abort the server side with RST.
-        server.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&server)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
         drop(server);
         let result = tokio::time::timeout(std::time::Duration::from_secs(5), proxy)
             .await

@@ -1,9 +1,9 @@
 //! Per-pod supervisor: on a ZDS add, three listeners are opened inside the pod's network
 //! namespace (15001, 15006, 15008) before the add is acknowledged; on a del (or when the
-//! snapshot no longer lists the pod) they are closed and the pod's connections are cut; on
+//! ZDS client reconciles a snapshot that no longer lists the pod) they are closed and the pod's connections are cut; on
 //! shutdown every pod stops accepting and in-flight connections get a grace period.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -105,6 +105,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn pod_added(&self, _pod: &Arc<Pod>) {}
     /// A pod was removed (its listeners are closed).
     fn pod_removed(&self, _pod: &Arc<Pod>) {}
+    /// The proxy started draining (long-lived connections should be asked to close).
+    fn drain(&self) {}
 }
 
 /// Owns every pod's listeners and connection tasks.
@@ -255,24 +257,11 @@ impl Supervisor {
         }
     }
 
-    /// Keeps only the pods in `keep` (end of a ZDS snapshot); returns the uids removed.
-    pub(crate) fn retain(&self, keep: &HashSet<String>) -> Vec<String> {
-        let stale: Vec<String> = self
-            .lock()
-            .keys()
-            .filter(|uid| !keep.contains(*uid))
-            .cloned()
-            .collect();
-        for uid in &stale {
-            self.remove(uid);
-        }
-        stale
-    }
-
     /// Graceful drain: stop accepting everywhere, let connections finish for up to `grace`,
     /// then cut what is left.
     pub(crate) async fn shutdown(&self, grace: Duration) {
         self.stop_accepting.cancel();
+        self.handler.drain();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
@@ -482,18 +471,6 @@ pub(crate) mod tests {
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(first.kill.is_cancelled());
         assert_eq!(sup.pods().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn retain_drops_pods_missing_from_the_snapshot() {
-        let sup = Supervisor::with_ports(Arc::new(Echo), Metrics::new(), ephemeral);
-        for uid in ["a", "b", "c"] {
-            sup.add(info(uid), HostNetwork::new(uid)).await.unwrap();
-        }
-        let keep: HashSet<String> = ["a".to_owned(), "c".to_owned()].into();
-        assert_eq!(sup.retain(&keep), vec!["b".to_owned()]);
-        let left: Vec<_> = sup.pods().iter().map(|p| p.info.uid.clone()).collect();
-        assert_eq!(left, ["a", "c"]);
     }
 
     #[tokio::test]

@@ -59,19 +59,8 @@ impl NamedNetns {
         ns
     }
 
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
     pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from("/var/run/netns").join(&self.name)
-    }
-
-    /// Runs `ip -n <ns> <args>`.
-    pub(crate) fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
     }
 }
 

@@ -1,0 +1,970 @@
+//! The data plane: what happens to a connection accepted on one of a pod's listeners.
+//!
+//! * 15001 (outbound): original destination → workload store → HBONE through the pod's pool
+//!   when the destination is enrolled, plain TCP from the pod's namespace otherwise.
+//! * 15008 (inbound HBONE): TLS with the pod's certificate (client certificate from the same
+//!   trust domain), then per CONNECT stream: destination check, illegal ports, L4
+//!   authorization with the client's SPIFFE ID, dial the application, 200, splice.
+//! * 15006 (inbound plaintext): authorization without identity, then forward.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use hbone::{
+    Authority, ClientError, ClientTlsProvider, ConnectRequest, Connector, Forwarded,
+    ForwardedElement, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
+    ServerError, ServerTlsProvider, TraceParent,
+};
+use prometheus_client::metrics::counter::Counter;
+use rustls::crypto::CryptoProvider;
+use svid::{IdentityPolicy, SpiffeId, TrustDomain};
+use tokio::net::TcpStream;
+use xds_workload::{
+    ConnectionInfo, Decision, HealthStatus, Identity, NetworkAddress, TunnelProtocol, Workload,
+    WorkloadStore,
+};
+
+use crate::certs::{Certificates, Material};
+use crate::copy::{Transferred, copy_bidirectional};
+use crate::metrics::{ConnectionLabels, Direction, Metrics, Security, TrafficLabels};
+use crate::pods::{Handler, ListenerKind, Pod, PodNetwork};
+use crate::routing::{self, Destination, DestinationWorkload, OutboundRoute};
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub(crate) struct DataPlaneConfig {
+    /// Only xDS workloads on this node are pods of this proxy.
+    pub(crate) node_name: String,
+    /// How long to wait for the xDS workload of a pod that ZDS announced.
+    pub(crate) local_lookup_timeout: Duration,
+    /// TCP connect timeout (application and passthrough).
+    pub(crate) connect_timeout: Duration,
+    /// How long an HBONE server lets streams run after a drain started.
+    pub(crate) drain_deadline: Duration,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            local_lookup_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-pod HBONE state: the outbound pool (connections made in the pod's namespace with its
+/// identity) and the inbound server (the pod's certificate).
+struct PodState {
+    pod: Arc<Pod>,
+    pool: Pool<PodConnector, ClientTls>,
+    server: Server<InboundStreams, PodServerTls>,
+}
+
+impl fmt::Debug for PodState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodState")
+            .field("pool", &self.pool)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// The data plane shared by every pod.
+pub(crate) struct DataPlane {
+    config: DataPlaneConfig,
+    metrics: Arc<Metrics>,
+    store: Arc<WorkloadStore>,
+    certs: Arc<dyn Certificates>,
+    crypto: Arc<CryptoProvider>,
+    pods: Mutex<HashMap<String, Arc<PodState>>>,
+    /// Round-robin position for service endpoints.
+    next_endpoint: AtomicUsize,
+}
+
+impl fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection could not be carried; the reason label of `connection_failures`.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    detail: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, detail: impl fmt::Display) -> Self {
+        Self {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+impl DataPlane {
+    pub(crate) fn new(
+        config: DataPlaneConfig,
+        metrics: Arc<Metrics>,
+        store: Arc<WorkloadStore>,
+        certs: Arc<dyn Certificates>,
+        crypto: Arc<CryptoProvider>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            metrics,
+            store,
+            certs,
+            crypto,
+            pods: Mutex::new(HashMap::new()),
+            next_endpoint: AtomicUsize::new(0),
+        })
+    }
+
+    fn pod_states(&self) -> MutexGuard<'_, HashMap<String, Arc<PodState>>> {
+        self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pod_state(&self, uid: &str) -> Option<Arc<PodState>> {
+        self.pod_states().get(uid).cloned()
+    }
+
+    /// The xDS workload of a pod: on this node, with the pod's name, namespace and service
+    /// account.
+    pub(crate) fn find_local(&self, pod: &Pod) -> Option<Arc<Workload>> {
+        let info = &pod.info;
+        let sa = if info.service_account.is_empty() {
+            xds_workload::DEFAULT_SERVICE_ACCOUNT
+        } else {
+            info.service_account.as_str()
+        };
+        self.store
+            .workloads_on_node(&self.config.node_name)
+            .into_iter()
+            .find(|w| {
+                w.name == info.name && w.namespace == info.namespace && w.service_account == sa
+            })
+    }
+
+    /// Like [`find_local`](Self::find_local), waiting up to the lookup timeout for xDS to
+    /// deliver the workload.
+    async fn local_workload(&self, pod: &Pod) -> Option<Arc<Workload>> {
+        let deadline = tokio::time::Instant::now() + self.config.local_lookup_timeout;
+        let mut changes = self.store.subscribe();
+        loop {
+            if let Some(w) = self.find_local(pod) {
+                return Some(w);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// What the store knows about an outbound destination, seen from `network`.
+    fn destination(&self, dst: SocketAddr, network: &str) -> Destination {
+        let addr = NetworkAddress::new(network, dst.ip());
+        if let Some(w) = self.store.workload_by_address(&addr) {
+            return Destination::Workload(to_destination(&w, dst.ip(), dst.port()));
+        }
+        let Some(service) = self.store.service_by_vip(&addr) else {
+            return Destination::Unknown;
+        };
+        let key = service.key();
+        let port = service.ports.iter().find(|p| p.service_port == dst.port());
+        let endpoints: Vec<_> = self
+            .store
+            .endpoints(&key)
+            .into_iter()
+            .filter(|w| w.status == HealthStatus::Healthy)
+            .filter_map(|w| {
+                let ip = w
+                    .addresses
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+                    .or_else(|| w.addresses.first())?;
+                // A service port whose target is 0 maps per endpoint; no mapping keeps the port.
+                let target = match port {
+                    Some(p) if p.target_port != 0 => p.target_port,
+                    _ => w
+                        .services
+                        .get(&key)
+                        .and_then(|ports| ports.iter().find(|p| p.service_port == dst.port()))
+                        .map_or_else(
+                            || dst.port(),
+                            |p| {
+                                if p.target_port == 0 {
+                                    dst.port()
+                                } else {
+                                    p.target_port
+                                }
+                            },
+                        ),
+                };
+                Some(to_destination(&w, *ip, target))
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Destination::ServiceWithoutEndpoints;
+        }
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        endpoints
+            .into_iter()
+            .nth(i)
+            .map_or(Destination::ServiceWithoutEndpoints, Destination::Workload)
+    }
+
+    fn connection_failed(&self, rec: &ConnRecord, failure: &Failure) {
+        self.metrics
+            .connection_failed(rec.direction, failure.reason);
+        tracing::info!(
+            direction = %rec.direction,
+            security = %rec.security,
+            src = %rec.src,
+            dst = %rec.dst,
+            peer_identity = %rec.peer_identity,
+            reason = failure.reason,
+            error = %failure.detail,
+            "connection failed"
+        );
+    }
+
+    // ---------------------------------------------------------------------------------
+    // outbound (15001)
+    // ---------------------------------------------------------------------------------
+
+    async fn outbound(self: Arc<Self>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+        let peer = canonical(peer);
+        let orig = match pod.net.original_dst(&stream) {
+            Ok(d) => canonical(d),
+            Err(e) => {
+                self.metrics
+                    .connection_failed(Direction::Outbound, "no original destination");
+                tracing::info!(uid = %pod.info.uid, src = %peer, error = %e, "outbound: no original destination");
+                return;
+            }
+        };
+        let local = self.local_workload(&pod).await;
+        let network = local.as_ref().map_or("", |w| w.network.as_str());
+        let destination = self.destination(orig, network);
+        let src_identity = local
+            .as_ref()
+            .map(|w| w.identity().to_string())
+            .unwrap_or_default();
+        match routing::outbound_route(orig, &destination) {
+            OutboundRoute::Reject(reason) => {
+                let rec = ConnRecord::new(Direction::Outbound, Security::Plaintext, peer, orig);
+                self.connection_failed(&rec, &Failure::new("refused", reason));
+            }
+            OutboundRoute::Passthrough { dst } => {
+                let rec = ConnRecord::new(Direction::Outbound, Security::Plaintext, peer, dst)
+                    .identities(src_identity, String::new());
+                self.passthrough(&pod, stream, dst, rec).await;
+            }
+            OutboundRoute::Hbone {
+                next_hop,
+                authority,
+                identity,
+            } => {
+                let mut rec = ConnRecord::new(Direction::Outbound, Security::Mtls, peer, authority)
+                    .identities(src_identity, identity.clone());
+                rec.peer_identity = identity.clone();
+                let Some(local) = local else {
+                    self.connection_failed(
+                        &rec,
+                        &Failure::new(
+                            "unknown source workload",
+                            "the pod's xDS workload is unknown",
+                        ),
+                    );
+                    return;
+                };
+                self.hbone_outbound(&pod, &local, stream, next_hop, authority, &identity, rec)
+                    .await;
+            }
+        }
+    }
+
+    async fn passthrough(&self, pod: &Pod, stream: TcpStream, dst: SocketAddr, rec: ConnRecord) {
+        let upstream = match tokio::time::timeout(self.config.connect_timeout, pod.net.connect(dst))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.connection_failed(&rec, &Failure::new("connect failed", e)),
+            Err(_) => {
+                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
+            }
+        };
+        self.splice(rec, stream, upstream).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn hbone_outbound(
+        &self,
+        pod: &Pod,
+        local: &Workload,
+        stream: TcpStream,
+        next_hop: SocketAddr,
+        authority: SocketAddr,
+        expected: &str,
+        rec: ConnRecord,
+    ) {
+        let Some(state) = self.pod_state(&pod.info.uid) else {
+            return self.connection_failed(
+                &rec,
+                &Failure::new("pod gone", "no HBONE state for the pod"),
+            );
+        };
+        let (source, expected_id) = match (spiffe_of(&local.identity()), SpiffeId::new(expected)) {
+            (Ok(s), Ok(e)) => (s, e),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.connection_failed(&rec, &Failure::new("bad identity", e));
+            }
+        };
+        let source_ip = local.addresses.first().copied();
+        let key = PoolKey::new(source, [expected_id], next_hop, source_ip);
+        let request = match Authority::from_socket_addr(authority) {
+            Ok(a) => ConnectRequest::new(a)
+                .with_forwarded(Forwarded::new(ForwardedElement::for_client(rec.src)))
+                .with_traceparent(TraceParent::random(&mut rand::rng())),
+            Err(e) => return self.connection_failed(&rec, &Failure::new("bad authority", e)),
+        };
+        let tunnel = match state.pool.connect(&key, &request).await {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = match &e {
+                    ClientError::Tls(_)
+                    | ClientError::HandshakeTimeout
+                    | ClientError::UnexpectedIdentity { .. } => {
+                        self.metrics.tls_handshake_failures.inc();
+                        "tls handshake failed"
+                    }
+                    ClientError::Connect(_) | ClientError::ConnectTimeout => "connect failed",
+                    ClientError::TlsConfig(_) => "no certificate",
+                    ClientError::Rejected(Rejection::Unauthorized) => "denied by peer",
+                    ClientError::Rejected(_) | ClientError::UnexpectedStatus(_) => {
+                        "refused by peer"
+                    }
+                    _ if e.tls_error().is_some() => {
+                        // A TLS 1.3 client learns about a refused certificate after its
+                        // handshake, from an alert.
+                        self.metrics.tls_handshake_failures.inc();
+                        "tls handshake failed"
+                    }
+                    _ => "hbone error",
+                };
+                return self.connection_failed(&rec, &Failure::new(reason, e));
+            }
+        };
+        self.splice(rec, stream, tunnel).await;
+    }
+
+    // ---------------------------------------------------------------------------------
+    // inbound HBONE (15008)
+    // ---------------------------------------------------------------------------------
+
+    async fn inbound_hbone(self: Arc<Self>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+        let Some(state) = self.pod_state(&pod.info.uid) else {
+            return;
+        };
+        let local_addr = match stream.local_addr() {
+            Ok(a) => canonical(a),
+            Err(_) => return,
+        };
+        let info = hbone::ConnectionInfo::new(local_addr, canonical(peer));
+        match state.server.serve_connection(stream, info).await {
+            Ok(()) => {}
+            Err(e) => {
+                let handshake = matches!(
+                    e,
+                    ServerError::Tls(_)
+                        | ServerError::HandshakeTimeout
+                        | ServerError::NoPeerIdentity
+                );
+                if handshake {
+                    self.metrics.tls_handshake_failures.inc();
+                }
+                let reason = if handshake {
+                    "tls handshake failed"
+                } else if matches!(e, ServerError::TlsConfig(_)) {
+                    "no certificate"
+                } else {
+                    "hbone error"
+                };
+                if handshake || matches!(e, ServerError::TlsConfig(_)) {
+                    let rec = ConnRecord::new(
+                        Direction::Inbound,
+                        Security::Mtls,
+                        info.peer_addr,
+                        local_addr,
+                    );
+                    self.connection_failed(&rec, &Failure::new(reason, &e));
+                } else {
+                    tracing::debug!(uid = %pod.info.uid, peer = %info.peer_addr, error = %e, "HBONE connection ended");
+                }
+            }
+        }
+    }
+
+    /// One CONNECT stream on a pod's 15008.
+    async fn inbound_stream(self: Arc<Self>, pod: Arc<Pod>, tunnel: IncomingTunnel) {
+        let info = *tunnel.connection();
+        let local_addr = canonical(info.local_addr);
+        let src = canonical(info.peer_addr);
+        let peer_id = tunnel.peer_identity().clone();
+        let authority = tunnel.request().authority.clone();
+        let mut rec = ConnRecord::new(
+            Direction::Inbound,
+            Security::Mtls,
+            tunnel
+                .request()
+                .forwarded
+                .as_ref()
+                .and_then(Forwarded::client_addr)
+                .map_or(src, canonical),
+            local_addr,
+        );
+        rec.peer_identity = peer_id.to_string();
+        rec.source_identity = peer_id.to_string();
+
+        let Some(local) = self.local_workload(&pod).await else {
+            tunnel.reject(Rejection::ServiceUnavailable);
+            return self.connection_failed(
+                &rec,
+                &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
+            );
+        };
+        rec.destination_identity = local.identity().to_string();
+        let target = match authority.socket_addr() {
+            Some(a) => match routing::inbound_target(a, local_addr) {
+                Ok(t) => t,
+                Err(refusal) => {
+                    tunnel.reject(if refusal.status() == 400 {
+                        Rejection::BadRequest
+                    } else {
+                        Rejection::ServiceUnavailable
+                    });
+                    rec.dst = a;
+                    return self
+                        .connection_failed(&rec, &Failure::new("refused", refusal.reason()));
+                }
+            },
+            None => {
+                // Host-name authorities address services through waypoints; not served here.
+                tunnel.reject(Rejection::ServiceUnavailable);
+                return self
+                    .connection_failed(&rec, &Failure::new("refused", "host-name authority"));
+            }
+        };
+        rec.dst = target;
+        let peer_identity = Identity::from_str(&peer_id.to_string()).ok();
+        let conn = ConnectionInfo::new(src.ip(), target, peer_identity);
+        if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
+            tunnel.reject(Rejection::Unauthorized);
+            self.metrics.policy_denials.inc();
+            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+        }
+        let upstream = match tokio::time::timeout(
+            self.config.connect_timeout,
+            pod.net.connect(target),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tunnel.reject(Rejection::ServiceUnavailable);
+                return self.connection_failed(&rec, &Failure::new("connect failed", e));
+            }
+            Err(_) => {
+                tunnel.reject(Rejection::ServiceUnavailable);
+                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
+            }
+        };
+        let tunnel = match tunnel.accept() {
+            Ok(t) => t,
+            Err(e) => return self.connection_failed(&rec, &Failure::new("hbone error", e)),
+        };
+        self.splice(rec, tunnel, upstream).await;
+    }
+
+    // ---------------------------------------------------------------------------------
+    // inbound plaintext (15006)
+    // ---------------------------------------------------------------------------------
+
+    async fn inbound_plaintext(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let src = canonical(peer);
+        let orig = match pod.net.original_dst(&stream) {
+            Ok(d) => canonical(d),
+            Err(e) => {
+                self.metrics
+                    .connection_failed(Direction::Inbound, "no original destination");
+                tracing::info!(uid = %pod.info.uid, src = %src, error = %e, "inbound: no original destination");
+                return;
+            }
+        };
+        let mut rec = ConnRecord::new(Direction::Inbound, Security::Plaintext, src, orig);
+        let target = match routing::inbound_plaintext_target(orig) {
+            Ok(t) => t,
+            Err(reason) => return self.connection_failed(&rec, &Failure::new("refused", reason)),
+        };
+        let Some(local) = self.local_workload(&pod).await else {
+            return self.connection_failed(
+                &rec,
+                &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
+            );
+        };
+        rec.destination_identity = local.identity().to_string();
+        let conn = ConnectionInfo::new(src.ip(), target, None);
+        if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
+            self.metrics.policy_denials.inc();
+            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+        }
+        let upstream = match tokio::time::timeout(
+            self.config.connect_timeout,
+            pod.net.connect(target),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.connection_failed(&rec, &Failure::new("connect failed", e)),
+            Err(_) => {
+                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
+            }
+        };
+        self.splice(rec, stream, upstream).await;
+    }
+
+    // ---------------------------------------------------------------------------------
+    // shared
+    // ---------------------------------------------------------------------------------
+
+    /// Counts an established connection, copies until both sides are done, logs it.
+    async fn splice<A, B>(&self, rec: ConnRecord, downstream: A, upstream: B)
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+    {
+        let traffic = TrafficLabels {
+            direction: rec.direction,
+            security: rec.security,
+        };
+        self.metrics
+            .connections
+            .get_or_create(&ConnectionLabels {
+                direction: rec.direction,
+                security: rec.security,
+                source_identity: rec.source_identity.clone(),
+                destination_identity: rec.destination_identity.clone(),
+            })
+            .inc();
+        let active = self
+            .metrics
+            .active_connections
+            .get_or_create_owned(&traffic);
+        active.inc();
+        let bytes: Counter = self.metrics.bytes.get_or_create_owned(&traffic);
+        let transferred = Arc::new(Transferred::default());
+        // Decrement the gauge and log also when the task is cancelled (pod removed, drain
+        // period over).
+        let _done = SpliceDone {
+            rec,
+            transferred: transferred.clone(),
+            active,
+        };
+        if let Err(e) = copy_bidirectional(downstream, upstream, &bytes, &transferred).await {
+            tracing::debug!(error = %e, "copy ended with an error");
+        }
+    }
+
+    /// The JSON of `/config_dump`: pods held (from the supervisor), workloads and policies
+    /// (xDS), certificates.
+    pub(crate) fn dump(&self, pods: &[Arc<Pod>]) -> serde_json::Value {
+        let pods: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let local = self.find_local(p);
+                let pool = self.pod_state(&p.info.uid).map(|s| {
+                    let st = s.pool.stats();
+                    serde_json::json!({
+                        "opened": st.opened, "reused": st.reused, "closed": st.closed,
+                        "dial_failures": st.dial_failures, "pooled": st.pooled,
+                    })
+                });
+                serde_json::json!({
+                    "uid": p.info.uid,
+                    "name": p.info.name,
+                    "namespace": p.info.namespace,
+                    "service_account": p.info.service_account,
+                    "netns": p.net.id(),
+                    "since": crate::certs::unix(p.since),
+                    "listeners": p.listeners.iter().map(|(k, a)| (format!("{k:?}"), a.to_string())).collect::<BTreeMap<_, _>>(),
+                    "workload_uid": local.as_ref().map(|w| w.uid.clone()),
+                    "identity": local.as_ref().map(|w| w.identity().to_string()),
+                    "hbone_pool": pool,
+                })
+            })
+            .collect();
+        let mut workloads: Vec<_> = self
+            .store
+            .workloads_on_node(&self.config.node_name)
+            .into_iter()
+            .collect();
+        // Every workload, not only this node's: the store has no iterator, so go through
+        // the addresses of the local ones plus what the pods resolved. (Node-local view.)
+        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        serde_json::json!({
+            "node": self.config.node_name,
+            "pods": pods,
+            "workloads": workloads.iter().map(|w| workload_json(w)).collect::<Vec<_>>(),
+            "workload_count": self.store.workload_count(),
+            "service_count": self.store.service_count(),
+            "policy_count": self.store.policy_count(),
+            "certificates": self.certs.held(),
+        })
+    }
+}
+
+fn workload_json(w: &Workload) -> serde_json::Value {
+    serde_json::json!({
+        "uid": w.uid,
+        "name": w.name,
+        "namespace": w.namespace,
+        "node": w.node,
+        "addresses": w.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "network": w.network,
+        "protocol": if w.protocol == TunnelProtocol::Hbone { "HBONE" } else { "NONE" },
+        "identity": w.identity().to_string(),
+        "status": if w.status == HealthStatus::Healthy { "healthy" } else { "unhealthy" },
+        "authorization_policies": w.authorization_policies,
+    })
+}
+
+fn to_destination(w: &Workload, ip: std::net::IpAddr, port: u16) -> DestinationWorkload {
+    DestinationWorkload {
+        ip,
+        port,
+        hbone: w.protocol == TunnelProtocol::Hbone,
+        identity: w.identity().to_string(),
+    }
+}
+
+fn spiffe_of(id: &Identity) -> Result<SpiffeId, svid::SpiffeIdError> {
+    let td = TrustDomain::new(&id.trust_domain)?;
+    SpiffeId::from_istio(&td, &id.namespace, &id.service_account)
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// What the connection log line and the metrics say about one connection.
+#[derive(Debug, Clone)]
+struct ConnRecord {
+    direction: Direction,
+    security: Security,
+    src: SocketAddr,
+    dst: SocketAddr,
+    source_identity: String,
+    destination_identity: String,
+    peer_identity: String,
+    started: Instant,
+}
+
+impl ConnRecord {
+    fn new(direction: Direction, security: Security, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            direction,
+            security,
+            src,
+            dst,
+            source_identity: String::new(),
+            destination_identity: String::new(),
+            peer_identity: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn identities(mut self, source: String, destination: String) -> Self {
+        self.source_identity = source;
+        self.destination_identity = destination;
+        self
+    }
+}
+
+/// Logs the connection line and releases the active gauge when a splice ends for any reason.
+struct SpliceDone {
+    rec: ConnRecord,
+    transferred: Arc<Transferred>,
+    active: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for SpliceDone {
+    fn drop(&mut self) {
+        self.active.dec();
+        let r = &self.rec;
+        tracing::info!(
+            direction = %r.direction,
+            security = %r.security,
+            src = %r.src,
+            dst = %r.dst,
+            peer_identity = %r.peer_identity,
+            bytes_sent = self.transferred.a_to_b(),
+            bytes_received = self.transferred.b_to_a(),
+            duration_ms = u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "connection closed"
+        );
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// hbone wiring
+// -------------------------------------------------------------------------------------
+
+/// Opens pool connections from the pod's namespace (marked).
+struct PodConnector {
+    net: Arc<dyn PodNetwork>,
+}
+
+impl Connector for PodConnector {
+    type Io = TcpStream;
+
+    fn connect(&self, key: &PoolKey) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        let net = self.net.clone();
+        let next_hop = key.next_hop;
+        async move { net.connect(next_hop).await }
+    }
+}
+
+/// TLS client configurations from the certificate of the key's source identity.
+struct ClientTls {
+    certs: Arc<dyn Certificates>,
+    crypto: Arc<CryptoProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsSetupError(String);
+
+impl ClientTlsProvider for ClientTls {
+    type Error = TlsSetupError;
+
+    fn client_config(
+        &self,
+        key: &PoolKey,
+    ) -> impl Future<Output = Result<Arc<rustls::ClientConfig>, TlsSetupError>> + Send {
+        let certs = self.certs.clone();
+        let crypto = self.crypto.clone();
+        let source = key.source.clone();
+        let policy = key.expected_policy();
+        async move {
+            let m = certs
+                .fetch(&source)
+                .await
+                .map_err(|e| TlsSetupError(format!("certificate for {source}: {e:#}")))?;
+            svid::client_config(crypto, &m.svid, &m.roots, policy)
+                .map(Arc::new)
+                .map_err(|e| TlsSetupError(e.to_string()))
+        }
+    }
+}
+
+/// TLS server configuration of one pod: its certificate, clients of its trust domain.
+struct PodServerTls {
+    dp: Arc<DataPlane>,
+    pod: Arc<Pod>,
+    cache: Mutex<Option<(Arc<Material>, Arc<rustls::ServerConfig>)>>,
+}
+
+impl ServerTlsProvider for PodServerTls {
+    type Error = TlsSetupError;
+
+    async fn server_config(
+        &self,
+        _info: &hbone::ConnectionInfo,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+        {
+            let local = self
+                .dp
+                .local_workload(&self.pod)
+                .await
+                .ok_or_else(|| TlsSetupError("the pod's xDS workload is unknown".into()))?;
+            let id = spiffe_of(&local.identity()).map_err(|e| TlsSetupError(e.to_string()))?;
+            let material = self
+                .dp
+                .certs
+                .fetch(&id)
+                .await
+                .map_err(|e| TlsSetupError(format!("certificate for {id}: {e:#}")))?;
+            {
+                let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((m, cfg)) = cache.as_ref()
+                    && Arc::ptr_eq(m, &material)
+                {
+                    return Ok(cfg.clone());
+                }
+            }
+            let policy = IdentityPolicy::SameTrustDomain(id.trust_domain().clone());
+            let cfg = Arc::new(
+                svid::server_config(
+                    self.dp.crypto.clone(),
+                    &material.svid,
+                    &material.roots,
+                    policy,
+                )
+                .map_err(|e| TlsSetupError(e.to_string()))?,
+            );
+            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((material, cfg.clone()));
+            Ok(cfg)
+        }
+    }
+}
+
+/// Hands each CONNECT stream of a pod's server to the data plane.
+struct InboundStreams {
+    dp: Arc<DataPlane>,
+    pod: Arc<Pod>,
+}
+
+impl hbone::Handler for InboundStreams {
+    fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send {
+        let dp = self.dp.clone();
+        let pod = self.pod.clone();
+        let kill = pod.killed().clone();
+        async move {
+            tokio::select! {
+                () = kill.cancelled() => {}
+                () = dp.inbound_stream(pod, tunnel) => {}
+            }
+        }
+    }
+}
+
+/// The data plane as the supervisor's connection handler.
+#[derive(Debug, Clone)]
+pub(crate) struct Dispatch(pub(crate) Arc<DataPlane>);
+
+impl Handler for Dispatch {
+    fn handle(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        kind: ListenerKind,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> BoxFuture<'static, ()> {
+        let dp = self.0.clone();
+        match kind {
+            ListenerKind::Outbound => Box::pin(dp.outbound(pod, stream, peer)),
+            ListenerKind::InboundHbone => Box::pin(dp.inbound_hbone(pod, stream, peer)),
+            ListenerKind::InboundPlaintext => Box::pin(dp.inbound_plaintext(pod, stream, peer)),
+        }
+    }
+
+    fn pod_added(&self, pod: &Arc<Pod>) {
+        let dp = &self.0;
+        let pool = Pool::new(
+            PodConnector {
+                net: pod.net.clone(),
+            },
+            ClientTls {
+                certs: dp.certs.clone(),
+                crypto: dp.crypto.clone(),
+            },
+            PoolConfig::default(),
+        );
+        let mut serve = ServeConfig::default();
+        serve.drain_deadline = dp.config.drain_deadline;
+        let server = Server::new(
+            PodServerTls {
+                dp: dp.clone(),
+                pod: pod.clone(),
+                cache: Mutex::new(None),
+            },
+            InboundStreams {
+                dp: dp.clone(),
+                pod: pod.clone(),
+            },
+            serve,
+        );
+        dp.pod_states().insert(
+            pod.info.uid.clone(),
+            Arc::new(PodState {
+                pod: pod.clone(),
+                pool,
+                server,
+            }),
+        );
+        // Fetch the pod's certificate ahead of its first connection.
+        let dp = dp.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            match dp.local_workload(&pod).await {
+                Some(w) => match spiffe_of(&w.identity()) {
+                    Ok(id) => dp.certs.prefetch(&id),
+                    Err(e) => {
+                        tracing::warn!(uid = %pod.info.uid, error = %e, "workload identity is not a SPIFFE ID")
+                    }
+                },
+                None => tracing::warn!(
+                    uid = %pod.info.uid, pod = %pod.info.name, namespace = %pod.info.namespace,
+                    node = %dp.config.node_name, "no xDS workload for the pod yet"
+                ),
+            }
+        });
+    }
+
+    fn pod_removed(&self, pod: &Arc<Pod>) {
+        let dp = &self.0;
+        let (state, remaining) = {
+            let mut states = dp.pod_states();
+            let state = states.remove(&pod.info.uid);
+            (
+                state,
+                states.values().map(|s| s.pod.clone()).collect::<Vec<_>>(),
+            )
+        };
+        if let Some(state) = state {
+            tokio::spawn(async move { state.server.shutdown().await });
+        }
+        // Forget certificates no remaining pod uses (they are fetched again on demand).
+        let used: std::collections::HashSet<String> = remaining
+            .iter()
+            .filter_map(|p| dp.find_local(p))
+            .map(|w| w.identity().to_string())
+            .collect();
+        for held in dp.certs.held() {
+            if !used.contains(&held.identity)
+                && let Ok(id) = SpiffeId::new(&held.identity)
+            {
+                dp.certs.forget(&id);
+                dp.metrics.remove_certificate(&held.identity);
+            }
+        }
+    }
+
+    fn drain(&self) {
+        let states: Vec<_> = self.0.pod_states().values().cloned().collect();
+        for state in states {
+            tokio::spawn(async move { state.server.shutdown().await });
+        }
+    }
+}
