@@ -335,7 +335,8 @@ impl SpiffeVerifierBuilder {
     }
 
     /// Builds a verifier of client certificates (for the server side of a connection).
-    /// Client certificates are mandatory.
+    /// Client certificates are mandatory unless
+    /// [`client_auth_optional`](Self::client_auth_optional) was called.
     pub fn build_client_verifier(self) -> Result<Arc<SpiffeClientVerifier>, VerifierBuilderError> {
         let mandatory = !self.client_auth_optional;
         Ok(Arc::new(SpiffeClientVerifier {
@@ -427,7 +428,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Verifies a client's X.509-SVID (mandatory): the leaf follows the SVID rules, the chain
+/// Verifies a client's X.509-SVID: the leaf follows the SVID rules, the chain
 /// leads to a root of the bundle of the leaf's trust domain (webpki, client-auth usage where
 /// an EKU is present), and the SPIFFE ID satisfies the [`IdentityPolicy`].
 ///
