@@ -88,6 +88,27 @@ pub(crate) struct Args {
     /// Cluster id of the workloads this agent publishes.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub(crate) cluster_id: String,
+
+    /// Bearer tokens of node proxies for the CA: one `<node-name> <token>` per line.
+    #[arg(long, env = "PROXY_TOKENS_FILE", value_name = "FILE")]
+    pub(crate) proxy_tokens: Option<PathBuf>,
+
+    /// Take any CA caller on this netns's loopback to be this node's proxy (demo mode).
+    #[arg(long, env = "CA_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub(crate) ca_trust_loopback: bool,
+
+    /// Log output format.
+    #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How logs are written (to standard error; filter with `RUST_LOG`, default `info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which in-pod redirection rule set the agent installs.
@@ -155,6 +176,20 @@ mod tests {
             "127.0.0.1:9964".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(a.cluster_id, "Kubernetes");
+        assert_eq!(a.proxy_tokens, None);
+        assert!(a.ca_trust_loopback);
+        assert_eq!(a.log_format, LogFormat::Text);
+        let a = Args::try_parse_from([
+            "agent",
+            "--workloads",
+            "w",
+            "--node-name",
+            "n",
+            "--ca-trust-loopback",
+            "false",
+        ])
+        .unwrap();
+        assert!(!a.ca_trust_loopback);
     }
 
     #[test]

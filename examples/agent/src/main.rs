@@ -1,14 +1,50 @@
-//! Example node agent (see README.md).
+//! Example node agent: enrolls the pods of its node by namespace label, hands their network
+//! namespace to the node proxy over ZDS, installs the in-pod redirection rules, serves
+//! workload xDS and signs workload certificates. See `README.md`.
 
 mod ca_auth;
 mod ca_files;
+mod ca_service;
 mod cli;
 mod desired;
 mod effects;
 mod metrics;
 mod reconcile;
+mod run;
 mod state;
 mod watch;
 mod workloads;
 
-fn main() {}
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Args, LogFormat};
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("agent failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -193,6 +193,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
     }
 
     /// Pods this reconciler is responsible for, with their stage.
+    #[cfg(test)]
     pub(crate) fn tracked(&self) -> impl Iterator<Item = (&LocalPod, Stage)> {
         self.pods.values().map(|t| (&t.pod, t.stage))
     }
@@ -217,11 +218,6 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             })
             .map(|t| t.pod.clone())
             .collect()
-    }
-
-    /// The proxy channel (for the runtime).
-    pub(crate) fn proxy(&self) -> &Z {
-        &self.zds
     }
 
     /// One pass: unenroll what left, enroll what arrived, publish; with `periodic`, also verify

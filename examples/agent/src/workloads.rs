@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -101,20 +101,11 @@ impl Cluster {
             serde_saphyr::from_str(text).map_err(|e| WorkloadsError::Parse(e.to_string()))?;
         raw.validate()
     }
-
-    /// Reads, parses and validates a workloads file.
-    pub(crate) fn load(path: &Path) -> Result<Self, WorkloadsError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| WorkloadsError::Read(e.to_string()))?;
-        Self::from_yaml(&text)
-    }
 }
 
 /// Why a workloads file was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WorkloadsError {
-    /// The file could not be read.
-    Read(String),
     /// The text is not YAML of the expected shape.
     Parse(String),
     /// The content is inconsistent; one entry per problem.
@@ -124,7 +115,6 @@ pub(crate) enum WorkloadsError {
 impl fmt::Display for WorkloadsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read(e) => write!(f, "cannot read the workloads file: {e}"),
             Self::Parse(e) => write!(f, "the workloads file is not valid: {e}"),
             Self::Invalid(problems) => {
                 write!(f, "the workloads file has {} problem(s): ", problems.len())?;
@@ -574,7 +564,7 @@ policies:
         assert_eq!(client.ips, vec!["10.10.1.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             client.netns.as_deref(),
-            Some(Path::new("/var/run/netns/mw-p1"))
+            Some(std::path::Path::new("/var/run/netns/mw-p1"))
         );
         let server = &c.pods[2];
         assert_eq!(server.service_account, "default", "default service account");
@@ -754,11 +744,5 @@ policies:
             e.to_string(),
             "the workloads file has 2 problem(s): one; two"
         );
-    }
-
-    #[test]
-    fn load_reports_missing_file() {
-        let e = Cluster::load(Path::new("/nonexistent/workloads.yaml")).unwrap_err();
-        assert!(matches!(e, WorkloadsError::Read(_)), "{e:?}");
     }
 }
