@@ -1,5 +1,8 @@
 //! The proxy-side client against a scripted agent on a real socket.
 
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::IoSlice;

@@ -1,5 +1,8 @@
 //! Exact encodings and receive rules, checked against hand-assembled bytes.
 
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use prost::Message;
 use zds::{Hello, ProtocolError, ReadError, Request, RequestError, Response, Workload, pb};
 

@@ -1,5 +1,8 @@
 //! The proxy session driven without sockets: fds are plain numbers here.
 
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use zds::{
     CloseReason, ProtocolError, ProxyAction, ProxySession, ReadError, Request, Response,

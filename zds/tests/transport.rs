@@ -1,6 +1,9 @@
 //! The SEQPACKET transport on real sockets: fd passing, size limits, truncation, stray
 //! descriptors.
 
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::IoSlice;

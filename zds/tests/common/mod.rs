@@ -9,7 +9,7 @@ use zds::{NetnsId, Update};
 
 /// Whether privileged tests can run. Not root: fail loudly, unless the person running the
 /// tests explicitly skips them with `MESHWIRE_SKIP_PRIVILEGED=1`.
-pub fn privileged(test: &str) -> bool {
+pub(crate) fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -24,7 +24,7 @@ pub fn privileged(test: &str) -> bool {
 
 /// A new network namespace, created on a short-lived thread so that the test process
 /// itself stays where it is. Needs root.
-pub fn new_netns() -> OwnedFd {
+pub(crate) fn new_netns() -> OwnedFd {
     std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
         OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns"))
@@ -34,19 +34,19 @@ pub fn new_netns() -> OwnedFd {
 }
 
 /// The process's own network namespace.
-pub fn own_netns() -> OwnedFd {
+pub(crate) fn own_netns() -> OwnedFd {
     OwnedFd::from(std::fs::File::open("/proc/self/ns/net").expect("open /proc/self/ns/net"))
 }
 
 /// Number of open descriptors of this process.
-pub fn open_fds() -> usize {
+pub(crate) fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("read /proc/self/fd")
         .count()
 }
 
 /// A temporary directory holding the socket path `zds.sock`.
-pub fn socket_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn socket_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("zds.sock");
     (dir, path)
@@ -54,7 +54,7 @@ pub fn socket_dir() -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// What a recording handler reports for each update.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     Add(String, NetnsId),
     Keep(String),
     Del(String),
@@ -62,7 +62,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn of(update: &Update) -> Self {
+    pub(crate) fn of(update: &Update) -> Self {
         match update {
             Update::Add { workload, netns } => Self::Add(
                 workload.uid.clone(),
@@ -77,7 +77,7 @@ impl Event {
 }
 
 /// Receives the next event or fails after a few seconds.
-pub async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+pub(crate) async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("timed out waiting for an update")
@@ -85,7 +85,7 @@ pub async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
 }
 
 /// Asserts nothing more arrives within a short while.
-pub async fn quiet(rx: &mut mpsc::UnboundedReceiver<Event>) {
+pub(crate) async fn quiet(rx: &mut mpsc::UnboundedReceiver<Event>) {
     if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
         panic!("unexpected update {event:?}");
     }

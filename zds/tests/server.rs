@@ -1,0 +1,508 @@
+//! The agent-side server with real proxies (our client) and misbehaving raw peers.
+
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Event, next, quiet};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_seqpacket::UnixSeqpacket;
+use zds::{
+    Client, ClientConfig, NetnsId, Response, Server, ServerConfig, ServerEvent, Workload, ZdsError,
+};
+
+fn workload(uid: &str) -> Workload {
+    Workload::new(uid, format!("pod-{uid}"), "shop", "web")
+}
+
+fn server_config(path: &Path) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config
+        .path(path)
+        .hello_timeout(Duration::from_millis(500))
+        .ack_timeout(Duration::from_millis(500));
+    config
+}
+
+/// Starts a client whose handler records every update and fails those listed in `fail`
+/// (as `"add:<uid>"` or `"del:<uid>"`), the first time only, with the text
+/// `"<uid> failed"`.
+fn start_client(
+    path: &Path,
+    fail: &'static [&'static str],
+) -> (JoinHandle<()>, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::default();
+    config
+        .path(path)
+        .backoff(Duration::from_millis(5), Duration::from_millis(40))
+        .retry_interval(None);
+    let mut failed = std::collections::HashSet::new();
+    let client = Client::new(config, move |update: zds::Update| {
+        let event = Event::of(&update);
+        let _ = tx.send(event);
+        let key = match &update {
+            zds::Update::Add { workload, .. } => format!("add:{}", workload.uid),
+            zds::Update::Del { uid } => format!("del:{uid}"),
+            _ => String::new(),
+        };
+        let outcome = match update.uid() {
+            Some(uid) if fail.contains(&key.as_str()) && failed.insert(key.clone()) => {
+                Err(format!("{uid} failed"))
+            }
+            _ => Ok(()),
+        };
+        // Keep the namespace open as a real proxy would; dropped here for simplicity.
+        drop(update);
+        async move { outcome }
+    });
+    let task = tokio::spawn(async move {
+        let _ = client.run().await;
+    });
+    (task, rx)
+}
+
+/// Waits for a specific server event.
+async fn wait_event(
+    events: &mut broadcast::Receiver<ServerEvent>,
+    mut want: impl FnMut(&ServerEvent) -> bool,
+) -> ServerEvent {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = events.recv().await.expect("event stream");
+            if want(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a server event")
+}
+
+async fn snapshot_done(events: &mut broadcast::Receiver<ServerEvent>) -> usize {
+    match wait_event(events, |e| matches!(e, ServerEvent::SnapshotDone { .. })).await {
+        ServerEvent::SnapshotDone { workloads, .. } => workloads,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn bind_prepares_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/zds/zds.sock");
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(path.parent().unwrap().is_dir());
+    drop(server);
+
+    // The socket file left behind is stale; a new server replaces it.
+    assert!(path.exists());
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    UnixSeqpacket::connect(&path).await.unwrap();
+    drop(server);
+
+    // Something that is not a socket is left alone.
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = Server::bind(server_config(&file)).await.unwrap_err();
+    assert_eq!(err.path, file);
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[tokio::test]
+async fn add_and_del_reach_the_proxy_with_the_namespace() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    assert_eq!(snapshot_done(&mut events).await, 0);
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    let netns = common::own_netns();
+    let id = NetnsId::of(&netns).unwrap();
+    server.add(workload("a"), netns).await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
+    assert_eq!(server.workloads().await, vec![workload("a")]);
+
+    server.del("a").await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
+    assert!(server.workloads().await.is_empty());
+    client.abort();
+}
+
+#[tokio::test]
+async fn a_created_namespace_reaches_the_proxy() {
+    if !common::privileged("a_created_namespace_reaches_the_proxy") {
+        return;
+    }
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    let netns = common::new_netns();
+    let id = NetnsId::of(&netns).unwrap();
+    assert_ne!(id, NetnsId::of(common::own_netns()).unwrap());
+    server.add(workload("a"), netns).await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
+    client.abort();
+}
+
+#[tokio::test]
+async fn nack_text_reaches_the_caller() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &["add:bad"]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    let err = server
+        .add(workload("bad"), common::own_netns())
+        .await
+        .unwrap_err();
+    match err {
+        ZdsError::Nack(text) => assert_eq!(text, "failure to start proxy : bad failed"),
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+    match wait_event(&mut events, |e| matches!(e, ServerEvent::Nacked { .. })).await {
+        ServerEvent::Nacked { uid, message, .. } => {
+            assert_eq!(uid.as_deref(), Some("bad"));
+            assert_eq!(message, "failure to start proxy : bad failed");
+        }
+        _ => unreachable!(),
+    }
+    // The connection stays: a good add still works.
+    server
+        .add(workload("good"), common::own_netns())
+        .await
+        .unwrap();
+    assert_eq!(server.connections().await, 1);
+    client.abort();
+}
+
+#[tokio::test]
+async fn no_proxy_then_snapshot() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let netns = common::own_netns();
+    let id = NetnsId::of(&netns).unwrap();
+    assert!(matches!(
+        server.add(workload("a"), netns).await,
+        Err(ZdsError::NoProxy)
+    ));
+    server.keep("k").await.unwrap();
+    // A delete with nobody connected is fine.
+    server.del("gone").await.unwrap();
+
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    assert_eq!(snapshot_done(&mut events).await, 2);
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
+    assert_eq!(next(&mut updates).await, Event::Keep("k".into()));
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    client.abort();
+}
+
+#[tokio::test]
+async fn reconnect_gets_the_full_snapshot() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    // The proxy fails to delete "x": it NACKs and reconnects.
+    let (client, mut updates) = start_client(&path, &["del:x"]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    let own = NetnsId::of(common::own_netns()).unwrap();
+    for uid in ["a", "b", "x"] {
+        server
+            .add(workload(uid), common::own_netns())
+            .await
+            .unwrap();
+        assert_eq!(next(&mut updates).await, Event::Add(uid.into(), own));
+    }
+    let err = server.del("x").await.unwrap_err();
+    assert!(
+        matches!(&err, ZdsError::Nack(t) if t == "failure to process message : x failed"),
+        "{err:?}"
+    );
+    assert_eq!(next(&mut updates).await, Event::Del("x".into()));
+
+    // The new connection gets everything the server holds, and reconciliation then
+    // deletes "x", which the server no longer names.
+    assert_eq!(snapshot_done(&mut events).await, 2);
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
+    assert_eq!(next(&mut updates).await, Event::Add("b".into(), own));
+    assert_eq!(next(&mut updates).await, Event::Del("x".into()));
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    quiet(&mut updates).await;
+    client.abort();
+}
+
+#[tokio::test]
+async fn agent_restart_snapshot_drops_stale_workloads() {
+    let (_dir, path) = common::socket_dir();
+    let own = NetnsId::of(common::own_netns()).unwrap();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    for uid in ["a", "b", "c"] {
+        server
+            .add(workload(uid), common::own_netns())
+            .await
+            .unwrap();
+        assert_eq!(next(&mut updates).await, Event::Add(uid.into(), own));
+    }
+
+    // The agent restarts. Pod "b" went away meanwhile; "c" still exists but its netns
+    // cannot be opened. The new server holds snapshots until it has loaded everything.
+    server.shutdown().await;
+    let mut config = server_config(&path);
+    config.wait_for_seed(true);
+    let server = Server::bind(config).await.unwrap();
+    let mut events = server.subscribe();
+    wait_event(&mut events, |e| matches!(e, ServerEvent::Connected { .. })).await;
+    let _ = server.add(workload("a"), common::own_netns()).await;
+    server.keep("c").await.unwrap();
+    quiet(&mut updates).await;
+    server.mark_seeded().await;
+
+    assert_eq!(snapshot_done(&mut events).await, 2);
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
+    assert_eq!(next(&mut updates).await, Event::Keep("c".into()));
+    assert_eq!(next(&mut updates).await, Event::Del("b".into()));
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    quiet(&mut updates).await;
+    client.abort();
+}
+
+#[tokio::test]
+async fn two_proxies_during_an_upgrade() {
+    let (_dir, path) = common::socket_dir();
+    let own = NetnsId::of(common::own_netns()).unwrap();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+
+    let (old, mut old_updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut old_updates).await, Event::SnapshotSent);
+    server
+        .add(workload("a"), common::own_netns())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut old_updates).await, Event::Add("a".into(), own));
+
+    // The new proxy starts while the old one still runs: it gets the full snapshot.
+    let (new, mut new_updates) = start_client(&path, &[]);
+    assert_eq!(snapshot_done(&mut events).await, 1);
+    assert_eq!(next(&mut new_updates).await, Event::Add("a".into(), own));
+    assert_eq!(next(&mut new_updates).await, Event::SnapshotSent);
+    assert_eq!(server.connections().await, 2);
+
+    // New pods go to the newest proxy only.
+    server
+        .add(workload("b"), common::own_netns())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut new_updates).await, Event::Add("b".into(), own));
+    quiet(&mut old_updates).await;
+
+    // Deletes go to both.
+    server.del("a").await.unwrap();
+    assert_eq!(next(&mut old_updates).await, Event::Del("a".into()));
+    assert_eq!(next(&mut new_updates).await, Event::Del("a".into()));
+
+    // The new proxy goes away: adds fall back to the old one.
+    new.abort();
+    wait_event(&mut events, |e| {
+        matches!(e, ServerEvent::Disconnected { .. })
+    })
+    .await;
+    server
+        .add(workload("c"), common::own_netns())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut old_updates).await, Event::Add("c".into(), own));
+    old.abort();
+}
+
+/// Connects a raw peer and sends the hello.
+async fn raw_proxy(path: &Path) -> UnixSeqpacket {
+    let conn = UnixSeqpacket::connect(path).await.unwrap();
+    conn.send(&[0x08, 0x01]).await.unwrap();
+    conn
+}
+
+async fn raw_recv(conn: &UnixSeqpacket) -> Vec<u8> {
+    let mut buf = [0u8; 1024];
+    let info = tokio::time::timeout(Duration::from_secs(5), conn.recv(&mut buf))
+        .await
+        .expect("nothing received")
+        .unwrap();
+    buf[..info.bytes_read()].to_vec()
+}
+
+fn disconnected_with(event: &ServerEvent) -> Option<&ZdsError> {
+    match event {
+        ServerEvent::Disconnected { error, .. } => error.as_ref(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn misbehaving_proxies_only_lose_their_own_connection() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let is_disconnect = |e: &ServerEvent| matches!(e, ServerEvent::Disconnected { .. });
+
+    // Garbage instead of a hello.
+    let garbage = UnixSeqpacket::connect(&path).await.unwrap();
+    garbage.send(&[0xff, 0xff]).await.unwrap();
+    let event = wait_event(&mut events, is_disconnect).await;
+    assert!(
+        matches!(disconnected_with(&event), Some(ZdsError::Read(_))),
+        "{event:?}"
+    );
+
+    // A hello with an fd attached.
+    let sneaky = UnixSeqpacket::connect(&path).await.unwrap();
+    let netns = common::own_netns();
+    let mut control = [0u8; 64];
+    let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
+    writer
+        .add_fds([std::os::fd::AsFd::as_fd(&netns)])
+        .map_err(|_| "control")
+        .unwrap();
+    sneaky
+        .send_vectored_with_ancillary(&[std::io::IoSlice::new(&[0x08, 0x01])], &mut writer)
+        .await
+        .unwrap();
+    let event = wait_event(&mut events, is_disconnect).await;
+    assert!(
+        matches!(
+            disconnected_with(&event),
+            Some(ZdsError::Read(zds::ReadError::UnexpectedFd))
+        ),
+        "{event:?}"
+    );
+
+    // No hello at all.
+    let _silent = UnixSeqpacket::connect(&path).await.unwrap();
+    let event = wait_event(&mut events, is_disconnect).await;
+    assert!(
+        matches!(disconnected_with(&event), Some(ZdsError::Timeout)),
+        "{event:?}"
+    );
+
+    // Talks out of turn after its snapshot.
+    let chatty = raw_proxy(&path).await;
+    assert_eq!(raw_recv(&chatty).await, [0x1a, 0x00]);
+    chatty.send(&Response::Ack.encode()).await.unwrap();
+    snapshot_done(&mut events).await;
+    chatty.send(&Response::Ack.encode()).await.unwrap();
+    let event = wait_event(&mut events, is_disconnect).await;
+    assert!(
+        matches!(
+            disconnected_with(&event),
+            Some(ZdsError::Protocol(zds::ProtocolError::UnsolicitedMessage))
+        ),
+        "{event:?}"
+    );
+
+    // Never acks: the caller gets a timeout and the connection is dropped.
+    let mute = raw_proxy(&path).await;
+    assert_eq!(raw_recv(&mute).await, [0x1a, 0x00]);
+    mute.send(&Response::Ack.encode()).await.unwrap();
+    snapshot_done(&mut events).await;
+    let started = tokio::time::Instant::now();
+    assert!(matches!(
+        server.add(workload("a"), common::own_netns()).await,
+        Err(ZdsError::Timeout)
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    wait_event(&mut events, is_disconnect).await;
+    assert_eq!(server.connections().await, 0);
+
+    // Answers with an fd. ("a" was recorded by the add above, so the snapshot starts
+    // with it.)
+    let odd = raw_proxy(&path).await;
+    let first = raw_recv(&odd).await;
+    assert_eq!(
+        zds::Request::decode(&first, 1).unwrap(),
+        zds::Request::Add(workload("a"))
+    );
+    let mut control = [0u8; 64];
+    let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
+    writer
+        .add_fds([std::os::fd::AsFd::as_fd(&netns)])
+        .map_err(|_| "control")
+        .unwrap();
+    odd.send_vectored_with_ancillary(&[std::io::IoSlice::new(&[0x0a, 0x00])], &mut writer)
+        .await
+        .unwrap();
+    let event = wait_event(&mut events, is_disconnect).await;
+    assert!(
+        matches!(disconnected_with(&event), Some(ZdsError::Read(_))),
+        "{event:?}"
+    );
+
+    // After all that, a well-behaved proxy is served normally.
+    let (client, mut updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(
+        next(&mut updates).await,
+        Event::Add("a".into(), NetnsId::of(&netns).unwrap())
+    );
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    server.del("a").await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
+    client.abort();
+}
+
+#[tokio::test]
+async fn oversized_add_is_refused_and_not_recorded() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let big = Workload::new("u", "n".repeat(2000), "ns", "sa");
+    let netns: OwnedFd = common::own_netns();
+    assert!(matches!(
+        server.add(big, netns).await,
+        Err(ZdsError::Encode(zds::EncodeError::TooLarge { .. }))
+    ));
+    assert!(server.workloads().await.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_refuses_further_requests() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    server.shutdown().await;
+    let event = wait_event(&mut events, |e| {
+        matches!(e, ServerEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        disconnected_with(&event).is_none(),
+        "clean close: {event:?}"
+    );
+    client.abort();
+}
