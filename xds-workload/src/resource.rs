@@ -1,0 +1,45 @@
+//! Type URLs and decoding of xDS `Resource` payloads into domain types.
+
+use prost::Message;
+
+use crate::authorization::AuthorizationPolicy;
+use crate::error::ResourceError;
+use crate::pb::envoy::service::discovery::v3::Resource;
+use crate::pb::istio::{security, workload};
+use crate::workload::Address;
+
+/// Type URL of `istio.workload.Address` resources (workloads and services).
+pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
+/// Type URL of `istio.security.Authorization` resources (L4 policies).
+pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+fn payload(resource: &Resource) -> Result<&[u8], ResourceError> {
+    // The payload is decoded as the response's type; `Any.type_url` is not checked.
+    resource
+        .resource
+        .as_ref()
+        .map(|any| any.value.as_slice())
+        .ok_or(ResourceError::MissingPayload)
+}
+
+/// Decodes the payload of an `Address` resource and converts it to the domain type.
+pub fn decode_address(resource: &Resource) -> Result<Address, ResourceError> {
+    address_from_bytes(payload(resource)?)
+}
+
+/// Decodes the payload of an `Authorization` resource and converts it to the domain type.
+pub fn decode_authorization(resource: &Resource) -> Result<AuthorizationPolicy, ResourceError> {
+    authorization_from_bytes(payload(resource)?)
+}
+
+/// Decodes an encoded `istio.workload.Address` and converts it to the domain type.
+pub fn address_from_bytes(bytes: &[u8]) -> Result<Address, ResourceError> {
+    let message = workload::Address::decode(bytes)?;
+    Ok(Address::try_from(&message)?)
+}
+
+/// Decodes an encoded `istio.security.Authorization` and converts it to the domain type.
+pub fn authorization_from_bytes(bytes: &[u8]) -> Result<AuthorizationPolicy, ResourceError> {
+    let message = security::Authorization::decode(bytes)?;
+    Ok(AuthorizationPolicy::try_from(&message)?)
+}

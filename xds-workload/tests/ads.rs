@@ -1,0 +1,741 @@
+//! Delta ADS client and server against each other over loopback gRPC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+
+use xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds_workload::pb::istio::security as spb;
+use xds_workload::pb::istio::workload as pb;
+use xds_workload::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsClient, AdsServer, ClientConfig, ClientEvent,
+    NetworkAddress, NodeInfo, ResourceChange, ServerConfig, ServerEvent, StoreHandler,
+    SyncedSignal, TokenSource, WorkloadStore,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server listening on 127.0.0.1.
+struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    async fn start(server: &AdsServer) -> Self {
+        Self::start_on(server, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn start_on(server: &AdsServer, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = server.clone();
+        let task = tokio::spawn(async move {
+            server
+                .serve_with_incoming(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server shuts down")
+            .unwrap();
+    }
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// A client syncing into its own store.
+struct RunningClient {
+    store: Arc<WorkloadStore>,
+    synced: SyncedSignal,
+    events: broadcast::Receiver<ClientEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<StoreHandler>,
+}
+
+impl RunningClient {
+    fn start(addr: SocketAddr, node: &str) -> Self {
+        let mut config = ClientConfig::default();
+        config.node(NodeInfo::new(node));
+        Self::start_with(channel(addr), config)
+    }
+
+    fn start_with(channel: Channel, config: ClientConfig) -> Self {
+        let store = Arc::new(WorkloadStore::new());
+        let client = AdsClient::new(config, channel, StoreHandler::new(store.clone())).unwrap();
+        let synced = client.synced();
+        let events = client.events();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(client.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            store,
+            synced,
+            events,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn wait_synced(&mut self) {
+        assert!(
+            tokio::time::timeout(WAIT, self.synced.wait())
+                .await
+                .expect("client syncs in time")
+        );
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client stops")
+            .unwrap();
+    }
+}
+
+/// Waits until `cond` holds for `store`.
+async fn wait_store(store: &WorkloadStore, what: &str, cond: impl Fn(&WorkloadStore) -> bool) {
+    let mut changes = store.subscribe();
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            if cond(store) {
+                return;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "timed out waiting for: {what}");
+}
+
+/// Waits for the first event accepted by `pick`.
+async fn wait_event<E: Clone, T>(
+    events: &mut broadcast::Receiver<E>,
+    pick: impl Fn(&E) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event arrives in time")
+}
+
+fn ip(i: usize) -> NetworkAddress {
+    NetworkAddress::new("", IpAddr::V4(common::workload_ip(i)))
+}
+
+fn publish_workloads(server: &AdsServer, range: std::ops::Range<usize>) {
+    server.publish(
+        ADDRESS_TYPE_URL,
+        range.map(|i| ResourceChange::workload(common::workload(i))),
+    );
+}
+
+async fn settle<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f).await.expect("in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_of_10000_workloads() {
+    const N: usize = 10_000;
+    let server = AdsServer::new(ServerConfig::default());
+    let started = Instant::now();
+    publish_workloads(&server, 0..N);
+    let publish_time = started.elapsed();
+    let running = RunningServer::start(&server).await;
+    let mut events = server.events();
+
+    let started = Instant::now();
+    let mut client = RunningClient::start(running.addr, "node-sync");
+    client.wait_synced().await;
+    let sync_time = started.elapsed();
+    println!(
+        "initial sync of {N} workloads: {:.1} ms (server publish {:.1} ms, {} build)",
+        sync_time.as_secs_f64() * 1e3,
+        publish_time.as_secs_f64() * 1e3,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+
+    assert_eq!(client.store.workload_count(), N);
+    for i in [0, 1, 4999, N - 1] {
+        let w = client.store.workload_by_address(&ip(i)).unwrap();
+        assert_eq!(w.uid, common::workload_uid(i));
+        assert_eq!(w.trust_domain, "cluster.local");
+    }
+    assert_eq!(client.store.workloads_on_node("node-3").len(), N / 20);
+
+    // The Address snapshot went out as one response; Authorization (never published) as
+    // one empty response.
+    let sent = wait_event(&mut events, |e| match e {
+        ServerEvent::Sent {
+            type_url,
+            resources,
+            ..
+        } if type_url == ADDRESS_TYPE_URL => Some(*resources),
+        _ => None,
+    })
+    .await;
+    assert_eq!(sent, N);
+    let stats = server.stats();
+    assert_eq!(stats.responses, 2);
+    assert_eq!(stats.resources, N as u64);
+
+    client.stop().await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_removals_propagate() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..3);
+    let running = RunningServer::start(&server).await;
+    let mut client = RunningClient::start(running.addr, "node-upd");
+    client.wait_synced().await;
+    assert_eq!(client.store.workload_count(), 3);
+
+    // Workload 1 moves to a new address; workload 2 goes away.
+    let mut moved = common::workload(1);
+    moved.addresses = vec![vec![192, 168, 9, 9].into()];
+    server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(moved)]);
+    server.publish(
+        ADDRESS_TYPE_URL,
+        [ResourceChange::remove(common::workload_uid(2))],
+    );
+    let new_addr = NetworkAddress::new("", IpAddr::V4(Ipv4Addr::new(192, 168, 9, 9)));
+    wait_store(&client.store, "update and removal", |s| {
+        s.workload_by_address(&new_addr).is_some() && s.workload_count() == 2
+    })
+    .await;
+    assert!(client.store.workload_by_address(&ip(1)).is_none());
+    assert!(client.store.workload_by_uid(&common::workload_uid(2)).is_none());
+    assert!(client.store.workload_by_address(&ip(0)).is_some());
+
+    // A service and a policy arrive and leave the same way.
+    let service = pb::Service {
+        name: "web".into(),
+        namespace: "ns-0".into(),
+        hostname: "web.ns-0.svc.cluster.local".into(),
+        addresses: vec![pb::NetworkAddress {
+            network: String::new(),
+            address: vec![172, 16, 0, 10].into(),
+            length: None,
+        }],
+        ..Default::default()
+    };
+    server.publish(ADDRESS_TYPE_URL, [ResourceChange::service(service)]);
+    let policy = spb::Authorization {
+        name: "deny-all".into(),
+        namespace: "ns-0".into(),
+        scope: spb::Scope::Namespace as i32,
+        action: spb::Action::Deny as i32,
+        rules: vec![spb::Rule { clauses: vec![] }],
+        ..Default::default()
+    };
+    server.publish(
+        AUTHORIZATION_TYPE_URL,
+        [ResourceChange::authorization(&policy)],
+    );
+    wait_store(&client.store, "service and policy", |s| {
+        s.service_by_hostname("ns-0", "web.ns-0.svc.cluster.local")
+            .is_some()
+            && s.policy("ns-0/deny-all").is_some()
+    })
+    .await;
+    server.publish(
+        ADDRESS_TYPE_URL,
+        [ResourceChange::remove("ns-0/web.ns-0.svc.cluster.local")],
+    );
+    server.publish(AUTHORIZATION_TYPE_URL, [ResourceChange::remove("ns-0/deny-all")]);
+    wait_store(&client.store, "service and policy removal", |s| {
+        s.service_count() == 0 && s.policy_count() == 0
+    })
+    .await;
+
+    // Republishing identical content pushes nothing.
+    let before = server.stats();
+    assert_eq!(
+        server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(common::workload(0))]),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.stats().responses, before.responses);
+
+    client.stop().await;
+    running.shutdown().await;
+}
+
+fn bad_workload(uid: &str) -> ResourceChange {
+    let mut w = common::workload(9_000);
+    w.uid = uid.into();
+    w.addresses = vec![vec![10, 0, 0, 1, 2].into()]; // five bytes
+    ResourceChange::workload(w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resource_is_nacked_while_good_ones_apply() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..2);
+    let running = RunningServer::start(&server).await;
+    let mut server_events = server.events();
+    let mut client = RunningClient::start(running.addr, "node-nack");
+    client.wait_synced().await;
+
+    // One response: two good workloads, one with a five-byte address, one undecodable.
+    let changes = vec![
+        ResourceChange::workload(common::workload(2)),
+        bad_workload("bad-length"),
+        ResourceChange::upsert_any(
+            "garbage",
+            prost_types::Any {
+                type_url: "type.googleapis.com/istio.workload.Address".into(),
+                value: vec![0x0a, 0xff, 0xff], // field 1, length beyond the end
+            },
+        ),
+        ResourceChange::workload(common::workload(3)),
+    ];
+    assert_eq!(server.publish(ADDRESS_TYPE_URL, changes), 4);
+
+    let (node, message) = wait_event(&mut server_events, |e| match e {
+        ServerEvent::Nack {
+            node_id,
+            type_url,
+            message,
+            ..
+        } if type_url == ADDRESS_TYPE_URL => Some((node_id.clone(), message.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(node, "node-nack");
+    assert!(message.contains("bad-length: addresses: invalid IP address length 5"), "{message}");
+    assert!(message.contains("garbage: decode"), "{message}");
+    assert!(!message.contains("pod-2"), "{message}");
+
+    let rejected = wait_event(&mut client.events, |e| match e {
+        ClientEvent::Applied { rejected, .. } if !rejected.is_empty() => Some(rejected.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rejected.len(), 2);
+
+    // The good ones of the same response were applied.
+    assert!(client.store.workload_by_uid(&common::workload_uid(2)).is_some());
+    assert!(client.store.workload_by_uid(&common::workload_uid(3)).is_some());
+    assert!(client.store.workload_by_uid("bad-length").is_none());
+    assert_eq!(client.store.workload_count(), 4);
+
+    // The server does not resend the rejected versions.
+    let after_nack = server.stats();
+    assert_eq!(after_nack.nacks, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = server.stats();
+    assert_eq!(later.responses, after_nack.responses);
+    assert_eq!(later.nacks, 1);
+
+    // A corrected version is pushed and accepted as usual.
+    let mut fixed = common::workload(9_000);
+    fixed.uid = "bad-length".into();
+    server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(fixed)]);
+    wait_store(&client.store, "fixed resource", |s| {
+        s.workload_by_uid("bad-length").is_some()
+    })
+    .await;
+    assert_eq!(server.stats().nacks, 1);
+
+    client.stop().await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resource_in_initial_snapshot_does_not_block_sync() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..5);
+    server.publish(ADDRESS_TYPE_URL, [bad_workload("bad")]);
+    let running = RunningServer::start(&server).await;
+    let mut client = RunningClient::start(running.addr, "node-snap");
+    client.wait_synced().await;
+    assert_eq!(client.store.workload_count(), 5);
+    assert!(client.store.workload_by_uid("bad").is_none());
+    client.stop().await;
+    running.shutdown().await;
+}
+
+/// Changes applied while a client is away: 5 updated, 2 removed, 3 added.
+fn offline_changes(server: &AdsServer, n: usize) {
+    let mut changes = Vec::new();
+    for i in 0..5 {
+        let mut w = common::workload(i);
+        w.canonical_revision = "v2".into();
+        changes.push(ResourceChange::workload(w));
+    }
+    changes.push(ResourceChange::remove(common::workload_uid(10)));
+    changes.push(ResourceChange::remove(common::workload_uid(11)));
+    for i in n..n + 3 {
+        changes.push(ResourceChange::workload(common::workload(i)));
+    }
+    assert_eq!(server.publish(ADDRESS_TYPE_URL, changes), 10);
+}
+
+fn reflects_offline_changes(s: &WorkloadStore, n: usize) -> bool {
+    s.workload_count() == n + 1
+        && (0..5).all(|i| {
+            s.workload_by_uid(&common::workload_uid(i))
+                .is_some_and(|w| w.canonical_revision == "v2")
+        })
+        && s.workload_by_uid(&common::workload_uid(10)).is_none()
+        && s.workload_by_uid(&common::workload_uid(n + 2)).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_to_same_server_transfers_only_the_difference() {
+    const N: usize = 1_000;
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..N);
+    let running = RunningServer::start(&server).await;
+    let mut client = RunningClient::start(running.addr, "node-rc");
+    client.wait_synced().await;
+    let before = server.stats();
+    assert_eq!(before.resources, N as u64);
+
+    server.disconnect_all();
+    offline_changes(&server, N);
+    wait_event(&mut client.events, |e| {
+        matches!(e, ClientEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+    wait_store(&client.store, "difference after reconnect", |s| {
+        reflects_offline_changes(s, N)
+    })
+    .await;
+
+    let after = server.stats();
+    println!(
+        "reconnect: {} resources and {} removals sent for 10 changes among {N}",
+        after.resources - before.resources,
+        after.removals - before.removals
+    );
+    assert_eq!(after.resources - before.resources, 8);
+    assert_eq!(after.removals - before.removals, 2);
+
+    client.stop().await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_to_restarted_server_transfers_only_the_difference() {
+    const N: usize = 1_000;
+    let first = AdsServer::default();
+    publish_workloads(&first, 0..N);
+    let running = RunningServer::start(&first).await;
+    let addr = running.addr;
+    let mut client = RunningClient::start(addr, "node-restart");
+    client.wait_synced().await;
+    running.shutdown().await;
+
+    // A new server process on the same address, with the same content plus changes.
+    let second = AdsServer::default();
+    publish_workloads(&second, 0..N);
+    offline_changes(&second, N);
+    let running = RunningServer::start_on(&second, addr).await;
+    wait_store(&client.store, "difference after restart", |s| {
+        reflects_offline_changes(s, N)
+    })
+    .await;
+
+    let stats = second.stats();
+    println!(
+        "restart: {} resources and {} removals sent for 10 changes among {N}",
+        stats.resources, stats.removals
+    );
+    assert_eq!(stats.resources, 8);
+    assert_eq!(stats.removals, 2);
+    assert_eq!(stats.nacks, 0);
+
+    client.stop().await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_clients_each_see_every_event() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..100);
+    let running = RunningServer::start(&server).await;
+    let mut a = RunningClient::start(running.addr, "node-a");
+    let mut b = RunningClient::start(running.addr, "node-b");
+    a.wait_synced().await;
+    b.wait_synced().await;
+
+    // Forty separate events: 20 additions, 10 removals, 10 updates.
+    for i in 100..120 {
+        server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(common::workload(i))]);
+    }
+    for i in 0..10 {
+        server.publish(ADDRESS_TYPE_URL, [ResourceChange::remove(common::workload_uid(i))]);
+    }
+    for i in 50..60 {
+        let mut w = common::workload(i);
+        w.node = "moved".into();
+        server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(w)]);
+    }
+
+    for (label, client) in [("a", &a), ("b", &b)] {
+        wait_store(&client.store, label, |s| {
+            s.workload_count() == 110
+                && (100..120).all(|i| s.workload_by_uid(&common::workload_uid(i)).is_some())
+                && (0..10).all(|i| s.workload_by_uid(&common::workload_uid(i)).is_none())
+                && s.workloads_on_node("moved").len() == 10
+        })
+        .await;
+    }
+    let stats = server.stats();
+    assert_eq!(stats.active_streams, 2);
+    assert_eq!(stats.nacks, 0);
+
+    a.stop().await;
+    b.stop().await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_identity_and_headers_reach_the_server() {
+    let server = AdsServer::default();
+    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>, Option<String>)>>> =
+        Arc::default();
+    let record = seen.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The caller's own router: our service behind the caller's interceptor.
+    let svc = server.service();
+    let serving = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                move |req: tonic::Request<()>| {
+                    let get = |k: &str| {
+                        req.metadata()
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    record.lock().unwrap().push((
+                        get("authorization"),
+                        get("clusterid"),
+                        get("x-extra"),
+                    ));
+                    Ok(req)
+                },
+            ))
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+    });
+    let mut events = server.events();
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let node = NodeInfo::proxy(
+        "10.1.2.3".parse().unwrap(),
+        "proxy-abc",
+        "mesh-system",
+        "worker-1",
+    );
+    let mut config = ClientConfig::default();
+    config
+        .node(node)
+        .token(Some(TokenSource::File(token.clone())))
+        .cluster_id(Some("cluster1".into()))
+        .header("x-extra", "yes");
+    let mut client = RunningClient::start_with(channel(addr), config);
+    client.wait_synced().await;
+    let node_id = wait_event(&mut events, |e| match e {
+        ServerEvent::Connected { node_id, .. } => Some(node_id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        node_id,
+        "ztunnel~10.1.2.3~proxy-abc.mesh-system~mesh-system.svc.cluster.local"
+    );
+    assert_eq!(seen.lock().unwrap()[0], (
+        Some("Bearer first-token".into()),
+        Some("cluster1".into()),
+        Some("yes".into())
+    ));
+
+    // The token file is read again for the next stream.
+    std::fs::write(&token, "second-token").unwrap();
+    server.disconnect_all();
+    settle(async {
+        loop {
+            if seen.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        seen.lock().unwrap()[1].0.as_deref(),
+        Some("Bearer second-token")
+    );
+
+    client.stop().await;
+    serving.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xds.sock");
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..10);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            server
+                .serve_unix(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let connect_path = path.clone();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = connect_path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+    let mut config = ClientConfig::default();
+    config.node(NodeInfo::new("node-unix"));
+    let mut client = RunningClient::start_with(channel, config);
+    client.wait_synced().await;
+    assert_eq!(client.store.workload_count(), 10);
+    client.stop().await;
+    let _ = stop.send(());
+    settle(serving).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_subscriptions_and_nonces() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..5);
+    let running = RunningServer::start(&server).await;
+    let mut events = server.events();
+    let mut grpc = AggregatedDiscoveryServiceClient::new(channel(running.addr));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let uid0 = common::workload_uid(0);
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec![uid0.clone(), "missing".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut inbound = grpc
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Only the named resource; an unknown name is reported as removed.
+    let first = settle(inbound.message()).await.unwrap().unwrap();
+    let names: Vec<_> = first.resources.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, vec![uid0.clone()]);
+    assert_eq!(first.removed_resources, vec!["missing".to_owned()]);
+    assert!(!first.resources[0].version.is_empty());
+
+    // A change to an unsubscribed resource is not sent; one to a subscribed one is.
+    let mut w = common::workload(1);
+    w.node = "elsewhere".into();
+    server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(w)]);
+    let mut w = common::workload(0);
+    w.node = "elsewhere".into();
+    server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(w)]);
+    let second = settle(inbound.message()).await.unwrap().unwrap();
+    let names: Vec<_> = second.resources.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, vec![uid0.clone()]);
+    assert_ne!(second.nonce, first.nonce);
+
+    // An ACK of an unknown nonce is ignored; the real one is reported.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        response_nonce: "no-such-nonce".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        response_nonce: second.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let acked = wait_event(&mut events, |e| match e {
+        ServerEvent::Ack { nonce, .. } => Some(nonce.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(acked, second.nonce);
+    assert_eq!(server.stats().acks, 1);
+
+    // Subscribing to a further name sends it even without a change.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec![common::workload_uid(2)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let third = settle(inbound.message()).await.unwrap().unwrap();
+    let names: Vec<_> = third.resources.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, vec![common::workload_uid(2)]);
+
+    drop(tx);
+    running.shutdown().await;
+}
