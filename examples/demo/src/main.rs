@@ -1,3 +1,186 @@
-//! Example `demo` (work in progress).
+//! The one-command demo: two nodes of real network namespaces, an agent and a proxy on each,
+//! traffic along every path, a table of what happened, and a clean-up (also on Ctrl-C).
+//!
+//! Run it as root from the repository: `sudo cargo run --release -p demo`.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
+
+fn main() {
+    match run() {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    if let Err(e) = testbed::check_privileges() {
+        bail!(
+            "{e} (the demo builds network namespaces and iptables rules: run it as root on a machine with the iptables and iproute2 packages, e.g. `apt-get install -y iptables iproute2`)"
+        );
+    }
+    install_interrupt_handler()?;
+    let binaries = build_binaries()?;
+
+    step("building two nodes and five pods (network namespaces, veth pairs, bridges)");
+    let mut cluster = Cluster::start(ClusterOptions {
+        binaries,
+        log: "info".into(),
+        reconcile_interval: Duration::from_secs(2),
+    })?;
+    println!(
+        "    agent + proxy running on node-1 and node-2; state and logs in {}",
+        cluster.dir().display()
+    );
+    println!(
+        "    namespace `{ENROLLED_NS}` is enrolled (label io.cilium/mtls-enabled=\"true\"); `legacy` is not"
+    );
+
+    let mut rows = Vec::new();
+    step("sending traffic along every path");
+    let paths = [
+        (Role::Client, Role::ServerFar, "enrolled -> enrolled, other node"),
+        (Role::Client, Role::ServerNear, "enrolled -> enrolled, same node"),
+        (Role::Client, Role::Legacy, "enrolled -> not enrolled"),
+        (Role::Legacy, Role::ServerFar, "not enrolled -> enrolled"),
+        (Role::Intruder, Role::ServerFar, "denied by policy (sa intruder)"),
+    ];
+    for (from, to, what) in paths {
+        rows.push((what.to_owned(), cluster.flow(from, to, &payload(64 * 1024))?));
+    }
+
+    step(&format!("removing the label from `{ENROLLED_NS}`"));
+    cluster.set_enrolled(ENROLLED_NS, false)?;
+    cluster.wait_enrolled(Duration::from_secs(30))?;
+    rows.push((
+        "after unenrolling: direct".to_owned(),
+        cluster.flow(Role::Client, Role::ServerFar, &payload(64 * 1024))?,
+    ));
+
+    step(&format!("adding the label back to `{ENROLLED_NS}`"));
+    cluster.set_enrolled(ENROLLED_NS, true)?;
+    cluster.wait_enrolled(Duration::from_secs(30))?;
+    rows.push((
+        "after re-enrolling".to_owned(),
+        cluster.flow(Role::Client, Role::ServerFar, &payload(64 * 1024))?,
+    ));
+
+    print_table(&rows);
+    step("cleaning up (processes, namespaces, rules, state directory)");
+    drop(cluster);
+    println!("done.");
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b"meshwire-demo-"[i % 14]).collect()
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn print_table(rows: &[(String, Flow)]) {
+    println!();
+    println!(
+        "{:<34} {:<19} {:<19} {:<9} {:<9} {:<38} {:>7}  result",
+        "path", "source", "destination", "enrolled", "mTLS", "peer identity (seen by destination)", "bytes"
+    );
+    for (what, f) in rows {
+        let enrolled = format!(
+            "{}/{}",
+            yes(f.outbound_mtls + f.outbound_plain > 0.0),
+            yes(f.inbound_mtls + f.inbound_plain > 0.0 || f.denied > 0.0)
+        );
+        let result = if f.echoed {
+            "ok".to_owned()
+        } else if f.denied > 0.0 {
+            "denied".to_owned()
+        } else {
+            f.error.clone().unwrap_or_else(|| "failed".into())
+        };
+        println!(
+            "{:<34} {:<19} {:<19} {:<9} {:<9} {:<38} {:>7}  {}",
+            what,
+            f.from.label(),
+            f.to.label(),
+            enrolled,
+            yes(f.encrypted()),
+            f.peer_identity.as_deref().unwrap_or("-"),
+            if f.echoed { f.sent } else { 0 },
+            result
+        );
+    }
+    println!();
+    println!("enrolled = the source / destination proxy handled the connection (src/dst);");
+    println!("mTLS = carried in HBONE (mutual TLS 1.3) between the two proxies.");
+}
+
+/// Builds the agent and proxy with the same profile as this binary, when run through cargo.
+fn build_binaries() -> Result<Binaries> {
+    let exe = std::env::current_exe().context("cannot find the demo executable")?;
+    let dir: PathBuf = exe
+        .parent()
+        .context("the demo executable has no directory")?
+        .to_owned();
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        step("building the agent and proxy binaries");
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "agent", "-p", "proxy"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build -p agent -p proxy failed");
+        }
+    }
+    Binaries::in_dir(&dir)
+}
+
+/// On Ctrl-C or SIGTERM: stop the children and delete this process's namespaces, then exit.
+fn install_interrupt_handler() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal runtime")?;
+    // Register the handlers before returning, so no signal is missed once the demo runs.
+    let mut term = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) })
+        .context("cannot install the SIGTERM handler")?;
+    let mut int = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })
+        .context("cannot install the SIGINT handler")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => "interrupted",
+                    _ = term.recv() => "terminated",
+                }
+            });
+            eprintln!("\n{name}: cleaning up");
+            // The agents and proxies share our process group: on Ctrl-C the terminal
+            // signalled them too; on SIGTERM do it here. Our own handler absorbs it.
+            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGTERM);
+            std::thread::sleep(Duration::from_millis(500));
+            demo::delete_own_namespaces();
+            demo::remove_own_state_dirs();
+            std::process::exit(130);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}

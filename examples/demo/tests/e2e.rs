@@ -1,0 +1,284 @@
+//! End-to-end tests: the real `agent` and `proxy` binaries on two nodes of real network
+//! namespaces, real iptables rules, traffic checked on the wire.
+//!
+//! They need root, `ip`, `iptables` and `tcpdump`; without them they fail, unless
+//! `MESHWIRE_SKIP_PRIVILEGED=1` is set. The binaries come from the same target directory
+//! (`cargo test --workspace` builds them, because their packages have integration tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
+
+/// The clusters are heavy (8 processes each); run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn binaries() -> Binaries {
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_owned();
+    Binaries::in_dir(&dir).expect("agent and proxy binaries")
+}
+
+fn cluster(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    testbed::require_privileged(test)?;
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cluster = Cluster::start(ClusterOptions {
+        binaries: binaries(),
+        log: "info".into(),
+        reconcile_interval: Duration::from_millis(500),
+    })
+    .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
+    Some((guard, cluster))
+}
+
+fn payload(tag: &str, n: usize) -> Vec<u8> {
+    tag.bytes().cycle().take(n).collect()
+}
+
+#[track_caller]
+fn check(c: &Cluster, f: &Flow) {
+    assert!(
+        f.echoed,
+        "{} -> {}: {:?}\n{}",
+        f.from.label(),
+        f.to.label(),
+        f,
+        c.log_tail(30)
+    );
+}
+
+#[test]
+fn every_path_works_with_the_right_security() {
+    let Some((_g, c)) = cluster("every_path_works_with_the_right_security") else {
+        return;
+    };
+
+    // enrolled -> enrolled on another node, with a capture between the nodes.
+    let marker = "PLAINTEXT-MARKER-7f3a91";
+    let pcap = c.dir().join("fabric.pcap");
+    let mut tcpdump = c
+        .fabric()
+        .spawn(
+            Command::new("tcpdump")
+                .args(["-i", "any", "-U", "-s", "0", "-w"])
+                .arg(&pcap)
+                .arg("tcp")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("tcpdump in the fabric namespace");
+    wait_for_pcap_header(&pcap);
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload(marker, 256 * 1024))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&mut tcpdump);
+    check(&c, &f);
+    assert!(f.encrypted(), "{f:?}");
+    assert_eq!(
+        f.server_identity.as_deref(),
+        Some(Role::ServerFar.spiffe_id().as_str()),
+        "the client's proxy verified the server's identity"
+    );
+    assert_eq!(
+        f.peer_identity.as_deref(),
+        Some(Role::Client.spiffe_id().as_str()),
+        "the server's proxy saw the client's identity"
+    );
+    let raw = std::fs::read(&pcap).unwrap();
+    assert!(raw.len() > 24 + 256 * 1024, "the capture holds the transfer");
+    assert!(
+        !contains(&raw, marker.as_bytes()),
+        "the payload crossed the fabric in plaintext"
+    );
+    let text = read_pcap(&pcap, &[]);
+    let hbone = read_pcap(&pcap, &["tcp port 15008"]);
+    let app = read_pcap(&pcap, &["tcp port 8080"]);
+    assert!(hbone.lines().count() > 10, "HBONE packets on 15008:\n{text}");
+    assert_eq!(app.lines().count(), 0, "no plaintext app traffic:\n{app}");
+    let tls = read_pcap(&pcap, &["-x", "tcp dst port 15008 and (tcp[tcpflags] & tcp-push != 0)"]);
+    assert!(
+        tls.contains("1603 01") || tls.contains("1603 03") || tls.contains("1603 0"),
+        "the first data on 15008 is a TLS handshake record:\n{tls:.2000}"
+    );
+
+    // enrolled -> enrolled on the same node.
+    let f = c.flow(Role::Client, Role::ServerNear, &payload("near", 10_000)).unwrap();
+    check(&c, &f);
+    assert!(f.encrypted(), "{f:?}");
+    assert_eq!(f.peer_identity.as_deref(), Some(Role::Client.spiffe_id().as_str()));
+
+    // enrolled -> not enrolled: plaintext passthrough from the source proxy.
+    let f = c.flow(Role::Client, Role::Legacy, &payload("legacy", 10_000)).unwrap();
+    check(&c, &f);
+    assert!(!f.encrypted());
+    assert_eq!(f.outbound_plain, 1.0, "{f:?}");
+
+    // not enrolled -> enrolled: plaintext inbound on 15006.
+    let f = c.flow(Role::Legacy, Role::ServerFar, &payload("inbound", 10_000)).unwrap();
+    check(&c, &f);
+    assert!(!f.encrypted());
+    assert_eq!(f.inbound_plain, 1.0, "{f:?}");
+
+    // The deny policy blocks the intruder's service account and nobody else.
+    let f = c.flow(Role::Intruder, Role::ServerFar, &payload("intruder", 1000)).unwrap();
+    assert!(!f.echoed, "the intruder got through: {f:?}");
+    assert!(f.denied >= 1.0, "{f:?}\n{}", c.log_tail(30));
+    let f = c.flow(Role::Client, Role::ServerFar, &payload("allowed", 1000)).unwrap();
+    check(&c, &f);
+}
+
+#[test]
+fn labels_enroll_and_unenroll_live() {
+    let Some((_g, mut c)) = cluster("labels_enroll_and_unenroll_live") else {
+        return;
+    };
+    assert!(c.has_rules(Role::Client).unwrap());
+    assert!(!c.has_rules(Role::Legacy).unwrap());
+
+    c.set_enrolled(ENROLLED_NS, false).unwrap();
+    c.wait_enrolled(Duration::from_secs(30)).unwrap();
+    for r in [Role::Client, Role::ServerFar, Role::ServerNear, Role::Intruder] {
+        assert!(!c.has_rules(r).unwrap(), "rules left in {}", r.label());
+    }
+    let f = c.flow(Role::Client, Role::ServerFar, &payload("direct", 5000)).unwrap();
+    check(&c, &f);
+    assert!(f.direct(), "traffic still goes through a proxy: {f:?}");
+
+    c.set_enrolled(ENROLLED_NS, true).unwrap();
+    c.wait_enrolled(Duration::from_secs(30)).unwrap();
+    let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
+    assert!(f.encrypted(), "{f:?}");
+
+    // Enrolling the other namespace too: legacy -> server becomes mTLS.
+    c.set_enrolled(demo::PLAIN_NS, true).unwrap();
+    c.wait_enrolled(Duration::from_secs(30)).unwrap();
+    let f = retry_until_encrypted(&c, Role::Legacy, Role::ServerFar);
+    assert!(f.encrypted(), "{f:?}");
+    assert_eq!(
+        f.peer_identity.as_deref(),
+        Some(Role::Legacy.spiffe_id().as_str())
+    );
+}
+
+#[test]
+fn restarts_keep_traffic_flowing() {
+    let Some((_g, mut c)) = cluster("restarts_keep_traffic_flowing") else {
+        return;
+    };
+    check(&c, &c.flow(Role::Client, Role::ServerFar, &payload("before", 5000)).unwrap());
+
+    // Restart the proxy of the server's node: the agent re-sends its snapshot.
+    c.restart_proxy(1).unwrap();
+    let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
+    assert!(f.encrypted(), "{f:?}");
+
+    // Stop the agent of the client's node: the pods keep working without it.
+    c.stop_agent(0).unwrap();
+    let f = c.flow(Role::Client, Role::ServerFar, &payload("agentless", 5000)).unwrap();
+    check(&c, &f);
+    assert!(f.encrypted(), "{f:?}");
+    assert!(c.has_rules(Role::Client).unwrap(), "rules stay when the agent stops");
+
+    c.start_agent_again(0).unwrap();
+    c.wait_enrolled(Duration::from_secs(30)).unwrap();
+    let f = c.flow(Role::Client, Role::ServerFar, &payload("after", 5000)).unwrap();
+    check(&c, &f);
+    assert!(f.encrypted(), "{f:?}");
+}
+
+#[test]
+fn proxy_does_not_leak_fds_over_a_thousand_connections() {
+    let Some((_g, c)) = cluster("proxy_does_not_leak_fds_over_a_thousand_connections") else {
+        return;
+    };
+    // Warm up: certificates, pooled connections.
+    check(&c, &c.flow(Role::Client, Role::ServerFar, &payload("warm", 100)).unwrap());
+    check(&c, &c.flow(Role::Client, Role::Legacy, &payload("warm", 100)).unwrap());
+    let pids = [c.proxy_pid(0).unwrap(), c.proxy_pid(1).unwrap()];
+    let tasks = |m: &demo::Metrics| m.sum("meshwire_tasks_alive", &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let fds_before: Vec<usize> = pids.iter().map(|p| Cluster::open_fds(*p).unwrap()).collect();
+    let tasks_before: Vec<f64> = (0..2).map(|i| tasks(&c.proxy_metrics(i).unwrap())).collect();
+
+    let data = payload("leak", 512);
+    for i in 0..1000 {
+        let to = match i % 3 {
+            0 => Role::ServerFar,
+            1 => Role::ServerNear,
+            _ => Role::Legacy,
+        };
+        let echo = c
+            .exchange(Role::Client, to, &data)
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}\n{}", c.log_tail(30)));
+        assert_eq!(echo, data);
+    }
+
+    // Connections close asynchronously; give the proxies a moment to settle.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let fds: Vec<usize> = pids.iter().map(|p| Cluster::open_fds(*p).unwrap()).collect();
+        let t: Vec<f64> = (0..2).map(|i| tasks(&c.proxy_metrics(i).unwrap())).collect();
+        // Pooled HBONE connections may add a few fds; a leak adds ~1000.
+        let ok = fds.iter().zip(&fds_before).all(|(a, b)| *a <= b + 8)
+            && t.iter().zip(&tasks_before).all(|(a, b)| *a <= b + 8.0);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds before {fds_before:?}, after {fds:?}; tasks before {tasks_before:?}, after {t:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = c.flow(from, to, &payload("retry", 2000)).unwrap();
+        if (f.echoed && f.encrypted()) || Instant::now() > deadline {
+            check(c, &f);
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn wait_for_pcap_header(path: &PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < 24 {
+        assert!(Instant::now() < deadline, "tcpdump did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // tcpdump writes the header just before it starts capturing.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn terminate(p: &mut testbed::Process) {
+    if let Some(child) = p.child_mut() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = child.wait();
+    }
+}
+
+fn read_pcap(path: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new("tcpdump");
+    cmd.args(["-nn", "-r"]).arg(path);
+    let (flags, filter): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| a.starts_with('-'));
+    cmd.args(flags).args(filter);
+    let out = cmd.stderr(Stdio::null()).output().expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
