@@ -280,6 +280,15 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
                             },
                         );
                     }
+                    Err(e) if e.cause == Cause::ProxyUnavailable => {
+                        info!(pod = %pod.display_name(), %uid, "no proxy connected yet; the pod goes out in its snapshot");
+                        out.failures.push((uid.clone(), e));
+                        self.pods.entry(uid.clone()).or_insert_with(|| Tracked {
+                            pod: pod.clone(),
+                            stage: Stage::Offered,
+                        });
+                        continue;
+                    }
                     Err(e) => {
                         warn!(pod = %pod.display_name(), %uid, error = %e, "proxy did not take pod; will retry");
                         out.failures.push((uid.clone(), e));

@@ -22,7 +22,7 @@ use crate::effects::rules::NetnsRules;
 use crate::effects::xds::{self as xds_effects, XdsPublisher};
 use crate::effects::zds::ZdsChannel;
 use crate::metrics::{self, Metrics};
-use crate::reconcile::{Outcome, Reconciler};
+use crate::reconcile::{Cause, Outcome, Reconciler};
 use crate::state::PodStateFile;
 use crate::watch::FileWatcher;
 use crate::workloads::Cluster;
@@ -305,8 +305,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// When to run again after a pass: soon (with back-off) if something failed.
+///
+/// A missing proxy is not retried on a timer: its connection wakes the loop.
 fn next_retry(outcome: &Outcome, previous: Option<Duration>, max: Duration) -> Option<Duration> {
-    if outcome.failures.is_empty() {
+    if outcome
+        .failures
+        .iter()
+        .all(|(_, e)| e.cause == Cause::ProxyUnavailable)
+    {
         return None;
     }
     Some(previous.map_or(RETRY_MIN, |d| (d * 2).min(max)))
@@ -368,13 +374,13 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::{Cause, EffectError};
+    use crate::reconcile::EffectError;
 
     #[test]
     fn retries_back_off_and_stop_when_clean() {
         let max = Duration::from_secs(10);
         let failed = Outcome {
-            failures: vec![("a".into(), EffectError::new(Cause::ProxyUnavailable, "x"))],
+            failures: vec![("a".into(), EffectError::new(Cause::RulesInstall, "x"))],
             ..Outcome::default()
         };
         assert_eq!(next_retry(&Outcome::default(), Some(RETRY_MIN), max), None);
@@ -384,5 +390,14 @@ mod tests {
             d = next_retry(&failed, d, max);
         }
         assert_eq!(d, Some(max));
+        let no_proxy = Outcome {
+            failures: vec![("a".into(), EffectError::new(Cause::ProxyUnavailable, "x"))],
+            ..Outcome::default()
+        };
+        assert_eq!(
+            next_retry(&no_proxy, d, max),
+            None,
+            "a connecting proxy wakes the loop"
+        );
     }
 }

@@ -132,20 +132,10 @@ impl ZdsChannel {
 }
 
 fn open_netns(pod: &LocalPod) -> Result<OwnedFd, EffectError> {
-    let file = std::fs::File::open(&pod.netns).map_err(|e| {
-        EffectError::new(
-            Cause::Netns,
-            format!("cannot open netns {}: {e}", pod.netns.display()),
-        )
-    })?;
-    let fd = OwnedFd::from(file);
-    zds::verify_netns(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| {
-        EffectError::new(
-            Cause::Netns,
-            format!("{} is not a network namespace: {e}", pod.netns.display()),
-        )
-    })?;
-    Ok(fd)
+    // `NetNs` checks that the file is a network namespace (also through a bind mount).
+    netns::NetNs::from_path(&pod.netns)
+        .map(OwnedFd::from)
+        .map_err(|e| EffectError::new(Cause::Netns, e.to_string()))
 }
 
 fn zds_error(e: ZdsError) -> EffectError {
