@@ -94,7 +94,6 @@
 //!
 //! None.
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod codec;

@@ -265,6 +265,10 @@ impl Server {
     /// same uid), so every later snapshot carries it until [`del`](Self::del). The server
     /// keeps `netns` open until then.
     ///
+    /// If the newest connection is still in its hello or snapshot, the add waits in its
+    /// queue until the snapshot is done. Callers that need an overall deadline wrap the
+    /// call in `tokio::time::timeout`; the request stays queued and is still delivered.
+    ///
     /// Errors: [`ZdsError::Nack`] with the proxy's text; [`ZdsError::NoProxy`] when no
     /// proxy is connected (the next one gets it in its snapshot);
     /// [`ZdsError::Encode`] when the request does not fit a datagram (nothing is
