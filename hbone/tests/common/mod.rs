@@ -15,7 +15,6 @@ use hbone::{
     ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
     SvidClientTls, TcpConnector,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -205,7 +204,7 @@ async fn serve_tunnel(port: u16, tunnel: &mut hbone::Tunnel) -> std::io::Result<
 }
 
 pub async fn hash_reader<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(String, u64)> {
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;
     loop {
@@ -216,22 +215,28 @@ pub async fn hash_reader<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io:
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((hex::encode(h.finalize()), n))
+    Ok((hex::encode(h.finish()), n))
 }
 
-/// Writes `len` pattern bytes; returns their SHA-256 (hex).
+/// Writes `len` bytes (slices of a pattern block at shifting offsets, so that chunks
+/// differ); returns their SHA-256 (hex).
 pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, len: u64) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
+    const CHUNK: usize = 1024 * 1024;
+    let mut block = vec![0u8; CHUNK + 4096];
+    pattern(0, &mut block);
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut off = 0u64;
+    let mut i = 0usize;
     while off < len {
-        let k = (len - off).min(buf.len() as u64) as usize;
-        pattern(off, &mut buf[..k]);
-        h.update(&buf[..k]);
-        w.write_all(&buf[..k]).await?;
+        let k = (len - off).min(CHUNK as u64) as usize;
+        let start = (i * 7919) % 4096;
+        let chunk = &block[start..start + k];
+        h.update(chunk);
+        w.write_all(chunk).await?;
         off += k as u64;
+        i += 1;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(hex::encode(h.finish()))
 }
 
 impl Fixture {
