@@ -91,6 +91,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     pub(crate) pod_namespace: String,
 
+    /// Connect to applications with the original client address as source (needs the in-pod
+    /// policy routing: connmark 0x111, table 100); falls back to the pod address when the
+    /// kernel refuses.
+    #[arg(long, env = "ENABLE_ORIG_SRC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) original_source: bool,
+
     /// How long in-flight connections may run after SIGTERM before they are cut.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -121,6 +127,7 @@ pub(crate) struct Config {
     pub(crate) instance_ip: std::net::IpAddr,
     pub(crate) pod_name: String,
     pub(crate) pod_namespace: String,
+    pub(crate) original_source: bool,
 }
 
 impl Cli {
@@ -158,6 +165,7 @@ impl Cli {
             instance_ip: self.instance_ip,
             pod_name: self.pod_name,
             pod_namespace: self.pod_namespace,
+            original_source: self.original_source,
         })
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct DataPlaneConfig {
     pub(crate) connect_timeout: Duration,
     /// How long an HBONE server lets streams run after a drain started.
     pub(crate) drain_deadline: Duration,
+    /// Connect to the application with the original client's address as source.
+    pub(crate) original_source: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -58,6 +60,7 @@ impl Default for DataPlaneConfig {
             local_lookup_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(5),
+            original_source: true,
         }
     }
 }
@@ -241,6 +244,47 @@ impl DataPlane {
             error = %failure.detail,
             "connection failed"
         );
+    }
+
+    /// Dials the application of an inbound connection from the pod's namespace: with the
+    /// client's address as source when enabled and possible, else from the pod's own address.
+    async fn connect_app(
+        &self,
+        pod: &Pod,
+        client: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<TcpStream, Failure> {
+        let timeout = self.config.connect_timeout;
+        let timed_out = || {
+            Failure::new(
+                "connect failed",
+                format!("no answer from {target} within {timeout:?}"),
+            )
+        };
+        let spoof = self.config.original_source
+            && client.is_ipv4() == target.is_ipv4()
+            && client.ip() != target.ip()
+            && !client.ip().is_loopback();
+        if spoof {
+            match tokio::time::timeout(timeout, pod.net.connect_as(client.ip(), target)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(Failure::new("connect failed", e));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(
+                        %target, source = %client.ip(), error = %e,
+                        "connecting with the original source failed; using the pod address"
+                    );
+                }
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        match tokio::time::timeout(timeout, pod.net.connect(target)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(Failure::new("connect failed", e)),
+            Err(_) => Err(timed_out()),
+        }
     }
 
     // ---------------------------------------------------------------------------------
@@ -478,20 +522,11 @@ impl DataPlane {
             self.metrics.policy_denials.inc();
             return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
         }
-        let upstream = match tokio::time::timeout(
-            self.config.connect_timeout,
-            pod.net.connect(target),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let upstream = match self.connect_app(&pod, src, target).await {
+            Ok(s) => s,
+            Err(failure) => {
                 tunnel.reject(Rejection::ServiceUnavailable);
-                return self.connection_failed(&rec, &Failure::new("connect failed", e));
-            }
-            Err(_) => {
-                tunnel.reject(Rejection::ServiceUnavailable);
-                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
+                return self.connection_failed(&rec, &failure);
             }
         };
         let tunnel = match tunnel.accept() {
@@ -538,17 +573,9 @@ impl DataPlane {
             self.metrics.policy_denials.inc();
             return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
         }
-        let upstream = match tokio::time::timeout(
-            self.config.connect_timeout,
-            pod.net.connect(target),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.connection_failed(&rec, &Failure::new("connect failed", e)),
-            Err(_) => {
-                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
-            }
+        let upstream = match self.connect_app(&pod, src, target).await {
+            Ok(s) => s,
+            Err(failure) => return self.connection_failed(&rec, &failure),
         };
         self.splice(rec, stream, upstream).await;
     }
@@ -1119,6 +1146,7 @@ mod tests {
                     local_lookup_timeout: Duration::from_millis(500),
                     connect_timeout: Duration::from_secs(2),
                     drain_deadline: Duration::from_millis(200),
+                    original_source: true,
                 },
                 metrics.clone(),
                 store.clone(),

@@ -67,6 +67,7 @@ fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
@@ -181,6 +182,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         DataPlaneConfig {
             node_name: config.node_name.clone(),
             drain_deadline: config.drain_timeout,
+            original_source: config.original_source,
             ..DataPlaneConfig::default()
         },
         metrics.clone(),

@@ -2,7 +2,7 @@
 //! over ZDS) with the packet mark, so the in-pod redirection rules let them through.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use std::os::fd::OwnedFd;
 
@@ -94,6 +94,20 @@ impl PodNetwork for PodNamespace {
         Box::pin(async move {
             let mut opts = SocketOptions::new();
             opts.mark(self.mark);
+            let stream = netns::connect_in(&self.ns, dst, opts)
+                .await
+                .map_err(to_io)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    }
+
+    fn connect_as(&self, source: IpAddr, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        Box::pin(async move {
+            let mut opts = SocketOptions::new();
+            opts.mark(self.mark)
+                .source(SocketAddr::new(source, 0))
+                .transparent(true);
             let stream = netns::connect_in(&self.ns, dst, opts)
                 .await
                 .map_err(to_io)?;

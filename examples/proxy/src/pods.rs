@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +36,14 @@ pub(crate) trait PodNetwork: Send + Sync + fmt::Debug + 'static {
     fn listen(&self, port: u16) -> BoxFuture<'_, io::Result<TcpListener>>;
     /// Connects to `dst` from inside the namespace, with the packet mark.
     fn connect(&self, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
+    /// Connects to `dst` from inside the namespace with the packet mark, using `source` (an
+    /// address of another host, the original client) as the source address
+    /// (`IP_TRANSPARENT`). Replies find their way back through the in-pod policy routing
+    /// (connmark 0x111, table 100). Defaults to a plain [`connect`](Self::connect).
+    fn connect_as(&self, source: IpAddr, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        let _ = source;
+        self.connect(dst)
+    }
     /// The destination a redirected connection was originally sent to.
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
 }
