@@ -44,6 +44,41 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
 /// });
 /// # client }
 /// ```
+///
+/// or, with state, a type implementing the trait with an `async fn`:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::os::fd::OwnedFd;
+///
+/// #[derive(Default)]
+/// struct Proxies {
+///     running: HashMap<String, OwnedFd>,
+/// }
+///
+/// impl zds::Handler for Proxies {
+///     type Error = std::io::Error;
+///
+///     async fn handle(&mut self, update: zds::Update) -> Result<(), std::io::Error> {
+///         match update {
+///             zds::Update::Add { workload, netns } => {
+///                 self.running.insert(workload.uid, netns);
+///             }
+///             zds::Update::Del { uid } => {
+///                 self.running.remove(&uid);
+///             }
+///             _ => {}
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let client = zds::Client::new(zds::ClientConfig::default(), Proxies::default());
+/// # drop(client);
+/// ```
+///
+/// Agents wait a few seconds (5 s upstream) for each answer and drop the connection past
+/// that, so a handler should finish well within that time.
 pub trait Handler: Send {
     /// The error a failed update reports; its `Display` text becomes the NACK text.
     type Error: fmt::Display + Send;
@@ -148,6 +183,9 @@ enum Outcome {
 ///   `failure to process message : ProtocolError("…")`): [`run`](Self::run) returns it;
 /// - reports readiness: the snapshot of the current connection was processed and no
 ///   add is pending.
+///
+/// A proxy usually starts the client only once its first xDS sync is complete, so that
+/// every workload the snapshot names can be looked up right away.
 pub struct Client<H> {
     config: ClientConfig,
     handler: H,
