@@ -208,7 +208,8 @@ impl ConnectRequest {
             forwarded: joined(headers, &FORWARDED, crate::forwarded::MAX_FORWARDED_LEN)
                 .and_then(|v| Forwarded::parse(&v).ok()),
             baggage: joined(headers, &BAGGAGE, crate::baggage::MAX_BAGGAGE_LEN)
-                .and_then(|v| Baggage::parse(&v).ok()),
+                .and_then(|v| Baggage::parse(&v).ok())
+                .filter(|b| !b.is_empty()),
             traceparent: single(headers, &TRACEPARENT).and_then(|v| TraceParent::parse(v).ok()),
             forwarded_network: single(headers, &X_FORWARDED_NETWORK)
                 .filter(|v| !v.is_empty() && v.len() <= MAX_NETWORK_LEN)
@@ -303,7 +304,8 @@ impl ConnectResponse {
         Self {
             status,
             baggage: joined(headers, &BAGGAGE, crate::baggage::MAX_BAGGAGE_LEN)
-                .and_then(|v| Baggage::parse(&v).ok()),
+                .and_then(|v| Baggage::parse(&v).ok())
+                .filter(|b| !b.is_empty()),
         }
     }
 }
@@ -383,6 +385,20 @@ mod tests {
         assert_eq!(r.traceparent, None);
         let b = r.baggage.unwrap();
         assert_eq!((b.get("a"), b.get("c")), (Some("b"), Some("d")));
+    }
+
+    #[test]
+    fn empty_baggage_reads_as_absent() {
+        // Found by fuzzing: a baggage value of separators only used to parse to an
+        // empty list, which `to_http` then omitted, breaking the round trip.
+        let mut http = ConnectRequest::new("hq:515".parse().unwrap())
+            .to_http()
+            .unwrap();
+        http.headers_mut()
+            .insert(BAGGAGE, HeaderValue::from_static(" , "));
+        let r = ConnectRequest::from_http(&http).unwrap();
+        assert_eq!(r.baggage, None);
+        assert_eq!(ConnectRequest::from_http(&r.to_http().unwrap()).unwrap(), r);
     }
 
     #[test]
