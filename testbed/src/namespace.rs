@@ -16,12 +16,15 @@ use crate::error::Error;
 pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// Every name starts with this, followed by the creating process id in hex.
-const PREFIX: &str = "mw";
+const PREFIX: &str = "mwtb";
+
+/// The roles of namespaces, the last character of their names.
+const ROLES: [char; 4] = ['f', 'n', 'p', 'x'];
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A new name: `mw<pid hex>-<seq hex><role>`, unique on the machine while this
-/// process lives, and short (about 11 characters).
+/// A new name: `mwtb<pid hex>-<seq hex><role>`, unique on the machine while this
+/// process lives, and short (about 13 characters).
 fn fresh_name(role: char) -> String {
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{PREFIX}{:x}-{seq:x}{role}", std::process::id())
@@ -270,11 +273,7 @@ pub(crate) fn reap_stale() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(hex, _)| u32::from_str_radix(hex, 16).ok())
-        else {
+        let Some(pid) = parse_name(&name) else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -282,6 +281,18 @@ pub(crate) fn reap_stale() {
             let _ = ip(&["netns", "del", &name]);
         }
     }
+}
+
+/// The pid of the process that created a namespace named by [`fresh_name`].
+fn parse_name(name: &str) -> Option<u32> {
+    let (pid, rest) = name.strip_prefix(PREFIX)?.split_once('-')?;
+    let role = rest.chars().last()?;
+    let seq = rest.strip_suffix(role)?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !ROLES.contains(&role) || !hex(pid) || !hex(seq) {
+        return None;
+    }
+    u32::from_str_radix(pid, 16).ok()
 }
 
 #[cfg(test)]
@@ -294,6 +305,23 @@ mod tests {
         let b = fresh_name('p');
         assert_ne!(a, b);
         assert!(a.len() <= 15, "{a}");
-        assert!(a.starts_with(&format!("mw{:x}-", std::process::id())));
+        assert!(a.starts_with(&format!("mwtb{:x}-", std::process::id())));
+        assert_eq!(parse_name(&a), Some(std::process::id()));
+    }
+
+    #[test]
+    fn only_our_names_are_recognised() {
+        assert_eq!(parse_name("mwtb1f-3p"), Some(0x1f));
+        for other in [
+            "mwt-n1",
+            "mw1f-3p",
+            "mwtb1f-3q",
+            "mwtb-3p",
+            "mwtb1f-p",
+            "mwtbzz-3p",
+            "x",
+        ] {
+            assert_eq!(parse_name(other), None, "{other}");
+        }
     }
 }

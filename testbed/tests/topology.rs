@@ -259,3 +259,29 @@ fn privileged_tests_fail_without_root_or_tools() {
     assert!(ok, "{text}");
     assert!(text.contains("probe-result: true"), "{text}");
 }
+
+#[test]
+fn namespaces_of_dead_test_processes_are_reaped() {
+    let Some(_p) = require_privileged("namespaces_of_dead_test_processes_are_reaped") else {
+        return;
+    };
+    let dead_pid = 0x3f_fffe_u32;
+    assert!(!std::path::Path::new(&format!("/proc/{dead_pid}")).exists());
+    let stale = format!("mwtb{dead_pid:x}-0p");
+    let foreign = format!("mwt{:x}-keep", std::process::id());
+    for name in [&stale, &foreign] {
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let dir = std::path::Path::new(testbed::NETNS_DIR);
+    let _tb = Testbed::new().unwrap();
+    let stale_gone = !dir.join(&stale).exists();
+    let foreign_kept = dir.join(&foreign).exists();
+    let _ = Command::new("ip").args(["netns", "del", &foreign]).output();
+    let _ = Command::new("ip").args(["netns", "del", &stale]).output();
+    assert!(stale_gone, "stale namespace {stale} was not reaped");
+    assert!(foreign_kept, "a namespace that is not ours was deleted");
+}
