@@ -31,8 +31,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "XDS_ADDRESS", default_value = DEFAULT_XDS_ADDRESS)]
     pub(crate) xds_address: String,
 
-    /// PEM root(s) that sign the xDS serving certificate: a file path, `SYSTEM` for the OS
-    /// store is not supported; a value that is not an existing file is taken as inline PEM.
+    /// PEM root(s) that sign the xDS serving certificate: a file (waited for until it exists),
+    /// or the PEM text itself.
     #[arg(long, env = "XDS_ROOT_CA", default_value = DEFAULT_XDS_ROOT_CA)]
     pub(crate) xds_root_ca: String,
 

@@ -303,7 +303,7 @@ async fn run_zds(
 async fn apply_zds(supervisor: &Supervisor, mark: u32, update: zds::Update) -> anyhow::Result<()> {
     match update {
         zds::Update::Add { workload, netns } => {
-            let ns = podnet::netns_from_fd(netns).await?;
+            let ns = netns::NetNs::from_fd(netns)?;
             let info = PodInfo {
                 uid: workload.uid,
                 name: workload.name,

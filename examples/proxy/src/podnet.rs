@@ -4,11 +4,8 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use std::os::fd::OwnedFd;
-
 use futures_util::future::BoxFuture;
 use netns::{ListenerOptions, NetNs, SocketOptions};
-use nix::sched::{CloneFlags, setns};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::pods::PodNetwork;
@@ -24,33 +21,6 @@ impl PodNamespace {
     pub(crate) fn new(ns: NetNs, mark: u32) -> Self {
         Self { ns, mark }
     }
-}
-
-/// Takes the netns fd received over ZDS.
-///
-/// `NetNs::from_fd` rejects a descriptor opened through a bind mount (`/var/run/netns/<pod>`,
-/// which is what the agent sends): its `/proc/self/fd` link names the mount path, not
-/// `net:[…]`. Until the `netns` crate accepts those, the namespace is entered once on a
-/// short-lived thread (which also proves the descriptor is a network namespace: `setns` with
-/// `CLONE_NEWNET` refuses anything else) and the thread's own namespace handle is kept.
-pub(crate) async fn netns_from_fd(fd: OwnedFd) -> anyhow::Result<NetNs> {
-    match NetNs::from_fd(fd.try_clone()?) {
-        Ok(ns) => return Ok(ns),
-        Err(netns::Error::NotNetworkNamespace { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netns-open".into())
-        .spawn(move || {
-            let opened = setns(&fd, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| anyhow::anyhow!("descriptor is not a usable network namespace: {e}"))
-                .and_then(|()| NetNs::current().map_err(anyhow::Error::from));
-            // The thread ends here, so it never has to switch back.
-            let _ = tx.send(opened);
-        })?;
-    rx.await
-        .map_err(|_| anyhow::anyhow!("namespace helper thread ended without a result"))?
 }
 
 fn to_io(e: netns::Error) -> io::Error {
@@ -125,6 +95,7 @@ impl PodNetwork for PodNamespace {
 mod tests {
     use super::*;
     use crate::testutil::{NamedNetns, privileged};
+    use std::os::fd::OwnedFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -133,12 +104,13 @@ mod tests {
             return;
         }
         let netns = NamedNetns::create("podnet");
-        let open = || async {
+        // As the agent sends it: a descriptor of the bind-mounted namespace file.
+        let open = || {
             let fd = OwnedFd::from(std::fs::File::open(netns.path()).unwrap());
-            netns_from_fd(fd).await.unwrap()
+            NetNs::from_fd(fd).unwrap()
         };
-        let pod = PodNamespace::new(open().await, 0x539);
-        let other = PodNamespace::new(open().await, 0x539);
+        let pod = PodNamespace::new(open(), 0x539);
+        let other = PodNamespace::new(open(), 0x539);
         assert_eq!(pod.id(), other.id(), "same namespace, same id");
         assert_ne!(
             pod.id(),
@@ -182,16 +154,5 @@ mod tests {
             assert_eq!(&buf, b"ping");
         }
         server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_descriptor_that_is_not_a_netns_is_refused() {
-        if !privileged("podnet::a_descriptor_that_is_not_a_netns_is_refused") {
-            return;
-        }
-        let file = tempfile::tempfile().unwrap();
-        assert!(netns_from_fd(OwnedFd::from(file)).await.is_err());
-        let uts = std::fs::File::open("/proc/self/ns/uts").unwrap();
-        assert!(netns_from_fd(OwnedFd::from(uts)).await.is_err());
     }
 }
