@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
 use nix::sys::stat::fstat;
 use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 
@@ -56,8 +58,12 @@ pub enum NetnsError {
 /// Checks that `fd` is a network-namespace descriptor and returns its id.
 ///
 /// Two checks, both without `unsafe`: `fstatfs` must report the namespace filesystem
-/// (`NSFS_MAGIC`, or `PROC_SUPER_MAGIC` on old kernels), and the descriptor's link in
-/// `/proc/self/fd` must read `net:[<inode>]`. The second one needs `/proc` mounted.
+/// (`NSFS_MAGIC`, or `PROC_SUPER_MAGIC` on old kernels), and `setns(fd, CLONE_NEWNET)`
+/// must accept it. The kernel refuses `setns` with `EINVAL` for a namespace of another
+/// kind, so this is exact for every way of naming a namespace (`/proc/<pid>/ns/net`,
+/// a bind mount under `/var/run/netns`, a pidfd is not accepted). The `setns` runs on a
+/// short-lived thread of its own, so no thread of the caller ever changes namespace. It
+/// needs `CAP_SYS_ADMIN`, which a node proxy has anyway.
 pub fn verify_netns(fd: BorrowedFd<'_>) -> Result<NetnsId, NetnsError> {
     let fs = fstatfs(fd).map_err(io::Error::from)?;
     let magic = fs.filesystem_type();
@@ -68,10 +74,17 @@ pub fn verify_netns(fd: BorrowedFd<'_>) -> Result<NetnsId, NetnsError> {
         )]
         return Err(NetnsError::NotNamespace(magic.0 as i64));
     }
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-    let link = link.to_string_lossy();
-    if !link.starts_with("net:[") {
-        return Err(NetnsError::NotNetwork(link.into_owned()));
+    let entered = std::thread::scope(|scope| {
+        scope
+            .spawn(|| setns(fd, CloneFlags::CLONE_NEWNET))
+            .join()
+            .unwrap_or(Err(Errno::EAGAIN))
+    });
+    match entered {
+        Ok(()) => Ok(NetnsId::of(fd)?),
+        Err(Errno::EINVAL) => Err(NetnsError::NotNetwork(
+            "setns(CLONE_NEWNET) refused it".to_owned(),
+        )),
+        Err(e) => Err(NetnsError::Io(io::Error::from(e))),
     }
-    Ok(NetnsId::of(fd)?)
 }
