@@ -152,6 +152,7 @@ pub enum ManagerError {
 
 /// What holders observe for one identity.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CertificateState {
     /// The valid certificate, if any. Removed when it expires.
     pub certificate: Option<Arc<FetchedSvid>>,

@@ -1,0 +1,127 @@
+//! Rough costs of the identity operations, as ratios to one ECDSA P-256 key generation
+//! measured in the same run. Run in release mode:
+//! `cargo run --release -p svid --example measure`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use svid::pki_types::{ServerName, UnixTime};
+use svid::rustls;
+use svid::{
+    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, SpiffeServerVerifier, TrustBundleSet,
+    TrustDomain, make_csr, provider,
+};
+
+fn time<T>(iters: u32, mut f: impl FnMut() -> T) -> Duration {
+    for _ in 0..iters.min(10) {
+        black_box(f());
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(f());
+    }
+    start.elapsed() / iters
+}
+
+fn main() {
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let ca = CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap();
+    let id = SpiffeId::from_istio(&td, "default", "sleep").unwrap();
+    let peer = SpiffeId::from_istio(&td, "default", "httpbin").unwrap();
+    let roots = TrustBundleSet::from(ca.bundle());
+    let svid = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+    let peer_svid = ca.issue(&peer, Duration::from_secs(3600)).unwrap();
+    let verifier = SpiffeServerVerifier::builder(provider::default())
+        .roots(roots.clone())
+        .expect_ids([peer.clone()])
+        .build_server_verifier()
+        .unwrap();
+    let csr = make_csr(&id).unwrap();
+    let client = std::sync::Arc::new(
+        svid::client_config(
+            provider::default(),
+            &svid,
+            &roots,
+            IdentityPolicy::exact([peer.clone()]),
+        )
+        .unwrap(),
+    );
+    let server = std::sync::Arc::new(
+        svid::server_config(
+            provider::default(),
+            &peer_svid,
+            &roots,
+            IdentityPolicy::SameTrustDomain(td.clone()),
+        )
+        .unwrap(),
+    );
+
+    let baseline = time(2000, || {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+    });
+    let rows: Vec<(&str, Duration)> = vec![
+        (
+            "parse SPIFFE ID",
+            time(200_000, || {
+                SpiffeId::new("spiffe://cluster.local/ns/default/sa/sleep").unwrap()
+            }),
+        ),
+        ("make key + CSR", time(2000, || make_csr(&id).unwrap())),
+        (
+            "CA: verify + sign CSR",
+            time(2000, || {
+                ca.sign_csr(&csr.csr_pem, &id, Duration::from_secs(3600))
+                    .unwrap()
+            }),
+        ),
+        (
+            "CA: issue SVID (key + leaf)",
+            time(2000, || ca.issue(&id, Duration::from_secs(3600)).unwrap()),
+        ),
+        (
+            "verify peer chain + identity",
+            time(5000, || {
+                verifier
+                    .verify_peer(peer_svid.leaf(), &[], UnixTime::now())
+                    .unwrap()
+            }),
+        ),
+        (
+            "mutual TLS 1.3 handshake (in memory)",
+            time(500, || handshake(&client, &server)),
+        ),
+    ];
+    println!(
+        "baseline: P-256 key generation {:.1} us",
+        baseline.as_secs_f64() * 1e6
+    );
+    for (name, d) in rows {
+        println!(
+            "{name:40} {:>10.2} us  {:>8.2}x baseline",
+            d.as_secs_f64() * 1e6,
+            d.as_secs_f64() / baseline.as_secs_f64()
+        );
+    }
+}
+
+fn handshake(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    server: &std::sync::Arc<rustls::ServerConfig>,
+) {
+    let name = ServerName::try_from("0.0.0.0").unwrap();
+    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+    let mut buf = Vec::with_capacity(8192);
+    while c.is_handshaking() || s.is_handshaking() {
+        buf.clear();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+}
