@@ -650,14 +650,9 @@ impl DataPlane {
                 })
             })
             .collect();
-        let mut workloads: Vec<_> = self
-            .store
-            .workloads_on_node(&self.config.node_name)
-            .into_iter()
-            .collect();
-        // Every workload, not only this node's: the store has no iterator, so go through
-        // the addresses of the local ones plus what the pods resolved. (Node-local view.)
-        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        // The store offers lookups, not a listing: the dump shows this node's workloads in
+        // full and counts for the rest.
+        let workloads = self.store.workloads_on_node(&self.config.node_name);
         serde_json::json!({
             "node": self.config.node_name,
             "pods": pods,
@@ -1124,6 +1119,7 @@ mod tests {
 
     struct Env {
         ca: Arc<CertificateAuthority>,
+        dp: Arc<DataPlane>,
         metrics: Arc<Metrics>,
         store: Arc<WorkloadStore>,
         supervisor: Arc<Supervisor>,
@@ -1153,9 +1149,11 @@ mod tests {
                 certs,
                 svid::provider::ring(),
             );
-            let supervisor = Supervisor::with_ports(Arc::new(Dispatch(dp)), metrics.clone(), |_| 0);
+            let supervisor =
+                Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
             Self {
                 ca,
+                dp,
                 metrics,
                 store,
                 supervisor,
@@ -1209,6 +1207,10 @@ mod tests {
 
         fn metrics_text(&self) -> String {
             self.metrics.encode()
+        }
+
+        fn supervisor_dispatch(&self) -> Dispatch {
+            Dispatch(self.dp.clone())
         }
     }
 
@@ -1541,5 +1543,100 @@ mod tests {
         // The destination is still HBONE in xDS but nobody serves it: the connection fails.
         assert_eq!(env.outbound("client-1", app, b"2").await, b"");
         assert!(env.metrics_text().contains(&expiry(CLIENT_ID)));
+    }
+
+    #[tokio::test]
+    async fn service_vips_resolve_to_healthy_endpoints_with_target_ports() {
+        let env = Env::new().await;
+        let mut ready = pb_workload("web-0", "shop", "web", [10, 0, 0, 5], true);
+        ready.services.insert(
+            "shop/web.shop.svc.cluster.local".into(),
+            pbw::PortList {
+                ports: vec![pbw::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                    app_protocol: 0,
+                }],
+            },
+        );
+        let mut sick = pb_workload("web-1", "shop", "web", [10, 0, 0, 6], true);
+        sick.services = ready.services.clone();
+        sick.status = pbw::WorkloadStatus::Unhealthy as i32;
+        put_workload(&env.store, ready);
+        put_workload(&env.store, sick);
+        let service = pbw::Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            hostname: "web.shop.svc.cluster.local".into(),
+            addresses: vec![pbw::NetworkAddress {
+                network: String::new(),
+                address: vec![10, 96, 0, 10].into(),
+                length: None,
+            }],
+            ports: vec![
+                pbw::Port {
+                    service_port: 80,
+                    target_port: 0,
+                    app_protocol: 0,
+                },
+                pbw::Port {
+                    service_port: 443,
+                    target_port: 8443,
+                    app_protocol: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        env.store.insert_address(
+            "shop/web.shop.svc.cluster.local",
+            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+        );
+        let Dispatch(dp) = env.supervisor_dispatch();
+        let web = |port: u16| DestinationWorkload {
+            ip: "10.0.0.5".parse().unwrap(),
+            port,
+            hbone: true,
+            identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        };
+        // Port 80: no target in the service, the endpoint maps it to 8080. Only the healthy
+        // endpoint is ever chosen.
+        for _ in 0..4 {
+            assert_eq!(
+                dp.destination("10.96.0.10:80".parse().unwrap(), ""),
+                Destination::Workload(web(8080))
+            );
+        }
+        // Port 443: the service's own target port.
+        assert_eq!(
+            dp.destination("10.96.0.10:443".parse().unwrap(), ""),
+            Destination::Workload(web(8443))
+        );
+        // A pod address directly.
+        assert_eq!(
+            dp.destination("10.0.0.5:9000".parse().unwrap(), ""),
+            Destination::Workload(web(9000))
+        );
+        // Unknown address; another network.
+        assert_eq!(
+            dp.destination("192.0.2.1:80".parse().unwrap(), ""),
+            Destination::Unknown
+        );
+        assert_eq!(
+            dp.destination("10.96.0.10:80".parse().unwrap(), "other"),
+            Destination::Unknown
+        );
+        // No healthy endpoint left.
+        env.store.remove_address("Kubernetes//Pod/shop/web-0");
+        assert_eq!(
+            dp.destination("10.96.0.10:80".parse().unwrap(), ""),
+            Destination::ServiceWithoutEndpoints
+        );
+        assert!(matches!(
+            routing::outbound_route(
+                "10.96.0.10:80".parse().unwrap(),
+                &Destination::ServiceWithoutEndpoints
+            ),
+            OutboundRoute::Reject(_)
+        ));
     }
 }
