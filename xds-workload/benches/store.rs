@@ -26,7 +26,10 @@ fn addresses() -> Vec<(String, Address)> {
     (0..N)
         .map(|i| {
             let w = common::workload(i);
-            (w.uid.clone(), Address::Workload(std::sync::Arc::new((&w).try_into().unwrap())))
+            (
+                w.uid.clone(),
+                Address::Workload(std::sync::Arc::new((&w).try_into().unwrap())),
+            )
         })
         .collect()
 }

@@ -1,29 +1,4 @@
 //! L4 authorization policies: checked domain types and their evaluation.
-//!
-//! # Semantics
-//!
-//! For a connection to a destination workload, the applicable policies are evaluated in
-//! this order:
-//!
-//! 1. any matching DENY policy (not dry-run) denies the connection;
-//! 2. otherwise, if there is no ALLOW policy (not dry-run), the connection is allowed;
-//! 3. otherwise any matching ALLOW policy allows it;
-//! 4. otherwise it is denied.
-//!
-//! Dry-run policies never change the decision; the ones that match are reported in
-//! [`AuthorizationResult::dry_run_matches`].
-//!
-//! A policy matches when **any** of its rules matches (zero rules: never). A rule matches
-//! when **all** of its clauses match (zero clauses: always). A clause matches when **any**
-//! of its [`PolicyMatch`] entries matches (zero entries: never). An entry with no populated
-//! field never matches; otherwise every populated field family must pass: a positive list
-//! passes when any element matches, a negative list passes when no element matches.
-//!
-//! Identity attributes come from the peer's SPIFFE identity: the principal is the SPIFFE ID
-//! without `spiffe://`, the namespace is its namespace part, and a service-account match
-//! compares namespace and service account but ignores the trust domain. Without a peer
-//! identity, no identity attribute matches anything (so positive identity lists fail and
-//! negative ones pass).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -102,7 +77,7 @@ impl ServiceAccountMatch {
     }
 }
 
-/// One set of conditions; see the [module docs](self) for how the fields combine.
+/// One set of conditions; see [`evaluate`] for how the fields combine.
 ///
 /// Entries of the wire message that cannot be used (a `StringMatch` without a value, an
 /// address with a bad length or prefix) are dropped at conversion.
@@ -324,7 +299,32 @@ pub struct AuthorizationResult {
     pub dry_run_matches: Vec<DryRunMatch>,
 }
 
-/// Evaluates `policies` for `conn`: deny first, then allow. See the [module docs](self).
+/// Evaluates `policies` for `conn`: deny first, then allow.
+///
+/// # Semantics
+///
+/// For a connection to a destination workload, the applicable policies are evaluated in
+/// this order:
+///
+/// 1. any matching DENY policy (not dry-run) denies the connection;
+/// 2. otherwise, if there is no ALLOW policy (not dry-run), the connection is allowed;
+/// 3. otherwise any matching ALLOW policy allows it;
+/// 4. otherwise it is denied.
+///
+/// Dry-run policies never change the decision; the ones that match are reported in
+/// [`AuthorizationResult::dry_run_matches`].
+///
+/// A policy matches when **any** of its rules matches (zero rules: never). A rule matches
+/// when **all** of its clauses match (zero clauses: always). A clause matches when **any**
+/// of its [`PolicyMatch`] entries matches (zero entries: never). An entry with no populated
+/// field never matches; otherwise every populated field family must pass: a positive list
+/// passes when any element matches, a negative list passes when no element matches.
+///
+/// Identity attributes come from the peer's SPIFFE identity: the principal is the SPIFFE ID
+/// without `spiffe://`, the namespace is its namespace part, and a service-account match
+/// compares namespace and service account but ignores the trust domain. Without a peer
+/// identity, no identity attribute matches anything (so positive identity lists fail and
+/// negative ones pass).
 pub fn evaluate<'a>(
     policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
     conn: &ConnectionInfo,

@@ -71,7 +71,11 @@ impl NodeInfo {
     }
 
     /// Adds a metadata entry of any value type.
-    pub fn with_metadata_value(mut self, key: impl Into<String>, value: prost_types::Value) -> Self {
+    pub fn with_metadata_value(
+        mut self,
+        key: impl Into<String>,
+        value: prost_types::Value,
+    ) -> Self {
         self.metadata.insert(key.into(), value);
         self
     }
@@ -126,7 +130,10 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             node: NodeInfo::default(),
-            type_urls: vec![ADDRESS_TYPE_URL.to_owned(), AUTHORIZATION_TYPE_URL.to_owned()],
+            type_urls: vec![
+                ADDRESS_TYPE_URL.to_owned(),
+                AUTHORIZATION_TYPE_URL.to_owned(),
+            ],
             token: None,
             cluster_id: None,
             headers: Vec::new(),
@@ -146,7 +153,10 @@ impl ClientConfig {
     }
 
     /// Sets [`ClientConfig::type_urls`].
-    pub fn type_urls(&mut self, type_urls: impl IntoIterator<Item = impl Into<String>>) -> &mut Self {
+    pub fn type_urls(
+        &mut self,
+        type_urls: impl IntoIterator<Item = impl Into<String>>,
+    ) -> &mut Self {
         self.type_urls = type_urls.into_iter().map(Into::into).collect();
         self
     }
@@ -367,7 +377,6 @@ enum StreamEnd {
 /// `CANCELLED`, `DEADLINE_EXCEEDED`, or `UNAVAILABLE` for a closing transport or GOAWAY)
 /// or a clean end, it is `initial_backoff`. A stream that received a response resets the
 /// back-off.
-#[derive(Debug)]
 pub struct AdsClient<H> {
     config: ClientConfig,
     channel: Channel,
@@ -379,9 +388,31 @@ pub struct AdsClient<H> {
     events: broadcast::Sender<ClientEvent>,
 }
 
+impl<H> std::fmt::Debug for AdsClient<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsClient")
+            .field("config", &self.config)
+            .field("channel", &self.channel)
+            .field(
+                "retained",
+                &self
+                    .retained
+                    .iter()
+                    .map(|(t, m)| (t.as_str(), m.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("synced", &*self.synced.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<H: DeltaHandler> AdsClient<H> {
     /// A client; nothing happens until [`AdsClient::run`].
-    pub fn new(config: ClientConfig, channel: Channel, handler: H) -> Result<Self, ClientConfigError> {
+    pub fn new(
+        config: ClientConfig,
+        channel: Channel,
+        handler: H,
+    ) -> Result<Self, ClientConfigError> {
         if config.type_urls.is_empty() {
             return Err(ClientConfigError::NoTypeUrls);
         }
@@ -609,5 +640,73 @@ fn is_normal_close(status: &Status) -> bool {
             message.contains("transport is closing") || message.contains("received prior goaway")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_node_identity() {
+        let node = NodeInfo::proxy("10.0.0.9".parse().unwrap(), "zt-1", "istio-system", "n1")
+            .with_metadata("CLUSTER_ID", "c1")
+            .to_proto();
+        assert_eq!(
+            node.id,
+            "ztunnel~10.0.0.9~zt-1.istio-system~istio-system.svc.cluster.local"
+        );
+        let fields = node.metadata.unwrap().fields;
+        let get = |k: &str| match fields.get(k).and_then(|v| v.kind.clone()) {
+            Some(prost_types::value::Kind::StringValue(s)) => s,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(get("NAME"), "zt-1");
+        assert_eq!(get("NAMESPACE"), "istio-system");
+        assert_eq!(get("INSTANCE_IPS"), "10.0.0.9");
+        assert_eq!(get("NODE_NAME"), "n1");
+        assert_eq!(get("CLUSTER_ID"), "c1");
+        assert!(node.cluster.is_empty() && node.build_version.is_empty());
+    }
+
+    #[test]
+    fn normal_closes() {
+        assert!(is_normal_close(&Status::unknown("x")));
+        assert!(is_normal_close(&Status::cancelled("x")));
+        assert!(is_normal_close(&Status::deadline_exceeded("x")));
+        assert!(is_normal_close(&Status::unavailable(
+            "transport is closing"
+        )));
+        assert!(is_normal_close(&Status::unavailable(
+            "the connection received prior goaway: code: NO_ERROR"
+        )));
+        assert!(!is_normal_close(&Status::unavailable("connection refused")));
+        assert!(!is_normal_close(&Status::internal("x")));
+        assert!(!is_normal_close(&Status::permission_denied("x")));
+    }
+
+    #[tokio::test]
+    async fn invalid_headers_are_rejected() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let mut config = ClientConfig::default();
+        config.header("bad header", "v");
+        let err =
+            AdsClient::new(config, channel.clone(), |_: DeltaUpdate<'_>| Vec::new()).unwrap_err();
+        assert_eq!(
+            err,
+            ClientConfigError::InvalidHeaderName("bad header".into())
+        );
+        let mut config = ClientConfig::default();
+        config.cluster_id(Some("bad\nvalue".into()));
+        let err =
+            AdsClient::new(config, channel.clone(), |_: DeltaUpdate<'_>| Vec::new()).unwrap_err();
+        assert_eq!(
+            err,
+            ClientConfigError::InvalidHeaderValue("clusterid".into())
+        );
+        let mut config = ClientConfig::default();
+        config.type_urls(Vec::<String>::new());
+        let err = AdsClient::new(config, channel, |_: DeltaUpdate<'_>| Vec::new()).unwrap_err();
+        assert_eq!(err, ClientConfigError::NoTypeUrls);
     }
 }

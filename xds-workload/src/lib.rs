@@ -172,6 +172,6 @@ pub use workload::{
     DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, GatewayAddress, GatewayDestination,
     HealthPolicy, HealthStatus, Identity, IdentityParseError, IpFamilies, LoadBalancing,
     LoadBalancingMode, LoadBalancingScope, Locality, NamespacedHostname, NetworkAddress,
-    NetworkMode, Port, Service, ServiceVip, TunnelProtocol, Visibility, WeightedWaypoint,
-    Workload, WorkloadType,
+    NetworkMode, Port, Service, ServiceVip, TunnelProtocol, Visibility, WeightedWaypoint, Workload,
+    WorkloadType,
 };

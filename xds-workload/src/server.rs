@@ -78,7 +78,11 @@ impl ServerConfig {
 
     /// Sets [`ServerConfig::http2_keepalive_interval`] and
     /// [`ServerConfig::http2_keepalive_timeout`].
-    pub fn http2_keepalive(&mut self, interval: Option<Duration>, timeout: Option<Duration>) -> &mut Self {
+    pub fn http2_keepalive(
+        &mut self,
+        interval: Option<Duration>,
+        timeout: Option<Duration>,
+    ) -> &mut Self {
         self.http2_keepalive_interval = interval;
         self.http2_keepalive_timeout = timeout;
         self
@@ -359,6 +363,7 @@ struct Shared {
     resources: RwLock<Resources>,
     changes: watch::Sender<u64>,
     kick: watch::Sender<u64>,
+    closed: watch::Sender<bool>,
     events: broadcast::Sender<ServerEvent>,
     counters: Counters,
     next_stream: AtomicU64,
@@ -366,11 +371,15 @@ struct Shared {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, Resources> {
-        self.resources.read().unwrap_or_else(PoisonError::into_inner)
+        self.resources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Resources> {
-        self.resources.write().unwrap_or_else(PoisonError::into_inner)
+        self.resources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn emit(&self, event: ServerEvent) {
@@ -420,6 +429,7 @@ impl AdsServer {
                 resources: RwLock::new(Resources::default()),
                 changes: watch::Sender::new(0),
                 kick: watch::Sender::new(0),
+                closed: watch::Sender::new(false),
                 events,
                 counters: Counters::default(),
                 next_stream: AtomicU64::new(1),
@@ -518,6 +528,19 @@ impl AdsServer {
         self.shared.kick.send_modify(|g| *g += 1);
     }
 
+    /// Closes the server for good: ends every open stream with status `UNAVAILABLE` and
+    /// refuses new ones. The `serve_*` functions call this when their shutdown signal
+    /// completes; a caller serving [`AdsServer::service`] in its own server should call it
+    /// when shutting down, since open streams otherwise keep a graceful shutdown waiting.
+    pub fn close(&self) {
+        self.shared.closed.send_replace(true);
+    }
+
+    /// Whether [`AdsServer::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
     /// The tonic service, to add to a caller-built `tonic::transport::Server`.
     pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
         AggregatedDiscoveryServiceServer::new(AdsService {
@@ -533,8 +556,8 @@ impl AdsServer {
     }
 
     /// Serves gRPC on already-accepted connections (plain TCP, or TLS streams the caller
-    /// accepted) until `shutdown` completes; then ends the open streams and drains the
-    /// connections.
+    /// accepted) until `shutdown` completes; then [closes](AdsServer::close) the server and
+    /// drains the connections.
     pub async fn serve_with_incoming<S, IO, E>(
         &self,
         incoming: S,
@@ -545,10 +568,10 @@ impl AdsServer {
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let kick = self.clone();
+        let server = self.clone();
         let signal = async move {
             shutdown.await;
-            kick.disconnect_all();
+            server.close();
         };
         self.builder()
             .add_service(self.service())
@@ -635,11 +658,23 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        if *self.shared.closed.borrow() {
+            return Err(Status::unavailable("server is shutting down"));
+        }
         let (tx, rx) = mpsc::channel(2);
         let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let stream = StreamState::new(self.shared.clone(), id);
         tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Completes when the stream must end: on [`AdsServer::disconnect_all`] or once the server
+/// is closed.
+async fn stop_requested(kick: &mut watch::Receiver<u64>, closed: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = kick.changed() => {}
+        _ = closed.wait_for(|c| *c) => {}
     }
 }
 
@@ -776,12 +811,13 @@ impl StreamState {
             .fetch_add(1, Ordering::Relaxed);
         let mut changes = shared.changes.subscribe();
         let mut kick = shared.kick.subscribe();
+        let mut closed = shared.closed.subscribe();
         loop {
             changes.borrow_and_update();
             if self.pending() {
                 tokio::select! {
                     biased;
-                    _ = kick.changed() => {
+                    () = stop_requested(&mut kick, &mut closed) => {
                         let _ = tx.try_send(Err(Status::unavailable("server closed the stream")));
                         break;
                     }
@@ -800,7 +836,7 @@ impl StreamState {
             } else {
                 tokio::select! {
                     biased;
-                    _ = kick.changed() => {
+                    () = stop_requested(&mut kick, &mut closed) => {
                         let _ = tx.try_send(Err(Status::unavailable("server closed the stream")));
                         break;
                     }
@@ -993,5 +1029,176 @@ impl StreamState {
                 sub.known.remove(&name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(value: &[u8]) -> prost_types::Any {
+        prost_types::Any {
+            type_url: "t".into(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn upserts(names: impl IntoIterator<Item = String>, value: &[u8]) -> Vec<ResourceChange> {
+        names
+            .into_iter()
+            .map(|n| ResourceChange::upsert_any(n, any(value)))
+            .collect()
+    }
+
+    fn names(out: &[Resource]) -> Vec<String> {
+        let mut v: Vec<_> = out.iter().map(|r| r.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let mut state = Resources::default();
+        assert_eq!(
+            apply_changes(&mut state, "t", upserts(["a".to_owned()], b"1")),
+            1
+        );
+        assert_eq!(
+            apply_changes(&mut state, "t", upserts(["a".to_owned()], b"1")),
+            0
+        );
+        let v1 = state.types["t"].resources["a"].version.clone();
+        assert_eq!(
+            apply_changes(&mut state, "t", upserts(["a".to_owned()], b"2")),
+            1
+        );
+        assert_ne!(state.types["t"].resources["a"].version, v1);
+        assert_eq!(
+            apply_changes(&mut state, "t", [ResourceChange::remove("zz")]),
+            0
+        );
+    }
+
+    #[test]
+    fn subscriber_catches_up_incrementally() {
+        let mut state = Resources::default();
+        apply_changes(
+            &mut state,
+            "t",
+            upserts((0..3).map(|i| format!("r{i}")), b"x"),
+        );
+        let mut sub = Subscription {
+            wildcard: true,
+            initial: true,
+            ..Default::default()
+        };
+        let (out, removed) = sub.build(state.types.get("t"));
+        assert_eq!(names(&out), ["r0", "r1", "r2"]);
+        assert!(removed.is_empty());
+        assert!(!sub.pending(state.types.get("t")));
+
+        apply_changes(
+            &mut state,
+            "t",
+            [
+                ResourceChange::remove("r0"),
+                ResourceChange::upsert_any("r1", any(b"y")),
+                ResourceChange::upsert_any("r9", any(b"x")),
+            ],
+        );
+        assert!(sub.pending(state.types.get("t")));
+        let (out, removed) = sub.build(state.types.get("t"));
+        assert_eq!(names(&out), ["r1", "r9"]);
+        assert_eq!(removed, ["r0"]);
+        // An add and remove of the same name while the subscriber was behind sends nothing.
+        apply_changes(&mut state, "t", upserts(["tmp".to_owned()], b"x"));
+        apply_changes(&mut state, "t", [ResourceChange::remove("tmp")]);
+        let (out, removed) = sub.build(state.types.get("t"));
+        assert!(out.is_empty() && removed.is_empty());
+    }
+
+    #[test]
+    fn initial_versions_skip_what_the_client_has() {
+        let mut state = Resources::default();
+        apply_changes(
+            &mut state,
+            "t",
+            upserts((0..4).map(|i| format!("r{i}")), b"x"),
+        );
+        let ts = state.types.get("t");
+        let version = ts.map(|t| t.resources["r0"].version.clone()).unwrap();
+        let mut known = HashMap::new();
+        known.insert("r0".to_owned(), version.clone());
+        known.insert("r1".to_owned(), version.clone());
+        known.insert("r2".to_owned(), "stale".to_owned());
+        known.insert("gone".to_owned(), version);
+        let mut sub = Subscription {
+            wildcard: true,
+            initial: true,
+            known,
+            ..Default::default()
+        };
+        let (out, removed) = sub.build(ts);
+        assert_eq!(names(&out), ["r2", "r3"]);
+        assert_eq!(removed, ["gone"]);
+    }
+
+    #[test]
+    fn compaction_forces_a_full_comparison() {
+        let mut state = Resources::default();
+        apply_changes(
+            &mut state,
+            "t",
+            upserts((0..3).map(|i| format!("keep{i}")), b"x"),
+        );
+        let mut sub = Subscription {
+            wildcard: true,
+            initial: true,
+            ..Default::default()
+        };
+        sub.build(state.types.get("t"));
+        // The subscriber learns 2000 temporary resources, then falls behind while they
+        // are all removed: more tombstones than the log keeps.
+        apply_changes(
+            &mut state,
+            "t",
+            upserts((0..2000).map(|i| format!("tmp{i}")), b"x"),
+        );
+        let (out, _) = sub.build(state.types.get("t"));
+        assert_eq!(out.len(), 2000);
+        apply_changes(
+            &mut state,
+            "t",
+            (0..2000).map(|i| ResourceChange::remove(format!("tmp{i}"))),
+        );
+        let ts = &state.types["t"];
+        assert_eq!(ts.tombstones, 0, "compacted");
+        assert!(ts.floor > sub.last_seq);
+        assert_eq!(ts.log.len(), 3);
+        let (out, removed) = sub.build(state.types.get("t"));
+        assert!(out.is_empty());
+        assert_eq!(removed.len(), 2000);
+        assert_eq!(sub.known.len(), 3);
+    }
+
+    #[test]
+    fn named_subscription_filters() {
+        let mut state = Resources::default();
+        apply_changes(
+            &mut state,
+            "t",
+            upserts(["a".to_owned(), "b".to_owned()], b"x"),
+        );
+        let mut sub = Subscription {
+            initial: true,
+            ..Default::default()
+        };
+        sub.names.insert("a".into());
+        let (out, _) = sub.build(state.types.get("t"));
+        assert_eq!(names(&out), ["a"]);
+        apply_changes(&mut state, "t", upserts(["b".to_owned()], b"y"));
+        assert!(sub.pending(state.types.get("t")));
+        let (out, removed) = sub.build(state.types.get("t"));
+        assert!(out.is_empty() && removed.is_empty());
     }
 }

@@ -426,7 +426,11 @@ impl WorkloadStore {
     }
 
     /// Inserts or replaces the policy resource `name`.
-    pub fn insert_policy(&self, name: impl Into<String>, policy: impl Into<Arc<AuthorizationPolicy>>) {
+    pub fn insert_policy(
+        &self,
+        name: impl Into<String>,
+        policy: impl Into<Arc<AuthorizationPolicy>>,
+    ) {
         self.write().upsert_policy(name.into(), policy.into());
         self.changed();
     }

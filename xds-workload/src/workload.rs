@@ -575,7 +575,10 @@ fn network_address(
     ))
 }
 
-fn gateway(field: &'static str, value: &pb::GatewayAddress) -> Result<GatewayAddress, AddressError> {
+fn gateway(
+    field: &'static str,
+    value: &pb::GatewayAddress,
+) -> Result<GatewayAddress, AddressError> {
     let destination = match &value.destination {
         Some(pb::gateway_address::Destination::Hostname(h)) => {
             GatewayDestination::Hostname(NamespacedHostname::new(&h.namespace, &h.hostname))
@@ -797,11 +800,12 @@ impl TryFrom<&pb::Service> for Service {
             .weighted_waypoints
             .iter()
             .map(|w| {
-                let destination = w.destination.as_ref().ok_or(
-                    AddressError::MissingGatewayDestination {
-                        field: "weighted_waypoints",
-                    },
-                )?;
+                let destination =
+                    w.destination
+                        .as_ref()
+                        .ok_or(AddressError::MissingGatewayDestination {
+                            field: "weighted_waypoints",
+                        })?;
                 Ok(WeightedWaypoint {
                     destination: gateway("weighted_waypoints", destination)?,
                     weight: w.weight,

@@ -194,7 +194,11 @@ async fn initial_sync_of_10000_workloads() {
         "initial sync of {N} workloads: {:.1} ms (server publish {:.1} ms, {} build)",
         sync_time.as_secs_f64() * 1e3,
         publish_time.as_secs_f64() * 1e3,
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 
     assert_eq!(client.store.workload_count(), N);
@@ -248,7 +252,12 @@ async fn updates_and_removals_propagate() {
     })
     .await;
     assert!(client.store.workload_by_address(&ip(1)).is_none());
-    assert!(client.store.workload_by_uid(&common::workload_uid(2)).is_none());
+    assert!(
+        client
+            .store
+            .workload_by_uid(&common::workload_uid(2))
+            .is_none()
+    );
     assert!(client.store.workload_by_address(&ip(0)).is_some());
 
     // A service and a policy arrive and leave the same way.
@@ -286,7 +295,10 @@ async fn updates_and_removals_propagate() {
         ADDRESS_TYPE_URL,
         [ResourceChange::remove("ns-0/web.ns-0.svc.cluster.local")],
     );
-    server.publish(AUTHORIZATION_TYPE_URL, [ResourceChange::remove("ns-0/deny-all")]);
+    server.publish(
+        AUTHORIZATION_TYPE_URL,
+        [ResourceChange::remove("ns-0/deny-all")],
+    );
     wait_store(&client.store, "service and policy removal", |s| {
         s.service_count() == 0 && s.policy_count() == 0
     })
@@ -295,7 +307,10 @@ async fn updates_and_removals_propagate() {
     // Republishing identical content pushes nothing.
     let before = server.stats();
     assert_eq!(
-        server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(common::workload(0))]),
+        server.publish(
+            ADDRESS_TYPE_URL,
+            [ResourceChange::workload(common::workload(0))]
+        ),
         0
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -347,7 +362,10 @@ async fn bad_resource_is_nacked_while_good_ones_apply() {
     })
     .await;
     assert_eq!(node, "node-nack");
-    assert!(message.contains("bad-length: addresses: invalid IP address length 5"), "{message}");
+    assert!(
+        message.contains("bad-length: addresses: invalid IP address length 5"),
+        "{message}"
+    );
     assert!(message.contains("garbage: decode"), "{message}");
     assert!(!message.contains("pod-2"), "{message}");
 
@@ -359,8 +377,18 @@ async fn bad_resource_is_nacked_while_good_ones_apply() {
     assert_eq!(rejected.len(), 2);
 
     // The good ones of the same response were applied.
-    assert!(client.store.workload_by_uid(&common::workload_uid(2)).is_some());
-    assert!(client.store.workload_by_uid(&common::workload_uid(3)).is_some());
+    assert!(
+        client
+            .store
+            .workload_by_uid(&common::workload_uid(2))
+            .is_some()
+    );
+    assert!(
+        client
+            .store
+            .workload_by_uid(&common::workload_uid(3))
+            .is_some()
+    );
     assert!(client.store.workload_by_uid("bad-length").is_none());
     assert_eq!(client.store.workload_count(), 4);
 
@@ -507,10 +535,16 @@ async fn two_concurrent_clients_each_see_every_event() {
 
     // Forty separate events: 20 additions, 10 removals, 10 updates.
     for i in 100..120 {
-        server.publish(ADDRESS_TYPE_URL, [ResourceChange::workload(common::workload(i))]);
+        server.publish(
+            ADDRESS_TYPE_URL,
+            [ResourceChange::workload(common::workload(i))],
+        );
     }
     for i in 0..10 {
-        server.publish(ADDRESS_TYPE_URL, [ResourceChange::remove(common::workload_uid(i))]);
+        server.publish(
+            ADDRESS_TYPE_URL,
+            [ResourceChange::remove(common::workload_uid(i))],
+        );
     }
     for i in 50..60 {
         let mut w = common::workload(i);
@@ -539,8 +573,9 @@ async fn two_concurrent_clients_each_see_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_identity_and_headers_reach_the_server() {
     let server = AdsServer::default();
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>, Option<String>)>>> =
-        Arc::default();
+    /// (authorization, clusterid, x-extra) per call.
+    type Seen = Vec<(Option<String>, Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -596,11 +631,14 @@ async fn node_identity_and_headers_reach_the_server() {
         node_id,
         "ztunnel~10.1.2.3~proxy-abc.mesh-system~mesh-system.svc.cluster.local"
     );
-    assert_eq!(seen.lock().unwrap()[0], (
-        Some("Bearer first-token".into()),
-        Some("cluster1".into()),
-        Some("yes".into())
-    ));
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        (
+            Some("Bearer first-token".into()),
+            Some("cluster1".into()),
+            Some("yes".into())
+        )
+    );
 
     // The token file is read again for the next stream.
     std::fs::write(&token, "second-token").unwrap();
@@ -642,14 +680,15 @@ async fn serves_over_a_unix_socket() {
         })
     };
     let connect_path = path.clone();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector_lazy(tower::service_fn(move |_| {
+    let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
             let path = connect_path.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(path).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
-        }));
+        }),
+    );
     let mut config = ClientConfig::default();
     config.node(NodeInfo::new("node-unix"));
     let mut client = RunningClient::start_with(channel, config);
@@ -737,5 +776,52 @@ async fn named_subscriptions_and_nonces() {
     assert_eq!(names, vec![common::workload_uid(2)]);
 
     drop(tx);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_doubles_while_the_server_is_unreachable() {
+    // A port with nothing listening.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config = ClientConfig::default();
+    config
+        .node(NodeInfo::new("node-down"))
+        .backoff(Duration::from_millis(5), Duration::from_millis(40));
+    let mut client = RunningClient::start_with(channel(addr), config);
+    let mut delays = Vec::new();
+    while delays.len() < 6 {
+        let delay = wait_event(&mut client.events, |e| match e {
+            ClientEvent::Disconnected { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        })
+        .await;
+        delays.push(delay.as_millis());
+    }
+    assert_eq!(delays, vec![5, 10, 20, 40, 40, 40]);
+    assert!(!client.synced.is_synced());
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_removal_reaches_a_connected_client() {
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..10);
+    let running = RunningServer::start(&server).await;
+    let mut client = RunningClient::start(running.addr, "node-mass");
+    client.wait_synced().await;
+    publish_workloads(&server, 10..2_010);
+    wait_store(&client.store, "2010 workloads", |s| {
+        s.workload_count() == 2_010
+    })
+    .await;
+    // More removals than the change log keeps at once.
+    server.publish(
+        ADDRESS_TYPE_URL,
+        (10..2_010).map(|i| ResourceChange::remove(common::workload_uid(i))),
+    );
+    wait_store(&client.store, "back to 10", |s| s.workload_count() == 10).await;
+    client.stop().await;
     running.shutdown().await;
 }
