@@ -413,6 +413,9 @@ fn ca_signs_csr_with_only_the_approved_identity() {
         cert.subject().iter_attributes().next().is_none(),
         "empty subject"
     );
+    assert!(cert.subject_alternative_name().unwrap().unwrap().critical);
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
     // Serial numbers are random: two signings of the same CSR differ.
     let again = ca
         .sign_csr(&test_csr(ALICE), &id(ALICE), Duration::from_secs(600))
@@ -636,6 +639,9 @@ fn client_checks_the_returned_chain() {
     );
     let exts: Vec<_> = parsed.requested_extensions().unwrap().collect();
     assert_eq!(exts.len(), 1);
+    // subjectAltName (2.5.29.17) marked critical: OID followed by BOOLEAN TRUE.
+    let critical_san = [0x06, 0x03, 0x55, 0x1d, 0x11, 0x01, 0x01, 0xff];
+    assert!(der.as_ref().windows(8).any(|w| w == critical_san));
     let ca_view = ca::verify_csr(der.as_ref()).unwrap();
     assert_eq!(ca_view.uris, vec![ALICE.to_string()]);
 
