@@ -88,6 +88,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         "proxy starting"
     );
 
+    check_privileges(config.packet_mark)?;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let crypto = svid::provider::ring();
@@ -245,6 +246,18 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     stop_servers(http_stop, servers).await?;
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+/// Fails early, with a clear message, when the proxy cannot mark sockets (it would otherwise
+/// accept pods and then fail every connection).
+fn check_privileges(mark: u32) -> anyhow::Result<()> {
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    probe.set_mark(mark).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot set SO_MARK on sockets ({e}); the proxy needs CAP_NET_ADMIN and \
+             CAP_SYS_ADMIN (run it as root)"
+        )
+    })
 }
 
 async fn stop_servers(
