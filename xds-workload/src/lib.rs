@@ -163,8 +163,8 @@ pub use resource::{
     decode_address, decode_authorization,
 };
 pub use server::{
-    AdsServer, AdsService, DeltaResponseStream, ResourceChange, ServerConfig, ServerEvent,
-    ServerStats,
+    AcceptedIo, AdsServer, AdsService, DeltaResponseStream, ResourceChange, ServerConfig,
+    ServerEvent, ServerStats,
 };
 pub use store::{StoreBatch, WorkloadStore};
 pub use workload::{

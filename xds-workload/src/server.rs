@@ -591,9 +591,15 @@ impl AdsServer {
     }
 }
 
-/// An accepted connection of any kind, for tonic's server (no connection info).
+/// Wraps an already-accepted connection of any kind (a TLS stream, a TCP or unix stream)
+/// so that tonic's server can serve it: tonic wants its `Connected` trait, which this
+/// implements with no connection info.
+///
+/// [`AdsServer::serve_with_incoming`] wraps connections itself; this is for callers that
+/// build their own `tonic::transport::Server` (for instance with [`AdsServer::service`]
+/// next to other services) and serve a stream of TLS connections they accepted.
 #[derive(Debug)]
-struct AcceptedIo<IO>(IO);
+pub struct AcceptedIo<IO>(pub IO);
 
 impl<IO> tonic::transport::server::Connected for AcceptedIo<IO> {
     type ConnectInfo = ();

@@ -89,6 +89,19 @@ enum AddressKey {
     Service(NamespacedHostname),
 }
 
+/// Runs `f` on the value at `key`, inserted empty if absent; clones the key only when
+/// inserting.
+fn with_slot<K, V, R>(map: &mut HashMap<K, V>, key: &K, f: impl FnOnce(&mut V) -> R) -> R
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Default,
+{
+    if let Some(value) = map.get_mut(key) {
+        return f(value);
+    }
+    f(map.entry(key.clone()).or_default())
+}
+
 /// Removes `item` (by pointer) from the vector stored at `key`, dropping the entry when it
 /// becomes empty.
 fn remove_ptr<K, T>(map: &mut HashMap<K, Vec<Arc<T>>>, key: &K, item: &Arc<T>)
@@ -224,16 +237,14 @@ impl State {
             }
         }
         if !w.node.is_empty() {
-            self.workloads_by_node
-                .entry(w.node.clone())
-                .or_default()
-                .insert(w.uid.clone(), w.clone());
+            with_slot(&mut self.workloads_by_node, &w.node, |m| {
+                m.insert(w.uid.clone(), w.clone())
+            });
         }
         for service in w.services.keys() {
-            self.endpoints
-                .entry(service.clone())
-                .or_default()
-                .insert(w.uid.clone(), w.clone());
+            with_slot(&mut self.endpoints, service, |m| {
+                m.insert(w.uid.clone(), w.clone())
+            });
         }
         self.workloads.insert(w.uid.clone(), w);
     }
