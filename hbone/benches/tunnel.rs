@@ -18,18 +18,17 @@
 // A benchmark binary: any setup failure should abort the run loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hbone::svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
-};
 use hbone::{
     ClientConnection, ConnectRequest, Http2Config, IncomingTunnel, Pool, PoolConfig, PoolKey,
     ServeConfig, Server, SvidClientTls, TcpConnector,
 };
 use serde_json::json;
+use svid::{CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -129,9 +128,9 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
     roots.insert(ca.bundle());
     let server_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/server").unwrap();
     let client_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/client").unwrap();
-    let provider = hbone::svid::provider::ring();
+    let provider = svid::provider::ring();
     let day = Duration::from_secs(86_400);
-    let server_tls = hbone::svid::server_config(
+    let server_tls = svid::server_config(
         provider.clone(),
         &ca.issue(&server_id, day).unwrap(),
         &roots,
@@ -181,7 +180,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
 
     // Client proxy with a fresh TCP + TLS + HTTP/2 connection per tunnel.
     let client_tls = Arc::new(
-        hbone::svid::client_config(
+        svid::client_config(
             provider,
             &client_svid,
             &roots,
@@ -209,7 +208,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
 async fn proxy_listener<F, Fut>(serve: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -303,11 +302,19 @@ fn round(x: f64) -> f64 {
 }
 
 fn pair(hbone: f64, relay: f64) -> serde_json::Value {
-    json!({ "hbone": round(hbone), "tcp_relay": round(relay), "ratio": round(hbone / relay * 100.0) / 100.0 })
+    let ratio = (hbone / relay * 1000.0).round() / 1000.0;
+    json!({ "hbone": round(hbone), "tcp_relay": round(relay), "ratio": ratio })
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only <name>` runs one measurement (for profiling): t1, t8, lat, warm, fresh.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let want = move |name: &str| only.as_deref().is_none_or(|o| o == name);
     let sizes = if quick {
         Sizes {
             single_bytes: 64 << 20,
@@ -338,24 +345,47 @@ fn main() {
         let relay_a = relay(relay_b).await;
         let hb = hbone_paths(app).await;
 
-        let t1 = (
-            throughput(hb.pooled, 1, sizes.single_bytes).await,
-            throughput(relay_a, 1, sizes.single_bytes).await,
-        );
-        let t8 = (
-            throughput(hb.pooled, sizes.multi_streams, sizes.multi_bytes_each).await,
-            throughput(relay_a, sizes.multi_streams, sizes.multi_bytes_each).await,
-        );
-        let lat_h = latency(hb.pooled, sizes.latency_iters).await;
-        let lat_r = latency(relay_a, sizes.latency_iters).await;
-        let warm = (
-            conn_rate(hb.pooled, sizes.warm_conns).await,
-            conn_rate(relay_a, sizes.warm_conns).await,
-        );
-        let fresh = (
-            conn_rate(hb.fresh, sizes.fresh_conns).await,
-            conn_rate(relay_a, sizes.fresh_conns).await,
-        );
+        let skip = (0.0, 0.0);
+        let t1 = if want("t1") {
+            (
+                throughput(hb.pooled, 1, sizes.single_bytes).await,
+                throughput(relay_a, 1, sizes.single_bytes).await,
+            )
+        } else {
+            skip
+        };
+        let t8 = if want("t8") {
+            (
+                throughput(hb.pooled, sizes.multi_streams, sizes.multi_bytes_each).await,
+                throughput(relay_a, sizes.multi_streams, sizes.multi_bytes_each).await,
+            )
+        } else {
+            skip
+        };
+        let (lat_h, lat_r) = if want("lat") {
+            (
+                latency(hb.pooled, sizes.latency_iters).await,
+                latency(relay_a, sizes.latency_iters).await,
+            )
+        } else {
+            (skip, skip)
+        };
+        let warm = if want("warm") {
+            (
+                conn_rate(hb.pooled, sizes.warm_conns).await,
+                conn_rate(relay_a, sizes.warm_conns).await,
+            )
+        } else {
+            skip
+        };
+        let fresh = if want("fresh") {
+            (
+                conn_rate(hb.fresh, sizes.fresh_conns).await,
+                conn_rate(relay_a, sizes.fresh_conns).await,
+            )
+        } else {
+            skip
+        };
         json!({
             "setup": {
                 "paths": "client -> proxy -> (HBONE | TCP) -> proxy -> app, all on loopback in one process",

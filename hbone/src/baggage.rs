@@ -343,13 +343,18 @@ mod tests {
 
     #[test]
     fn refused() {
-        for bad in ["k", "=v", "k=\"v\"", "k=v w", "k=%zz", "k=%c3", "k=v;=p", "k e=v"] {
+        for bad in [
+            "k", "=v", "k=\"v\"", "k=v w", "k=%zz", "k=%c3", "k=v;=p", "k e=v",
+        ] {
             assert!(Baggage::parse(bad).is_err(), "{bad:?} accepted");
         }
         let many = vec!["k=v"; MAX_BAGGAGE_MEMBERS + 1].join(",");
         assert_eq!(Baggage::parse(&many), Err(BaggageError::TooManyMembers));
         let long = format!("k={}", "v".repeat(MAX_BAGGAGE_LEN));
-        assert!(matches!(Baggage::parse(&long), Err(BaggageError::TooLong(_))));
+        assert!(matches!(
+            Baggage::parse(&long),
+            Err(BaggageError::TooLong(_))
+        ));
     }
 
     #[test]

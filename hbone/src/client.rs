@@ -101,8 +101,7 @@ impl ClientError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Self::Http2(e) => {
-                e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                    || (e.is_go_away() && e.is_remote())
+                e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
             }
             Self::ConnectionClosed => true,
             _ => false,
@@ -147,13 +146,7 @@ pub(crate) async fn h2_handshake<T>(
     io: T,
     config: &Http2Config,
     probe: Option<Box<dyn FnOnce() + Send>>,
-) -> Result<
-    (
-        h2::client::SendRequest<Bytes>,
-        ClientDriver<T>,
-    ),
-    ClientError,
->
+) -> Result<(h2::client::SendRequest<Bytes>, ClientDriver<T>), ClientError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -173,9 +166,7 @@ pub(crate) async fn open_stream(
 ) -> Result<Tunnel, ClientError> {
     let http = request.to_http()?;
     let mut send = send.ready().await.map_err(ClientError::http2)?;
-    let (response, stream) = send
-        .send_request(http, false)
-        .map_err(ClientError::http2)?;
+    let (response, stream) = send.send_request(http, false).map_err(ClientError::http2)?;
     let response = response.await.map_err(ClientError::http2)?;
     let (parts, recv) = response.into_parts();
     if parts.status != StatusCode::OK {
@@ -235,7 +226,9 @@ impl ClientConnection {
         tokio::spawn(async move {
             match driver.await {
                 ClientExit::Closed(Ok(())) => tracing::debug!("HBONE connection closed"),
-                ClientExit::Closed(Err(e)) => tracing::debug!(error = %e, "HBONE connection failed"),
+                ClientExit::Closed(Err(e)) => {
+                    tracing::debug!(error = %e, "HBONE connection failed")
+                }
                 ClientExit::KeepaliveTimeout => {
                     tracing::info!("HBONE connection dropped: keepalive PING unanswered");
                 }

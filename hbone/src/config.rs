@@ -182,7 +182,10 @@ mod tests {
         let p = PoolConfig::default();
         assert_eq!(p.max_streams_per_connection, 100);
         assert_eq!(p.idle_timeout, Duration::from_secs(300));
-        assert_eq!(ServeConfig::default().drain_deadline, Duration::from_secs(5));
+        assert_eq!(
+            ServeConfig::default().drain_deadline,
+            Duration::from_secs(5)
+        );
         assert_eq!(clamp_frame(1), 16_384);
         assert_eq!(clamp_frame(u32::MAX), 16_777_215);
     }

@@ -515,8 +515,14 @@ mod tests {
         let f = Forwarded::parse("for=192.0.2.43, for=198.51.100.17").unwrap();
         assert_eq!(f.elements.len(), 2);
         let f = Forwarded::parse("for=unknown;ext=\"a \\\"b\\\"\"").unwrap();
-        assert_eq!(f.elements[0].for_node.as_ref().unwrap().name, NodeName::Unknown);
-        assert_eq!(f.elements[0].extensions, vec![("ext".into(), "a \"b\"".into())]);
+        assert_eq!(
+            f.elements[0].for_node.as_ref().unwrap().name,
+            NodeName::Unknown
+        );
+        assert_eq!(
+            f.elements[0].extensions,
+            vec![("ext".into(), "a \"b\"".into())]
+        );
         assert_eq!(Forwarded::parse(&f.to_string()).unwrap(), f);
     }
 
@@ -539,8 +545,14 @@ mod tests {
             assert!(Forwarded::parse(bad).is_err(), "{bad:?} accepted");
         }
         let many = vec!["for=1.2.3.4"; MAX_FORWARDED_ELEMENTS + 1].join(",");
-        assert_eq!(Forwarded::parse(&many), Err(ForwardedError::TooManyElements));
+        assert_eq!(
+            Forwarded::parse(&many),
+            Err(ForwardedError::TooManyElements)
+        );
         let long = format!("for=\"_{}\"", "a".repeat(MAX_FORWARDED_LEN));
-        assert!(matches!(Forwarded::parse(&long), Err(ForwardedError::TooLong(_))));
+        assert!(matches!(
+            Forwarded::parse(&long),
+            Err(ForwardedError::TooLong(_))
+        ));
     }
 }

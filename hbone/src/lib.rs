@@ -1,4 +1,109 @@
-//! `hbone` (work in progress).
+//! HBONE: TCP tunnels as HTTP/2 CONNECT streams inside mutual TLS 1.3, with SPIFFE
+//! identities on both ends.
+//!
+//! This crate is the data path between two enrolled workloads: a client that opens
+//! tunnels through a connection [`Pool`], a [`Server`] that verifies the client's SPIFFE
+//! ID and hands each CONNECT request to a caller-supplied [`Handler`], and the
+//! [`Tunnel`] byte stream in between. It speaks the wire format of Istio's ztunnel
+//! (ALPN `h2`, no SNI, classic CONNECT with `:authority`, `forwarded`, `baggage` and
+//! `traceparent` headers, statuses 200/400/401/503).
+//!
+//! # Layout
+//!
+//! * **CONNECT rules (sans-IO):** [`ConnectRequest`], [`ConnectResponse`], [`Authority`],
+//!   [`Forwarded`], [`Baggage`] / [`WorkloadBaggage`], [`TraceParent`], [`Rejection`].
+//!   Parsing never panics and every header has a size limit.
+//! * **Client:** [`Pool`] keyed by [`PoolKey`] (source identity, expected server
+//!   identities, next hop, source address). The caller supplies a [`Connector`] (to
+//!   create sockets in a pod's network namespace with a mark) and a
+//!   [`ClientTlsProvider`] (the source SVID and the expected identities; see
+//!   [`SvidClientTls`]). [`ClientConnection`] is a single unpooled connection.
+//! * **Server:** [`Server`] takes accepted streams or a listener and a rustls server
+//!   configuration ([`ServerTlsProvider`]), requires a client certificate, and calls the
+//!   [`Handler`] with an [`IncomingTunnel`]: the peer's [`svid::SpiffeId`], the parsed
+//!   request, and `accept`/`reject`. [`Server::shutdown`] drains with GOAWAY and a
+//!   deadline.
+//! * **Tunnel:** [`Tunnel`] implements `AsyncRead + AsyncWrite`; END_STREAM is a
+//!   half-close, peer resets map to EOF or errors. Flow control is manual underneath
+//!   (capacity released as the application reads, writes wait for send capacity), so a
+//!   slow reader stops the writer instead of growing buffers. [`copy_bidirectional`]
+//!   splices a tunnel with a socket without intermediate copies.
+//! * **Settings:** [`Http2Config`], [`PoolConfig`], [`ServeConfig`], with the values
+//!   HBONE peers use as defaults (4 MiB stream window, 16 MiB connection window, 1 MiB
+//!   frames, PING every 10 s with a 20 s timeout).
+//!
+//! Not here: workload lookup, authorization policy, network namespaces, certificate
+//! issuance (see the `svid` crate), PROXY protocol.
+//!
+//! # Example
+//!
+//! A server that echoes, and a pooled client, on loopback:
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use hbone::svid::{self, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
+//! use hbone::{ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig,
+//!             Server, SvidClientTls, TcpConnector};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Identities from a test CA.
+//! let td = "cluster.local".parse()?;
+//! let ca = CertificateAuthority::generate_root(&td, Default::default())?;
+//! let mut roots = TrustBundleSet::new();
+//! roots.insert(ca.bundle());
+//! let server_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/server")?;
+//! let client_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/client")?;
+//! let provider = svid::provider::ring();
+//! let hour = Duration::from_secs(3600);
+//!
+//! // Server: only port 7 is served, with an echo.
+//! let tls = svid::server_config(provider.clone(), &ca.issue(&server_id, hour)?, &roots,
+//!                               IdentityPolicy::SameTrustDomain(td))?;
+//! let handler = |incoming: IncomingTunnel| async move {
+//!     if incoming.request().authority.port() != 7 {
+//!         return incoming.reject(Rejection::ServiceUnavailable);
+//!     }
+//!     let Ok(mut tunnel) = incoming.accept() else { return };
+//!     let mut buf = [0u8; 1024];
+//!     while let Ok(n @ 1..) = tunnel.read(&mut buf).await {
+//!         if tunnel.write_all(&buf[..n]).await.is_err() { break }
+//!     }
+//! };
+//! let server = Server::new(Arc::new(tls), handler, ServeConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn({ let server = server.clone(); async move { server.serve(listener).await } });
+//!
+//! // Client: a pool that presents the client's SVID and expects the server's identity.
+//! let pool = Pool::new(
+//!     TcpConnector::new(),
+//!     SvidClientTls::new(provider, ca.issue(&client_id, hour)?, roots),
+//!     PoolConfig::default(),
+//! );
+//! let key = PoolKey::new(client_id, [server_id], addr, None);
+//! let mut tunnel = pool.connect(&key, &ConnectRequest::new("10.0.0.1:7".parse()?)).await?;
+//! tunnel.write_all(b"hello").await?;
+//! let mut back = [0u8; 5];
+//! tunnel.read_exact(&mut back).await?;
+//! assert_eq!(&back, b"hello");
+//!
+//! // Refusals are typed.
+//! let err = pool.connect(&key, &ConnectRequest::new("10.0.0.1:8".parse()?)).await.unwrap_err();
+//! assert_eq!(err.rejection(), Some(Rejection::ServiceUnavailable));
+//!
+//! drop(tunnel);
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! * `ring` (default): rustls with the *ring* provider, through `svid`.
+//! * `aws-lc-rs`: also enable the aws-lc-rs provider in `svid` (additive).
+//!
+//! The crate never uses the process-default crypto provider: TLS configurations come
+//! from the caller, built with an explicit provider.
 #![forbid(unsafe_code)]
 
 mod authority;
@@ -10,14 +115,16 @@ mod forwarded;
 mod pool;
 mod request;
 mod server;
+#[cfg(test)]
+mod tests;
 mod traceparent;
 mod tunnel;
 
 pub use authority::{Authority, AuthorityError, HostPort, MAX_AUTHORITY_LEN};
 pub use baggage::{
     BAGGAGE_CLUSTER, BAGGAGE_NAMESPACE, BAGGAGE_REGION, BAGGAGE_SERVICE_NAME,
-    BAGGAGE_SERVICE_VERSION, BAGGAGE_ZONE, Baggage, BaggageError, BaggageMember,
-    MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS, WorkloadBaggage, WorkloadKind,
+    BAGGAGE_SERVICE_VERSION, BAGGAGE_ZONE, Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_LEN,
+    MAX_BAGGAGE_MEMBERS, WorkloadBaggage, WorkloadKind,
 };
 pub use client::{ClientConnection, ClientError};
 pub use config::{Http2Config, PoolConfig, ServeConfig};

@@ -201,7 +201,9 @@ struct ConnShared {
 
 impl ConnShared {
     fn last_used(&self) -> MutexGuard<'_, Instant> {
-        self.last_used.lock().unwrap_or_else(PoisonError::into_inner)
+        self.last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -551,7 +553,11 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
 
     /// Connects, runs the TLS and HTTP/2 handshakes, and adds the connection to the
     /// pool with one stream slot taken for the caller.
-    async fn dial(&self, key: &PoolKey, slot: Arc<DialSlot>) -> Result<Arc<PooledConn>, ClientError> {
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        slot: Arc<DialSlot>,
+    ) -> Result<Arc<PooledConn>, ClientError> {
         let state = &self.inner.state;
         let guard = DialGuard {
             state,

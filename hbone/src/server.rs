@@ -89,10 +89,7 @@ pub trait ServerTlsProvider: Send + Sync + 'static {
 impl ServerTlsProvider for Arc<rustls::ServerConfig> {
     type Error = Infallible;
 
-    async fn server_config(
-        &self,
-        _info: &ConnectionInfo,
-    ) -> Result<Self, Infallible> {
+    async fn server_config(&self, _info: &ConnectionInfo) -> Result<Self, Infallible> {
         Ok(self.clone())
     }
 }
@@ -333,7 +330,11 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
 
     /// Serves one accepted connection until it closes: TLS handshake, client identity,
     /// HTTP/2, and a handler task per CONNECT stream.
-    pub async fn serve_connection<IO>(&self, io: IO, info: ConnectionInfo) -> Result<(), ServerError>
+    pub async fn serve_connection<IO>(
+        &self,
+        io: IO,
+        info: ConnectionInfo,
+    ) -> Result<(), ServerError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -341,9 +342,10 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         if inner.drain.is_cancelled() {
             return Ok(());
         }
-        let result = tokio::time::timeout(inner.config.handshake_timeout, self.handshake(io, &info))
-            .await
-            .unwrap_or(Err(ServerError::HandshakeTimeout));
+        let result =
+            tokio::time::timeout(inner.config.handshake_timeout, self.handshake(io, &info))
+                .await
+                .unwrap_or(Err(ServerError::HandshakeTimeout));
         let (conn, peer) = match result {
             Ok(c) => c,
             Err(e) => {
@@ -427,7 +429,9 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             }
             loop {
                 match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((req, respond)))) => self.on_stream(req, respond, &peer, info),
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        self.on_stream(req, respond, &peer, info)
+                    }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Outcome::Error(e)),
                     Poll::Ready(None) => return Poll::Ready(Outcome::Closed),
                     Poll::Pending => return Poll::Pending,

@@ -314,7 +314,10 @@ impl AsyncWrite for Tunnel {
 /// Maps a receive-side stream error; `None` means "treat as end of stream".
 fn recv_error(e: h2::Error) -> Option<io::Error> {
     if e.is_io() {
-        return Some(e.into_io().unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()));
+        return Some(
+            e.into_io()
+                .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()),
+        );
     }
     match e.reason() {
         Some(Reason::NO_ERROR | Reason::CANCEL) if e.is_reset() && e.is_remote() => None,

@@ -3,9 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hbone::{
-    Authority, Baggage, ConnectRequest, Forwarded, ForwardedElement, TraceParent,
-};
+use hbone::{Authority, Baggage, ConnectRequest, Forwarded, ForwardedElement, TraceParent};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use proptest::prelude::*;
 
@@ -17,7 +15,9 @@ fn dns_name() -> impl Strategy<Value = String> {
     proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", 1..5)
         .prop_map(|labels| labels.join("."))
         .prop_filter("last label must not be numeric", |h| {
-            !h.rsplit('.').next().unwrap().bytes().all(|b| b.is_ascii_digit())
+            !h.rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
         })
 }
 
@@ -114,12 +114,12 @@ proptest! {
                 map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), v);
             }
         }
-        if let Ok(uri) = authority.parse::<Uri>() {
-            if let Ok(r) = ConnectRequest::from_parts(&Method::CONNECT, &uri, &map) {
-                // Whatever was accepted can be sent again.
-                let http = r.to_http().unwrap();
-                prop_assert_eq!(ConnectRequest::from_http(&http).unwrap(), r);
-            }
+        if let Ok(uri) = authority.parse::<Uri>()
+            && let Ok(r) = ConnectRequest::from_parts(&Method::CONNECT, &uri, &map)
+        {
+            // Whatever was accepted can be sent again.
+            let http = r.to_http().unwrap();
+            prop_assert_eq!(ConnectRequest::from_http(&http).unwrap(), r);
         }
     }
 }

@@ -2,6 +2,9 @@
 //! through our server, and our client through a hyper CONNECT server. TLS on both ends
 //! comes from `svid` configurations.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,19 +12,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
+use hbone::{ClientError, PoolConfig, PoolKey, Rejection};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hbone::{ClientError, PoolConfig, PoolKey, Rejection};
 use svid::IdentityPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A hyper HTTP/2 client connection over rustls to `addr`.
-async fn hyper_client(
-    f: &Fixture,
-) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+async fn hyper_client(f: &Fixture) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let tls = svid::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
@@ -70,7 +71,10 @@ async fn hyper_client_tunnels_through_our_server() {
     io.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, format!("{sent} {}", 4 * 1024 * 1024));
     let req = f.state.requests.lock().unwrap()[0].clone();
-    assert_eq!(req.baggage.unwrap().get("k8s.namespace.name"), Some("hyper"));
+    assert_eq!(
+        req.baggage.unwrap().get("k8s.namespace.name"),
+        Some("hyper")
+    );
     assert_eq!(f.state.peers.lock().unwrap()[0], f.client_id);
 
     // Several tunnels on the same hyper connection.
@@ -196,5 +200,8 @@ async fn our_client_tunnels_through_a_hyper_server() {
         .connect(&key, &Fixture::request(PORT_UNAUTHORIZED))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Rejected(Rejection::Unauthorized)), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Unauthorized)),
+        "{err:?}"
+    );
 }

@@ -1,6 +1,9 @@
 //! Pool behaviour over loopback TLS: stream limits, shared dials, idle release, GOAWAY,
 //! keepalive, flow control with slow readers, and server drain.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io;
@@ -24,13 +27,20 @@ async fn echo_once(t: &mut hbone::Tunnel) {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Opens `n` tunnels at once and holds them all open before closing any.
-async fn hold_concurrent(pool: &Pool<hbone::TcpConnector, hbone::SvidClientTls>, key: &PoolKey, n: usize) {
+async fn hold_concurrent(
+    pool: &Pool<hbone::TcpConnector, hbone::SvidClientTls>,
+    key: &PoolKey,
+    n: usize,
+) {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for _ in 0..n {
@@ -118,7 +128,10 @@ impl Connector for TestConnector {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         if self.fail {
-            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "test refusal"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "test refusal",
+            ));
         }
         TcpStream::connect(key.next_hop).await
     }
@@ -140,7 +153,10 @@ async fn concurrent_requests_share_one_dial() {
     for _ in 0..50 {
         let (pool, key) = (pool.clone(), f.key());
         tasks.push(tokio::spawn(async move {
-            let mut t = pool.connect(&key, &Fixture::request(PORT_ECHO)).await.unwrap();
+            let mut t = pool
+                .connect(&key, &Fixture::request(PORT_ECHO))
+                .await
+                .unwrap();
             echo_once(&mut t).await;
         }));
     }
@@ -176,7 +192,10 @@ async fn waiters_share_a_failed_dial() {
     }
     for t in tasks {
         let err = t.await.unwrap();
-        assert!(matches!(err, ClientError::Connect(ref e) if e.kind() == io::ErrorKind::ConnectionRefused), "{err:?}");
+        assert!(
+            matches!(err, ClientError::Connect(ref e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "{err:?}"
+        );
     }
     assert_eq!(connector.calls.load(Ordering::SeqCst), 1);
     assert_eq!(pool.stats().dial_failures, 1);
@@ -314,7 +333,10 @@ async fn unanswered_ping_drops_the_connection() {
     let pool = f.pool(pc);
     let mut key = f.key();
     key.next_hop = relay.addr;
-    let mut t = pool.connect(&key, &Fixture::request(PORT_ECHO)).await.unwrap();
+    let mut t = pool
+        .connect(&key, &Fixture::request(PORT_ECHO))
+        .await
+        .unwrap();
     echo_once(&mut t).await;
     // Healthy connections survive many keepalive rounds.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -323,7 +345,10 @@ async fn unanswered_ping_drops_the_connection() {
 
     relay.frozen.store(true, Ordering::SeqCst);
     let frozen_at = Instant::now();
-    eventually("connection dropped after PING timeout", || pool.stats().closed == 1).await;
+    eventually("connection dropped after PING timeout", || {
+        pool.stats().closed == 1
+    })
+    .await;
     assert!(frozen_at.elapsed() >= Duration::from_millis(200));
     // The tunnel on the dead connection fails instead of hanging.
     let mut b = [0u8; 1];
@@ -331,7 +356,10 @@ async fn unanswered_ping_drops_the_connection() {
     assert!(matches!(r, Ok(Err(_))), "{r:?}");
 
     relay.frozen.store(false, Ordering::SeqCst);
-    let mut t = pool.connect(&key, &Fixture::request(PORT_ECHO)).await.unwrap();
+    let mut t = pool
+        .connect(&key, &Fixture::request(PORT_ECHO))
+        .await
+        .unwrap();
     echo_once(&mut t).await;
     assert_eq!(pool.stats().opened, 2);
 }
@@ -345,7 +373,11 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     sc.drain_deadline = Duration::from_secs(5);
     let state_a = Arc::new(HandlerState::default());
     let state_b = Arc::new(HandlerState::default());
-    let server_a = Server::new(pki.server_tls(&server_id), handler(state_a.clone()), sc.clone());
+    let server_a = Server::new(
+        pki.server_tls(&server_id),
+        handler(state_a.clone()),
+        sc.clone(),
+    );
     let server_b = Server::new(pki.server_tls(&server_id), handler(state_b.clone()), sc);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -368,7 +400,10 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
         PoolConfig::default(),
     );
     let key = PoolKey::new(client_id, [server_id], addr, None);
-    let mut old = pool.connect(&key, &Fixture::request(PORT_ECHO)).await.unwrap();
+    let mut old = pool
+        .connect(&key, &Fixture::request(PORT_ECHO))
+        .await
+        .unwrap();
     echo_once(&mut old).await;
 
     let drain = tokio::spawn({
@@ -383,7 +418,10 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     // The open tunnel keeps working during the drain.
     echo_once(&mut old).await;
     // A new tunnel must not go to the draining connection.
-    let mut new = pool.connect(&key, &Fixture::request(PORT_ECHO)).await.unwrap();
+    let mut new = pool
+        .connect(&key, &Fixture::request(PORT_ECHO))
+        .await
+        .unwrap();
     echo_once(&mut new).await;
     assert_eq!(pool.stats().opened, 2);
     assert_eq!(state_b.handled.load(Ordering::SeqCst), 1);
@@ -423,7 +461,10 @@ async fn drain_deadline_closes_lingering_connections() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ClientError::Connect(_) | ClientError::Tls(_) | ClientError::Http2(_)),
+        matches!(
+            err,
+            ClientError::Connect(_) | ClientError::Tls(_) | ClientError::Http2(_)
+        ),
         "{err:?}"
     );
 }
@@ -458,11 +499,17 @@ async fn slow_reader_bounds_buffered_bytes_by_the_stream_window() {
 
     // Nobody reads: the writer stops at the stream window.
     let written = write_until_stalled(&mut t, Duration::from_millis(300)).await;
-    assert!(written <= WINDOW, "{written} bytes accepted, window is {WINDOW}");
+    assert!(
+        written <= WINDOW,
+        "{written} bytes accepted, window is {WINDOW}"
+    );
     assert!(written >= WINDOW / 2, "only {written} bytes accepted");
     let buffered = server_side.recv_half().buffered_bytes();
     assert!(buffered <= WINDOW, "{buffered}");
-    assert_eq!(buffered, written, "everything accepted sits in the receive window");
+    assert_eq!(
+        buffered, written,
+        "everything accepted sits in the receive window"
+    );
 
     // Reading slowly lets the writer continue, never more than a window ahead.
     let mut read = 0usize;
@@ -508,7 +555,10 @@ async fn slow_readers_are_bounded_by_the_connection_window() {
     // 6 streams × 4 MiB windows, but the connection window caps the sum.
     assert!(total <= CONN_WINDOW, "{total} bytes accepted");
     assert!(total >= CONN_WINDOW / 2, "{total} bytes accepted");
-    let buffered: usize = parked.iter_mut().map(|p| p.recv_half().buffered_bytes()).sum();
+    let buffered: usize = parked
+        .iter_mut()
+        .map(|p| p.recv_half().buffered_bytes())
+        .sum();
     assert_eq!(buffered, total);
 }
 
@@ -524,5 +574,46 @@ async fn server_stream_window_setting_applies() {
         .await
         .unwrap();
     let written = write_until_stalled(&mut t, Duration::from_millis(200)).await;
-    assert!(written <= 256 * 1024 && written >= 128 * 1024, "{written}");
+    assert!((128 * 1024..=256 * 1024).contains(&written), "{written}");
+}
+
+#[tokio::test]
+async fn server_drops_client_that_stops_answering_pings() {
+    let mut sc = ServeConfig::default();
+    sc.http2.keepalive_interval = Some(Duration::from_millis(100));
+    sc.http2.keepalive_timeout = Duration::from_millis(300);
+    let f = Fixture::start_with(sc).await;
+    // Serve the relayed connection directly to see how it ends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let direct = listener.local_addr().unwrap();
+    let server = f.server.clone();
+    let served = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let start = Instant::now();
+        let r = server
+            .serve_connection(tcp, hbone::ConnectionInfo::new(direct, peer))
+            .await;
+        (r, start.elapsed())
+    });
+    let relay = Relay::start(direct).await;
+    let pool = f.pool(PoolConfig::default());
+    let mut key = f.key();
+    key.next_hop = relay.addr;
+    let mut t = pool
+        .connect(&key, &Fixture::request(PORT_ECHO))
+        .await
+        .unwrap();
+    echo_once(&mut t).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echo_once(&mut t).await;
+    relay.frozen.store(true, Ordering::SeqCst);
+    let (r, took) = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("server kept the silent connection")
+        .unwrap();
+    assert!(
+        matches!(r, Err(hbone::ServerError::KeepaliveTimeout)),
+        "{r:?}"
+    );
+    assert!(took >= Duration::from_millis(600), "{took:?}");
 }

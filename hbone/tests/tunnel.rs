@@ -1,14 +1,17 @@
 //! Loopback tests over real TLS: data integrity, half-close, refusals, identities.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use svid::{PeerVerifyError, SpiffeId};
 use hbone::{
     ClientConnection, ClientError, Http2Config, PoolConfig, PoolKey, Rejection, WorkloadBaggage,
 };
+use svid::{PeerVerifyError, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,7 +38,10 @@ async fn round_trip_small_and_odd_sizes() {
     assert!(rest.is_empty());
     // The server saw our identity and our request.
     assert_eq!(f.state.peers.lock().unwrap()[0], f.client_id);
-    assert_eq!(f.state.requests.lock().unwrap()[0].authority.port(), PORT_ECHO);
+    assert_eq!(
+        f.state.requests.lock().unwrap()[0].authority.port(),
+        PORT_ECHO
+    );
 }
 
 #[tokio::test]
@@ -112,7 +118,10 @@ async fn half_close_from_client() {
     t.read_to_string(&mut answer).await.unwrap();
     assert_eq!(
         answer,
-        format!("{} 5", hex::encode(ring::digest::digest(&ring::digest::SHA256, b"hello")))
+        format!(
+            "{} 5",
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, b"hello"))
+        )
     );
 }
 
@@ -154,7 +163,11 @@ async fn parked_server_side_half_close_reaches_client() {
     let mut got = [0u8; 3];
     t.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"bye");
-    assert_eq!(t.read(&mut got).await.unwrap(), 0, "EOF after server shutdown");
+    assert_eq!(
+        t.read(&mut got).await.unwrap(),
+        0,
+        "EOF after server shutdown"
+    );
     // Client to server still flows.
     t.write_all(b"still open").await.unwrap();
     t.shutdown().await.unwrap();
@@ -200,21 +213,14 @@ async fn handler_refusals_are_typed_errors() {
 async fn wrong_destination_identity_fails_handshake() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let key = PoolKey::new(
-        f.client_id.clone(),
-        [id("other-ns", "other")],
-        f.addr,
-        None,
-    );
+    let key = PoolKey::new(f.client_id.clone(), [id("other-ns", "other")], f.addr, None);
     let err = pool
         .connect(&key, &Fixture::request(PORT_ECHO))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
     let tls = err.tls_error().expect("a rustls error");
-    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) =
-        tls
-    else {
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls else {
         panic!("unexpected TLS error {tls:?}");
     };
     let verify = other.0.downcast_ref::<PeerVerifyError>().unwrap();
@@ -284,8 +290,7 @@ async fn client_from_other_trust_domain_is_refused() {
     // Trusted root set includes the other domain's CA on the client side only; the
     // server accepts only its own trust domain.
     let td: svid::TrustDomain = "other.example".parse().unwrap();
-    let other_ca =
-        svid::CertificateAuthority::generate_root(&td, Default::default()).unwrap();
+    let other_ca = svid::CertificateAuthority::generate_root(&td, Default::default()).unwrap();
     let other_id = SpiffeId::new("spiffe://other.example/ns/a/sa/b").unwrap();
     let tls = svid::client_config(
         provider(),
@@ -326,4 +331,63 @@ async fn unpooled_connection_reports_peer_identity() {
     let mut b = [0u8; 4];
     t.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ping");
+}
+
+#[tokio::test]
+async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
+    let f = Fixture::start().await;
+    let provider = provider();
+    // A server configuration that does not ask for client certificates at all.
+    let svid = f.pki.svid(&f.server_id);
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(svid.cert_chain().to_vec(), svid.private_key())
+        .unwrap();
+    server_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let server = hbone::Server::new(
+        std::sync::Arc::new(server_tls),
+        handler(f.state.clone()),
+        hbone::ServeConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        server
+            .serve_connection(tcp, hbone::ConnectionInfo::new(addr, peer))
+            .await
+    });
+    // A client without a certificate.
+    let verifier = svid::SpiffeServerVerifier::builder(provider.clone())
+        .roots(f.pki.roots.clone())
+        .expect_ids([f.server_id.clone()])
+        .build_server_verifier()
+        .unwrap();
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let result = async {
+        let conn = ClientConnection::connect(
+            tcp,
+            std::sync::Arc::new(client_tls),
+            &Http2Config::default(),
+        )
+        .await?;
+        conn.open(&Fixture::request(PORT_ECHO)).await
+    }
+    .await;
+    assert!(result.is_err());
+    let r = served.await.unwrap();
+    assert!(
+        matches!(r, Err(hbone::ServerError::NoPeerIdentity)),
+        "{r:?}"
+    );
+    assert_eq!(f.state.handled.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -1,5 +1,7 @@
 //! Shared fixtures: a CA, SVIDs, an HBONE server on loopback with a scriptable handler.
 #![allow(dead_code, unreachable_pub)]
+// Test fixtures: a failed setup step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,13 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
-    X509Svid,
-};
 use hbone::{
     ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
     SvidClientTls, TcpConnector,
+};
+use svid::{
+    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -100,7 +101,13 @@ impl StreamCounts {
         }
     }
     pub fn max_per_connection(&self) -> usize {
-        self.per_conn.lock().unwrap().values().map(|e| e.1).max().unwrap_or(0)
+        self.per_conn
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| e.1)
+            .max()
+            .unwrap_or(0)
     }
     pub fn connections(&self) -> usize {
         self.per_conn.lock().unwrap().len()
@@ -203,7 +210,9 @@ async fn serve_tunnel(port: u16, tunnel: &mut hbone::Tunnel) -> std::io::Result<
     }
 }
 
-pub async fn hash_reader<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(String, u64)> {
+pub async fn hash_reader<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(String, u64)> {
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;
@@ -220,7 +229,10 @@ pub async fn hash_reader<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io:
 
 /// Writes `len` bytes (slices of a pattern block at shifting offsets, so that chunks
 /// differ); returns their SHA-256 (hex).
-pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, len: u64) -> std::io::Result<String> {
+pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    len: u64,
+) -> std::io::Result<String> {
     const CHUNK: usize = 1024 * 1024;
     let mut block = vec![0u8; CHUNK + 4096];
     pattern(0, &mut block);
@@ -274,7 +286,11 @@ impl Fixture {
     }
 
     pub fn pool(&self, config: PoolConfig) -> Pool<TcpConnector, SvidClientTls> {
-        Pool::new(TcpConnector::new(), self.pki.client_tls(&self.client_id), config)
+        Pool::new(
+            TcpConnector::new(),
+            self.pki.client_tls(&self.client_id),
+            config,
+        )
     }
 
     pub fn request(port: u16) -> ConnectRequest {
