@@ -175,6 +175,9 @@ pub struct Flow {
     pub inbound_plain: f64,
     /// Change of the destination proxy's policy denials.
     pub denied: f64,
+    /// Change of the source proxy's outbound connections that failed (refused by the peer,
+    /// for example).
+    pub outbound_failed: f64,
     /// The source identity the destination proxy recorded for the connection, if any.
     pub peer_identity: Option<String>,
     /// The destination identity the source proxy verified, if any.
@@ -187,10 +190,21 @@ impl Flow {
         self.outbound_mtls >= 1.0 && self.inbound_mtls >= 1.0
     }
 
+    /// Whether the source pod's proxy handled the connection (carried or refused).
+    pub fn source_proxied(&self) -> bool {
+        self.outbound_mtls + self.outbound_plain + self.outbound_failed > 0.0
+    }
+
+    /// Whether the destination pod's proxy handled the connection (carried or denied).
+    pub fn destination_proxied(&self) -> bool {
+        self.inbound_mtls + self.inbound_plain + self.denied > 0.0
+    }
+
     /// Whether no proxy saw the connection at all (direct pod-to-pod traffic).
     pub fn direct(&self) -> bool {
         self.outbound_mtls == 0.0
             && self.outbound_plain == 0.0
+            && self.outbound_failed == 0.0
             && self.inbound_mtls == 0.0
             && self.inbound_plain == 0.0
     }
@@ -648,17 +662,27 @@ impl Cluster {
             let seen = |m: &Metrics, b: &Metrics| {
                 m.sum("meshwire_connections_total", &[]) > b.sum("meshwire_connections_total", &[])
             };
-            let expect_seen = self.is_enrolled(from.namespace()) || self.is_enrolled(to.namespace());
+            let expect_seen =
+                self.is_enrolled(from.namespace()) || self.is_enrolled(to.namespace());
             let done = !expect_seen
                 || (seen(&after_src, &before_src) || seen(&after_dst, &before_dst))
-                    && (result.is_err() || self.counted_both(from, to, &after_src, &after_dst, &before_src, &before_dst));
+                    && (result.is_err()
+                        || self.counted_both(
+                            from,
+                            to,
+                            &after_src,
+                            &after_dst,
+                            &before_src,
+                            &before_dst,
+                        ));
             if done || Instant::now() > settle {
                 break;
             }
             thread::sleep(Duration::from_millis(50));
         }
         let delta = |a: &Metrics, b: &Metrics, labels: &[(&str, &str)]| {
-            a.sum("meshwire_connections_total", labels) - b.sum("meshwire_connections_total", labels)
+            a.sum("meshwire_connections_total", labels)
+                - b.sum("meshwire_connections_total", labels)
         };
         let out = [("direction", "outbound")];
         let inb = [("direction", "inbound")];
@@ -669,11 +693,21 @@ impl Cluster {
             echoed: false,
             error: None,
             outbound_mtls: delta(&after_src, &before_src, &[out[0], ("security", "mtls")]),
-            outbound_plain: delta(&after_src, &before_src, &[out[0], ("security", "plaintext")]),
+            outbound_plain: delta(
+                &after_src,
+                &before_src,
+                &[out[0], ("security", "plaintext")],
+            ),
             inbound_mtls: delta(&after_dst, &before_dst, &[inb[0], ("security", "mtls")]),
-            inbound_plain: delta(&after_dst, &before_dst, &[inb[0], ("security", "plaintext")]),
+            inbound_plain: delta(
+                &after_dst,
+                &before_dst,
+                &[inb[0], ("security", "plaintext")],
+            ),
             denied: after_dst.sum("meshwire_policy_denials_total", &[])
                 - before_dst.sum("meshwire_policy_denials_total", &[]),
+            outbound_failed: after_src.sum("meshwire_connection_failures_total", &out)
+                - before_src.sum("meshwire_connection_failures_total", &out),
             peer_identity: after_dst.increased_label(
                 &before_dst,
                 "meshwire_connections_total",
@@ -734,7 +768,9 @@ impl Cluster {
             reader.read_to_end(&mut echo)?;
             Ok(echo)
         });
-        let written = s.write_all(payload).and_then(|()| s.shutdown(Shutdown::Write));
+        let written = s
+            .write_all(payload)
+            .and_then(|()| s.shutdown(Shutdown::Write));
         let echo = reading
             .join()
             .map_err(|_| anyhow!("reader thread panicked"))?

@@ -46,14 +46,29 @@ fn run() -> Result<()> {
     let mut rows = Vec::new();
     step("sending traffic along every path");
     let paths = [
-        (Role::Client, Role::ServerFar, "enrolled -> enrolled, other node"),
-        (Role::Client, Role::ServerNear, "enrolled -> enrolled, same node"),
+        (
+            Role::Client,
+            Role::ServerFar,
+            "enrolled -> enrolled, other node",
+        ),
+        (
+            Role::Client,
+            Role::ServerNear,
+            "enrolled -> enrolled, same node",
+        ),
         (Role::Client, Role::Legacy, "enrolled -> not enrolled"),
         (Role::Legacy, Role::ServerFar, "not enrolled -> enrolled"),
-        (Role::Intruder, Role::ServerFar, "denied by policy (sa intruder)"),
+        (
+            Role::Intruder,
+            Role::ServerFar,
+            "denied by policy (sa intruder)",
+        ),
     ];
     for (from, to, what) in paths {
-        rows.push((what.to_owned(), cluster.flow(from, to, &payload(64 * 1024))?));
+        rows.push((
+            what.to_owned(),
+            cluster.flow(from, to, &payload(64 * 1024))?,
+        ));
     }
 
     step(&format!("removing the label from `{ENROLLED_NS}`"));
@@ -95,13 +110,19 @@ fn print_table(rows: &[(String, Flow)]) {
     println!();
     println!(
         "{:<34} {:<19} {:<19} {:<9} {:<9} {:<38} {:>7}  result",
-        "path", "source", "destination", "enrolled", "mTLS", "peer identity (seen by destination)", "bytes"
+        "path",
+        "source",
+        "destination",
+        "enrolled",
+        "mTLS",
+        "peer identity (seen by destination)",
+        "bytes"
     );
     for (what, f) in rows {
         let enrolled = format!(
             "{}/{}",
-            yes(f.outbound_mtls + f.outbound_plain > 0.0),
-            yes(f.inbound_mtls + f.inbound_plain > 0.0 || f.denied > 0.0)
+            yes(f.source_proxied()),
+            yes(f.destination_proxied())
         );
         let result = if f.echoed {
             "ok".to_owned()
@@ -158,10 +179,14 @@ fn install_interrupt_handler() -> Result<()> {
         .context("cannot start the signal runtime")?;
     // Register the handlers before returning, so no signal is missed once the demo runs.
     let mut term = rt
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) })
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        })
         .context("cannot install the SIGTERM handler")?;
     let mut int = rt
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
         .context("cannot install the SIGINT handler")?;
     std::thread::Builder::new()
         .name("signals".into())
@@ -175,7 +200,8 @@ fn install_interrupt_handler() -> Result<()> {
             eprintln!("\n{name}: cleaning up");
             // The agents and proxies share our process group: on Ctrl-C the terminal
             // signalled them too; on SIGTERM do it here. Our own handler absorbs it.
-            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGTERM);
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGTERM);
             std::thread::sleep(Duration::from_millis(500));
             demo::delete_own_namespaces();
             demo::remove_own_state_dirs();

@@ -81,7 +81,10 @@ fn parse_line(line: &str) -> Option<Sample> {
     };
     let value: f64 = value.split_whitespace().next()?.parse().ok()?;
     let (name, labels) = match head.find('{') {
-        Some(open) => (&head[..open], parse_labels(&head[open + 1..head.len() - 1])?),
+        Some(open) => (
+            &head[..open],
+            parse_labels(&head[open + 1..head.len() - 1])?,
+        ),
         None => (head, BTreeMap::new()),
     };
     Some(Sample {

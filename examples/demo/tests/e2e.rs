@@ -5,6 +5,8 @@
 //! `MESHWIRE_SKIP_PRIVILEGED=1` is set. The binaries come from the same target directory
 //! (`cargo test --workspace` builds them, because their packages have integration tests).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -93,7 +95,10 @@ fn every_path_works_with_the_right_security() {
         "the server's proxy saw the client's identity"
     );
     let raw = std::fs::read(&pcap).unwrap();
-    assert!(raw.len() > 24 + 256 * 1024, "the capture holds the transfer");
+    assert!(
+        raw.len() > 24 + 256 * 1024,
+        "the capture holds the transfer"
+    );
     assert!(
         !contains(&raw, marker.as_bytes()),
         "the payload crossed the fabric in plaintext"
@@ -101,37 +106,59 @@ fn every_path_works_with_the_right_security() {
     let text = read_pcap(&pcap, &[]);
     let hbone = read_pcap(&pcap, &["tcp port 15008"]);
     let app = read_pcap(&pcap, &["tcp port 8080"]);
-    assert!(hbone.lines().count() > 10, "HBONE packets on 15008:\n{text}");
+    assert!(
+        hbone.lines().count() > 10,
+        "HBONE packets on 15008:\n{text}"
+    );
     assert_eq!(app.lines().count(), 0, "no plaintext app traffic:\n{app}");
-    let tls = read_pcap(&pcap, &["-x", "tcp dst port 15008 and (tcp[tcpflags] & tcp-push != 0)"]);
+    let tls = read_pcap(
+        &pcap,
+        &[
+            "-x",
+            "tcp dst port 15008 and (tcp[tcpflags] & tcp-push != 0)",
+        ],
+    );
     assert!(
         tls.contains("1603 01") || tls.contains("1603 03") || tls.contains("1603 0"),
         "the first data on 15008 is a TLS handshake record:\n{tls:.2000}"
     );
 
     // enrolled -> enrolled on the same node.
-    let f = c.flow(Role::Client, Role::ServerNear, &payload("near", 10_000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::ServerNear, &payload("near", 10_000))
+        .unwrap();
     check(&c, &f);
     assert!(f.encrypted(), "{f:?}");
-    assert_eq!(f.peer_identity.as_deref(), Some(Role::Client.spiffe_id().as_str()));
+    assert_eq!(
+        f.peer_identity.as_deref(),
+        Some(Role::Client.spiffe_id().as_str())
+    );
 
     // enrolled -> not enrolled: plaintext passthrough from the source proxy.
-    let f = c.flow(Role::Client, Role::Legacy, &payload("legacy", 10_000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::Legacy, &payload("legacy", 10_000))
+        .unwrap();
     check(&c, &f);
     assert!(!f.encrypted());
     assert_eq!(f.outbound_plain, 1.0, "{f:?}");
 
     // not enrolled -> enrolled: plaintext inbound on 15006.
-    let f = c.flow(Role::Legacy, Role::ServerFar, &payload("inbound", 10_000)).unwrap();
+    let f = c
+        .flow(Role::Legacy, Role::ServerFar, &payload("inbound", 10_000))
+        .unwrap();
     check(&c, &f);
     assert!(!f.encrypted());
     assert_eq!(f.inbound_plain, 1.0, "{f:?}");
 
     // The deny policy blocks the intruder's service account and nobody else.
-    let f = c.flow(Role::Intruder, Role::ServerFar, &payload("intruder", 1000)).unwrap();
+    let f = c
+        .flow(Role::Intruder, Role::ServerFar, &payload("intruder", 1000))
+        .unwrap();
     assert!(!f.echoed, "the intruder got through: {f:?}");
     assert!(f.denied >= 1.0, "{f:?}\n{}", c.log_tail(30));
-    let f = c.flow(Role::Client, Role::ServerFar, &payload("allowed", 1000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("allowed", 1000))
+        .unwrap();
     check(&c, &f);
 }
 
@@ -145,10 +172,17 @@ fn labels_enroll_and_unenroll_live() {
 
     c.set_enrolled(ENROLLED_NS, false).unwrap();
     c.wait_enrolled(Duration::from_secs(30)).unwrap();
-    for r in [Role::Client, Role::ServerFar, Role::ServerNear, Role::Intruder] {
+    for r in [
+        Role::Client,
+        Role::ServerFar,
+        Role::ServerNear,
+        Role::Intruder,
+    ] {
         assert!(!c.has_rules(r).unwrap(), "rules left in {}", r.label());
     }
-    let f = c.flow(Role::Client, Role::ServerFar, &payload("direct", 5000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("direct", 5000))
+        .unwrap();
     check(&c, &f);
     assert!(f.direct(), "traffic still goes through a proxy: {f:?}");
 
@@ -173,7 +207,11 @@ fn restarts_keep_traffic_flowing() {
     let Some((_g, mut c)) = cluster("restarts_keep_traffic_flowing") else {
         return;
     };
-    check(&c, &c.flow(Role::Client, Role::ServerFar, &payload("before", 5000)).unwrap());
+    check(
+        &c,
+        &c.flow(Role::Client, Role::ServerFar, &payload("before", 5000))
+            .unwrap(),
+    );
 
     // Restart the proxy of the server's node: the agent re-sends its snapshot.
     c.restart_proxy(1).unwrap();
@@ -182,14 +220,21 @@ fn restarts_keep_traffic_flowing() {
 
     // Stop the agent of the client's node: the pods keep working without it.
     c.stop_agent(0).unwrap();
-    let f = c.flow(Role::Client, Role::ServerFar, &payload("agentless", 5000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("agentless", 5000))
+        .unwrap();
     check(&c, &f);
     assert!(f.encrypted(), "{f:?}");
-    assert!(c.has_rules(Role::Client).unwrap(), "rules stay when the agent stops");
+    assert!(
+        c.has_rules(Role::Client).unwrap(),
+        "rules stay when the agent stops"
+    );
 
     c.start_agent_again(0).unwrap();
     c.wait_enrolled(Duration::from_secs(30)).unwrap();
-    let f = c.flow(Role::Client, Role::ServerFar, &payload("after", 5000)).unwrap();
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("after", 5000))
+        .unwrap();
     check(&c, &f);
     assert!(f.encrypted(), "{f:?}");
 }
@@ -200,13 +245,26 @@ fn proxy_does_not_leak_fds_over_a_thousand_connections() {
         return;
     };
     // Warm up: certificates, pooled connections.
-    check(&c, &c.flow(Role::Client, Role::ServerFar, &payload("warm", 100)).unwrap());
-    check(&c, &c.flow(Role::Client, Role::Legacy, &payload("warm", 100)).unwrap());
+    check(
+        &c,
+        &c.flow(Role::Client, Role::ServerFar, &payload("warm", 100))
+            .unwrap(),
+    );
+    check(
+        &c,
+        &c.flow(Role::Client, Role::Legacy, &payload("warm", 100))
+            .unwrap(),
+    );
     let pids = [c.proxy_pid(0).unwrap(), c.proxy_pid(1).unwrap()];
     let tasks = |m: &demo::Metrics| m.sum("meshwire_tasks_alive", &[]);
     std::thread::sleep(Duration::from_secs(1));
-    let fds_before: Vec<usize> = pids.iter().map(|p| Cluster::open_fds(*p).unwrap()).collect();
-    let tasks_before: Vec<f64> = (0..2).map(|i| tasks(&c.proxy_metrics(i).unwrap())).collect();
+    let fds_before: Vec<usize> = pids
+        .iter()
+        .map(|p| Cluster::open_fds(*p).unwrap())
+        .collect();
+    let tasks_before: Vec<f64> = (0..2)
+        .map(|i| tasks(&c.proxy_metrics(i).unwrap()))
+        .collect();
 
     let data = payload("leak", 512);
     for i in 0..1000 {
@@ -224,8 +282,13 @@ fn proxy_does_not_leak_fds_over_a_thousand_connections() {
     // Connections close asynchronously; give the proxies a moment to settle.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let fds: Vec<usize> = pids.iter().map(|p| Cluster::open_fds(*p).unwrap()).collect();
-        let t: Vec<f64> = (0..2).map(|i| tasks(&c.proxy_metrics(i).unwrap())).collect();
+        let fds: Vec<usize> = pids
+            .iter()
+            .map(|p| Cluster::open_fds(*p).unwrap())
+            .collect();
+        let t: Vec<f64> = (0..2)
+            .map(|i| tasks(&c.proxy_metrics(i).unwrap()))
+            .collect();
         // Pooled HBONE connections may add a few fds; a leak adds ~1000.
         let ok = fds.iter().zip(&fds_before).all(|(a, b)| *a <= b + 8)
             && t.iter().zip(&tasks_before).all(|(a, b)| *a <= b + 8.0);

@@ -115,6 +115,8 @@ pub(crate) struct Metrics {
     pub(crate) connection_failures: Family<FailureLabels, Counter>,
     pub(crate) active_connections: Family<TrafficLabels, Gauge>,
     pub(crate) pods: Gauge,
+    /// Tasks alive in the proxy's runtime, read at every scrape (a leak shows here).
+    tasks_alive: Gauge,
 }
 
 impl Metrics {
@@ -177,8 +179,15 @@ impl Metrics {
             "Pods whose listeners this proxy holds",
             pods.clone(),
         );
+        let tasks_alive = Gauge::default();
+        registry.register(
+            "tasks_alive",
+            "Tasks alive in the proxy's async runtime when the metrics were read",
+            tasks_alive.clone(),
+        );
         Arc::new(Self {
             registry,
+            tasks_alive,
             connections,
             bytes,
             tls_handshake_failures,
@@ -192,6 +201,11 @@ impl Metrics {
 
     /// Encodes every metric in the OpenMetrics text format (ends with `# EOF`).
     pub(crate) fn encode(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let alive = rt.metrics().num_alive_tasks();
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an error would mean a broken label encoder.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -315,5 +329,26 @@ mod tests {
                 assert!(text.contains(&line), "{line} missing in {text}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn tasks_alive_follows_the_runtime() {
+        let m = Metrics::new();
+        let value = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("meshwire_tasks_alive "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(-1)
+        };
+        let before = value(&m.encode());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let held = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        let during = value(&m.encode());
+        assert_eq!(during, before + 1, "one more task alive");
+        let _ = tx.send(());
+        held.await.unwrap();
+        assert_eq!(value(&m.encode()), before);
     }
 }
