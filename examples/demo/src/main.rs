@@ -21,9 +21,17 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the demo builds network namespaces and iptables rules, so it must run as root: run `cargo run --release -p demo` from a root shell"
+        );
+    }
+    if testbed::check_privileges().is_err() {
+        install_packages()?;
+    }
     if let Err(e) = testbed::check_privileges() {
         bail!(
-            "{e} (the demo builds network namespaces and iptables rules: run it as root on a machine with the iptables and iproute2 packages, e.g. `apt-get install -y iptables iproute2`)"
+            "{e} (the demo needs the iptables and iproute2 packages: apt-get install -y iptables iproute2)"
         );
     }
     install_interrupt_handler()?;
@@ -91,6 +99,28 @@ fn run() -> Result<()> {
     step("cleaning up (processes, namespaces, rules, state directory)");
     drop(cluster);
     println!("done.");
+    Ok(())
+}
+
+/// Installs `iptables` and `iproute2` with apt-get, the one thing the demo needs beyond the
+/// Rust toolchain.
+fn install_packages() -> Result<()> {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "iptables or iproute2 is missing and there is no apt-get to install them: install the iptables and iproute2 packages, then run the demo again"
+        );
+    }
+    step("installing iptables and iproute2 (apt-get)");
+    let update = Command::new("apt-get").args(["update", "-qq"]).status()?;
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "iptables", "iproute2"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !update.success() || !install.success() {
+        bail!(
+            "apt-get could not install iptables and iproute2; install them, then run the demo again"
+        );
+    }
     Ok(())
 }
 
