@@ -161,10 +161,9 @@ where
 /// Sends one CONNECT request and waits for the response.
 pub(crate) async fn open_stream(
     send: h2::client::SendRequest<Bytes>,
-    request: &ConnectRequest,
+    http: http::Request<()>,
     guard: Option<Arc<StreamGuard>>,
 ) -> Result<Tunnel, ClientError> {
-    let http = request.to_http()?;
     let mut send = send.ready().await.map_err(ClientError::http2)?;
     let (response, stream) = send.send_request(http, false).map_err(ClientError::http2)?;
     let response = response.await.map_err(ClientError::http2)?;
@@ -264,6 +263,6 @@ impl ClientConnection {
         if self.is_closed() {
             return Err(ClientError::ConnectionClosed);
         }
-        open_stream(self.send.clone(), request, None).await
+        open_stream(self.send.clone(), request.to_http()?, None).await
     }
 }

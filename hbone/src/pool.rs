@@ -27,7 +27,9 @@ use crate::tunnel::Tunnel;
 pub struct PoolKey {
     /// The identity the client presents (source workload).
     pub source: SpiffeId,
-    /// The server identities accepted for this hop (any one of them).
+    /// The server identities accepted for this hop (any one of them). The pool checks
+    /// the server certificate's SPIFFE ID against this set after the handshake, on top
+    /// of the TLS provider's verifier; an empty set skips that check.
     pub expected: BTreeSet<SpiffeId>,
     /// The next hop: `<ip>:15008` of the destination, waypoint or gateway.
     pub next_hop: SocketAddr,
@@ -495,11 +497,12 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     ) -> Result<Tunnel, ClientError> {
         let mut retries = 0;
         loop {
+            let http = request.to_http()?;
             let conn = self.acquire(key).await?;
             let guard = Arc::new(StreamGuard {
                 conn: conn.shared.clone(),
             });
-            match open_stream(conn.send.clone(), request, Some(guard)).await {
+            match open_stream(conn.send.clone(), http, Some(guard)).await {
                 Err(e) if e.is_retryable() && retries < 2 => {
                     tracing::debug!(error = %e, "retrying tunnel on another connection");
                     conn.shared.retired.store(true, Ordering::Release);
