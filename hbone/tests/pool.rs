@@ -328,8 +328,8 @@ async fn unanswered_ping_drops_the_connection() {
     let f = Fixture::start().await;
     let relay = Relay::start(f.addr).await;
     let mut pc = PoolConfig::default();
-    pc.http2.keepalive_interval = Some(Duration::from_millis(100));
-    pc.http2.keepalive_timeout = Duration::from_millis(300);
+    pc.http2.keepalive_interval = Some(Duration::from_millis(200));
+    pc.http2.keepalive_timeout = Duration::from_secs(1);
     let pool = f.pool(pc);
     let mut key = f.key();
     key.next_hop = relay.addr;
@@ -339,7 +339,7 @@ async fn unanswered_ping_drops_the_connection() {
         .unwrap();
     echo_once(&mut t).await;
     // Healthy connections survive many keepalive rounds.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(pool.stats().closed, 0);
     echo_once(&mut t).await;
 
@@ -349,7 +349,7 @@ async fn unanswered_ping_drops_the_connection() {
         pool.stats().closed == 1
     })
     .await;
-    assert!(frozen_at.elapsed() >= Duration::from_millis(200));
+    assert!(frozen_at.elapsed() >= Duration::from_millis(900));
     // The tunnel on the dead connection fails instead of hanging.
     let mut b = [0u8; 1];
     let r = tokio::time::timeout(Duration::from_secs(2), t.read(&mut b)).await;
@@ -414,17 +414,37 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
             start.elapsed()
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The open tunnel keeps working during the drain.
-    echo_once(&mut old).await;
-    // A new tunnel must not go to the draining connection.
-    let mut new = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
-    echo_once(&mut new).await;
+    // Tunnels opened before the GOAWAY arrives may still go to A; once the client has
+    // seen it, new tunnels go to a new connection (served by B).
+    let mut new = loop {
+        let mut t = pool
+            .connect(&key, &Fixture::request(PORT_ECHO))
+            .await
+            .unwrap();
+        echo_once(&mut t).await;
+        if state_b.handled.load(Ordering::SeqCst) == 1 {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(pool.stats().opened, 2);
-    assert_eq!(state_b.handled.load(Ordering::SeqCst), 1);
+    // The open tunnel keeps working during the drain, and so does the new one.
+    echo_once(&mut old).await;
+    echo_once(&mut new).await;
+    let a_tunnels = state_a.handled.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let mut t = pool
+            .connect(&key, &Fixture::request(PORT_ECHO))
+            .await
+            .unwrap();
+        echo_once(&mut t).await;
+    }
+    assert_eq!(
+        state_a.handled.load(Ordering::SeqCst),
+        a_tunnels,
+        "A got new tunnels"
+    );
+    assert_eq!(pool.stats().opened, 2);
     // Once the old tunnel ends, the drain completes well before its deadline.
     old.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -469,14 +489,22 @@ async fn drain_deadline_closes_lingering_connections() {
     );
 }
 
-/// Writes until a write stays blocked for `quiet`; returns the bytes accepted.
-async fn write_until_stalled(t: &mut hbone::Tunnel, quiet: Duration) -> usize {
+/// Writes until a write stays blocked for `quiet`; returns the bytes accepted. A write
+/// that blocks before `at_least` bytes were accepted gets 5 s more, so that a loaded
+/// machine is not mistaken for flow control.
+async fn write_until_stalled(t: &mut hbone::Tunnel, quiet: Duration, at_least: usize) -> usize {
     let chunk = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
-        match tokio::time::timeout(quiet, t.write(&chunk)).await {
+        let write = t.write(&chunk);
+        tokio::pin!(write);
+        match tokio::time::timeout(quiet, &mut write).await {
             Ok(n) => total += n.unwrap(),
-            Err(_) => return total,
+            Err(_) if total >= at_least => return total,
+            Err(_) => match tokio::time::timeout(Duration::from_secs(5), &mut write).await {
+                Ok(n) => total += n.unwrap(),
+                Err(_) => return total,
+            },
         }
     }
 }
@@ -498,7 +526,7 @@ async fn slow_reader_bounds_buffered_bytes_by_the_stream_window() {
     let mut server_side = take_parked(&f.state, 1).await.pop().unwrap();
 
     // Nobody reads: the writer stops at the stream window.
-    let written = write_until_stalled(&mut t, Duration::from_millis(300)).await;
+    let written = write_until_stalled(&mut t, Duration::from_millis(300), WINDOW / 2).await;
     assert!(
         written <= WINDOW,
         "{written} bytes accepted, window is {WINDOW}"
@@ -522,7 +550,7 @@ async fn slow_reader_bounds_buffered_bytes_by_the_stream_window() {
             got += n;
         }
         read += got;
-        total_written += write_until_stalled(&mut t, Duration::from_millis(100)).await;
+        total_written += write_until_stalled(&mut t, Duration::from_millis(100), 0).await;
         assert!(
             total_written - read <= WINDOW,
             "{} bytes in flight",
@@ -549,8 +577,10 @@ async fn slow_readers_are_bounded_by_the_connection_window() {
     assert_eq!(pool.stats().opened, 1);
     let mut parked = take_parked(&f.state, 6).await;
     let mut total = 0;
-    for t in &mut tunnels {
-        total += write_until_stalled(t, Duration::from_millis(200)).await;
+    for (i, t) in tunnels.iter_mut().enumerate() {
+        // The first streams have room in the connection window.
+        let at_least = if i < 2 { 2 * 1024 * 1024 } else { 0 };
+        total += write_until_stalled(t, Duration::from_millis(200), at_least).await;
     }
     // 6 streams × 4 MiB windows, but the connection window caps the sum.
     assert!(total <= CONN_WINDOW, "{total} bytes accepted");
@@ -573,15 +603,15 @@ async fn server_stream_window_setting_applies() {
         .connect(&f.key(), &Fixture::request(PORT_PARK))
         .await
         .unwrap();
-    let written = write_until_stalled(&mut t, Duration::from_millis(200)).await;
+    let written = write_until_stalled(&mut t, Duration::from_millis(200), 128 * 1024).await;
     assert!((128 * 1024..=256 * 1024).contains(&written), "{written}");
 }
 
 #[tokio::test]
 async fn server_drops_client_that_stops_answering_pings() {
     let mut sc = ServeConfig::default();
-    sc.http2.keepalive_interval = Some(Duration::from_millis(100));
-    sc.http2.keepalive_timeout = Duration::from_millis(300);
+    sc.http2.keepalive_interval = Some(Duration::from_millis(200));
+    sc.http2.keepalive_timeout = Duration::from_secs(1);
     let f = Fixture::start_with(sc).await;
     // Serve the relayed connection directly to see how it ends.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -604,9 +634,10 @@ async fn server_drops_client_that_stops_answering_pings() {
         .await
         .unwrap();
     echo_once(&mut t).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     echo_once(&mut t).await;
     relay.frozen.store(true, Ordering::SeqCst);
+    let frozen_at = Instant::now();
     let (r, took) = tokio::time::timeout(Duration::from_secs(10), served)
         .await
         .expect("server kept the silent connection")
@@ -615,5 +646,6 @@ async fn server_drops_client_that_stops_answering_pings() {
         matches!(r, Err(hbone::ServerError::KeepaliveTimeout)),
         "{r:?}"
     );
-    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(frozen_at.elapsed() >= Duration::from_millis(900));
 }
