@@ -17,9 +17,9 @@ fi
 
 targets=$(cargo "$toolchain" fuzz list)
 echo "==> building: $(echo $targets)"
-cargo "$toolchain" fuzz build --locked
+cargo "$toolchain" fuzz build
 for t in $targets; do
     echo "==> fuzz $t for ${secs}s"
     mkdir -p "corpus/$t"
-    cargo "$toolchain" fuzz run --locked "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
+    cargo "$toolchain" fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
 done

@@ -6,7 +6,7 @@
 //! reviewed and committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const PROTOS: &[&str] = &[
     "google/rpc/status.proto",
@@ -41,54 +41,11 @@ fn generate(out_dir: &Path) {
         .expect("code generation succeeds");
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read generated dir")
-        .map(|entry| entry.expect("dir entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn generated_code_is_fresh() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    generate(tmp.path());
-
-    let checked_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/generated");
-    let mut stale = Vec::new();
-    for fresh in rust_files(tmp.path()) {
-        let name = fresh.file_name().expect("file name").to_owned();
-        let target = checked_in.join(&name);
-        let new = std::fs::read(&fresh).expect("read fresh file");
-        let old = std::fs::read(&target).unwrap_or_default();
-        if new != old {
-            stale.push(name.to_string_lossy().into_owned());
-            if std::env::var_os("CI").is_none() {
-                std::fs::create_dir_all(&checked_in).expect("create src/generated");
-                std::fs::write(&target, &new).expect("overwrite checked-in file");
-            }
-        }
-    }
-    let expected: Vec<_> = rust_files(tmp.path())
-        .iter()
-        .map(|p| p.file_name().expect("file name").to_owned())
-        .collect();
-    for existing in rust_files(&checked_in) {
-        let name = existing.file_name().expect("file name").to_owned();
-        if !expected.contains(&name) {
-            stale.push(format!("{} (no longer generated)", name.to_string_lossy()));
-        }
-    }
-
-    assert!(
-        stale.is_empty(),
-        "generated code in src/generated is out of date: {stale:?}. {}",
-        if std::env::var_os("CI").is_some() {
-            "Run `cargo test -p xds-workload --test codegen_fresh` locally and commit the result."
-        } else {
-            "The files were rewritten; review and commit them, then rerun the test."
-        }
+    codegen_check::assert_fresh(
+        "xds-workload",
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        generate,
     );
 }

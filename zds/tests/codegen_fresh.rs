@@ -8,7 +8,7 @@
 // Test helpers may panic: a failure here is a test failure.
 #![allow(clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn generate(out_dir: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -33,56 +33,7 @@ fn generate(out_dir: &Path) {
         .expect("code generation succeeds");
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read generated dir")
-        .map(|entry| entry.expect("dir entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn generated_code_is_fresh() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    generate(tmp.path());
-
-    let checked_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/generated");
-    let mut stale = Vec::new();
-    let fresh_files = rust_files(tmp.path());
-    assert!(!fresh_files.is_empty(), "code generation produced no files");
-    for fresh in &fresh_files {
-        let name = fresh.file_name().expect("file name").to_owned();
-        let target = checked_in.join(&name);
-        let new = std::fs::read(fresh).expect("read fresh file");
-        let old = std::fs::read(&target).unwrap_or_default();
-        if new != old {
-            stale.push(name.to_string_lossy().into_owned());
-            if std::env::var_os("CI").is_none() {
-                std::fs::create_dir_all(&checked_in).expect("create src/generated");
-                std::fs::write(&target, &new).expect("overwrite checked-in file");
-            }
-        }
-    }
-    let expected: Vec<_> = fresh_files
-        .iter()
-        .map(|p| p.file_name().expect("file name").to_owned())
-        .collect();
-    for existing in rust_files(&checked_in) {
-        let name = existing.file_name().expect("file name").to_owned();
-        if !expected.contains(&name) {
-            stale.push(format!("{} (no longer generated)", name.to_string_lossy()));
-        }
-    }
-
-    assert!(
-        stale.is_empty(),
-        "generated code in src/generated is out of date: {stale:?}. {}",
-        if std::env::var_os("CI").is_some() {
-            "Run `cargo test -p zds --test codegen_fresh` locally and commit the result."
-        } else {
-            "The files were rewritten; review and commit them, then rerun the test."
-        }
-    );
+    codegen_check::assert_fresh("zds", Path::new(env!("CARGO_MANIFEST_DIR")), generate);
 }
