@@ -128,7 +128,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
     roots.insert(ca.bundle());
     let server_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/server").unwrap();
     let client_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/client").unwrap();
-    let provider = svid::provider::ring();
+    let provider = svid::provider::default();
     let day = Duration::from_secs(86_400);
     let server_tls = svid::server_config(
         provider.clone(),

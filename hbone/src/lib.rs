@@ -54,7 +54,7 @@
 //! roots.insert(ca.bundle());
 //! let server_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/server")?;
 //! let client_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/client")?;
-//! let provider = svid::provider::ring();
+//! let provider = svid::provider::default();
 //! let hour = Duration::from_secs(3600);
 //!
 //! // Server: only port 7 is served, with an echo.

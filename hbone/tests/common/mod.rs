@@ -37,7 +37,7 @@ pub const PORT_PARK: u16 = 600;
 pub const PORT_BAGGAGE: u16 = 8;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    svid::provider::ring()
+    svid::provider::default()
 }
 
 pub fn id(ns: &str, sa: &str) -> SpiffeId {
