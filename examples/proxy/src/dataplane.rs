@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hbone::{
-    Authority, ClientError, ClientTlsProvider, ConnectRequest, Connector, Forwarded,
+    Authority, Baggage, ClientError, ClientTlsProvider, ConnectRequest, Connector, Forwarded,
     ForwardedElement, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
-    ServerError, ServerTlsProvider, TraceParent,
+    ServerError, ServerTlsProvider, TraceParent, WorkloadBaggage, WorkloadKind,
 };
 use prometheus_client::metrics::counter::Counter;
 use rustls::crypto::CryptoProvider;
@@ -29,7 +29,7 @@ use svid::{IdentityPolicy, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
 use xds_workload::{
     ConnectionInfo, Decision, HealthStatus, Identity, NetworkAddress, TunnelProtocol, Workload,
-    WorkloadStore,
+    WorkloadStore, WorkloadType,
 };
 
 use crate::certs::{Certificates, Material};
@@ -365,7 +365,7 @@ impl DataPlane {
         next_hop: SocketAddr,
         authority: SocketAddr,
         expected: &str,
-        rec: ConnRecord,
+        mut rec: ConnRecord,
     ) {
         let Some(state) = self.pod_state(&pod.info.uid) else {
             return self.connection_failed(
@@ -384,6 +384,7 @@ impl DataPlane {
         let request = match Authority::from_socket_addr(authority) {
             Ok(a) => ConnectRequest::new(a)
                 .with_forwarded(Forwarded::new(ForwardedElement::for_client(rec.src)))
+                .with_baggage(workload_baggage(local))
                 .with_traceparent(TraceParent::random(&mut rand::rng())),
             Err(e) => return self.connection_failed(&rec, &Failure::new("bad authority", e)),
         };
@@ -414,6 +415,7 @@ impl DataPlane {
                 return self.connection_failed(&rec, &Failure::new(reason, e));
             }
         };
+        rec.peer_workload = peer_workload(tunnel.response().and_then(|r| r.baggage.as_ref()));
         self.splice(rec, stream, tunnel).await;
     }
 
@@ -484,6 +486,7 @@ impl DataPlane {
         );
         rec.peer_identity = peer_id.to_string();
         rec.source_identity = peer_id.to_string();
+        rec.peer_workload = peer_workload(tunnel.request().baggage.as_ref());
 
         let Some(local) = self.local_workload(&pod).await else {
             tunnel.reject(Rejection::ServiceUnavailable);
@@ -529,7 +532,7 @@ impl DataPlane {
                 return self.connection_failed(&rec, &failure);
             }
         };
-        let tunnel = match tunnel.accept() {
+        let tunnel = match tunnel.accept_with_baggage(workload_baggage(&local)) {
             Ok(t) => t,
             Err(e) => return self.connection_failed(&rec, &Failure::new("hbone error", e)),
         };
@@ -689,6 +692,40 @@ fn to_destination(w: &Workload, ip: std::net::IpAddr, port: u16) -> DestinationW
     }
 }
 
+/// The attributes of `w` an HBONE peer learns from `baggage` (request: the source workload;
+/// 200 response: the destination workload). Empty attributes are left out.
+fn workload_baggage(w: &Workload) -> Baggage {
+    let kind = match w.workload_type {
+        WorkloadType::CronJob => WorkloadKind::CronJob,
+        WorkloadType::Pod => WorkloadKind::Pod,
+        WorkloadType::Job => WorkloadKind::Job,
+        _ => WorkloadKind::Deployment,
+    };
+    let mut b = WorkloadBaggage::default();
+    b.cluster = Some(w.cluster_id.clone());
+    b.namespace = Some(w.namespace.clone());
+    b.workload = (!w.workload_name.is_empty()).then(|| (kind, w.workload_name.clone()));
+    b.service_name = Some(w.canonical_name.clone());
+    b.service_version = Some(w.canonical_revision.clone());
+    b.region = Some(w.locality.region.clone());
+    b.zone = Some(w.locality.zone.clone());
+    b.to_baggage()
+}
+
+/// `<namespace>/<workload name>` of the peer as its `baggage` describes it; empty when it
+/// sent none (the value is the peer's claim, for logs only).
+fn peer_workload(baggage: Option<&Baggage>) -> String {
+    let Some(b) = baggage.map(WorkloadBaggage::from_baggage) else {
+        return String::new();
+    };
+    match (b.namespace, b.workload) {
+        (Some(ns), Some((_, name))) => format!("{ns}/{name}"),
+        (Some(ns), None) => ns,
+        (None, Some((_, name))) => name,
+        (None, None) => String::new(),
+    }
+}
+
 fn spiffe_of(id: &Identity) -> Result<SpiffeId, svid::SpiffeIdError> {
     let td = TrustDomain::new(&id.trust_domain)?;
     SpiffeId::from_istio(&td, &id.namespace, &id.service_account)
@@ -708,6 +745,8 @@ struct ConnRecord {
     source_identity: String,
     destination_identity: String,
     peer_identity: String,
+    /// The peer workload as its HBONE `baggage` names it (`namespace/name`), empty if none.
+    peer_workload: String,
     started: Instant,
 }
 
@@ -721,6 +760,7 @@ impl ConnRecord {
             source_identity: String::new(),
             destination_identity: String::new(),
             peer_identity: String::new(),
+            peer_workload: String::new(),
             started: Instant::now(),
         }
     }
@@ -749,6 +789,7 @@ impl Drop for SpliceDone {
             src = %r.src,
             dst = %r.dst,
             peer_identity = %r.peer_identity,
+            peer_workload = %r.peer_workload,
             bytes_sent = self.transferred.a_to_b(),
             bytes_received = self.transferred.b_to_a(),
             duration_ms = u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -1060,6 +1101,10 @@ mod tests {
                 pbw::TunnelProtocol::None as i32
             },
             node: NODE.into(),
+            workload_name: name.into(),
+            workload_type: pbw::WorkloadType::Pod as i32,
+            canonical_name: name.into(),
+            cluster_id: "Kubernetes".into(),
             ..Default::default()
         }
     }
@@ -1441,6 +1486,122 @@ mod tests {
         .unwrap();
         let tcp = TcpStream::connect(hbone).await.unwrap();
         hbone::ClientConnection::connect(tcp, Arc::new(tls), &hbone::Http2Config::client()).await
+    }
+
+    /// An HBONE server that is not one of our pods: it presents a certificate for
+    /// `identity` from the test CA, is reached as `<ip>:15008` through the test routes,
+    /// records each CONNECT request, answers 200 with `reply` as baggage and writes `fake:`.
+    async fn fake_hbone_peer(
+        env: &Env,
+        ip: [u8; 4],
+        identity: &str,
+        reply: Baggage,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<ConnectRequest> {
+        let own = env
+            .ca
+            .issue(&SpiffeId::new(identity).unwrap(), Duration::from_secs(3600))
+            .unwrap();
+        let mut roots = svid::TrustBundleSet::new();
+        roots.insert(env.ca.bundle());
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let tls = svid::server_config(
+            svid::provider::ring(),
+            &own,
+            &roots,
+            IdentityPolicy::SameTrustDomain(td),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = Server::new(
+            Arc::new(tls),
+            move |tunnel: IncomingTunnel| {
+                let _ = tx.send(tunnel.request().clone());
+                let reply = reply.clone();
+                async move {
+                    if let Ok(mut t) = tunnel.accept_with_baggage(reply) {
+                        let _ = t.write_all(b"fake:").await;
+                        let _ = t.shutdown().await;
+                        let mut sink = Vec::new();
+                        let _ = t.read_to_end(&mut sink).await;
+                    }
+                }
+            },
+            ServeConfig::default(),
+        );
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+        env.routes.lock().unwrap().insert(
+            SocketAddr::new(IpAddr::from(ip), 15008),
+            listener.local_addr().unwrap(),
+        );
+        tokio::spawn(async move { server.serve(listener).await });
+        rx
+    }
+
+    #[tokio::test]
+    async fn baggage_describes_the_workload_on_each_end() {
+        let mut env = Env::new().await;
+        env.pod("client-1", "shop", "client", [127, 0, 0, 81], true)
+            .await;
+        env.pod("server-1", "shop", "server", [127, 0, 0, 82], true)
+            .await;
+        let app = echo_app([127, 0, 0, 82], "server-1:").await;
+
+        // Inbound: the 200 carries the destination pod's attributes.
+        let conn = raw_client(
+            &env.ca,
+            CLIENT_ID,
+            SERVER_ID,
+            env.listener("server-1", ListenerKind::InboundHbone),
+        )
+        .await
+        .unwrap();
+        let request = ConnectRequest::new(Authority::from_socket_addr(app).unwrap());
+        let tunnel = conn.open(&request).await.unwrap();
+        let baggage = tunnel
+            .response()
+            .and_then(|r| r.baggage.as_ref())
+            .expect("response baggage");
+        assert_eq!(
+            baggage.to_string(),
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=server-1,\
+             service.name=server-1"
+        );
+        assert_eq!(peer_workload(Some(baggage)), "shop/server-1");
+        drop(tunnel);
+
+        // Outbound: the CONNECT carries the source pod's attributes, with `forwarded` and
+        // `traceparent`.
+        put_workload(
+            &env.store,
+            pb_workload("peer-1", "shop", "server", [127, 0, 0, 83], true),
+        );
+        let mut reply = WorkloadBaggage::default();
+        reply.namespace = Some("shop".into());
+        reply.workload = Some((WorkloadKind::Deployment, "peer".into()));
+        let mut requests =
+            fake_hbone_peer(&env, [127, 0, 0, 83], SERVER_ID, reply.to_baggage()).await;
+        let got = env
+            .outbound("client-1", SocketAddr::from(([127, 0, 0, 83], 8080)), b"x")
+            .await;
+        assert_eq!(got, b"fake:");
+        let seen = requests.recv().await.unwrap();
+        assert_eq!(
+            seen.authority,
+            Authority::from_socket_addr(SocketAddr::from(([127, 0, 0, 83], 8080))).unwrap()
+        );
+        let sent = WorkloadBaggage::from_baggage(seen.baggage.as_ref().expect("request baggage"));
+        assert_eq!(sent.cluster.as_deref(), Some("Kubernetes"));
+        assert_eq!(sent.namespace.as_deref(), Some("shop"));
+        assert_eq!(sent.workload, Some((WorkloadKind::Pod, "client-1".into())));
+        assert!(seen.traceparent.is_some());
+        assert_eq!(
+            seen.forwarded
+                .as_ref()
+                .and_then(Forwarded::client_addr)
+                .map(|a| a.ip()),
+            Some(IpAddr::from([127, 0, 0, 1]))
+        );
+        assert_eq!(peer_workload(None), "");
     }
 
     #[tokio::test]
