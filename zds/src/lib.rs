@@ -54,10 +54,11 @@
 //!     let added = added.clone();
 //!     async move {
 //!         if let Update::Add { workload, netns } = update {
-//!             let id = zds::verify_netns(std::os::fd::AsFd::as_fd(&netns))?;
+//!             // A real proxy would keep `netns` and open its listeners inside.
+//!             let id = zds::NetnsId::of(&netns)?;
 //!             let _ = added.send((workload.uid, id));
 //!         }
-//!         Ok::<(), zds::NetnsError>(())
+//!         Ok::<(), std::io::Error>(())
 //!     }
 //! });
 //! let mut ready = client.readiness();
