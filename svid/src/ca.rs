@@ -25,6 +25,7 @@ use crate::svid::{SvidError, X509Svid, cert_to_pem, certs_from_pem, pem_encode};
 #[non_exhaustive]
 pub struct CaConfig {
     /// Longest lifetime of an issued leaf; longer requests are cut to this. Default: 24 hours.
+    /// (Any lifetime also ends at 9999-12-31T23:59:59Z, the last time X.509 can express.)
     pub max_ttl: Duration,
     /// How long before the moment of issue a leaf becomes valid, to tolerate clock skew
     /// between peers. Default: 60 seconds.
@@ -108,6 +109,10 @@ pub enum CaError {
     /// A TTL of zero was requested.
     #[error("requested TTL is zero")]
     ZeroTtl,
+    /// A validity bound lies outside what a certificate can carry (before 1970 or after
+    /// 9999-12-31T23:59:59Z), or the backdate reaches before 1970.
+    #[error("certificate validity bound is out of range")]
+    ValidityOutOfRange,
     /// The CA material is unusable.
     #[error("CA certificate or key: {0}")]
     BadCaMaterial(String),
@@ -137,6 +142,43 @@ fn random_serial() -> SerialNumber {
     // Positive and without leading zero bytes, so the DER INTEGER keeps all 16 bytes.
     b[0] = (b[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&b)
+}
+
+/// The last second an X.509 time can express: 9999-12-31T23:59:59Z.
+const MAX_CERT_TIME: Duration = Duration::from_secs(253_402_300_799);
+
+/// The latest instant a certificate validity can name.
+fn max_cert_time() -> SystemTime {
+    // 253 402 300 799 s after the epoch fits every platform's SystemTime.
+    SystemTime::UNIX_EPOCH
+        .checked_add(MAX_CERT_TIME)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// `now - backdate`, refused if it reaches before the epoch.
+fn backdated(now: SystemTime, backdate: Duration) -> Result<SystemTime, CaError> {
+    now.checked_sub(backdate)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .ok_or(CaError::ValidityOutOfRange)
+}
+
+/// `now + ttl`, cut to the latest time a certificate can carry.
+fn capped_end(now: SystemTime, ttl: Duration) -> SystemTime {
+    now.checked_add(ttl)
+        .map_or_else(max_cert_time, |t| t.min(max_cert_time()))
+}
+
+/// Converts a validity bound for rcgen, refusing times a certificate cannot carry (rather
+/// than letting the date conversion panic). Sub-second parts are dropped.
+fn cert_time(t: SystemTime) -> Result<time::OffsetDateTime, CaError> {
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| CaError::ValidityOutOfRange)?;
+    if since > MAX_CERT_TIME {
+        return Err(CaError::ValidityOutOfRange);
+    }
+    let secs = i64::try_from(since.as_secs()).map_err(|_| CaError::ValidityOutOfRange)?;
+    time::OffsetDateTime::from_unix_timestamp(secs).map_err(|_| CaError::ValidityOutOfRange)
 }
 
 fn uri_san(id: &SpiffeId) -> Result<SanType, CaError> {
@@ -190,8 +232,8 @@ fn ca_params(
         KeyUsagePurpose::DigitalSignature,
     ];
     params.serial_number = Some(random_serial());
-    params.not_before = (now - config.backdate).into();
-    params.not_after = (now + config.ca_ttl).into();
+    params.not_before = cert_time(backdated(now, config.backdate)?)?;
+    params.not_after = cert_time(capped_end(now, config.ca_ttl))?;
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }
@@ -359,8 +401,8 @@ impl CertificateAuthority {
         }
         let now = SystemTime::now();
         Ok((
-            now - self.config.backdate,
-            now + ttl.min(self.config.max_ttl),
+            backdated(now, self.config.backdate)?,
+            capped_end(now, ttl.min(self.config.max_ttl)),
         ))
     }
 
@@ -383,8 +425,8 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.serial_number = Some(random_serial());
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
+        params.not_before = cert_time(not_before)?;
+        params.not_after = cert_time(not_after)?;
         params.use_authority_key_identifier_extension = true;
         Ok(params)
     }
@@ -433,7 +475,8 @@ impl CertificateAuthority {
 
     /// Issues a leaf for `id` with an explicit validity window, without checking that the
     /// window is current; meant for tests that need expired or future certificates. Returns
-    /// the chain (leaf and intermediates) and the PKCS#8 key.
+    /// the chain (leaf and intermediates) and the PKCS#8 key, or
+    /// [`CaError::ValidityOutOfRange`] for bounds before 1970 or after 9999.
     pub fn issue_with_validity(
         &self,
         id: &SpiffeId,
@@ -474,8 +517,8 @@ impl CertificateAuthority {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial());
-        params.not_before = nb.into();
-        params.not_after = na.into();
+        params.not_before = cert_time(nb)?;
+        params.not_after = cert_time(na)?;
         params.use_authority_key_identifier_extension = true;
         self.sign_params(&params)
     }

@@ -683,3 +683,48 @@ fn client_checks_the_returned_chain() {
 }
 
 use rustls_pki_types::CertificateSigningRequestDer;
+
+#[test]
+fn extreme_lifetimes_are_cut_or_refused_without_panicking() {
+    // An uncapped CA asked for absurd lifetimes (a request's validity_duration comes from
+    // the wire) issues up to the last time X.509 can express.
+    let mut cfg = CaConfig::default();
+    cfg.max_ttl(Duration::MAX).ca_ttl(Duration::MAX);
+    let ca = CertificateAuthority::generate_root(&td("cluster.local"), cfg).unwrap();
+    let end_of_x509 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    for ttl in [Duration::from_secs(20_000 * 365 * 86_400), Duration::MAX] {
+        let svid = ca.issue(&id(ALICE), ttl).unwrap();
+        assert_eq!(svid.not_after(), end_of_x509);
+        let pems = ca.sign_csr(&test_csr(ALICE), &id(ALICE), ttl).unwrap();
+        let leaf = svid::certs_from_pem(pems[0].as_bytes()).unwrap();
+        assert_eq!(svid::inspect_leaf(&leaf[0]).unwrap().not_after, end_of_x509);
+    }
+    use x509_parser::prelude::FromDer as _;
+    let (_, root) = x509_parser::certificate::X509Certificate::from_der(ca.root()).unwrap();
+    assert_eq!(root.validity().not_after.timestamp(), 253_402_300_799);
+
+    // Explicit bounds a certificate cannot carry are refused.
+    let now = SystemTime::now();
+    let far = now + Duration::from_secs(20_000 * 365 * 86_400);
+    assert_eq!(
+        ca.issue_with_validity(&id(ALICE), now, far).unwrap_err(),
+        CaError::ValidityOutOfRange
+    );
+    let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+    assert_eq!(
+        ca.issue_with_validity(&id(ALICE), before_1970, now)
+            .unwrap_err(),
+        CaError::ValidityOutOfRange
+    );
+    // A backdate reaching before 1970 is refused, for leaves and for new CAs.
+    let mut cfg = CaConfig::default();
+    cfg.backdate(Duration::MAX);
+    assert_eq!(
+        CertificateAuthority::generate_root(&td("cluster.local"), cfg.clone()).unwrap_err(),
+        CaError::ValidityOutOfRange
+    );
+    assert_eq!(
+        ca.generate_intermediate(cfg).unwrap_err(),
+        CaError::ValidityOutOfRange
+    );
+}
