@@ -86,7 +86,8 @@ pub struct ManagerConfig {
     pub initial_backoff: Duration,
     /// Longest retry delay. Default: 150 seconds.
     pub max_backoff: Duration,
-    /// Random spread of each retry delay, as a fraction (0.2 = ±20 %). Default: 0.2.
+    /// Random spread of each retry delay, as a fraction (0.2 = ±20 %). Default: 0.2. The
+    /// manager clamps it to `0..=1` and reads a non-finite value as 0.
     pub jitter: f64,
     /// Shortest delay before a refresh, so a certificate whose half-life is already past
     /// does not cause a tight loop. Default: 1 second.
@@ -267,6 +268,12 @@ impl<S: CertificateSource> CertificateManager<S> {
     pub fn new(source: S, config: ManagerConfig) -> Self {
         let mut config = config;
         config.max_in_flight = config.max_in_flight.max(1);
+        // The fields are public: apply the setters' rules to values set directly.
+        config.jitter = if config.jitter.is_finite() {
+            config.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let shared = Arc::new(Shared {
             source: Arc::new(source),
             config,
@@ -474,9 +481,21 @@ impl Drop for CertificateHandle {
     }
 }
 
+/// `d` spread by up to ±`jitter` (a fraction in `0..=1`); `d` itself if the product does
+/// not fit a `Duration`.
 fn jittered(d: Duration, jitter: f64) -> Duration {
     let r: f64 = rand::random();
-    d.mul_f64((1.0 + jitter * (2.0 * r - 1.0)).max(0.0))
+    let factor = (1.0 + jitter * (2.0 * r - 1.0)).max(0.0);
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(d)
+}
+
+/// `now + d`, or about 30 years from now when that does not fit an `Instant` (the settings
+/// are the caller's; a huge delay means "not in the lifetime of this process").
+fn after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 /// Time from now until `t` (zero if past).
@@ -577,8 +596,8 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
         Ok(fetched) => {
             let refresh_in = until(fetched.svid.refresh_at()).max(cfg.min_refresh_delay);
             let expires_in = until(fetched.svid.not_after());
-            e.expires = Some(now + expires_in);
-            e.scheduled = Some((now + refresh_in, Priority::Rotation));
+            e.expires = Some(after(now, expires_in));
+            e.scheduled = Some((after(now, refresh_in), Priority::Rotation));
             e.backoff = None;
             tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
             e.state.send_modify(|s| {
@@ -588,11 +607,11 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             });
         }
         Err(err) => {
-            let backoff = e
-                .backoff
-                .map_or(cfg.initial_backoff, |b| (b * 2).min(cfg.max_backoff));
+            let backoff = e.backoff.map_or(cfg.initial_backoff, |b| {
+                b.saturating_mul(2).min(cfg.max_backoff)
+            });
             e.backoff = Some(backoff);
-            let mut at = now + jittered(backoff, cfg.jitter);
+            let mut at = after(now, jittered(backoff, cfg.jitter));
             if let Some(exp) = e.expires {
                 at = at.min(exp);
             }
@@ -607,7 +626,7 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             e.queued = None;
             e.scheduled = Some((at, priority));
             let reason: Arc<str> = err.to_string().into();
-            tracing::warn!(identity = %id, error = %reason, retry_in = ?(at - now), "certificate fetch failed");
+            tracing::warn!(identity = %id, error = %reason, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
             e.state.send_modify(|s| {
                 s.last_error = Some(reason);
                 s.attempts += 1;

@@ -278,3 +278,52 @@ async fn bounded_concurrency_with_priorities() {
     settle().await;
     assert!(next.current().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_settings_do_not_break_the_manager() {
+    let source = Arc::new(TestSource::new(Duration::from_secs(100)));
+    let mut cfg = ManagerConfig::default();
+    cfg.initial_backoff(Duration::MAX)
+        .max_backoff(Duration::MAX)
+        .min_refresh_delay(Duration::MAX);
+    // Public fields can bypass the setters' clamping.
+    cfg.jitter = f64::INFINITY;
+    let mgr = CertificateManager::new(source.clone(), cfg);
+    let limit = Duration::from_secs(5);
+
+    // Success path: the refresh delay is at its maximum.
+    let ok = mgr.hold(&id("ok"), Priority::OnDemand);
+    let got = tokio::time::timeout(limit, ok.get())
+        .await
+        .expect("no answer");
+    assert_eq!(got.unwrap().svid.spiffe_id(), &id("ok"));
+
+    // Failure path: the back-off is at its maximum, the jitter is not a number one can use.
+    source.down.store(true, Ordering::SeqCst);
+    let failing = mgr.hold(&id("failing"), Priority::OnDemand);
+    let got = tokio::time::timeout(limit, failing.get())
+        .await
+        .expect("no answer");
+    assert!(
+        matches!(got, Err(ManagerError::FetchFailed { .. })),
+        "{got:?}"
+    );
+    assert_eq!(mgr.in_flight(), 0);
+
+    // A NaN jitter is no better.
+    let mut cfg = ManagerConfig::default();
+    cfg.jitter = f64::NAN;
+    let mgr = CertificateManager::new(source.clone(), cfg);
+    let h = mgr.hold(&id("nan"), Priority::OnDemand);
+    let got = tokio::time::timeout(limit, h.get())
+        .await
+        .expect("no answer");
+    assert!(
+        matches!(got, Err(ManagerError::FetchFailed { .. })),
+        "{got:?}"
+    );
+    source.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    assert!(h.current().is_some(), "retried after about a second");
+}
