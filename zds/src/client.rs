@@ -1,6 +1,6 @@
 //! The proxy side over a real socket: connect, announce, apply, acknowledge, reconnect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -268,7 +268,7 @@ impl<H: Handler> Client<H> {
 
     /// Doubles `delay` (capped), sleeps that long, and returns the new delay.
     async fn wait(&self, delay: Duration) -> Duration {
-        let next = (delay * 2).min(self.config.max_backoff);
+        let next = delay.saturating_mul(2).min(self.config.max_backoff);
         tokio::time::sleep(next).await;
         next
     }
@@ -312,9 +312,18 @@ impl<H: Handler> Client<H> {
                 *current = ready;
                 changed
             });
+            // Only adds that are still pending are retried: the agent may have deleted
+            // the workload meanwhile (during a snapshot that happens without an update).
+            if !retries.is_empty() {
+                let pending: BTreeSet<&str> = session.pending().collect();
+                retries.retain(|uid, _| pending.contains(uid.as_str()));
+            }
             match (self.config.retry_interval, retries.is_empty()) {
                 (Some(interval), false) => {
-                    retry_at.get_or_insert_with(|| Instant::now() + interval);
+                    if retry_at.is_none() {
+                        // An interval too long to represent means "never".
+                        retry_at = Instant::now().checked_add(interval);
+                    }
                 }
                 _ => retry_at = None,
             }

@@ -398,3 +398,94 @@ async fn verify_netns_rejects_a_non_namespace_fd() {
     quiet(&mut events).await;
     task.abort();
 }
+
+#[tokio::test]
+async fn huge_backoff_and_retry_interval_do_not_overflow() {
+    // Back-off: nothing listens, so the client waits right away with a delay that
+    // cannot be doubled.
+    let (_dir, path) = common::socket_dir();
+    let mut config = ClientConfig::default();
+    config.path(&path).backoff(Duration::MAX, Duration::MAX);
+    let client = Client::new(config, |_: zds::Update| async {
+        Ok::<(), std::io::Error>(())
+    });
+    let waiting = tokio::spawn(client.run());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the client must still be waiting");
+    waiting.abort();
+
+    // Retry interval: a failed add with a retry interval too long to represent.
+    let mut agent = FakeAgent::bind(&path);
+    let mut config = ClientConfig::default();
+    config.path(&path).retry_interval(Some(Duration::MAX));
+    let client = Client::new(config, |update: zds::Update| {
+        let outcome = match update {
+            zds::Update::Add { .. } => Err("no"),
+            _ => Ok(()),
+        };
+        async move { outcome }
+    });
+    let task = tokio::spawn(client.run());
+    let conn = agent.accept().await;
+    let netns = common::own_netns();
+    assert_eq!(
+        request(&conn, &add("a"), &[&netns]).await,
+        Response::Nack("failure to start proxy : no".into())
+    );
+    assert_eq!(
+        request(&conn, &Request::SnapshotSent, &[]).await,
+        Response::Ack,
+        "the client keeps serving"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_add_deleted_during_the_snapshot_is_not_retried() {
+    let (_dir, path) = common::socket_dir();
+    let mut agent = FakeAgent::bind(&path);
+    let (tx, mut attempts) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::default();
+    config
+        .path(&path)
+        .retry_interval(Some(Duration::from_millis(20)));
+    let client = Client::new(config, move |update: zds::Update| {
+        let outcome = match &update {
+            zds::Update::Add { workload, .. } => {
+                let _ = tx.send(workload.uid.clone());
+                Err("port in use")
+            }
+            _ => Ok(()),
+        };
+        async move { outcome }
+    });
+    let mut ready = client.readiness();
+    let task = tokio::spawn(client.run());
+
+    let conn = agent.accept().await;
+    let netns = common::own_netns();
+    assert!(matches!(
+        request(&conn, &add("a"), &[&netns]).await,
+        Response::Nack(_)
+    ));
+    assert_eq!(attempts.recv().await.as_deref(), Some("a"));
+    // The agent deletes the pod before its snapshot ends: nothing is pending any more.
+    assert_eq!(
+        request(&conn, &Request::Del { uid: "a".into() }, &[]).await,
+        Response::Ack
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        attempts.try_recv().is_err(),
+        "a deleted workload was retried"
+    );
+    assert_eq!(
+        request(&conn, &Request::SnapshotSent, &[]).await,
+        Response::Ack
+    );
+    tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
+        .await
+        .unwrap()
+        .unwrap();
+    task.abort();
+}
