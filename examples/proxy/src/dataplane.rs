@@ -36,7 +36,7 @@ use crate::certs::{Certificates, Material};
 use crate::copy::{Transferred, copy_bidirectional};
 use crate::metrics::{ConnectionLabels, Direction, Metrics, Security, TrafficLabels};
 use crate::pods::{Handler, ListenerKind, Pod, PodNetwork};
-use crate::routing::{self, Destination, DestinationWorkload, OutboundRoute};
+use crate::routing::{self, Destination, DestinationWorkload, OutboundRoute, ServiceTarget};
 
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
@@ -182,12 +182,16 @@ impl DataPlane {
     fn destination(&self, dst: SocketAddr, network: &str) -> Destination {
         let addr = NetworkAddress::new(network, dst.ip());
         if let Some(w) = self.store.workload_by_address(&addr) {
-            return Destination::Workload(to_destination(&w, dst.ip(), dst.port()));
+            return Destination::Workload(to_destination(&w, dst.ip(), dst.port(), None));
         }
         let Some(service) = self.store.service_by_vip(&addr) else {
             return Destination::Unknown;
         };
         let key = service.key();
+        let target = ServiceTarget {
+            hostname: service.hostname.clone(),
+            subject_alt_names: service.subject_alt_names.clone(),
+        };
         let port = service.ports.iter().find(|p| p.service_port == dst.port());
         let endpoints: Vec<_> = self
             .store
@@ -201,7 +205,7 @@ impl DataPlane {
                     .find(|ip| ip.is_ipv4() == dst.is_ipv4())
                     .or_else(|| w.addresses.first())?;
                 // A service port whose target is 0 maps per endpoint; no mapping keeps the port.
-                let target = match port {
+                let target_port = match port {
                     Some(p) if p.target_port != 0 => p.target_port,
                     _ => w
                         .services
@@ -218,7 +222,7 @@ impl DataPlane {
                             },
                         ),
                 };
-                Some(to_destination(&w, *ip, target))
+                Some(to_destination(&w, *ip, target_port, Some(target.clone())))
             })
             .collect();
         if endpoints.is_empty() {
@@ -322,11 +326,13 @@ impl DataPlane {
             OutboundRoute::Hbone {
                 next_hop,
                 authority,
-                identity,
+                identities,
+                service_host,
             } => {
+                let identity = identities.first().cloned().unwrap_or_default();
                 let mut rec = ConnRecord::new(Direction::Outbound, Security::Mtls, peer, authority)
                     .identities(src_identity, identity.clone());
-                rec.peer_identity = identity.clone();
+                rec.peer_identity = identity;
                 let Some(local) = local else {
                     self.connection_failed(
                         &rec,
@@ -337,8 +343,13 @@ impl DataPlane {
                     );
                     return;
                 };
-                self.hbone_outbound(&pod, &local, stream, next_hop, authority, &identity, rec)
-                    .await;
+                let target = HboneTarget {
+                    next_hop,
+                    authority,
+                    identities,
+                    service_host,
+                };
+                self.hbone_outbound(&pod, &local, stream, target, rec).await;
             }
         }
     }
@@ -356,15 +367,12 @@ impl DataPlane {
         self.splice(rec, stream, upstream).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn hbone_outbound(
         &self,
         pod: &Pod,
         local: &Workload,
         stream: TcpStream,
-        next_hop: SocketAddr,
-        authority: SocketAddr,
-        expected: &str,
+        target: HboneTarget,
         mut rec: ConnRecord,
     ) {
         let Some(state) = self.pod_state(&pod.info.uid) else {
@@ -373,17 +381,38 @@ impl DataPlane {
                 &Failure::new("pod gone", "no HBONE state for the pod"),
             );
         };
-        let (source, expected_id) = match (spiffe_of(&local.identity()), SpiffeId::new(expected)) {
-            (Ok(s), Ok(e)) => (s, e),
-            (Err(e), _) | (_, Err(e)) => {
-                return self.connection_failed(&rec, &Failure::new("bad identity", e));
-            }
+        let source = match spiffe_of(&local.identity()) {
+            Ok(s) => s,
+            Err(e) => return self.connection_failed(&rec, &Failure::new("bad identity", e)),
         };
-        let source_ip = local.addresses.first().copied();
-        let key = PoolKey::new(source, [expected_id], next_hop, source_ip);
-        let request = match Authority::from_socket_addr(authority) {
+        // The workload's own identity must be usable; a service's alternative name that is
+        // not a SPIFFE ID only narrows what is accepted.
+        let mut expected = Vec::with_capacity(target.identities.len());
+        for (i, id) in target.identities.iter().enumerate() {
+            match SpiffeId::new(id) {
+                Ok(id) => expected.push(id),
+                Err(e) if i == 0 => {
+                    return self.connection_failed(&rec, &Failure::new("bad identity", e));
+                }
+                Err(e) => {
+                    tracing::debug!(san = %id, error = %e, "ignoring a service subject_alt_name that is not a SPIFFE ID");
+                }
+            }
+        }
+        let next_hop = target.next_hop;
+        let source_ip = local
+            .addresses
+            .iter()
+            .find(|ip| ip.is_ipv4() == next_hop.is_ipv4())
+            .copied();
+        let key = PoolKey::new(source, expected, next_hop, source_ip);
+        let mut forwarded = ForwardedElement::for_client(rec.src);
+        if let Some(host) = target.service_host {
+            forwarded = forwarded.with_host(host);
+        }
+        let request = match Authority::from_socket_addr(target.authority) {
             Ok(a) => ConnectRequest::new(a)
-                .with_forwarded(Forwarded::new(ForwardedElement::for_client(rec.src)))
+                .with_forwarded(Forwarded::new(forwarded))
                 .with_baggage(workload_baggage(local))
                 .with_traceparent(TraceParent::random(&mut rand::rng())),
             Err(e) => return self.connection_failed(&rec, &Failure::new("bad authority", e)),
@@ -683,13 +712,28 @@ fn workload_json(w: &Workload) -> serde_json::Value {
     })
 }
 
-fn to_destination(w: &Workload, ip: std::net::IpAddr, port: u16) -> DestinationWorkload {
+fn to_destination(
+    w: &Workload,
+    ip: std::net::IpAddr,
+    port: u16,
+    service: Option<ServiceTarget>,
+) -> DestinationWorkload {
     DestinationWorkload {
         ip,
         port,
         hbone: w.protocol == TunnelProtocol::Hbone,
         identity: w.identity().to_string(),
+        service,
     }
+}
+
+/// Where an outbound HBONE connection goes (see [`OutboundRoute::Hbone`]).
+#[derive(Debug)]
+struct HboneTarget {
+    next_hop: SocketAddr,
+    authority: SocketAddr,
+    identities: Vec<String>,
+    service_host: Option<String>,
 }
 
 /// The attributes of `w` an HBONE peer learns from `baggage` (request: the source workload;
@@ -1605,6 +1649,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn service_subject_alt_names_are_accepted_only_through_the_service() {
+        let mut env = Env::new().await;
+        env.pod("client-1", "shop", "client", [127, 0, 0, 91], true)
+            .await;
+        let mut web = pb_workload("web-0", "shop", "web", [127, 0, 0, 92], true);
+        web.services.insert(
+            "shop/web.shop.svc.cluster.local".into(),
+            pbw::PortList {
+                ports: vec![pbw::Port {
+                    service_port: 80,
+                    target_port: 8080,
+                    app_protocol: 0,
+                }],
+            },
+        );
+        put_workload(&env.store, web);
+        let service = pbw::Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            hostname: "web.shop.svc.cluster.local".into(),
+            addresses: vec![pbw::NetworkAddress {
+                network: String::new(),
+                address: vec![127, 0, 0, 93].into(),
+                length: None,
+            }],
+            ports: vec![pbw::Port {
+                service_port: 80,
+                target_port: 8080,
+                app_protocol: 0,
+            }],
+            subject_alt_names: vec![
+                "not a spiffe id".into(),
+                "spiffe://cluster.local/ns/shop/sa/web-canary".into(),
+            ],
+            ..Default::default()
+        };
+        env.store.insert_address(
+            "shop/web.shop.svc.cluster.local",
+            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+        );
+        // The endpoint presents the service's alternative name, not its own identity.
+        let mut requests = fake_hbone_peer(
+            &env,
+            [127, 0, 0, 92],
+            "spiffe://cluster.local/ns/shop/sa/web-canary",
+            Baggage::new(),
+        )
+        .await;
+
+        // Addressed to the service: accepted; the target port and the service host are sent.
+        let vip = SocketAddr::from(([127, 0, 0, 93], 80));
+        assert_eq!(env.outbound("client-1", vip, b"x").await, b"fake:");
+        let seen = requests.recv().await.unwrap();
+        assert_eq!(
+            seen.authority,
+            Authority::from_socket_addr(SocketAddr::from(([127, 0, 0, 92], 8080))).unwrap()
+        );
+        assert_eq!(
+            seen.forwarded.as_ref().and_then(Forwarded::host),
+            Some("web.shop.svc.cluster.local")
+        );
+
+        // Addressed to the pod: only the pod's own identity is accepted.
+        let direct = SocketAddr::from(([127, 0, 0, 92], 8080));
+        assert_eq!(env.outbound("client-1", direct, b"x").await, b"");
+        assert!(requests.try_recv().is_err());
+        wait_for(|| env.metrics.tls_handshake_failures.get() == 1).await;
+    }
+
+    #[tokio::test]
     async fn connect_checks_on_the_hbone_port() {
         let mut env = Env::new().await;
         env.pod("server-1", "shop", "server", [127, 0, 0, 51], true)
@@ -1753,12 +1867,17 @@ mod tests {
             Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
         );
         let Dispatch(dp) = env.supervisor_dispatch();
-        let web = |port: u16| DestinationWorkload {
+        let web_at = |port: u16, via_service: bool| DestinationWorkload {
             ip: "10.0.0.5".parse().unwrap(),
             port,
             hbone: true,
             identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            service: via_service.then(|| ServiceTarget {
+                hostname: "web.shop.svc.cluster.local".into(),
+                subject_alt_names: Vec::new(),
+            }),
         };
+        let web = |port: u16| web_at(port, true);
         // Port 80: no target in the service, the endpoint maps it to 8080. Only the healthy
         // endpoint is ever chosen.
         for _ in 0..4 {
@@ -1775,7 +1894,7 @@ mod tests {
         // A pod address directly.
         assert_eq!(
             dp.destination("10.0.0.5:9000".parse().unwrap(), ""),
-            Destination::Workload(web(9000))
+            Destination::Workload(web_at(9000, false))
         );
         // Unknown address; another network.
         assert_eq!(

@@ -43,6 +43,18 @@ pub(crate) struct DestinationWorkload {
     pub(crate) hbone: bool,
     /// SPIFFE ID the workload's certificate must carry.
     pub(crate) identity: String,
+    /// The service the connection was addressed to (its VIP), if any.
+    pub(crate) service: Option<ServiceTarget>,
+}
+
+/// The service an outbound connection was addressed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceTarget {
+    /// Host name of the service (sent as `forwarded` `host=`).
+    pub(crate) hostname: String,
+    /// Further SPIFFE IDs the endpoint's certificate may carry instead of its own
+    /// (the service's `subject_alt_names`).
+    pub(crate) subject_alt_names: Vec<String>,
 }
 
 /// How to carry one outbound connection.
@@ -53,12 +65,15 @@ pub(crate) enum OutboundRoute {
     /// Plain TCP from the source pod to `dst` (permissive mode: the destination is not enrolled
     /// or not in the mesh).
     Passthrough { dst: SocketAddr },
-    /// HBONE: mutual TLS to `next_hop` (port 15008) verifying `identity`, then
+    /// HBONE: mutual TLS to `next_hop` (port 15008) verifying that the server is one of
+    /// `identities` (the workload's own first, then the service's alternative names), then
     /// `CONNECT authority`.
     Hbone {
         next_hop: SocketAddr,
         authority: SocketAddr,
-        identity: String,
+        identities: Vec<String>,
+        /// Host name of the service the connection was addressed to.
+        service_host: Option<String>,
     },
 }
 
@@ -71,11 +86,22 @@ pub(crate) fn outbound_route(original_dst: SocketAddr, destination: &Destination
     match destination {
         Destination::Unknown => OutboundRoute::Passthrough { dst: original_dst },
         Destination::ServiceWithoutEndpoints => OutboundRoute::Reject("no healthy upstream"),
-        Destination::Workload(w) if w.hbone => OutboundRoute::Hbone {
-            next_hop: SocketAddr::new(w.ip, HBONE_PORT),
-            authority: SocketAddr::new(w.ip, w.port),
-            identity: w.identity.clone(),
-        },
+        Destination::Workload(w) if w.hbone => {
+            let mut identities = vec![w.identity.clone()];
+            if let Some(service) = &w.service {
+                for san in &service.subject_alt_names {
+                    if !identities.contains(san) {
+                        identities.push(san.clone());
+                    }
+                }
+            }
+            OutboundRoute::Hbone {
+                next_hop: SocketAddr::new(w.ip, HBONE_PORT),
+                authority: SocketAddr::new(w.ip, w.port),
+                identities,
+                service_host: w.service.as_ref().map(|s| s.hostname.clone()),
+            }
+        }
         Destination::Workload(w) => OutboundRoute::Passthrough {
             dst: SocketAddr::new(w.ip, w.port),
         },
@@ -152,6 +178,7 @@ mod tests {
             port,
             hbone,
             identity: "spiffe://cluster.local/ns/shop/sa/server".into(),
+            service: None,
         })
     }
 
@@ -163,7 +190,34 @@ mod tests {
             OutboundRoute::Hbone {
                 next_hop: sa("10.10.2.3:15008"),
                 authority: sa("10.10.2.3:8080"),
-                identity: "spiffe://cluster.local/ns/shop/sa/server".into(),
+                identities: vec!["spiffe://cluster.local/ns/shop/sa/server".into()],
+                service_host: None,
+            }
+        );
+    }
+
+    #[test]
+    fn service_addressed_hbone_accepts_the_service_sans() {
+        let Destination::Workload(mut w) = workload("10.10.2.3", 8080, true) else {
+            unreachable!()
+        };
+        w.service = Some(ServiceTarget {
+            hostname: "web.shop.svc.cluster.local".into(),
+            subject_alt_names: vec![
+                "spiffe://cluster.local/ns/shop/sa/web".into(),
+                "spiffe://cluster.local/ns/shop/sa/server".into(),
+            ],
+        });
+        assert_eq!(
+            outbound_route(sa("10.96.0.10:80"), &Destination::Workload(w)),
+            OutboundRoute::Hbone {
+                next_hop: sa("10.10.2.3:15008"),
+                authority: sa("10.10.2.3:8080"),
+                identities: vec![
+                    "spiffe://cluster.local/ns/shop/sa/server".into(),
+                    "spiffe://cluster.local/ns/shop/sa/web".into(),
+                ],
+                service_host: Some("web.shop.svc.cluster.local".into()),
             }
         );
     }
