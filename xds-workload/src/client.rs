@@ -467,7 +467,7 @@ impl<H: DeltaHandler> AdsClient<H> {
             let (reason, delay) = match end {
                 StreamEnd::Establish(status) => {
                     let delay = backoff;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    backoff = backoff.saturating_mul(2).min(self.config.max_backoff);
                     (format!("could not establish the stream: {status}"), delay)
                 }
                 StreamEnd::Status(status) if is_normal_close(&status) => {
@@ -476,7 +476,7 @@ impl<H: DeltaHandler> AdsClient<H> {
                 }
                 StreamEnd::Status(status) => {
                     let delay = backoff;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    backoff = backoff.saturating_mul(2).min(self.config.max_backoff);
                     (format!("stream failed: {status}"), delay)
                 }
                 StreamEnd::Closed => {

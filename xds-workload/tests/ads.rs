@@ -825,3 +825,28 @@ async fn mass_removal_reaches_a_connected_client() {
     client.stop().await;
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_backoff_does_not_overflow() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config = ClientConfig::default();
+    config
+        .node(NodeInfo::new("node-patient"))
+        .backoff(Duration::MAX, Duration::MAX);
+    let mut client = RunningClient::start_with(channel(addr), config);
+    let delay = wait_event(&mut client.events, |e| match e {
+        ClientEvent::Disconnected { retry_in, .. } => Some(*retry_in),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delay, Duration::MAX);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !client.task.is_finished(),
+        "the client must still be waiting"
+    );
+    // Stopping still works while it waits.
+    client.stop().await;
+}
