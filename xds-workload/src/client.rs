@@ -25,8 +25,10 @@ use crate::resource::{
 };
 use crate::store::{StoreBatch, WorkloadStore};
 
-/// gRPC status code sent in `error_detail` of a NACK (`INVALID_ARGUMENT`).
-const NACK_CODE: i32 = 3;
+/// Status code sent in `error_detail` of a NACK: left unset (0), matching the
+/// workload-xDS wire contract; a server recognises a NACK by the presence of
+/// `error_detail`, and its message lists `<name>: <reason>` per rejected resource.
+const NACK_CODE: i32 = 0;
 
 /// The node identity a client announces: `Node.id` and `Node.metadata`.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -351,17 +351,20 @@ async fn bad_resource_is_nacked_while_good_ones_apply() {
     ];
     assert_eq!(server.publish(ADDRESS_TYPE_URL, changes), 4);
 
-    let (node, message) = wait_event(&mut server_events, |e| match e {
+    let (node, code, message) = wait_event(&mut server_events, |e| match e {
         ServerEvent::Nack {
             node_id,
             type_url,
+            code,
             message,
             ..
-        } if type_url == ADDRESS_TYPE_URL => Some((node_id.clone(), message.clone())),
+        } if type_url == ADDRESS_TYPE_URL => Some((node_id.clone(), *code, message.clone())),
         _ => None,
     })
     .await;
     assert_eq!(node, "node-nack");
+    // The NACK is recognised by `error_detail` being present; its code is left unset.
+    assert_eq!(code, 0);
     assert!(
         message.contains("bad-length: addresses: invalid IP address length 5"),
         "{message}"
