@@ -123,8 +123,8 @@ pub use id::{
     IstioIdentity, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
 };
 pub use manager::{
-    CertificateHandle, CertificateManager, CertificateSource, CertificateState, ManagerConfig,
-    ManagerError, Priority,
+    CertificateHandle, CertificateManager, CertificateSource, CertificateState, FetchError,
+    ManagerConfig, ManagerError, Priority,
 };
 pub use service::client::{
     CaClient, CaClientConfig, CaClientError, CsrAndKey, FetchedSvid, Token, make_csr,

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -139,17 +140,27 @@ impl ManagerConfig {
 #[non_exhaustive]
 pub enum ManagerError {
     /// The last fetch failed and no valid certificate is held; a retry is scheduled.
-    #[error("fetching the certificate for {id} failed: {reason}")]
+    #[error("fetching the certificate for {id} failed: {source}")]
     FetchFailed {
         /// The identity.
         id: SpiffeId,
-        /// The source's error, as text.
-        reason: Arc<str>,
+        /// The source's error (downcast it to the [`CertificateSource::Error`] type, for
+        /// example to read the gRPC status of a [`CaClientError`]).
+        #[source]
+        source: FetchError,
     },
     /// The manager has shut down.
     #[error("certificate manager has shut down")]
     Closed,
 }
+
+/// The error of a failed fetch, shared by every holder: the source's own error value.
+pub type FetchError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A certificate source that panicked (the fetch then counts as failed).
+#[derive(Debug, thiserror::Error)]
+#[error("the certificate source panicked")]
+struct SourcePanicked;
 
 /// What holders observe for one identity.
 #[derive(Debug, Clone, Default)]
@@ -158,7 +169,7 @@ pub struct CertificateState {
     /// The valid certificate, if any. Removed when it expires.
     pub certificate: Option<Arc<FetchedSvid>>,
     /// The error of the last fetch, cleared on success.
-    pub last_error: Option<Arc<str>>,
+    pub last_error: Option<FetchError>,
     /// Number of fetches that finished (successfully or not).
     pub attempts: u64,
 }
@@ -446,10 +457,10 @@ impl CertificateHandle {
             if let Some(c) = &s.certificate {
                 return Ok(c.clone());
             }
-            if let Some(reason) = &s.last_error {
+            if let Some(source) = &s.last_error {
                 return Err(ManagerError::FetchFailed {
                     id: self.id.clone(),
-                    reason: reason.clone(),
+                    source: source.clone(),
                 });
             }
             s.attempts
@@ -464,11 +475,11 @@ impl CertificateHandle {
                 return Ok(c.clone());
             }
             if s.attempts > start_attempts
-                && let Some(reason) = &s.last_error
+                && let Some(source) = &s.last_error
             {
                 return Err(ManagerError::FetchFailed {
                     id: self.id.clone(),
-                    reason: reason.clone(),
+                    source: source.clone(),
                 });
             }
         }
@@ -577,7 +588,16 @@ fn step<S: CertificateSource>(shared: &Arc<Shared<S>>) -> Option<Instant> {
 }
 
 async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, generation: u64) {
-    let result = shared.source.fetch(&id).await;
+    // A panicking source must not leave the identity stuck with a fetch that never ends.
+    let result: Result<FetchedSvid, FetchError> =
+        match std::panic::AssertUnwindSafe(shared.source.fetch(&id))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(fetched)) => Ok(fetched),
+            Ok(Err(e)) => Err(Arc::new(e)),
+            Err(_) => Err(Arc::new(SourcePanicked)),
+        };
     let cfg = &shared.config;
     let mut st = shared.lock();
     let st = &mut *st;
@@ -625,10 +645,9 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             let priority = e.queued.map_or(priority, |(p, _)| p.max(priority));
             e.queued = None;
             e.scheduled = Some((at, priority));
-            let reason: Arc<str> = err.to_string().into();
-            tracing::warn!(identity = %id, error = %reason, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
+            tracing::warn!(identity = %id, error = %err, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
             e.state.send_modify(|s| {
-                s.last_error = Some(reason);
+                s.last_error = Some(err);
                 s.attempts += 1;
             });
         }

@@ -380,8 +380,13 @@ async fn manager_fetches_through_the_grpc_client() {
         &id("spiffe://cluster.local/ns/forbidden/sa/x"),
         svid::Priority::OnDemand,
     );
-    assert!(matches!(
-        denied.get().await,
-        Err(svid::ManagerError::FetchFailed { .. })
-    ));
+    let Err(svid::ManagerError::FetchFailed { source, .. }) = denied.get().await else {
+        panic!("a denied identity must fail");
+    };
+    // The source's own error comes through, gRPC status included.
+    let Some(CaClientError::Status(status)) = source.downcast_ref::<CaClientError>() else {
+        panic!("not a CaClientError: {source:?}");
+    };
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(denied.state().last_error.is_some());
 }

@@ -327,3 +327,58 @@ async fn extreme_settings_do_not_break_the_manager() {
     settle().await;
     assert!(h.current().is_some(), "retried after about a second");
 }
+
+/// Panics on its first call, then issues normally.
+struct PanicsOnce {
+    inner: TestSource,
+    panicked: AtomicBool,
+}
+
+impl CertificateSource for PanicsOnce {
+    type Error = Down;
+    async fn fetch(&self, id: &SpiffeId) -> Result<FetchedSvid, Down> {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("test source panics");
+        }
+        self.inner.fetch(id).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_counts_as_a_failed_fetch() {
+    let source = PanicsOnce {
+        inner: TestSource::new(Duration::from_secs(100)),
+        panicked: AtomicBool::new(false),
+    };
+    let mut cfg = ManagerConfig::default();
+    cfg.max_in_flight(1);
+    let mgr = CertificateManager::new(source, cfg);
+    let h = mgr.hold(&id("a"), Priority::OnDemand);
+    let got = tokio::time::timeout(Duration::from_secs(5), h.get())
+        .await
+        .expect("no answer");
+    let Err(ManagerError::FetchFailed { source, .. }) = got else {
+        panic!("{got:?}");
+    };
+    assert!(source.to_string().contains("panicked"), "{source}");
+    assert_eq!(mgr.in_flight(), 0, "the slot is free again");
+    // The retry (after about a second) succeeds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(h.current().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_source_error_is_kept_for_holders() {
+    let source = Arc::new(TestSource::new(Duration::from_secs(100)));
+    source.down.store(true, Ordering::SeqCst);
+    let mgr = CertificateManager::new(source.clone(), ManagerConfig::default());
+    let h = mgr.hold(&id("a"), Priority::OnDemand);
+    let Err(ManagerError::FetchFailed { source: e, .. }) = h.get().await else {
+        panic!("must fail");
+    };
+    assert!(e.downcast_ref::<Down>().is_some(), "{e:?}");
+    let state = h.state();
+    assert!(state.last_error.unwrap().downcast_ref::<Down>().is_some());
+    assert_eq!(state.attempts, 1);
+}
