@@ -390,3 +390,52 @@ async fn manager_fetches_through_the_grpc_client() {
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(denied.state().last_error.is_some());
 }
+
+#[tokio::test]
+async fn token_file_is_read_before_every_request() {
+    let h = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    let mut cfg = token_config();
+    cfg.token(Token::File(path.clone()));
+    let client = client(&h, cfg, None);
+    let want = id("spiffe://cluster.local/ns/default/sa/a");
+    client.fetch(&want).await.unwrap();
+    assert_eq!(
+        h.seen
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .bearer_token
+            .as_deref(),
+        Some(TOKEN),
+        "trailing newline trimmed"
+    );
+    // A rotated token is picked up by the next request.
+    std::fs::write(&path, "rotated").unwrap();
+    let e = client.fetch(&want).await.unwrap_err();
+    assert!(
+        matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unauthenticated),
+        "{e:?}"
+    );
+    assert_eq!(
+        h.seen
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .bearer_token
+            .as_deref(),
+        Some("rotated")
+    );
+    // A missing file is an error that keeps the I/O cause.
+    std::fs::remove_file(&path).unwrap();
+    let e = client.fetch(&want).await.unwrap_err();
+    let CaClientError::Token(io) = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert!(std::error::Error::source(&e).is_some());
+}

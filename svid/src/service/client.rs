@@ -117,7 +117,7 @@ pub enum CaClientError {
     Csr(String),
     /// The token file could not be read.
     #[error("reading the token: {0}")]
-    Token(String),
+    Token(#[source] std::io::Error),
     /// A header name or value is not valid.
     #[error("invalid header {0:?}")]
     Header(String),
@@ -266,8 +266,8 @@ impl CaClient {
                 let path = path.clone();
                 let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
                     .await
-                    .map_err(|e| CaClientError::Token(e.to_string()))?
-                    .map_err(|e| CaClientError::Token(e.to_string()))?;
+                    .map_err(|e| CaClientError::Token(std::io::Error::other(e)))?
+                    .map_err(CaClientError::Token)?;
                 Ok(Some(read.trim().to_owned()))
             }
         }
