@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub event_capacity: usize,
     /// Nonces remembered per stream and type while waiting for an ACK. Default: 16.
     pub outstanding_nonces: usize,
+    /// Distinct type URLs one stream may subscribe to; a stream that asks for more is
+    /// ended with `RESOURCE_EXHAUSTED`, so a client cannot make the server hold
+    /// unbounded per-stream state. Default: 16.
+    pub max_type_urls_per_stream: usize,
     /// HTTP/2 keep-alive PING interval used by the `serve_*` functions. Default: 30 s.
     pub http2_keepalive_interval: Option<Duration>,
     /// HTTP/2 keep-alive PING timeout used by the `serve_*` functions. Default: 10 s.
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             max_decoding_message_size: 64 << 20,
             event_capacity: 1024,
             outstanding_nonces: 16,
+            max_type_urls_per_stream: 16,
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Some(Duration::from_secs(10)),
         }
@@ -73,6 +78,12 @@ impl ServerConfig {
     /// Sets [`ServerConfig::outstanding_nonces`].
     pub fn outstanding_nonces(&mut self, n: usize) -> &mut Self {
         self.outstanding_nonces = n;
+        self
+    }
+
+    /// Sets [`ServerConfig::max_type_urls_per_stream`].
+    pub fn max_type_urls_per_stream(&mut self, n: usize) -> &mut Self {
+        self.max_type_urls_per_stream = n;
         self
     }
 
@@ -653,6 +664,9 @@ pub struct AdsService {
     shared: Arc<Shared>,
 }
 
+/// How long a stream ended by the server waits to hand its final status to tonic.
+const END_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Response stream of one Delta ADS call.
 pub type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
@@ -828,7 +842,7 @@ impl StreamState {
                         break;
                     }
                     request = requests.next() => {
-                        if !self.on_request(request) {
+                        if !self.on_request(request, &tx).await {
                             break;
                         }
                     }
@@ -847,7 +861,7 @@ impl StreamState {
                         break;
                     }
                     request = requests.next() => {
-                        if !self.on_request(request) {
+                        if !self.on_request(request, &tx).await {
                             break;
                         }
                     }
@@ -872,12 +886,21 @@ impl StreamState {
     }
 
     /// Handles one inbound item; returns whether the stream goes on.
-    fn on_request(&mut self, request: Option<Result<DeltaDiscoveryRequest, Status>>) -> bool {
+    async fn on_request(
+        &mut self,
+        request: Option<Result<DeltaDiscoveryRequest, Status>>,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> bool {
         match request {
-            Some(Ok(request)) => {
-                self.handle(request);
-                true
-            }
+            Some(Ok(request)) => match self.handle(request) {
+                Ok(()) => true,
+                Err(status) => {
+                    tracing::warn!(stream = self.id, node = %self.node_id, %status, "ending delta ADS stream");
+                    // Bounded: a client that reads nothing more must not hold the task.
+                    let _ = tokio::time::timeout(END_STATUS_TIMEOUT, tx.send(Err(status))).await;
+                    false
+                }
+            },
             Some(Err(status)) => {
                 tracing::debug!(stream = self.id, node = %self.node_id, %status, "delta ADS request stream failed");
                 false
@@ -941,7 +964,7 @@ impl StreamState {
         })
     }
 
-    fn handle(&mut self, request: DeltaDiscoveryRequest) {
+    fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
         if self.node_id.is_empty()
             && let Some(node) = &request.node
             && !node.id.is_empty()
@@ -955,11 +978,17 @@ impl StreamState {
         }
         if request.type_url.is_empty() {
             tracing::warn!(stream = self.id, node = %self.node_id, "delta ADS request without type URL ignored");
-            return;
+            return Ok(());
         }
         let index = match self.subs.iter().position(|(t, _)| *t == request.type_url) {
             Some(i) => i,
             None => {
+                if self.subs.len() >= self.shared.config.max_type_urls_per_stream {
+                    return Err(Status::resource_exhausted(format!(
+                        "more than {} type URLs on one stream",
+                        self.shared.config.max_type_urls_per_stream
+                    )));
+                }
                 // First request for this type: legacy wildcard when it names nothing.
                 let sub = Subscription {
                     wildcard: request.resource_names_subscribe.is_empty(),
@@ -972,7 +1001,7 @@ impl StreamState {
             }
         };
         let Some((type_url, sub)) = self.subs.get_mut(index) else {
-            return;
+            return Ok(());
         };
         if !request.response_nonce.is_empty() {
             match sub
@@ -1035,6 +1064,7 @@ impl StreamState {
                 sub.known.remove(&name);
             }
         }
+        Ok(())
     }
 }
 

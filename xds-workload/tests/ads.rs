@@ -853,3 +853,40 @@ async fn huge_backoff_does_not_overflow() {
     // Stopping still works while it waits.
     client.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cannot_subscribe_to_unbounded_type_urls() {
+    let mut config = ServerConfig::default();
+    config.max_type_urls_per_stream(2);
+    let server = AdsServer::new(config);
+    publish_workloads(&server, 0..3);
+    let running = RunningServer::start(&server).await;
+    let mut grpc = AggregatedDiscoveryServiceClient::new(channel(running.addr));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, "type.example/a"] {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut inbound = grpc
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = settle(async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(response)) => assert_ne!(response.type_url, "type.example/a"),
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    drop(tx);
+    running.shutdown().await;
+}
