@@ -728,3 +728,157 @@ fn extreme_lifetimes_are_cut_or_refused_without_panicking() {
         CaError::ValidityOutOfRange
     );
 }
+
+#[test]
+fn trust_domains_policy_accepts_listed_domains_only() {
+    // Three trust domains, each with its own CA, all trusted for path validation.
+    let cas: Vec<_> = ["a.org", "b.org", "c.org"].iter().map(|d| ca(d)).collect();
+    let roots: TrustBundleSet = cas.iter().map(|c| c.bundle()).collect();
+    let policy = IdentityPolicy::TrustDomains([td("a.org"), td("b.org")].into_iter().collect());
+    assert!(policy.allows(&id("spiffe://a.org/x")));
+    assert!(!policy.allows(&id("spiffe://c.org/x")));
+    let srv = server_verifier(roots.clone(), policy.clone());
+    let cli = client_verifier(roots.clone(), policy);
+    for (ca, allowed) in cas.iter().zip([true, true, false]) {
+        let who = SpiffeId::from_path(ca.trust_domain(), "/ns/default/sa/w").unwrap();
+        let svid = ca.issue(&who, Duration::from_secs(600)).unwrap();
+        for got in [
+            srv.verify_peer(svid.leaf(), &[], now()),
+            cli.verify_peer(svid.leaf(), &[], now()),
+        ] {
+            if allowed {
+                assert_eq!(got.unwrap(), who);
+            } else {
+                assert!(
+                    matches!(got, Err(PeerVerifyError::IdentityNotAllowed { .. })),
+                    "{got:?}"
+                );
+            }
+        }
+    }
+    // An empty list would reject everyone: refused at build time.
+    assert_eq!(
+        SpiffeServerVerifier::builder(provider::default())
+            .roots(roots)
+            .policy(IdentityPolicy::TrustDomains(Default::default()))
+            .build_server_verifier()
+            .unwrap_err(),
+        VerifierBuilderError::EmptyPolicy
+    );
+}
+
+/// Runs a handshake in memory and returns how it went on the client side.
+fn handshake_kind(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    server: &std::sync::Arc<rustls::ServerConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let name = rustls_pki_types::ServerName::try_from("0.0.0.0").unwrap();
+    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+    // A few extra rounds let the server's session tickets (if any) reach the client.
+    for _ in 0..6 {
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    c.handshake_kind()
+}
+
+#[test]
+fn data_plane_configs_never_resume_sessions() {
+    let ca = ca("cluster.local");
+    let roots = TrustBundleSet::from(ca.bundle());
+    let client_svid = ca.issue(&id(ALICE), Duration::from_secs(600)).unwrap();
+    let server_svid = ca.issue(&id(BOB), Duration::from_secs(600)).unwrap();
+    let client = client_config(
+        provider::default(),
+        &client_svid,
+        &roots,
+        IdentityPolicy::exact([id(BOB)]),
+    )
+    .unwrap();
+    let server = server_config(
+        provider::default(),
+        &server_svid,
+        &roots,
+        IdentityPolicy::SameTrustDomain(td("cluster.local")),
+    )
+    .unwrap();
+    assert_eq!(server.send_tls13_tickets, 0);
+
+    // Control: with rustls' usual resumption settings the second handshake resumes, so the
+    // check below can tell the difference.
+    let mut resuming_client = client.clone();
+    resuming_client.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let mut resuming_server = server.clone();
+    resuming_server.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    resuming_server.send_tls13_tickets = 2;
+    let (rc, rs) = (
+        std::sync::Arc::new(resuming_client),
+        std::sync::Arc::new(resuming_server),
+    );
+    assert_eq!(handshake_kind(&rc, &rs), Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        handshake_kind(&rc, &rs),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+
+    let (c, s) = (std::sync::Arc::new(client), std::sync::Arc::new(server));
+    for _ in 0..3 {
+        assert_eq!(handshake_kind(&c, &s), Some(rustls::HandshakeKind::Full));
+    }
+}
+
+#[test]
+fn issued_keys_and_signatures_are_ecdsa_p256() {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+    };
+    use x509_parser::prelude::FromDer as _;
+    let ca = ca("cluster.local");
+    let svid = ca.issue(&id(ALICE), Duration::from_secs(600)).unwrap();
+    let from_csr = ca
+        .sign_csr(&test_csr(ALICE), &id(ALICE), Duration::from_secs(600))
+        .unwrap();
+    let csr_leaf = svid::certs_from_pem(from_csr[0].as_bytes()).unwrap();
+    for der in [svid.leaf(), &csr_leaf[0], ca.root()] {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+        let spki = cert.public_key();
+        assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap();
+        assert_eq!(curve, OID_EC_P256);
+        assert_eq!(
+            cert.signature_algorithm.algorithm,
+            OID_SIG_ECDSA_WITH_SHA256
+        );
+    }
+    // The client's CSR key too.
+    let csr = make_csr(&id(ALICE)).unwrap();
+    let der = CertificateSigningRequestDer::from_pem_slice(csr.csr_pem.as_bytes()).unwrap();
+    let (_, parsed) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .unwrap();
+    let spki = &parsed.certification_request_info.subject_pki;
+    assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
+    assert_eq!(
+        spki.algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap(),
+        OID_EC_P256
+    );
+}
