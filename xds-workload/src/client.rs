@@ -573,17 +573,20 @@ impl<H: DeltaHandler> AdsClient<H> {
             resources: &response.resources,
             removed: &response.removed_resources,
         });
-        let rejected_names: HashSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
-        let retained = self.retained.entry(response.type_url.clone()).or_default();
-        for name in &response.removed_resources {
-            retained.remove(name);
-        }
-        for resource in &response.resources {
-            if !rejected_names.contains(resource.name.as_str()) {
-                retained.insert(resource.name.clone(), resource.version.clone());
+        // Versions are kept only for the types this client subscribes to (they are sent
+        // back on reconnect); a server pushing other types cannot grow this map.
+        if self.config.type_urls.contains(&response.type_url) {
+            let rejected_names: HashSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+            let retained = self.retained.entry(response.type_url.clone()).or_default();
+            for name in &response.removed_resources {
+                retained.remove(name);
+            }
+            for resource in &response.resources {
+                if !rejected_names.contains(resource.name.as_str()) {
+                    retained.insert(resource.name.clone(), resource.version.clone());
+                }
             }
         }
-        drop(rejected_names);
 
         if self.config.type_urls.contains(&response.type_url)
             && self.synced_types.insert(response.type_url.clone())
@@ -685,6 +688,33 @@ mod tests {
         assert!(!is_normal_close(&Status::unavailable("connection refused")));
         assert!(!is_normal_close(&Status::internal("x")));
         assert!(!is_normal_close(&Status::permission_denied("x")));
+    }
+
+    #[tokio::test]
+    async fn versions_are_retained_only_for_subscribed_types() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let mut client = AdsClient::new(ClientConfig::default(), channel, |_: DeltaUpdate<'_>| {
+            Vec::new()
+        })
+        .unwrap();
+        let resource = |name: &str| Resource {
+            name: name.to_owned(),
+            version: "v1".to_owned(),
+            ..Default::default()
+        };
+        for (type_url, name) in [(ADDRESS_TYPE_URL, "a"), ("type.example/Other", "b")] {
+            let ack = client.on_response(DeltaDiscoveryResponse {
+                type_url: type_url.to_owned(),
+                nonce: "n".to_owned(),
+                resources: vec![resource(name)],
+                ..Default::default()
+            });
+            // Every response is acknowledged, known type or not.
+            assert_eq!(ack.type_url, type_url);
+            assert!(ack.error_detail.is_none());
+        }
+        assert_eq!(client.retained.len(), 1);
+        assert_eq!(client.retained[ADDRESS_TYPE_URL]["a"], "v1");
     }
 
     #[tokio::test]
