@@ -338,6 +338,12 @@ pub enum ClientEvent {
 }
 
 /// Becomes true once the first response of every subscribed type has been applied.
+///
+/// A response counts as applied even when some of its resources were rejected (and
+/// NACKed): the accepted ones are in the store, so one bad resource does not keep the
+/// proxy from becoming ready. Callers that want readiness only after a clean ACK can
+/// watch [`ClientEvent::Applied`] and its `rejected` list instead. The signal never goes
+/// back to false.
 #[derive(Debug, Clone)]
 pub struct SyncedSignal(watch::Receiver<bool>);
 
