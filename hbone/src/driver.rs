@@ -12,6 +12,15 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::Http2Config;
 
+/// `now + d`, or about 30 years from now when that does not fit an `Instant`: settings
+/// are the caller's, and a huge duration means "never" rather than a panic.
+pub(crate) fn deadline_after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// PING keepalive: one PING every `interval`, the connection is dead when a PONG does
 /// not come back within `timeout`. Optionally sends a first PING at once and reports
 /// its PONG (`probe`): the peer's SETTINGS precede that PONG on the wire, so after
@@ -44,9 +53,9 @@ impl Keepalive {
         let now = Instant::now();
         let first = match (&probe, config.keepalive_interval) {
             (Some(_), _) => now,
-            (None, Some(i)) => now + i,
+            (None, Some(i)) => deadline_after(now, i),
             // Never fires: nothing to send.
-            (None, None) => now + Duration::from_secs(86_400 * 365),
+            (None, None) => deadline_after(now, Duration::MAX),
         };
         Self {
             ping_pong,
@@ -72,7 +81,7 @@ impl Keepalive {
                             probe();
                         }
                         match self.interval {
-                            Some(i) => self.timer.as_mut().reset(Instant::now() + i),
+                            Some(i) => self.timer.as_mut().reset(deadline_after(Instant::now(), i)),
                             None => self.ping_pong = None,
                         }
                         continue;
@@ -98,7 +107,9 @@ impl Keepalive {
                 return Poll::Pending;
             }
             self.outstanding = true;
-            self.timer.as_mut().reset(Instant::now() + self.timeout);
+            self.timer
+                .as_mut()
+                .reset(deadline_after(Instant::now(), self.timeout));
         }
     }
 }

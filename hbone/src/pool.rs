@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::client::{ClientError, h2_handshake, open_stream, tls_connect};
 use crate::config::PoolConfig;
-use crate::driver::ClientExit;
+use crate::driver::{ClientExit, deadline_after};
 use crate::request::ConnectRequest;
 use crate::tunnel::Tunnel;
 
@@ -657,11 +657,12 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         tokio::spawn(async move {
             let mut evicted = false;
             let exit = loop {
-                let deadline = if shared.active.load(Ordering::Acquire) == 0 {
-                    *shared.last_used() + idle
+                let since = if shared.active.load(Ordering::Acquire) == 0 {
+                    *shared.last_used()
                 } else {
-                    Instant::now() + idle
+                    Instant::now()
                 };
+                let deadline = deadline_after(since, idle);
                 tokio::select! {
                     exit = &mut driver => break exit,
                     () = tokio::time::sleep_until(deadline), if !evicted => {

@@ -391,3 +391,55 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
     );
     assert_eq!(f.state.handled.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn extreme_timer_settings_work_instead_of_panicking() {
+    // "Never" spelled as the largest Duration, on both ends.
+    let mut sc = hbone::ServeConfig::default();
+    sc.http2.keepalive_interval = Some(Duration::MAX);
+    sc.http2.keepalive_timeout = Duration::MAX;
+    sc.handshake_timeout = Duration::MAX;
+    let f = Fixture::start_with(sc).await;
+    let mut pc = PoolConfig::default();
+    pc.http2.keepalive_interval = Some(Duration::MAX);
+    pc.http2.keepalive_timeout = Duration::MAX;
+    pc.idle_timeout = Duration::MAX;
+    pc.connect_timeout = Duration::MAX;
+    pc.handshake_timeout = Duration::MAX;
+    let pool = f.pool(pc);
+    for _ in 0..2 {
+        let mut t = pool
+            .connect(&f.key(), &Fixture::request(PORT_ECHO))
+            .await
+            .unwrap();
+        t.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        t.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        drop(t);
+        // Let the connection task see the tunnel go (it computes the idle deadline then).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = pool.stats();
+    assert_eq!((s.opened, s.reused, s.closed), (1, 1, 0), "{s:?}");
+    // Keepalive without a timeout bound on an unpooled connection too.
+    let tls = svid::client_config(
+        provider(),
+        &f.pki.svid(&f.client_id),
+        &f.pki.roots,
+        svid::IdentityPolicy::exact([f.server_id.clone()]),
+    )
+    .unwrap();
+    let mut h2 = Http2Config::default();
+    h2.keepalive_interval = Some(Duration::MAX);
+    h2.keepalive_timeout = Duration::MAX;
+    let tcp = TcpStream::connect(f.addr).await.unwrap();
+    let conn = ClientConnection::connect(tcp, std::sync::Arc::new(tls), &h2)
+        .await
+        .unwrap();
+    let mut t = conn.open(&Fixture::request(PORT_ECHO)).await.unwrap();
+    t.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    t.read_exact(&mut b).await.unwrap();
+    assert!(!conn.is_closed());
+}
