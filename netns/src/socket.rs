@@ -358,6 +358,10 @@ mod tests {
 
     #[test]
     fn listener_options_are_applied() {
+        // SO_MARK and IP_TRANSPARENT need CAP_NET_ADMIN.
+        let Some(_p) = testbed::require_privileged("listener_options_are_applied") else {
+            return;
+        };
         let mut opts = ListenerOptions::new();
         opts.mark(0x539).reuse_port(true).transparent(true);
         let l = bind_listener((Ipv4Addr::LOCALHOST, 0).into(), &opts).unwrap();
@@ -372,6 +376,10 @@ mod tests {
 
     #[test]
     fn outbound_socket_binds_source_and_marks() {
+        // SO_MARK needs CAP_NET_ADMIN.
+        let Some(_p) = testbed::require_privileged("outbound_socket_binds_source_and_marks") else {
+            return;
+        };
         let mut opts = SocketOptions::new();
         opts.mark(0x539).source("127.0.0.1:0".parse().unwrap());
         let s = outbound_socket("127.0.0.1:9".parse().unwrap(), &opts).unwrap();

@@ -350,13 +350,14 @@ mod tests {
         let nf = Netfilter::new(
             SystemExecutor,
             Tools {
-                iptables: "meshwire-no-such-iptables".to_owned(),
+                // An absolute path: "not found" whatever PATH holds or permits.
+                iptables: "/nonexistent/meshwire-no-such-iptables".to_owned(),
                 ..Tools::default()
             },
         );
         let err = nf.detect_backend().unwrap_err();
         assert!(
-            matches!(&err, RulesError::ToolMissing { program } if program == "meshwire-no-such-iptables"),
+            matches!(&err, RulesError::ToolMissing { program } if program == "/nonexistent/meshwire-no-such-iptables"),
             "{err}"
         );
         assert!(err.to_string().contains("not found"));
