@@ -137,11 +137,26 @@ async fn half_close_from_server() {
     let (_, n) = hash_reader(t.recv_half()).await.unwrap();
     assert_eq!(n, DOWNLOAD_LEN);
     // Our side is still open: the server keeps reading until our EOF.
-    t.write_all(&[7u8; 100_000]).await.unwrap();
+    let data = [7u8; 100_000];
+    t.write_all(&data).await.unwrap();
     t.shutdown().await.unwrap();
-    // Give the handler time to finish reading; the stream then closes cleanly.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(f.state.counts.max_per_connection(), 1);
+    let expect = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(got) = f.state.received.lock().unwrap().first() {
+            assert_eq!(
+                got,
+                &(expect, 100_000),
+                "what the server read after its half-close"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server never saw our EOF"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]

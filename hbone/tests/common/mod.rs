@@ -123,6 +123,8 @@ pub struct HandlerState {
     pub parked: Mutex<Vec<hbone::Tunnel>>,
     pub peers: Mutex<Vec<SpiffeId>>,
     pub requests: Mutex<Vec<ConnectRequest>>,
+    /// What `PORT_DOWNLOAD` tunnels received after their half-close: (SHA-256 hex, bytes).
+    pub received: Mutex<Vec<(String, u64)>>,
 }
 
 pub type TestServer = Server<
@@ -174,7 +176,9 @@ pub fn handler(
                         t.accept().unwrap()
                     };
                     state.counts.enter(peer);
-                    let _ = serve_tunnel(port, &mut tunnel).await;
+                    if let Ok(Some(received)) = serve_tunnel(port, &mut tunnel).await {
+                        state.received.lock().unwrap().push(received);
+                    }
                     state.counts.exit(peer);
                 }
             }
@@ -182,19 +186,22 @@ pub fn handler(
     })
 }
 
-async fn serve_tunnel(port: u16, tunnel: &mut hbone::Tunnel) -> std::io::Result<()> {
+/// Serves one accepted tunnel; `PORT_DOWNLOAD` returns what it read after its half-close.
+async fn serve_tunnel(
+    port: u16,
+    tunnel: &mut hbone::Tunnel,
+) -> std::io::Result<Option<(String, u64)>> {
     match port {
         PORT_HASH => {
             let (h, n) = hash_reader(tunnel.recv_half()).await?;
             tunnel.write_all(format!("{h} {n}").as_bytes()).await?;
-            tunnel.shutdown().await
+            tunnel.shutdown().await?;
+            Ok(None)
         }
         PORT_DOWNLOAD => {
             write_pattern(tunnel.send_half(), DOWNLOAD_LEN).await?;
             tunnel.shutdown().await?;
-            let (h, n) = hash_reader(tunnel.recv_half()).await?;
-            assert!(n < u64::MAX && !h.is_empty());
-            Ok(())
+            hash_reader(tunnel.recv_half()).await.map(Some)
         }
         _ => {
             let mut buf = vec![0u8; 64 * 1024];
@@ -205,7 +212,8 @@ async fn serve_tunnel(port: u16, tunnel: &mut hbone::Tunnel) -> std::io::Result<
                 }
                 tunnel.write_all(&buf[..n]).await?;
             }
-            tunnel.shutdown().await
+            tunnel.shutdown().await?;
+            Ok(None)
         }
     }
 }
