@@ -235,6 +235,29 @@ impl DataPlane {
             .map_or(Destination::ServiceWithoutEndpoints, Destination::Workload)
     }
 
+    /// The application port behind `host:port` when `host` is a service `local` is an
+    /// endpoint of (a service of the pod's own namespace first): the endpoint's own mapping
+    /// of the service port, else the service's target port. `None` when neither names one.
+    fn service_target_port(&self, local: &Workload, host: &str, port: u16) -> Option<u16> {
+        let (key, endpoint_ports) = local
+            .services
+            .iter()
+            .filter(|(k, _)| k.hostname.eq_ignore_ascii_case(host))
+            .min_by_key(|(k, _)| k.namespace != local.namespace)?;
+        let mapped = |ports: &[xds_workload::Port]| {
+            ports
+                .iter()
+                .find(|p| p.service_port == port && p.target_port != 0)
+                .map(|p| p.target_port)
+        };
+        mapped(endpoint_ports).or_else(|| {
+            let service = self
+                .store
+                .service_by_hostname(&key.namespace, &key.hostname)?;
+            mapped(&service.ports)
+        })
+    }
+
     fn connection_failed(&self, rec: &ConnRecord, failure: &Failure) {
         self.metrics
             .connection_failed(rec.direction, failure.reason);
@@ -525,25 +548,39 @@ impl DataPlane {
             );
         };
         rec.destination_identity = local.identity().to_string();
-        let target = match authority.socket_addr() {
-            Some(a) => match routing::inbound_target(a, local_addr) {
-                Ok(t) => t,
-                Err(refusal) => {
-                    tunnel.reject(if refusal.status() == 400 {
-                        Rejection::BadRequest
-                    } else {
-                        Rejection::ServiceUnavailable
-                    });
-                    rec.dst = a;
-                    return self
-                        .connection_failed(&rec, &Failure::new("refused", refusal.reason()));
+        // An IP authority names the application directly; a host-name authority names a
+        // service this pod is an endpoint of, and its port is mapped like the service maps it.
+        let requested = match (authority.socket_addr(), authority.host()) {
+            (Some(a), _) => a,
+            (None, Some(host)) => match self.service_target_port(&local, host, authority.port()) {
+                Some(port) => SocketAddr::new(local_addr.ip(), port),
+                None => {
+                    tunnel.reject(Rejection::ServiceUnavailable);
+                    return self.connection_failed(
+                        &rec,
+                        &Failure::new(
+                            "refused",
+                            format!("{authority} is not a service port of this pod's workload"),
+                        ),
+                    );
                 }
             },
-            None => {
-                // Host-name authorities address services through waypoints; not served here.
-                tunnel.reject(Rejection::ServiceUnavailable);
+            (None, None) => {
+                tunnel.reject(Rejection::BadRequest);
                 return self
-                    .connection_failed(&rec, &Failure::new("refused", "host-name authority"));
+                    .connection_failed(&rec, &Failure::new("refused", "unusable authority"));
+            }
+        };
+        let target = match routing::inbound_target(requested, local_addr) {
+            Ok(t) => t,
+            Err(refusal) => {
+                tunnel.reject(if refusal.status() == 400 {
+                    Rejection::BadRequest
+                } else {
+                    Rejection::ServiceUnavailable
+                });
+                rec.dst = requested;
+                return self.connection_failed(&rec, &Failure::new("refused", refusal.reason()));
             }
         };
         rec.dst = target;
@@ -1762,7 +1799,7 @@ mod tests {
             .local_addr()
             .unwrap();
         assert_eq!(status(conn.open(&req(closed)).await), Some(503));
-        // A host name authority: 503 (no waypoints here).
+        // A host name of no service of this pod: 503.
         let host =
             ConnectRequest::new(Authority::from_host("server.shop.svc.cluster.local", 80).unwrap());
         assert_eq!(status(conn.open(&host).await), Some(503));
@@ -1773,6 +1810,100 @@ mod tests {
         let mut got = Vec::new();
         tunnel.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"server-1:ok");
+    }
+
+    #[tokio::test]
+    async fn host_name_authorities_reach_the_service_target_port() {
+        let mut env = Env::new().await;
+        let app = echo_app([127, 0, 0, 101], "web-0:").await;
+        let mut web = pb_workload("web-0", "shop", "web", [127, 0, 0, 101], true);
+        // Port 80 is mapped by the endpoint; 443 by the service; 9000 by nobody.
+        web.services.insert(
+            "shop/web.shop.svc.cluster.local".into(),
+            pbw::PortList {
+                ports: vec![
+                    pbw::Port {
+                        service_port: 80,
+                        target_port: u32::from(app.port()),
+                        app_protocol: 0,
+                    },
+                    pbw::Port {
+                        service_port: 443,
+                        target_port: 0,
+                        app_protocol: 0,
+                    },
+                ],
+            },
+        );
+        let service = pbw::Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            hostname: "web.shop.svc.cluster.local".into(),
+            ports: vec![
+                pbw::Port {
+                    service_port: 443,
+                    target_port: u32::from(app.port()),
+                    app_protocol: 0,
+                },
+                pbw::Port {
+                    service_port: 9000,
+                    target_port: 0,
+                    app_protocol: 0,
+                },
+                pbw::Port {
+                    service_port: 15008,
+                    target_port: 15008,
+                    app_protocol: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        env.store.insert_address(
+            "shop/web.shop.svc.cluster.local",
+            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+        );
+        env.pod("web-0", "shop", "web", [127, 0, 0, 101], true)
+            .await;
+        // The pod's workload again, now as an endpoint of the service.
+        put_workload(&env.store, web);
+        let hbone_addr = env.listener("web-0", ListenerKind::InboundHbone);
+        let conn = raw_client(
+            &env.ca,
+            CLIENT_ID,
+            "spiffe://cluster.local/ns/shop/sa/web",
+            hbone_addr,
+        )
+        .await
+        .unwrap();
+        let to =
+            |host: &str, port: u16| ConnectRequest::new(Authority::from_host(host, port).unwrap());
+        for port in [80, 443] {
+            let mut tunnel = conn
+                .open(&to("web.shop.svc.cluster.local", port))
+                .await
+                .unwrap();
+            tunnel.write_all(b"hi").await.unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            tunnel.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"web-0:hi", "service port {port}");
+        }
+        let status = |r: Result<hbone::Tunnel, ClientError>| {
+            r.err().and_then(|e| e.status()).map(|s| s.as_u16())
+        };
+        // No mapping for the port, another service, a proxy port: 503.
+        assert_eq!(
+            status(conn.open(&to("web.shop.svc.cluster.local", 9000)).await),
+            Some(503)
+        );
+        assert_eq!(
+            status(conn.open(&to("db.shop.svc.cluster.local", 80)).await),
+            Some(503)
+        );
+        assert_eq!(
+            status(conn.open(&to("web.shop.svc.cluster.local", 15008)).await),
+            Some(503)
+        );
     }
 
     #[tokio::test]
