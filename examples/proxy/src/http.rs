@@ -169,7 +169,9 @@ pub(crate) async fn serve(listener: TcpListener, endpoint: Endpoint, stop: Cance
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, ?endpoint, "accept failed");
+                    // Out of fds and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, ?endpoint, "accept failed; retrying in 100 ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
