@@ -113,10 +113,32 @@ impl Executor for SystemExecutor {
                 Stdio::null()
             });
         let mut child = cmd.spawn()?;
-        if let (Some(input), Some(mut pipe)) = (&invocation.stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())?;
+        let stdin = child.stdin.take();
+        // Feed standard input from a helper thread while this one collects the output,
+        // so that neither side can block the other on a full pipe; and always reap the
+        // child, also when writing fails.
+        let (written, out) = std::thread::scope(|scope| {
+            let writer = match (&invocation.stdin, stdin) {
+                (Some(input), Some(mut pipe)) => {
+                    // The pipe is closed when the closure returns: the program sees EOF.
+                    Some(scope.spawn(move || pipe.write_all(input.as_bytes())))
+                }
+                _ => None,
+            };
+            let out = child.wait_with_output();
+            let written = writer.map_or(Ok(()), |w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")))
+            });
+            (written, out)
+        });
+        let out = out?;
+        match written {
+            // The program exited without reading all of its input; its status and
+            // standard error say why.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            other => other?,
         }
-        let out = child.wait_with_output()?;
         Ok(CommandOutput {
             status: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -375,6 +397,40 @@ mod tests {
             .unwrap();
         assert_eq!(out.status, Some(3));
         assert_eq!(out.stderr, "oops\n");
+    }
+
+    /// Runs `inv` on a helper thread and fails instead of hanging.
+    fn execute_within(inv: Invocation) -> io::Result<CommandOutput> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(SystemExecutor.execute(&inv));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the executor hung")
+    }
+
+    #[test]
+    fn system_executor_survives_programs_that_ignore_or_outpace_stdin() {
+        let big = "x".repeat(1 << 20);
+        // Exits without reading its input: the status and stderr come back, not EPIPE.
+        let out = execute_within(
+            Invocation::new("sh", ["-c", "echo refused >&2; exit 4"]).with_stdin(big.clone()),
+        )
+        .unwrap();
+        assert_eq!(out.status, Some(4));
+        assert_eq!(out.stderr, "refused\n");
+        // Writes more than a pipe holds before reading its input: no deadlock.
+        let out = execute_within(
+            Invocation::new("sh", ["-c", "head -c 300000 /dev/zero; wc -c"]).with_stdin(big),
+        )
+        .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout.len(), 300_000 + "1048576\n".len());
+        assert!(
+            out.stdout.ends_with("1048576\n"),
+            "{:?}",
+            &out.stdout[300_000..]
+        );
     }
 
     #[test]
