@@ -1061,7 +1061,16 @@ impl Handler for Dispatch {
         let dp = dp.clone();
         let pod = pod.clone();
         tokio::spawn(async move {
-            match dp.local_workload(&pod).await {
+            let found = dp.local_workload(&pod).await;
+            // The pod may have been removed while xDS was awaited; its certificates were
+            // forgotten then and must not be fetched again now.
+            let current = dp
+                .pod_state(&pod.info.uid)
+                .is_some_and(|s| Arc::ptr_eq(&s.pod, &pod));
+            if !current {
+                return;
+            }
+            match found {
                 Some(w) => match spiffe_of(&w.identity()) {
                     Ok(id) => dp.certs.prefetch(&id),
                     Err(e) => {
@@ -1949,6 +1958,41 @@ mod tests {
         // The destination is still HBONE in xDS but nobody serves it: the connection fails.
         assert_eq!(env.outbound("client-1", app, b"2").await, b"");
         assert!(env.metrics_text().contains(&expiry(CLIENT_ID)));
+    }
+
+    #[tokio::test]
+    async fn a_pod_removed_before_its_workload_arrived_fetches_no_certificate() {
+        let env = Env::new().await;
+        let net = Arc::new(TestNet {
+            ip: IpAddr::from([127, 0, 0, 111]),
+            original_dst: Mutex::new(None),
+            routes: env.routes.clone(),
+        });
+        let info = PodInfo {
+            uid: "uid-late".into(),
+            name: "late-1".into(),
+            namespace: "shop".into(),
+            service_account: "late".into(),
+        };
+        env.supervisor.add(info, net).await.unwrap();
+        assert!(env.supervisor.remove("uid-late"));
+        // xDS delivers the workload after the pod is gone (within the lookup timeout).
+        put_workload(
+            &env.store,
+            pb_workload("late-1", "shop", "late", [127, 0, 0, 111], true),
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let held: Vec<_> = env
+            .dp
+            .certs
+            .held()
+            .into_iter()
+            .map(|c| c.identity)
+            .collect();
+        assert!(
+            held.is_empty(),
+            "certificates held for a removed pod: {held:?}"
+        );
     }
 
     #[tokio::test]
