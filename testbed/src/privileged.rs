@@ -16,17 +16,20 @@ pub const SKIP_ENV: &str = "MESHWIRE_SKIP_PRIVILEGED";
 pub struct Privileged {}
 
 /// The tools privileged tests use, with the package that provides each.
-const TOOLS: [(&str, &str, &str); 5] = [
+const TOOLS: [(&str, &str, &str); 7] = [
     ("ip", "-V", "iproute2"),
     ("iptables", "--version", "iptables"),
     ("iptables-save", "--version", "iptables"),
     ("iptables-restore", "--version", "iptables"),
+    ("ip6tables", "--version", "iptables"),
+    ("ip6tables-save", "--version", "iptables"),
     ("ip6tables-restore", "--version", "iptables"),
 ];
 
 /// Checks that this process can build namespaces and change iptables rules: it runs
-/// as root and `ip`, `iptables`, `iptables-save`, `iptables-restore` and
-/// `ip6tables-restore` can be started.
+/// as root and `ip` and the IPv4 and IPv6 iptables tools (`iptables`, `iptables-save`,
+/// `iptables-restore`, `ip6tables`, `ip6tables-save`, `ip6tables-restore`) can be
+/// started.
 pub fn check_privileges() -> Result<(), Error> {
     let euid = nix::unistd::geteuid();
     if !euid.is_root() {
