@@ -54,8 +54,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub(crate) cluster_id: String,
 
-    /// File holding a bearer token for the control plane (re-read per request); if the value is
-    /// not an existing file it is used as the token itself.
+    /// File holding a bearer token for the control plane (re-read per request); a value
+    /// without `/` that names no existing file is used as the token itself.
     #[arg(long = "auth-token-file", env = "AUTH_TOKEN")]
     pub(crate) auth_token: Option<String>,
 

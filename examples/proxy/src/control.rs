@@ -61,8 +61,10 @@ pub(crate) fn channel(
         .with_context(|| format!("control-plane channel to {address}"))
 }
 
-/// Where the bearer token comes from: `AUTH_TOKEN` names a file when it exists (read again
-/// for every request), otherwise it is the token itself.
+/// Where the bearer token comes from: `AUTH_TOKEN` names a file (read again for every
+/// request), unless it contains no `/` and no such file exists: then it is the token itself.
+/// A path whose file does not exist yet (a projected token still being mounted) stays a path,
+/// so it is never sent as a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TokenValue {
     File(PathBuf),
@@ -76,7 +78,7 @@ impl TokenValue {
             return None;
         }
         let path = Path::new(value);
-        Some(if path.is_file() {
+        Some(if value.contains('/') || path.is_file() {
             Self::File(path.to_path_buf())
         } else {
             Self::Literal(value.to_owned())
@@ -172,6 +174,12 @@ mod tests {
         assert_eq!(
             TokenValue::parse(Some("secret")),
             Some(TokenValue::Literal("secret".into()))
+        );
+        assert_eq!(
+            TokenValue::parse(Some("/var/run/secrets/tokens/not-yet-mounted")),
+            Some(TokenValue::File(PathBuf::from(
+                "/var/run/secrets/tokens/not-yet-mounted"
+            )))
         );
         assert_eq!(TokenValue::parse(Some(" ")), None);
         assert_eq!(TokenValue::parse(None), None);
