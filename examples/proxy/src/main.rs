@@ -309,7 +309,11 @@ async fn run_zds(
     });
     match client.run().await {
         Ok(never) => match never {},
-        Err(e) => tracing::error!(error = %e, "ZDS client stopped"),
+        Err(e) => tracing::error!(
+            error = %e,
+            "ZDS client stopped for good: pods already held keep being served, but no pod is \
+             added or removed and the proxy stays not ready until it is restarted"
+        ),
     }
 }
 
