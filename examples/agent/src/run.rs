@@ -41,19 +41,25 @@ fn rule_set(preset: RulesPreset) -> netns::RuleSet {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves when one arrives.
+///
+/// Installed at start-up, so a signal that arrives during the initial pass is handled (after
+/// the pass, with the state file written) instead of killing the process mid-way.
+fn signals() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = signals()?;
     let trust_domain = TrustDomain::new(&args.trust_domain)
         .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
     let settings = Settings {
@@ -254,7 +260,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
     let mut retry = next_retry(&outcome, None, args.reconcile_interval);
-    let stop = signal();
     tokio::pin!(stop);
     let reason = loop {
         let sleep_retry = async {
@@ -264,7 +269,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         let periodic = tokio::select! {
-            s = &mut stop => break s?,
+            s = &mut stop => break s,
             r = cluster_rx.changed() => {
                 if r.is_err() {
                     bail!("workloads watcher stopped");
