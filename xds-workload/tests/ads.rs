@@ -890,3 +890,87 @@ async fn a_stream_cannot_subscribe_to_unbounded_type_urls() {
     drop(tx);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_tls() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // A server certificate for "xds.test" and a client that trusts only it.
+    let certified = rcgen::generate_simple_self_signed(vec!["xds.test".to_owned()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls));
+
+    // The server is handed TLS streams the caller accepted.
+    let server = AdsServer::default();
+    publish_workloads(&server, 0..10);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    let incoming = futures_util::stream::unfold(
+        (listener, acceptor, counted),
+        |(listener, acceptor, counted)| async move {
+            let accepted = match listener.accept().await {
+                Ok((tcp, _)) => acceptor.accept(tcp).await,
+                Err(e) => Err(e),
+            };
+            if accepted.is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((accepted, (listener, acceptor, counted)))
+        },
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            server
+                .serve_with_incoming(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+
+    let channel = Endpoint::from_static("http://xds.test").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("xds.test").expect("a valid name");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }),
+    );
+    let mut config = ClientConfig::default();
+    config.node(NodeInfo::new("node-tls"));
+    let mut client = RunningClient::start_with(channel, config);
+    client.wait_synced().await;
+    assert_eq!(client.store.workload_count(), 10);
+    assert!(handshakes.load(Ordering::Relaxed) >= 1);
+    client.stop().await;
+    let _ = stop.send(());
+    settle(serving).await.unwrap().unwrap();
+}
