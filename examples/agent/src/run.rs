@@ -178,7 +178,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 let ads = ads.clone();
                 async move {
                     shutdown.cancelled().await;
-                    ads.disconnect_all();
+                    // Ends the open xDS streams and refuses new ones, so a proxy that
+                    // reconnects at once cannot hold the graceful shutdown open.
+                    ads.close();
                 }
             };
             let served = tonic::transport::Server::builder()
