@@ -17,10 +17,16 @@ fuzz_target!(|data: &[u8]| {
             TrustDomain::new(id.trust_domain().as_str()).as_ref(),
             Ok(id.trust_domain())
         );
-        assert_eq!(SpiffeId::from_path(id.trust_domain(), id.path()).as_ref(), Ok(&id));
+        assert_eq!(
+            SpiffeId::from_path(id.trust_domain(), id.path()).as_ref(),
+            Ok(&id)
+        );
         if let Some(istio) = id.istio() {
-            let rebuilt =
-                SpiffeId::from_istio(istio.trust_domain(), istio.namespace(), istio.service_account());
+            let rebuilt = SpiffeId::from_istio(
+                istio.trust_domain(),
+                istio.namespace(),
+                istio.service_account(),
+            );
             assert_eq!(rebuilt.as_ref(), Ok(&id));
         }
     }
