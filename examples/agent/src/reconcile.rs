@@ -5,7 +5,8 @@
 //! Enroll: hand the pod to the proxy over ZDS (netns fd) and wait for its ack → install the
 //! redirection rules → advertise the pod as HBONE over xDS. Unenroll runs in reverse: stop
 //! advertising HBONE → remove the rules → ZDS delete (also when the netns is already gone).
-//! A periodic check repairs rule drift and re-sends pods the connected proxy no longer holds.
+//! Every pass re-sends enrolled pods the connected proxy no longer holds (it rejected them
+//! in its snapshot); a periodic check also repairs rule drift.
 //!
 //! The side effects are behind three traits so this ordering logic is tested with fakes; the
 //! real implementations live in `effects`.
@@ -220,8 +221,9 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             .collect()
     }
 
-    /// One pass: unenroll what left, enroll what arrived, publish; with `periodic`, also verify
-    /// and repair the rules of enrolled pods and re-send pods the proxy lost.
+    /// One pass: unenroll what left, enroll what arrived, publish, re-send enrolled pods the
+    /// connected proxy lost; with `periodic`, also verify and repair the rules of enrolled
+    /// pods.
     pub(crate) async fn reconcile(
         &mut self,
         cluster: &Cluster,
@@ -328,9 +330,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
         }
         self.publish(cluster, desired);
 
-        if periodic {
-            self.check(&mut out).await;
-        }
+        self.check(&mut out, periodic).await;
         out
     }
 
@@ -371,8 +371,13 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
         }
     }
 
-    async fn check(&mut self, out: &mut Outcome) {
+    /// Re-sends enrolled pods the connected proxy does not hold; with `verify_rules`, first
+    /// compares their rules with the rule set and repairs drift.
+    async fn check(&mut self, out: &mut Outcome, verify_rules: bool) {
         let held = self.zds.held();
+        if !verify_rules && held.is_none() {
+            return;
+        }
         let enrolled: Vec<LocalPod> = self
             .pods
             .values()
@@ -381,7 +386,12 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             .collect();
         for pod in enrolled {
             let uid = &pod.uid;
-            match self.rules.check(&pod).await {
+            let check = if verify_rules {
+                self.rules.check(&pod).await
+            } else {
+                Ok(RuleCheck::InSync)
+            };
+            match check {
                 Ok(RuleCheck::InSync) => {}
                 Ok(RuleCheck::Drift(what)) => {
                     warn!(pod = %pod.display_name(), %uid, drift = %what, "redirection rules drifted; repairing");
@@ -885,6 +895,27 @@ mod tests {
                 Call::Check("b".into())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn lost_pods_are_resent_on_every_pass_rules_checked_only_periodically() {
+        let (fake, mut r) = setup();
+        fake.world().held = Some(BTreeSet::new());
+        r.reconcile(C, &desired(&["a", "b"]), false).await;
+        fake.take_journal();
+
+        // The proxy's snapshot answer dropped b (e.g. it NACKed it): the pass the snapshot
+        // wakes re-sends it at once, without touching the rules.
+        fake.world().held.as_mut().unwrap().remove("b");
+        let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![publish(&["a", "b"]), Call::Add("b".into())]
+        );
+        assert_eq!(out.resent, vec!["b"]);
+        let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
+        assert_eq!(fake.take_journal(), vec![publish(&["a", "b"])]);
+        assert_eq!(out, Outcome::default());
     }
 
     #[tokio::test]
