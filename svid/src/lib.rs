@@ -100,6 +100,9 @@
 //! - `aws-lc-rs`: additionally the *aws-lc-rs* provider; `provider::aws_lc_rs()`. Additive:
 //!   both may be on, and every TLS function takes the provider as an argument.
 //!
+//! With neither feature the library still builds (without the `provider` constructors);
+//! pass any `CryptoProvider` of your own.
+//!
 //! The CA and CSR code uses rcgen and x509-parser with *ring* regardless of the provider.
 #![forbid(unsafe_code)]
 

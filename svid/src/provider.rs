@@ -6,6 +6,7 @@
 //! cipher suites with AES-GCM only (`TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`),
 //! the provider's default key-exchange groups and signature algorithms.
 
+#[cfg(any(feature = "ring", feature = "aws-lc-rs"))]
 use std::sync::Arc;
 
 use rustls::CipherSuite;
@@ -59,7 +60,7 @@ pub fn default() -> Arc<CryptoProvider> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "ring", feature = "aws-lc-rs")))]
 mod tests {
     use super::*;
 
