@@ -93,16 +93,21 @@ pub(crate) struct Cli {
 
     /// Connect to applications with the original client address as source (needs the in-pod
     /// policy routing: connmark 0x111, table 100); falls back to the pod address when the
-    /// kernel refuses.
-    #[arg(long, env = "ENABLE_ORIG_SRC", default_value_t = true, action = clap::ArgAction::Set)]
+    /// kernel refuses. `true` and `auto` both mean: try, and fall back; `false`: never.
+    #[arg(long, env = "ENABLE_ORIG_SRC", default_value = "true", value_parser = parse_orig_src, action = clap::ArgAction::Set, value_name = "true|false|auto")]
     pub(crate) original_source: bool,
 
     /// How long in-flight connections may run after SIGTERM before they are cut.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "CONNECTION_TERMINATION_DEADLINE",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
     pub(crate) drain_timeout: Duration,
 
-    /// Log output format.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    /// Log output format (`plain` is taken as `text`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "plain", "json"])]
     pub(crate) log_format: String,
 }
 
@@ -190,6 +195,16 @@ pub(crate) fn normalize_address(address: &str) -> anyhow::Result<String> {
         bail!("{address:?} has no host");
     }
     Ok(with_scheme.trim_end_matches('/').to_owned())
+}
+
+/// Parses `ENABLE_ORIG_SRC`: `true`/`auto` (try the original source, fall back to the pod
+/// address) or `false`.
+pub(crate) fn parse_orig_src(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "auto" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{other:?}: expected true, false or auto")),
+    }
 }
 
 /// Parses a duration such as `24h`, `90m`, `1h30m`, `10s`, `500ms` or a bare number of seconds.
@@ -308,6 +323,14 @@ mod tests {
         assert_eq!(env_of("auth_token").as_deref(), Some("AUTH_TOKEN"));
         assert_eq!(env_of("packet_mark").as_deref(), Some("PACKET_MARK"));
         assert_eq!(env_of("secret_ttl").as_deref(), Some("SECRET_TTL"));
+        assert_eq!(
+            env_of("original_source").as_deref(),
+            Some("ENABLE_ORIG_SRC")
+        );
+        assert_eq!(
+            env_of("drain_timeout").as_deref(),
+            Some("CONNECTION_TERMINATION_DEADLINE")
+        );
         assert_eq!(env_of("metrics_address"), None);
         assert_eq!(env_of("readiness_address"), None);
         assert_eq!(env_of("admin_address"), None);
@@ -359,6 +382,31 @@ mod tests {
         assert!(bad_scheme.into_config().is_err());
         let blank = parse(&["--node-name", " "]).unwrap();
         assert!(blank.into_config().is_err());
+    }
+
+    #[test]
+    fn original_source_accepts_the_upstream_values() {
+        for (value, want) in [
+            ("auto", true),
+            ("true", true),
+            ("FALSE", false),
+            ("0", false),
+        ] {
+            let cli = parse(&["--node-name", "n", "--original-source", value]).unwrap();
+            assert_eq!(cli.original_source, want, "{value}");
+        }
+        assert!(parse(&["--node-name", "n", "--original-source", "maybe"]).is_err());
+        assert!(parse(&["--node-name", "n"]).unwrap().original_source);
+        let cli = parse(&[
+            "--node-name",
+            "n",
+            "--drain-timeout",
+            "30s",
+            "--log-format",
+            "plain",
+        ])
+        .unwrap();
+        assert_eq!(cli.drain_timeout, Duration::from_secs(30));
     }
 
     #[test]
