@@ -193,6 +193,38 @@ mod tests {
     }
 
     #[test]
+    fn flags_and_env_names_match_the_contract() {
+        let cmd = Args::command();
+        let arg = |long: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("--{long} missing"))
+        };
+        for (long, env) in [
+            ("workloads", "AGENT_WORKLOADS"),
+            ("node-name", "NODE_NAME"),
+            ("trust-domain", "TRUST_DOMAIN"),
+            ("label-key", "MTLS_LABEL_KEY"),
+            ("zds-socket", "ZDS_SOCKET"),
+            ("xds-address", "XDS_LISTEN_ADDRESS"),
+            ("xds-unix-socket", "XDS_UNIX_SOCKET"),
+            ("state-dir", "AGENT_STATE_DIR"),
+            ("ca-cert", "CA_CERT_FILE"),
+            ("ca-key", "CA_KEY_FILE"),
+            ("rules", "RULES_PRESET"),
+            ("reconcile-interval", "RECONCILE_INTERVAL"),
+            ("metrics-address", "AGENT_METRICS_ADDRESS"),
+            ("cluster-id", "CLUSTER_ID"),
+        ] {
+            assert_eq!(
+                arg(long).get_env().and_then(|e| e.to_str()),
+                Some(env),
+                "--{long}"
+            );
+        }
+    }
+
+    #[test]
     fn required_flags_and_pairs() {
         assert!(Args::try_parse_from(["agent", "--node-name", "n1"]).is_err());
         assert!(Args::try_parse_from(["agent", "--workloads", "w"]).is_err());
