@@ -16,7 +16,7 @@ use tokio_seqpacket::UnixSeqpacketListener;
 use tracing::{debug, info, warn};
 
 use crate::client::DEFAULT_SOCKET_PATH;
-use crate::codec::{Request, Response};
+use crate::codec::{Hello, Request, Response};
 use crate::error::{BindError, ZdsError};
 use crate::session::AgentSession;
 use crate::transport::Connection;
@@ -170,7 +170,8 @@ struct State {
     /// Live connections, oldest first.
     conns: Vec<ConnHandle>,
     seeded: bool,
-    parked: Vec<(ConnectionId, Connection)>,
+    /// Connections that said hello while the cache was not seeded yet.
+    parked: Vec<(ConnectionId, Connection, AgentSession)>,
     closed: bool,
 }
 
@@ -198,7 +199,8 @@ impl Shared {
 ///   proxy always converges.
 /// - [`add`](Self::add) goes to the newest connection only, [`del`](Self::del) to all
 ///   of them: during a rolling upgrade the new proxy takes new pods while the old one
-///   keeps serving until its pods are deleted or it exits.
+///   keeps serving until its pods are deleted or it exits. A connection joins (and takes
+///   its snapshot of the cache) when its hello arrives.
 /// - Each connection is served lock-step from its own bounded queue; a request that is
 ///   not answered within the ack timeout closes that connection.
 /// - A misbehaving proxy only loses its own connection.
@@ -265,8 +267,9 @@ impl Server {
     /// same uid), so every later snapshot carries it until [`del`](Self::del). The server
     /// keeps `netns` open until then.
     ///
-    /// If the newest connection is still in its hello or snapshot, the add waits in its
-    /// queue until the snapshot is done. Callers that need an overall deadline wrap the
+    /// A connection counts from its hello on (a peer that connects and stays silent never
+    /// receives adds). If the newest connection is still receiving its snapshot, the add
+    /// waits in its queue until the snapshot is done. Callers that need an overall deadline wrap the
     /// call in `tokio::time::timeout`; the request stays queued and is still delivered.
     ///
     /// Errors: [`ZdsError::Nack`] with the proxy's text; [`ZdsError::NoProxy`] when no
@@ -377,12 +380,13 @@ impl Server {
     pub async fn mark_seeded(&self) {
         let mut state = self.shared.state.lock().await;
         state.seeded = true;
-        for (id, conn) in std::mem::take(&mut state.parked) {
-            start_connection(&self.shared, &mut state, id, conn);
+        for (id, conn, session) in std::mem::take(&mut state.parked) {
+            start_connection(&self.shared, &mut state, id, conn, session);
         }
     }
 
-    /// Number of proxy connections being served (parked ones excluded).
+    /// Number of proxy connections being served: those that said hello (connections
+    /// still waiting for the cache to be seeded are not counted).
     pub async fn connections(&self) -> usize {
         self.shared.state.lock().await.conns.len()
     }
@@ -464,16 +468,7 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: UnixSeqpacketListener) {
                 let conn = Connection::from_socket(socket);
                 info!(%id, "ZDS proxy connected");
                 shared.emit(ServerEvent::Connected { id });
-                let mut state = shared.state.lock().await;
-                if state.closed {
-                    break;
-                }
-                if state.seeded {
-                    start_connection(&shared, &mut state, id, conn);
-                } else {
-                    debug!(%id, "holding snapshot until the cache is seeded");
-                    state.parked.push((id, conn));
-                }
+                tokio::spawn(greet(shared.clone(), id, conn));
             }
             Err(e) => {
                 // Typically EMFILE; do not spin.
@@ -484,10 +479,67 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: UnixSeqpacketListener) {
     }
 }
 
-/// Registers a connection with a snapshot of the cache taken under the same lock, so
-/// every later update reaches it through its queue and every earlier one through the
-/// snapshot.
-fn start_connection(shared: &Arc<Shared>, state: &mut State, id: ConnectionId, conn: Connection) {
+/// Waits for the hello of a new connection, then registers it (or parks it until the
+/// cache is seeded). Until its hello arrives a connection is not eligible for adds, so a
+/// peer that connects and stays silent cannot take them from a working proxy.
+async fn greet(shared: Arc<Shared>, id: ConnectionId, conn: Connection) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut session = AgentSession::new();
+    let hello = tokio::select! {
+        hello = read_hello(&shared, &mut session, &conn) => hello,
+        _ = shutdown.wait_for(|stop| *stop) => {
+            shared.emit(ServerEvent::Disconnected { id, error: None });
+            return;
+        }
+    };
+    match hello {
+        Ok(hello) if !hello.is_v1() => {
+            warn!(%id, version = hello.version(), "proxy announced an unknown ZDS version");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(%id, error = %e, "ZDS proxy connection closed before its hello");
+            shared.emit(ServerEvent::Disconnected { id, error: Some(e) });
+            return;
+        }
+    }
+    let mut state = shared.state.lock().await;
+    if state.closed {
+        drop(state);
+        shared.emit(ServerEvent::Disconnected { id, error: None });
+    } else if state.seeded {
+        start_connection(&shared, &mut state, id, conn, session);
+    } else {
+        debug!(%id, "holding snapshot until the cache is seeded");
+        state.parked.push((id, conn, session));
+    }
+}
+
+/// Reads the first datagram of a connection as its hello, within the hello timeout.
+async fn read_hello(
+    shared: &Shared,
+    session: &mut AgentSession,
+    conn: &Connection,
+) -> Result<Hello, ZdsError> {
+    match tokio::time::timeout(shared.config.hello_timeout, conn.recv()).await {
+        Err(_) => Err(ZdsError::Timeout),
+        Ok(received) => match received? {
+            Some(datagram) => Ok(session.handle_hello(&datagram.bytes, datagram.fds.len())?),
+            None => Err(ZdsError::ConnectionClosed),
+        },
+    }
+}
+
+/// Registers a connection that said hello with a snapshot of the cache taken under the
+/// same lock, so every later update reaches it through its queue and every earlier one
+/// through the snapshot.
+fn start_connection(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    id: ConnectionId,
+    conn: Connection,
+    session: AgentSession,
+) {
     let snapshot: Vec<(String, Cached)> = state
         .cache
         .iter()
@@ -495,19 +547,27 @@ fn start_connection(shared: &Arc<Shared>, state: &mut State, id: ConnectionId, c
         .collect();
     let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
     state.conns.push(ConnHandle { id, tx });
-    tokio::spawn(run_connection(shared.clone(), id, conn, snapshot, rx));
+    tokio::spawn(run_connection(
+        shared.clone(),
+        id,
+        conn,
+        session,
+        snapshot,
+        rx,
+    ));
 }
 
 async fn run_connection(
     shared: Arc<Shared>,
     id: ConnectionId,
     conn: Connection,
+    session: AgentSession,
     snapshot: Vec<(String, Cached)>,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut shutdown = shared.shutdown.clone();
     let result = tokio::select! {
-        result = serve_connection(&shared, id, &conn, snapshot, &mut rx) => result,
+        result = serve_connection(&shared, id, &conn, session, snapshot, &mut rx) => result,
         _ = shutdown.wait_for(|stop| *stop) => Ok(()),
     };
     // Close the queue before taking the lock: a caller blocked on a full queue while
@@ -554,22 +614,10 @@ async fn serve_connection(
     shared: &Shared,
     id: ConnectionId,
     conn: &Connection,
+    mut session: AgentSession,
     snapshot: Vec<(String, Cached)>,
     rx: &mut mpsc::Receiver<Job>,
 ) -> Result<(), ZdsError> {
-    let mut session = AgentSession::new();
-
-    let hello = match tokio::time::timeout(shared.config.hello_timeout, conn.recv()).await {
-        Err(_) => return Err(ZdsError::Timeout),
-        Ok(received) => match received? {
-            Some(datagram) => session.handle_hello(&datagram.bytes, datagram.fds.len())?,
-            None => return Err(ZdsError::ConnectionClosed),
-        },
-    };
-    if !hello.is_v1() {
-        warn!(%id, version = hello.version(), "proxy announced an unknown ZDS version");
-    }
-
     let workloads = snapshot.len();
     let mut nacked = Vec::new();
     for (uid, entry) in snapshot {

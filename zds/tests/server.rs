@@ -475,6 +475,48 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
 }
 
 #[tokio::test]
+async fn a_peer_that_never_says_hello_does_not_take_adds() {
+    let (_dir, path) = common::socket_dir();
+    let server = Server::bind(server_config(&path)).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    snapshot_done(&mut events).await;
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    // Something connects after the proxy and stays silent.
+    let _silent = UnixSeqpacket::connect(&path).await.unwrap();
+    wait_event(&mut events, |e| matches!(e, ServerEvent::Connected { .. })).await;
+
+    // The add goes to the proxy that said hello, at once.
+    let own = NetnsId::of(common::own_netns()).unwrap();
+    let started = tokio::time::Instant::now();
+    server
+        .add(workload("a"), common::own_netns())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
+    assert_eq!(
+        server.connections().await,
+        1,
+        "the silent peer is not served"
+    );
+
+    // It is dropped at the hello timeout, and the proxy keeps its connection.
+    let event = wait_event(&mut events, |e| {
+        matches!(e, ServerEvent::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        matches!(disconnected_with(&event), Some(ZdsError::Timeout)),
+        "{event:?}"
+    );
+    server.del("a").await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
+    client.abort();
+}
+
+#[tokio::test]
 async fn oversized_add_is_refused_and_not_recorded() {
     let (_dir, path) = common::socket_dir();
     let server = Server::bind(server_config(&path)).await.unwrap();
