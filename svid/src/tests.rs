@@ -882,3 +882,14 @@ fn issued_keys_and_signatures_are_ecdsa_p256() {
         OID_EC_P256
     );
 }
+
+#[test]
+fn client_config_debug_hides_credentials() {
+    let mut cfg = CaClientConfig::default();
+    cfg.token(Token::Static("s3cret-token".into()))
+        .header("x-ca-auth", "hunter2");
+    let shown = format!("{cfg:?}");
+    assert!(shown.contains("x-ca-auth"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+}

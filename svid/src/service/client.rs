@@ -41,7 +41,10 @@ impl fmt::Debug for Token {
 }
 
 /// Settings of a [`CaClient`].
-#[derive(Debug, Clone)]
+///
+/// [`Debug`](fmt::Debug) shows the names of the extra headers but not their values, which
+/// may be credentials.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct CaClientConfig {
     /// Value of the `clusterid` header. Default: `Kubernetes`.
@@ -69,6 +72,20 @@ impl Default for CaClientConfig {
             extra_headers: Vec::new(),
             timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl fmt::Debug for CaClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.extra_headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("CaClientConfig")
+            .field("cluster_id", &self.cluster_id)
+            .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .field("impersonate", &self.impersonate)
+            .field("extra_headers", &header_names)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
