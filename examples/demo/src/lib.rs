@@ -219,6 +219,8 @@ pub struct ClusterOptions {
     pub log: String,
     /// How often the agent checks the in-pod rules.
     pub reconcile_interval: Duration,
+    /// The in-pod rule preset the agents install: `istio` or `cilium`.
+    pub rules: &'static str,
 }
 
 /// The demo cluster: two nodes, five pods, an agent and a proxy per node.
@@ -415,6 +417,7 @@ impl Cluster {
             .arg(self.dir.path().join("ca-cert.pem"))
             .arg("--ca-key")
             .arg(self.dir.path().join("ca-key.pem"))
+            .args(["--rules", self.opts.rules])
             .arg("--reconcile-interval")
             .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()))
             .env("RUST_LOG", &self.opts.log)

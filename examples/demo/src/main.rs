@@ -42,6 +42,7 @@ fn run() -> Result<()> {
         binaries,
         log: "info".into(),
         reconcile_interval: Duration::from_secs(2),
+        rules: "istio",
     })?;
     println!(
         "    agent + proxy running on node-1 and node-2; state and logs in {}",

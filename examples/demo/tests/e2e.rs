@@ -29,12 +29,20 @@ fn binaries() -> Binaries {
 }
 
 fn cluster(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    cluster_with(test, "istio")
+}
+
+fn cluster_with(
+    test: &str,
+    rules: &'static str,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
     testbed::require_privileged(test)?;
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let cluster = Cluster::start(ClusterOptions {
         binaries: binaries(),
         log: "info".into(),
         reconcile_interval: Duration::from_millis(500),
+        rules,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     Some((guard, cluster))
@@ -160,6 +168,43 @@ fn every_path_works_with_the_right_security() {
         .flow(Role::Client, Role::ServerFar, &payload("allowed", 1000))
         .unwrap();
     check(&c, &f);
+}
+
+#[test]
+fn cilium_rules_carry_the_same_traffic() {
+    let Some((_g, c)) = cluster_with("cilium_rules_carry_the_same_traffic", "cilium") else {
+        return;
+    };
+    let rules = c
+        .pod(Role::Client)
+        .ns()
+        .exec("iptables-save", &[] as &[&str])
+        .unwrap();
+    assert!(rules.contains("CILIUM_"), "Cilium-style chains:\n{rules}");
+    assert!(!rules.contains("ISTIO_"), "no Istio-style chains:\n{rules}");
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("cilium", 20_000))
+        .unwrap();
+    check(&c, &f);
+    assert!(f.encrypted(), "{f:?}");
+    assert_eq!(
+        f.peer_identity.as_deref(),
+        Some(Role::Client.spiffe_id().as_str())
+    );
+    let f = c
+        .flow(
+            Role::Legacy,
+            Role::ServerNear,
+            &payload("cilium-in", 20_000),
+        )
+        .unwrap();
+    check(&c, &f);
+    assert_eq!(f.inbound_plain, 1.0, "{f:?}");
+    let f = c
+        .flow(Role::Client, Role::Legacy, &payload("cilium-out", 20_000))
+        .unwrap();
+    check(&c, &f);
+    assert_eq!(f.outbound_plain, 1.0, "{f:?}");
 }
 
 #[test]
