@@ -439,3 +439,76 @@ async fn token_file_is_read_before_every_request() {
     assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     assert!(std::error::Error::source(&e).is_some());
 }
+
+/// Records the request metadata and signs like the real service.
+struct Recording {
+    ca: Arc<CertificateAuthority>,
+    seen: Arc<Mutex<Vec<tonic::metadata::MetadataMap>>>,
+}
+
+#[tonic::async_trait]
+impl svid::pb::istio_certificate_service_server::IstioCertificateService for Recording {
+    async fn create_certificate(
+        &self,
+        request: tonic::Request<IstioCertificateRequest>,
+    ) -> Result<tonic::Response<svid::pb::IstioCertificateResponse>, tonic::Status> {
+        self.seen.lock().unwrap().push(request.metadata().clone());
+        let want = id("spiffe://cluster.local/ns/default/sa/a");
+        let cert_chain = self
+            .ca
+            .sign_csr(&request.get_ref().csr, &want, Duration::from_secs(60))
+            .unwrap();
+        Ok(tonic::Response::new(svid::pb::IstioCertificateResponse {
+            cert_chain,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn client_sends_configured_headers() {
+    let h = start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (chain, key) =
+        h.ca.issue_server_cert(
+            &[],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let tls = control_plane_server_config(provider::default(), chain, key, None).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = Recording {
+        ca: h.ca.clone(),
+        seen: seen.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                svid::pb::istio_certificate_service_server::IstioCertificateServiceServer::new(
+                    service,
+                ),
+            )
+            .serve_with_incoming(svid::tls_incoming(listener, Arc::new(tls))),
+    );
+    let mut cfg = token_config();
+    cfg.header("X-Ca-Extra", "one").header("x-other", "two");
+    let client_tls =
+        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
+    let channel = tls_channel(
+        &format!("https://127.0.0.1:{port}"),
+        Arc::new(client_tls),
+        None,
+    )
+    .unwrap();
+    CaClient::new(channel, cfg)
+        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
+        .await
+        .unwrap();
+    let md = seen.lock().unwrap().pop().unwrap();
+    let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(get("authorization").as_deref(), Some("Bearer node-token"));
+    assert_eq!(get("clusterid").as_deref(), Some("cluster-1"));
+    assert_eq!(get("x-ca-extra").as_deref(), Some("one"));
+    assert_eq!(get("x-other").as_deref(), Some("two"));
+}
