@@ -6,7 +6,8 @@
 //! redirection rules → advertise the pod as HBONE over xDS. Unenroll runs in reverse: stop
 //! advertising HBONE → remove the rules → ZDS delete (also when the netns is already gone).
 //! Every pass re-sends enrolled pods the connected proxy no longer holds (it rejected them
-//! in its snapshot); a periodic check also repairs rule drift.
+//! in its snapshot); a periodic check also repairs rule drift, after handing the proxy a
+//! namespace that was recreated under the same path.
 //!
 //! The side effects are behind three traits so this ordering logic is tested with fakes; the
 //! real implementations live in `effects`.
@@ -103,6 +104,9 @@ pub(crate) trait ProxyChannel: Send + Sync {
     /// The uids the connected proxy has acknowledged, or `None` when no proxy is connected or
     /// this is unknown.
     fn held(&self) -> Option<BTreeSet<String>>;
+    /// Whether the pod's netns path now names another namespace than the one last handed
+    /// to the proxy (the sandbox was recreated under the same path).
+    fn netns_replaced(&self, pod: &LocalPod) -> bool;
 }
 
 /// The in-pod redirection rules.
@@ -386,6 +390,22 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
             .collect();
         for pod in enrolled {
             let uid = &pod.uid;
+            // A namespace recreated under the same path has neither the proxy's listeners nor
+            // the rules: hand the new one over first, then the rule check below installs them.
+            if verify_rules && self.zds.netns_replaced(&pod) {
+                warn!(pod = %pod.display_name(), %uid, netns = %pod.netns.display(), "network namespace was replaced; handing the new one to the proxy");
+                match self.zds.add(&pod).await {
+                    Ok(()) => {
+                        info!(pod = %pod.display_name(), %uid, "proxy acknowledged the new network namespace");
+                        out.resent.push(uid.clone());
+                    }
+                    Err(e) => {
+                        warn!(pod = %pod.display_name(), %uid, error = %e, "handing over the new network namespace failed; will retry");
+                        out.failures.push((uid.clone(), e));
+                        continue;
+                    }
+                }
+            }
             let check = if verify_rules {
                 self.rules.check(&pod).await
             } else {
@@ -479,6 +499,8 @@ mod tests {
         netns_gone: BTreeSet<String>,
         drifted: BTreeSet<String>,
         held: Option<BTreeSet<String>>,
+        /// Pods whose netns path names a new namespace since their last add.
+        replaced: BTreeSet<String>,
     }
 
     #[derive(Clone, Default)]
@@ -503,6 +525,7 @@ mod tests {
             if let Some(held) = &mut w.held {
                 held.insert(pod.uid.clone());
             }
+            w.replaced.remove(&pod.uid);
             Ok(())
         }
         async fn del(&self, uid: &str) -> Result<(), EffectError> {
@@ -518,6 +541,9 @@ mod tests {
         }
         fn held(&self) -> Option<BTreeSet<String>> {
             self.world().held.clone()
+        }
+        fn netns_replaced(&self, pod: &LocalPod) -> bool {
+            self.world().replaced.contains(&pod.uid)
         }
     }
 
@@ -916,6 +942,50 @@ mod tests {
         let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
         assert_eq!(fake.take_journal(), vec![publish(&["a", "b"])]);
         assert_eq!(out, Outcome::default());
+    }
+
+    #[tokio::test]
+    async fn a_namespace_recreated_under_the_same_path_is_handed_over_then_gets_rules() {
+        let (fake, mut r) = setup();
+        r.reconcile(C, &desired(&["a", "b"]), false).await;
+        fake.take_journal();
+        {
+            let mut w = fake.world();
+            w.replaced.insert("a".into());
+            // The new namespace has no rules yet.
+            w.drifted.insert("a".into());
+        }
+        // Only the periodic check looks.
+        r.reconcile(C, &desired(&["a", "b"]), false).await;
+        assert_eq!(fake.take_journal(), vec![publish(&["a", "b"])]);
+        let out = r.reconcile(C, &desired(&["a", "b"]), true).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![
+                publish(&["a", "b"]),
+                Call::Add("a".into()),
+                Call::Check("a".into()),
+                Call::Repair("a".into()),
+                Call::Check("b".into()),
+            ]
+        );
+        assert_eq!(out.resent, vec!["a"]);
+        assert_eq!(out.repaired, vec!["a"]);
+
+        // If the proxy refuses the new namespace, no rules go into it.
+        fake.world().replaced.insert("b".into());
+        fake.world().drifted.insert("b".into());
+        fake.world().fail_add.insert("b".into(), Cause::ProxyNack);
+        let out = r.reconcile(C, &desired(&["a", "b"]), true).await;
+        assert_eq!(
+            fake.take_journal(),
+            vec![
+                publish(&["a", "b"]),
+                Call::Check("a".into()),
+                Call::Add("b".into()),
+            ]
+        );
+        assert_eq!(out.failures.len(), 1);
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The proxy channel over the `zds` crate's server.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,6 +26,9 @@ struct Held {
 pub(crate) struct ZdsChannel {
     server: Arc<Server>,
     held: Arc<Mutex<Held>>,
+    /// The namespace last handed over per uid (to notice a namespace recreated under the
+    /// same path).
+    handed: Arc<Mutex<BTreeMap<String, netns::NsId>>>,
 }
 
 impl ZdsChannel {
@@ -33,6 +36,7 @@ impl ZdsChannel {
         Self {
             server,
             held: Arc::default(),
+            handed: Arc::default(),
         }
     }
 
@@ -131,11 +135,9 @@ impl ZdsChannel {
     }
 }
 
-fn open_netns(pod: &LocalPod) -> Result<OwnedFd, EffectError> {
+fn open_netns(pod: &LocalPod) -> Result<netns::NetNs, EffectError> {
     // `NetNs` checks that the file is a network namespace (also through a bind mount).
-    netns::NetNs::from_path(&pod.netns)
-        .map(OwnedFd::from)
-        .map_err(|e| EffectError::new(Cause::Netns, e.to_string()))
+    netns::NetNs::from_path(&pod.netns).map_err(|e| EffectError::new(Cause::Netns, e.to_string()))
 }
 
 fn zds_error(e: ZdsError) -> EffectError {
@@ -149,9 +151,17 @@ fn zds_error(e: ZdsError) -> EffectError {
 
 impl ProxyChannel for ZdsChannel {
     async fn add(&self, pod: &LocalPod) -> Result<(), EffectError> {
-        let fd = open_netns(pod)?;
+        let ns = open_netns(pod)?;
+        let id = ns.id();
         let workload = Workload::new(&pod.uid, &pod.name, &pod.namespace, &pod.service_account);
-        self.server.add(workload, fd).await.map_err(zds_error)?;
+        self.server
+            .add(workload, OwnedFd::from(ns))
+            .await
+            .map_err(zds_error)?;
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pod.uid.clone(), id);
         self.held_mut(|h| {
             if let Some(uids) = &mut h.uids {
                 uids.insert(pod.uid.clone());
@@ -162,6 +172,10 @@ impl ProxyChannel for ZdsChannel {
 
     async fn del(&self, uid: &str) -> Result<(), EffectError> {
         self.server.del(uid).await.map_err(zds_error)?;
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
         self.held_mut(|h| {
             if let Some(uids) = &mut h.uids {
                 uids.remove(uid);
@@ -172,5 +186,117 @@ impl ProxyChannel for ZdsChannel {
 
     fn held(&self) -> Option<BTreeSet<String>> {
         self.held_mut(|h| h.uids.clone())
+    }
+
+    fn netns_replaced(&self, pod: &LocalPod) -> bool {
+        let Some(handed) = self
+            .handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pod.uid)
+            .copied()
+        else {
+            return false;
+        };
+        // A path that cannot be opened is not a replacement (the pod is going away).
+        open_netns(pod).is_ok_and(|ns| ns.id() != handed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::Duration;
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A named network namespace, deleted on drop.
+    struct Named(String);
+
+    impl Named {
+        fn add(name: &str) -> Self {
+            ip(&["netns", "add", name]);
+            Self(name.to_owned())
+        }
+        fn path(&self) -> PathBuf {
+            Path::new("/var/run/netns").join(&self.0)
+        }
+    }
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_recreated_under_the_same_path_is_noticed() {
+        let Some(_privileged) = testbed::require_privileged("effects::zds::netns_replaced") else {
+            return;
+        };
+        let name = format!("mwa-zds-{}", std::process::id());
+        let ns = Named::add(&name);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("zds.sock");
+        let server = Arc::new(
+            Server::bind(zds::ServerConfig::default().path(&socket).clone())
+                .await
+                .unwrap(),
+        );
+        let channel = ZdsChannel::new(server.clone());
+        // A stand-in proxy that acknowledges everything.
+        let mut config = zds::ClientConfig::default();
+        config.path(&socket);
+        let client = zds::Client::new(config, |_update: zds::Update| async {
+            Ok::<(), std::io::Error>(())
+        });
+        let proxy = tokio::spawn(client.run());
+
+        let pod = LocalPod {
+            uid: "u1".into(),
+            name: "p".into(),
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            netns: ns.path(),
+        };
+        let mut added = false;
+        for _ in 0..250 {
+            match channel.add(&pod).await {
+                Ok(()) => {
+                    added = true;
+                    break;
+                }
+                Err(e) if e.cause == Cause::ProxyUnavailable => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("add failed: {e}"),
+            }
+        }
+        assert!(added, "the stand-in proxy never connected");
+        assert!(!channel.netns_replaced(&pod));
+
+        // Same path, new namespace (the old one lives on in the server's fd).
+        drop(ns);
+        let ns = Named::add(&name);
+        assert!(channel.netns_replaced(&pod));
+        channel.add(&pod).await.unwrap();
+        assert!(!channel.netns_replaced(&pod), "the new one was handed over");
+
+        // After a delete nothing is remembered for the uid.
+        channel.del(&pod.uid).await.unwrap();
+        drop(ns);
+        let _ns = Named::add(&name);
+        assert!(!channel.netns_replaced(&pod));
+        proxy.abort();
     }
 }
