@@ -15,7 +15,8 @@
 //!   [`DEFAULT_SERVICE_ACCOUNT`], cluster [`DEFAULT_CLUSTER_ID`], capacity 1).
 //! * [`WorkloadStore`]: resources by xDS name, with lookups by workload uid, by
 //!   (network, IP), by service VIP, by (namespace, hostname), by node and by service
-//!   endpoint, plus the authorization policies that apply to a workload.
+//!   endpoint, plus the authorization policies that apply to a workload, and a listing of
+//!   everything it holds ([`WorkloadStore::snapshot`]).
 //! * [`evaluate`] / [`WorkloadStore::authorize`]: L4 authorization (deny first, then
 //!   allow; dry-run policies only reported).
 //! * [`AdsServer`]: a Delta ADS server with per-subscriber state, usable as a tonic service
@@ -166,7 +167,7 @@ pub use server::{
     AcceptedIo, AdsServer, AdsService, DeltaResponseStream, ResourceChange, ServerConfig,
     ServerEvent, ServerStats,
 };
-pub use store::{StoreBatch, WorkloadStore};
+pub use store::{StoreBatch, StoreSnapshot, WorkloadStore};
 pub use workload::{
     Address, AppProtocol, ApplicationTunnel, ApplicationTunnelProtocol, DEFAULT_CLUSTER_ID,
     DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, GatewayAddress, GatewayDestination,

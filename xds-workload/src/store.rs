@@ -370,6 +370,37 @@ impl State {
     }
 }
 
+/// The whole content of a [`WorkloadStore`] at one instant, from
+/// [`WorkloadStore::snapshot`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StoreSnapshot {
+    /// Every workload, ordered by uid.
+    pub workloads: Vec<Arc<Workload>>,
+    /// Every service, ordered by `namespace/hostname`.
+    pub services: Vec<Arc<Service>>,
+    /// Every authorization policy, ordered by key (`namespace/name`).
+    pub policies: Vec<Arc<AuthorizationPolicy>>,
+}
+
+fn sorted_workloads(state: &State) -> Vec<Arc<Workload>> {
+    let mut list: Vec<_> = state.workloads.values().cloned().collect();
+    list.sort_by(|a, b| a.uid.cmp(&b.uid));
+    list
+}
+
+fn sorted_services(state: &State) -> Vec<Arc<Service>> {
+    let mut list: Vec<_> = state.services.iter().collect();
+    list.sort_by(|a, b| a.0.cmp(b.0));
+    list.into_iter().map(|(_, s)| s.clone()).collect()
+}
+
+fn sorted_policies(state: &State) -> Vec<Arc<AuthorizationPolicy>> {
+    let mut list: Vec<_> = state.policies.iter().collect();
+    list.sort_by(|a, b| a.0.cmp(b.0));
+    list.into_iter().map(|(_, p)| p.clone()).collect()
+}
+
 /// Every known workload, service and authorization policy, with the indexes a node proxy
 /// looks things up by.
 ///
@@ -564,6 +595,40 @@ impl WorkloadStore {
     pub fn authorize(&self, conn: &ConnectionInfo, destination: &Workload) -> AuthorizationResult {
         let policies = self.policies_for(destination);
         evaluate(policies.iter().map(|p| p.as_ref()), conn)
+    }
+
+    /// Every workload, ordered by uid.
+    ///
+    /// A snapshot: the `Arc`s are the store's own, and later changes to the store do not
+    /// show in the returned list. Costs one shared lock and time proportional to the number
+    /// of workloads; meant for dumps and diagnostics, not for each connection.
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        sorted_workloads(&self.read())
+    }
+
+    /// Every service, ordered by `namespace/hostname`. A snapshot, like
+    /// [`workloads`](Self::workloads).
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        sorted_services(&self.read())
+    }
+
+    /// Every authorization policy, ordered by key (`namespace/name`). A snapshot, like
+    /// [`workloads`](Self::workloads).
+    pub fn policies(&self) -> Vec<Arc<AuthorizationPolicy>> {
+        sorted_policies(&self.read())
+    }
+
+    /// Every workload, service and policy, taken under one lock so the three lists are
+    /// consistent with each other (every workload, service and policy present at one
+    /// instant). Ordered like [`workloads`](Self::workloads),
+    /// [`services`](Self::services) and [`policies`](Self::policies).
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let state = self.read();
+        StoreSnapshot {
+            workloads: sorted_workloads(&state),
+            services: sorted_services(&state),
+            policies: sorted_policies(&state),
+        }
     }
 
     /// Number of workloads.

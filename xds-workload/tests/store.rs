@@ -422,3 +422,108 @@ fn applicable_policies_and_authorize() {
     assert!(store.policies_for(&w).is_empty());
     assert!(store.policy("ns-1/moving").is_some());
 }
+
+#[test]
+fn listing_everything_in_key_order() {
+    let store = WorkloadStore::new();
+    assert!(store.workloads().is_empty());
+    let empty = store.snapshot();
+    assert!(empty.workloads.is_empty() && empty.services.is_empty() && empty.policies.is_empty());
+
+    let mut batch = StoreBatch::new();
+    // Inserted out of order, across nodes and namespaces, one host-network workload (not
+    // indexed by address, still listed).
+    for i in [7, 3, 12, 0, 25] {
+        let mut p = common::workload(i);
+        if i == 12 {
+            p.network_mode = pb::NetworkMode::HostNetwork as i32;
+        }
+        batch.upsert_address(p.uid.clone(), workload(&p));
+    }
+    batch.upsert_address(
+        "z",
+        service("ns-b", "b.ns-b.svc", &[("", [172, 16, 0, 2], None)]),
+    );
+    batch.upsert_address(
+        "a",
+        service("ns-a", "z.ns-a.svc", &[("", [172, 16, 0, 1], None)]),
+    );
+    batch.upsert_address(
+        "r",
+        service("ns-a", "range.ns-a.svc", &[("", [172, 17, 0, 0], Some(16))]),
+    );
+    store.apply(batch);
+    store.insert_policy(
+        "second",
+        policy("p2", "ns-b", spb::Scope::Namespace, spb::Action::Deny),
+    );
+    store.insert_policy(
+        "first",
+        policy("p1", "ns-z", spb::Scope::Global, spb::Action::Deny),
+    );
+    store.insert_policy(
+        "third",
+        policy(
+            "p0",
+            "ns-b",
+            spb::Scope::WorkloadSelector,
+            spb::Action::Allow,
+        ),
+    );
+
+    let mut uids: Vec<String> = [7, 3, 12, 0, 25].map(common::workload_uid).into();
+    uids.sort();
+    let listed: Vec<String> = store.workloads().iter().map(|w| w.uid.clone()).collect();
+    assert_eq!(listed, uids);
+    let services: Vec<String> = store
+        .services()
+        .iter()
+        .map(|s| s.key().to_string())
+        .collect();
+    assert_eq!(
+        services,
+        ["ns-a/range.ns-a.svc", "ns-a/z.ns-a.svc", "ns-b/b.ns-b.svc"]
+    );
+    let policies: Vec<String> = store.policies().iter().map(|p| p.key()).collect();
+    assert_eq!(policies, ["ns-b/p0", "ns-b/p2", "ns-z/p1"]);
+
+    // The listed values are the store's own.
+    let by_uid = store.workload_by_uid(&uids[0]).unwrap();
+    assert!(Arc::ptr_eq(&by_uid, &store.workloads()[0]));
+
+    // A snapshot holds the same lists and does not follow later changes.
+    let snap = store.snapshot();
+    assert_eq!(
+        snap.workloads
+            .iter()
+            .map(|w| w.uid.clone())
+            .collect::<Vec<_>>(),
+        uids
+    );
+    assert_eq!(snap.services.len(), 3);
+    assert_eq!(snap.policies.len(), 3);
+    assert!(store.remove_address(&uids[0]));
+    assert!(store.remove_address("a"));
+    assert!(store.remove_policy("first"));
+    assert_eq!(snap.workloads.len(), 5);
+    assert_eq!(store.workloads().len(), 4);
+    assert!(store.workloads().iter().all(|w| w.uid != uids[0]));
+    assert_eq!(
+        store
+            .services()
+            .iter()
+            .map(|s| s.key().to_string())
+            .collect::<Vec<_>>(),
+        ["ns-a/range.ns-a.svc", "ns-b/b.ns-b.svc"]
+    );
+    assert_eq!(store.policies().len(), 2);
+    let now = store.snapshot();
+    assert_eq!(
+        (now.workloads.len(), now.services.len(), now.policies.len()),
+        (
+            store.workload_count(),
+            store.service_count(),
+            store.policy_count()
+        )
+    );
+}

@@ -28,8 +28,8 @@ use rustls::crypto::CryptoProvider;
 use svid::{IdentityPolicy, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
 use xds_workload::{
-    ConnectionInfo, Decision, HealthStatus, Identity, NetworkAddress, TunnelProtocol, Workload,
-    WorkloadStore, WorkloadType,
+    AuthorizationPolicy, ConnectionInfo, Decision, HealthStatus, Identity, NetworkAddress, Service,
+    TunnelProtocol, Workload, WorkloadStore, WorkloadType,
 };
 
 use crate::certs::{Certificates, Material};
@@ -719,19 +719,40 @@ impl DataPlane {
                 })
             })
             .collect();
-        // The store offers lookups, not a listing: the dump shows this node's workloads in
-        // full and counts for the rest.
-        let workloads = self.store.workloads_on_node(&self.config.node_name);
+        // One consistent listing of the whole store.
+        let store = self.store.snapshot();
+        let mut endpoints: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for w in &store.workloads {
+            for service in w.services.keys() {
+                endpoints
+                    .entry(service.to_string())
+                    .or_default()
+                    .push(&w.uid);
+            }
+        }
         serde_json::json!({
             "node": self.config.node_name,
             "pods": pods,
-            "workloads": workloads.iter().map(|w| workload_json(w)).collect::<Vec<_>>(),
-            "workload_count": self.store.workload_count(),
-            "service_count": self.store.service_count(),
-            "policy_count": self.store.policy_count(),
+            "workloads": store.workloads.iter().map(|w| workload_json(w)).collect::<Vec<_>>(),
+            "services": store
+                .services
+                .iter()
+                .map(|s| service_json(s, endpoints.get(&s.key().to_string())))
+                .collect::<Vec<_>>(),
+            "policies": store.policies.iter().map(|p| policy_json(p)).collect::<Vec<_>>(),
+            "workload_count": store.workloads.len(),
+            "service_count": store.services.len(),
+            "policy_count": store.policies.len(),
             "certificates": self.certs.held(),
         })
     }
+}
+
+fn ports_json(ports: &[xds_workload::Port]) -> serde_json::Value {
+    ports
+        .iter()
+        .map(|p| serde_json::json!({"service_port": p.service_port, "target_port": p.target_port}))
+        .collect()
 }
 
 fn workload_json(w: &Workload) -> serde_json::Value {
@@ -745,7 +766,30 @@ fn workload_json(w: &Workload) -> serde_json::Value {
         "protocol": if w.protocol == TunnelProtocol::Hbone { "HBONE" } else { "NONE" },
         "identity": w.identity().to_string(),
         "status": if w.status == HealthStatus::Healthy { "healthy" } else { "unhealthy" },
+        "services": w.services.iter().map(|(k, ports)| (k.to_string(), ports_json(ports))).collect::<BTreeMap<_, _>>(),
         "authorization_policies": w.authorization_policies,
+    })
+}
+
+fn service_json(s: &Service, endpoints: Option<&Vec<&str>>) -> serde_json::Value {
+    serde_json::json!({
+        "name": s.name,
+        "namespace": s.namespace,
+        "hostname": s.hostname,
+        "vips": s.vips.iter().map(|v| format!("{}/{}", v.network, v.prefix)).collect::<Vec<_>>(),
+        "ports": ports_json(&s.ports),
+        "subject_alt_names": s.subject_alt_names,
+        "endpoints": endpoints.cloned().unwrap_or_default(),
+    })
+}
+
+fn policy_json(p: &AuthorizationPolicy) -> serde_json::Value {
+    serde_json::json!({
+        "key": p.key(),
+        "scope": format!("{:?}", p.scope),
+        "action": format!("{:?}", p.action),
+        "rules": p.rules.len(),
+        "dry_run": p.dry_run,
     })
 }
 
@@ -1733,7 +1777,7 @@ mod tests {
         };
         env.store.insert_address(
             "shop/web.shop.svc.cluster.local",
-            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+            Address::Service(Arc::new(Service::try_from(service).unwrap())),
         );
         // The endpoint presents the service's alternative name, not its own identity.
         let mut requests = fake_hbone_peer(
@@ -1869,7 +1913,7 @@ mod tests {
         };
         env.store.insert_address(
             "shop/web.shop.svc.cluster.local",
-            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+            Address::Service(Arc::new(Service::try_from(service).unwrap())),
         );
         env.pod("web-0", "shop", "web", [127, 0, 0, 101], true)
             .await;
@@ -2039,7 +2083,7 @@ mod tests {
         };
         env.store.insert_address(
             "shop/web.shop.svc.cluster.local",
-            Address::Service(Arc::new(xds_workload::Service::try_from(service).unwrap())),
+            Address::Service(Arc::new(Service::try_from(service).unwrap())),
         );
         let Dispatch(dp) = env.supervisor_dispatch();
         let web_at = |port: u16, via_service: bool| DestinationWorkload {
@@ -2093,5 +2137,99 @@ mod tests {
             ),
             OutboundRoute::Reject(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn config_dump_lists_the_whole_store() {
+        let mut env = Env::new().await;
+        env.pod("dump-0", "shop", "web", [127, 0, 0, 141], true)
+            .await;
+        // A workload on another node, endpoint of a service; a policy.
+        let mut remote = pb_workload("remote-0", "shop", "db", [10, 1, 0, 7], true);
+        remote.node = "node-2".into();
+        remote.services.insert(
+            "shop/db.shop.svc.cluster.local".into(),
+            pbw::PortList {
+                ports: vec![pbw::Port {
+                    service_port: 5432,
+                    target_port: 15432,
+                    app_protocol: 0,
+                }],
+            },
+        );
+        put_workload(&env.store, remote);
+        let service = pbw::Service {
+            name: "db".into(),
+            namespace: "shop".into(),
+            hostname: "db.shop.svc.cluster.local".into(),
+            addresses: vec![pbw::NetworkAddress {
+                network: String::new(),
+                address: vec![10, 96, 0, 20].into(),
+                length: None,
+            }],
+            ports: vec![pbw::Port {
+                service_port: 5432,
+                target_port: 0,
+                app_protocol: 0,
+            }],
+            ..Default::default()
+        };
+        env.store.insert_address(
+            "shop/db.shop.svc.cluster.local",
+            Address::Service(Arc::new(Service::try_from(service).unwrap())),
+        );
+        deny_principal(&env.store, "shop", "cluster.local/ns/shop/sa/bad");
+
+        let dump = env.dp.dump(&env.supervisor.pods());
+        let workloads = dump["workloads"].as_array().unwrap();
+        let uids: Vec<&str> = workloads
+            .iter()
+            .map(|w| w["uid"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            uids,
+            [
+                "Kubernetes//Pod/shop/dump-0",
+                "Kubernetes//Pod/shop/remote-0"
+            ]
+        );
+        let remote = &workloads[1];
+        assert_eq!(remote["node"], "node-2");
+        assert_eq!(remote["addresses"], serde_json::json!(["10.1.0.7"]));
+        assert_eq!(remote["identity"], "spiffe://cluster.local/ns/shop/sa/db");
+        assert_eq!(
+            remote["services"]["shop/db.shop.svc.cluster.local"],
+            serde_json::json!([{"service_port": 5432, "target_port": 15432}])
+        );
+        assert_eq!(
+            dump["services"],
+            serde_json::json!([{
+                "name": "db",
+                "namespace": "shop",
+                "hostname": "db.shop.svc.cluster.local",
+                "vips": ["/10.96.0.20/32"],
+                "ports": [{"service_port": 5432, "target_port": 0}],
+                "subject_alt_names": [],
+                "endpoints": ["Kubernetes//Pod/shop/remote-0"],
+            }])
+        );
+        assert_eq!(dump["policies"][0]["key"], "shop/deny-one");
+        assert_eq!(dump["policies"][0]["action"], "Deny");
+        assert_eq!(
+            (
+                &dump["workload_count"],
+                &dump["service_count"],
+                &dump["policy_count"]
+            ),
+            (
+                &serde_json::json!(2),
+                &serde_json::json!(1),
+                &serde_json::json!(1)
+            )
+        );
+        assert_eq!(
+            dump["pods"][0]["workload_uid"],
+            "Kubernetes//Pod/shop/dump-0"
+        );
     }
 }
