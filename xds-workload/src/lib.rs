@@ -17,6 +17,11 @@
 //!   (network, IP), by service VIP, by (namespace, hostname), by node and by service
 //!   endpoint, plus the authorization policies that apply to a workload, and a listing of
 //!   everything it holds ([`WorkloadStore::snapshot`]).
+//! * [`WorkloadStore::resolve_upstream`]: where an outbound connection goes (a service
+//!   VIP's endpoint, taken in turn among the healthy ones, with the service port mapped to
+//!   the endpoint's target port; or the workload at the address), as an [`Upstream`];
+//!   [`WorkloadStore::resolve_service_host`]: the service and port a host-name HBONE
+//!   authority names on the receiving endpoint.
 //! * [`evaluate`] / [`WorkloadStore::authorize`]: L4 authorization (deny first, then
 //!   allow; dry-run policies only reported).
 //! * [`AdsServer`]: a Delta ADS server with per-subscriber state, usable as a tonic service
@@ -102,6 +107,7 @@ mod error;
 mod resource;
 mod server;
 mod store;
+mod upstream;
 mod workload;
 
 /// Generated protobuf and gRPC types, one module per protobuf package.
@@ -168,6 +174,7 @@ pub use server::{
     ServerEvent, ServerStats,
 };
 pub use store::{StoreBatch, StoreSnapshot, WorkloadStore};
+pub use upstream::{ServiceHostTarget, Upstream};
 pub use workload::{
     Address, AppProtocol, ApplicationTunnel, ApplicationTunnelProtocol, DEFAULT_CLUSTER_ID,
     DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, GatewayAddress, GatewayDestination,

@@ -2,6 +2,8 @@
 //! for the lookups a node proxy makes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
@@ -9,8 +11,10 @@ use tokio::sync::watch;
 use crate::authorization::{
     AuthorizationPolicy, AuthorizationResult, ConnectionInfo, PolicyScope, evaluate,
 };
+use crate::upstream::{ServiceHostTarget, Upstream, endpoint_ip, target_port};
 use crate::workload::{
-    Address, NamespacedHostname, NetworkAddress, NetworkMode, Service, Workload,
+    Address, HealthPolicy, HealthStatus, LoadBalancingMode, NamespacedHostname, NetworkAddress,
+    NetworkMode, Service, Workload,
 };
 
 /// A set of changes applied to a [`WorkloadStore`] under one lock, in order.
@@ -350,6 +354,98 @@ impl State {
         true
     }
 
+    fn workload_by_address(&self, address: &NetworkAddress) -> Option<Arc<Workload>> {
+        self.workloads_by_addr
+            .get(address)
+            .and_then(|list| list.last().cloned())
+    }
+
+    fn service_by_vip(&self, address: &NetworkAddress) -> Option<Arc<Service>> {
+        if let Some(list) = self.services_by_vip.get(address) {
+            return list
+                .iter()
+                .rev()
+                .find(|s| s.canonical)
+                .or_else(|| list.last())
+                .cloned();
+        }
+        self.range_vip_services
+            .iter()
+            .flat_map(|s| s.vips.iter().map(move |vip| (s, vip)))
+            .filter(|(_, vip)| {
+                !vip.is_host()
+                    && vip.network == address.network
+                    && vip.prefix.contains(&address.address)
+            })
+            .max_by_key(|(_, vip)| vip.prefix.prefix_len())
+            .map(|(s, _)| s.clone())
+    }
+
+    fn resolve_upstream(&self, network: &str, dst: SocketAddr, turn: &AtomicUsize) -> Upstream {
+        let addr = NetworkAddress::new(network, dst.ip());
+        let Some(service) = self.service_by_vip(&addr) else {
+            return match self.workload_by_address(&addr) {
+                Some(workload) => Upstream::Workload {
+                    workload,
+                    address: dst,
+                },
+                None => Upstream::Unknown,
+            };
+        };
+        let (mode, health) = match &service.load_balancing {
+            Some(lb) => (lb.mode, lb.health_policy),
+            None => (LoadBalancingMode::default(), HealthPolicy::default()),
+        };
+        if mode == LoadBalancingMode::Passthrough {
+            return Upstream::ServicePassthrough { service };
+        }
+        let key = service.key();
+        let mut eligible: Vec<(&Arc<Workload>, SocketAddr)> = self
+            .endpoints
+            .get(&key)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|w| health == HealthPolicy::AllowAll || w.status == HealthStatus::Healthy)
+            .filter_map(|w| {
+                let ip = endpoint_ip(w, dst.ip())?;
+                let port = target_port(w, &key, Some(&service.ports), dst.port())?;
+                Some((w, SocketAddr::new(ip, port)))
+            })
+            .collect();
+        if eligible.is_empty() {
+            return Upstream::NoEndpoint { service };
+        }
+        // Round robin over the eligible endpoints in uid order; the i-th is found without
+        // sorting them all.
+        let i = turn.fetch_add(1, Ordering::Relaxed) % eligible.len();
+        let (_, &mut (workload, address), _) =
+            eligible.select_nth_unstable_by(i, |a, b| a.0.uid.cmp(&b.0.uid));
+        Upstream::ServiceEndpoint {
+            workload: workload.clone(),
+            address,
+            service,
+        }
+    }
+
+    fn resolve_service_host(
+        &self,
+        endpoint: &Workload,
+        hostname: &str,
+        service_port: u16,
+    ) -> Option<ServiceHostTarget> {
+        let key = endpoint
+            .services
+            .keys()
+            .filter(|k| k.hostname.eq_ignore_ascii_case(hostname))
+            .min_by_key(|k| k.namespace != endpoint.namespace)?;
+        let service_ports = self.services.get(key).map(|s| s.ports.as_slice());
+        let port = target_port(endpoint, key, service_ports, service_port)?;
+        Some(ServiceHostTarget {
+            service: key.clone(),
+            port,
+        })
+    }
+
     fn policies_for(&self, workload: &Workload) -> Vec<Arc<AuthorizationPolicy>> {
         let mut keys: BTreeSet<&str> = BTreeSet::new();
         for ns in ["", workload.namespace.as_str()] {
@@ -417,6 +513,8 @@ fn sorted_policies(state: &State) -> Vec<Arc<AuthorizationPolicy>> {
 pub struct WorkloadStore {
     state: RwLock<State>,
     generation: watch::Sender<u64>,
+    /// Round-robin position of [`WorkloadStore::resolve_upstream`].
+    next_endpoint: AtomicUsize,
 }
 
 impl Default for WorkloadStore {
@@ -431,6 +529,7 @@ impl WorkloadStore {
         Self {
             state: RwLock::new(State::default()),
             generation: watch::Sender::new(0),
+            next_endpoint: AtomicUsize::new(0),
         }
     }
 
@@ -508,36 +607,14 @@ impl WorkloadStore {
 
     /// The workload at this network address.
     pub fn workload_by_address(&self, address: &NetworkAddress) -> Option<Arc<Workload>> {
-        self.read()
-            .workloads_by_addr
-            .get(address)
-            .and_then(|list| list.last().cloned())
+        self.read().workload_by_address(address)
     }
 
     /// The service with this VIP: an exact host VIP, else the range VIP with the longest
     /// prefix containing the address. Among several services with the same host VIP, a
     /// canonical one is preferred.
     pub fn service_by_vip(&self, address: &NetworkAddress) -> Option<Arc<Service>> {
-        let state = self.read();
-        if let Some(list) = state.services_by_vip.get(address) {
-            return list
-                .iter()
-                .rev()
-                .find(|s| s.canonical)
-                .or_else(|| list.last())
-                .cloned();
-        }
-        state
-            .range_vip_services
-            .iter()
-            .flat_map(|s| s.vips.iter().map(move |vip| (s, vip)))
-            .filter(|(_, vip)| {
-                !vip.is_host()
-                    && vip.network == address.network
-                    && vip.prefix.contains(&address.address)
-            })
-            .max_by_key(|(_, vip)| vip.prefix.prefix_len())
-            .map(|(s, _)| s.clone())
+        self.read().service_by_vip(address)
     }
 
     /// The service `namespace/hostname`.
@@ -554,6 +631,49 @@ impl WorkloadStore {
             return Some(Address::Workload(w));
         }
         self.service_by_vip(address).map(Address::Service)
+    }
+
+    /// Where a connection to `destination`, sent from a workload on `network`, goes:
+    ///
+    /// 1. The destination IP is a VIP of a service on `network` (see
+    ///    [`service_by_vip`](Self::service_by_vip)):
+    ///    * in [`LoadBalancingMode::Passthrough`]: [`Upstream::ServicePassthrough`];
+    ///    * else one of its endpoints (the workloads that list the service in their
+    ///      `services`) that is eligible: [`HealthStatus::Healthy`] (any health under
+    ///      [`HealthPolicy::AllowAll`]), with an address (the first of the destination's IP
+    ///      family, else its first), and with a target port for the destination port (the
+    ///      endpoint's own mapping for the service first, else the service's non-zero
+    ///      target port). The endpoints are taken in turn, in uid order, with one counter
+    ///      per store: [`Upstream::ServiceEndpoint`]. None eligible:
+    ///      [`Upstream::NoEndpoint`].
+    /// 2. Else the workload with that IP on `network` (port unchanged):
+    ///    [`Upstream::Workload`].
+    /// 3. Else [`Upstream::Unknown`].
+    ///
+    /// Everything is read under one lock. Routing preferences (locality) and capacities
+    /// are not applied, and the chosen endpoint may be on another network than `network`
+    /// (its `network` says so; reaching it needs its network gateway). Waypoints are the
+    /// caller's concern. IPv4-mapped IPv6 destinations are looked up as given: pass the
+    /// canonical form.
+    pub fn resolve_upstream(&self, network: &str, destination: SocketAddr) -> Upstream {
+        self.read()
+            .resolve_upstream(network, destination, &self.next_endpoint)
+    }
+
+    /// The service and port an HBONE `CONNECT <hostname>:<service_port>` names on
+    /// `endpoint` (the workload receiving it): among the services `endpoint` lists in its
+    /// `services` whose host name is `hostname` (ASCII case-insensitive), one of its own
+    /// namespace first; the port is the endpoint's own mapping of `service_port`, else the
+    /// service's non-zero target port (when the store holds the service). `None` when
+    /// `endpoint` is not an endpoint of such a service or no non-zero port is named.
+    pub fn resolve_service_host(
+        &self,
+        endpoint: &Workload,
+        hostname: &str,
+        service_port: u16,
+    ) -> Option<ServiceHostTarget> {
+        self.read()
+            .resolve_service_host(endpoint, hostname, service_port)
     }
 
     /// Workloads whose `node` is `node`, ordered by uid.

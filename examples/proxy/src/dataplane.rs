@@ -13,7 +13,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,8 +27,8 @@ use rustls::crypto::CryptoProvider;
 use svid::{IdentityPolicy, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
 use xds_workload::{
-    AuthorizationPolicy, ConnectionInfo, Decision, HealthStatus, Identity, NetworkAddress, Service,
-    TunnelProtocol, Workload, WorkloadStore, WorkloadType,
+    AuthorizationPolicy, ConnectionInfo, Decision, HealthStatus, Identity, Service, TunnelProtocol,
+    Upstream, Workload, WorkloadStore, WorkloadType,
 };
 
 use crate::certs::{Certificates, Material};
@@ -90,8 +89,6 @@ pub(crate) struct DataPlane {
     certs: Arc<dyn Certificates>,
     crypto: Arc<CryptoProvider>,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
-    /// Round-robin position for service endpoints.
-    next_endpoint: AtomicUsize,
 }
 
 impl fmt::Debug for DataPlane {
@@ -133,7 +130,6 @@ impl DataPlane {
             certs,
             crypto,
             pods: Mutex::new(HashMap::new()),
-            next_endpoint: AtomicUsize::new(0),
         })
     }
 
@@ -178,84 +174,29 @@ impl DataPlane {
         }
     }
 
-    /// What the store knows about an outbound destination, seen from `network`.
+    /// What the store knows about an outbound destination, seen from `network`: a service
+    /// VIP resolves to one of its endpoints with the target port, a pod address to the pod.
     fn destination(&self, dst: SocketAddr, network: &str) -> Destination {
-        let addr = NetworkAddress::new(network, dst.ip());
-        if let Some(w) = self.store.workload_by_address(&addr) {
-            return Destination::Workload(to_destination(&w, dst.ip(), dst.port(), None));
-        }
-        let Some(service) = self.store.service_by_vip(&addr) else {
-            return Destination::Unknown;
-        };
-        let key = service.key();
-        let target = ServiceTarget {
-            hostname: service.hostname.clone(),
-            subject_alt_names: service.subject_alt_names.clone(),
-        };
-        let port = service.ports.iter().find(|p| p.service_port == dst.port());
-        let endpoints: Vec<_> = self
-            .store
-            .endpoints(&key)
-            .into_iter()
-            .filter(|w| w.status == HealthStatus::Healthy)
-            .filter_map(|w| {
-                let ip = w
-                    .addresses
-                    .iter()
-                    .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-                    .or_else(|| w.addresses.first())?;
-                // A service port whose target is 0 maps per endpoint; no mapping keeps the port.
-                let target_port = match port {
-                    Some(p) if p.target_port != 0 => p.target_port,
-                    _ => w
-                        .services
-                        .get(&key)
-                        .and_then(|ports| ports.iter().find(|p| p.service_port == dst.port()))
-                        .map_or_else(
-                            || dst.port(),
-                            |p| {
-                                if p.target_port == 0 {
-                                    dst.port()
-                                } else {
-                                    p.target_port
-                                }
-                            },
-                        ),
+        match self.store.resolve_upstream(network, dst) {
+            Upstream::ServiceEndpoint {
+                service,
+                workload,
+                address,
+                ..
+            } => {
+                let service = ServiceTarget {
+                    hostname: service.hostname.clone(),
+                    subject_alt_names: service.subject_alt_names.clone(),
                 };
-                Some(to_destination(&w, *ip, target_port, Some(target.clone())))
-            })
-            .collect();
-        if endpoints.is_empty() {
-            return Destination::ServiceWithoutEndpoints;
+                Destination::Workload(to_destination(&workload, address, Some(service)))
+            }
+            Upstream::Workload {
+                workload, address, ..
+            } => Destination::Workload(to_destination(&workload, address, None)),
+            Upstream::ServicePassthrough { .. } => Destination::Passthrough,
+            Upstream::NoEndpoint { .. } => Destination::ServiceWithoutEndpoints,
+            _ => Destination::Unknown,
         }
-        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        endpoints
-            .into_iter()
-            .nth(i)
-            .map_or(Destination::ServiceWithoutEndpoints, Destination::Workload)
-    }
-
-    /// The application port behind `host:port` when `host` is a service `local` is an
-    /// endpoint of (a service of the pod's own namespace first): the endpoint's own mapping
-    /// of the service port, else the service's target port. `None` when neither names one.
-    fn service_target_port(&self, local: &Workload, host: &str, port: u16) -> Option<u16> {
-        let (key, endpoint_ports) = local
-            .services
-            .iter()
-            .filter(|(k, _)| k.hostname.eq_ignore_ascii_case(host))
-            .min_by_key(|(k, _)| k.namespace != local.namespace)?;
-        let mapped = |ports: &[xds_workload::Port]| {
-            ports
-                .iter()
-                .find(|p| p.service_port == port && p.target_port != 0)
-                .map(|p| p.target_port)
-        };
-        mapped(endpoint_ports).or_else(|| {
-            let service = self
-                .store
-                .service_by_hostname(&key.namespace, &key.hostname)?;
-            mapped(&service.ports)
-        })
     }
 
     fn connection_failed(&self, rec: &ConnRecord, failure: &Failure) {
@@ -552,19 +493,24 @@ impl DataPlane {
         // service this pod is an endpoint of, and its port is mapped like the service maps it.
         let requested = match (authority.socket_addr(), authority.host()) {
             (Some(a), _) => a,
-            (None, Some(host)) => match self.service_target_port(&local, host, authority.port()) {
-                Some(port) => SocketAddr::new(local_addr.ip(), port),
-                None => {
-                    tunnel.reject(Rejection::ServiceUnavailable);
-                    return self.connection_failed(
-                        &rec,
-                        &Failure::new(
-                            "refused",
-                            format!("{authority} is not a service port of this pod's workload"),
-                        ),
-                    );
+            (None, Some(host)) => {
+                match self
+                    .store
+                    .resolve_service_host(&local, host, authority.port())
+                {
+                    Some(target) => SocketAddr::new(local_addr.ip(), target.port),
+                    None => {
+                        tunnel.reject(Rejection::ServiceUnavailable);
+                        return self.connection_failed(
+                            &rec,
+                            &Failure::new(
+                                "refused",
+                                format!("{authority} is not a service port of this pod's workload"),
+                            ),
+                        );
+                    }
                 }
-            },
+            }
             (None, None) => {
                 tunnel.reject(Rejection::BadRequest);
                 return self
@@ -795,13 +741,12 @@ fn policy_json(p: &AuthorizationPolicy) -> serde_json::Value {
 
 fn to_destination(
     w: &Workload,
-    ip: std::net::IpAddr,
-    port: u16,
+    address: SocketAddr,
     service: Option<ServiceTarget>,
 ) -> DestinationWorkload {
     DestinationWorkload {
-        ip,
-        port,
+        ip: address.ip(),
+        port: address.port(),
         hbone: w.protocol == TunnelProtocol::Hbone,
         identity: w.identity().to_string(),
         service,
@@ -2039,11 +1984,14 @@ mod tests {
         );
     }
 
+    /// The store's answers (resolution itself is tested in xds-workload) become routing
+    /// destinations: a VIP's endpoint with the service's host name and alternative names,
+    /// a pod address without them.
     #[tokio::test]
-    async fn service_vips_resolve_to_healthy_endpoints_with_target_ports() {
+    async fn store_answers_become_routing_destinations() {
         let env = Env::new().await;
-        let mut ready = pb_workload("web-0", "shop", "web", [10, 0, 0, 5], true);
-        ready.services.insert(
+        let mut web = pb_workload("web-0", "shop", "web", [10, 0, 0, 5], true);
+        web.services.insert(
             "shop/web.shop.svc.cluster.local".into(),
             pbw::PortList {
                 ports: vec![pbw::Port {
@@ -2053,69 +2001,66 @@ mod tests {
                 }],
             },
         );
-        let mut sick = pb_workload("web-1", "shop", "web", [10, 0, 0, 6], true);
-        sick.services = ready.services.clone();
-        sick.status = pbw::WorkloadStatus::Unhealthy as i32;
-        put_workload(&env.store, ready);
-        put_workload(&env.store, sick);
+        put_workload(&env.store, web);
+        let vip = |ip: [u8; 4]| pbw::NetworkAddress {
+            network: String::new(),
+            address: ip.to_vec().into(),
+            length: None,
+        };
         let service = pbw::Service {
             name: "web".into(),
             namespace: "shop".into(),
             hostname: "web.shop.svc.cluster.local".into(),
-            addresses: vec![pbw::NetworkAddress {
-                network: String::new(),
-                address: vec![10, 96, 0, 10].into(),
-                length: None,
+            addresses: vec![vip([10, 96, 0, 10])],
+            ports: vec![pbw::Port {
+                service_port: 80,
+                target_port: 0,
+                app_protocol: 0,
             }],
-            ports: vec![
-                pbw::Port {
-                    service_port: 80,
-                    target_port: 0,
-                    app_protocol: 0,
-                },
-                pbw::Port {
-                    service_port: 443,
-                    target_port: 8443,
-                    app_protocol: 0,
-                },
-            ],
+            subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/web-svc".into()],
             ..Default::default()
         };
-        env.store.insert_address(
-            "shop/web.shop.svc.cluster.local",
-            Address::Service(Arc::new(Service::try_from(service).unwrap())),
-        );
-        let Dispatch(dp) = env.supervisor_dispatch();
-        let web_at = |port: u16, via_service: bool| DestinationWorkload {
-            ip: "10.0.0.5".parse().unwrap(),
-            port,
-            hbone: true,
-            identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
-            service: via_service.then(|| ServiceTarget {
-                hostname: "web.shop.svc.cluster.local".into(),
-                subject_alt_names: Vec::new(),
+        let passthrough = pbw::Service {
+            name: "direct".into(),
+            hostname: "direct.shop.svc.cluster.local".into(),
+            addresses: vec![vip([10, 96, 0, 11])],
+            load_balancing: Some(pbw::LoadBalancing {
+                mode: pbw::load_balancing::Mode::Passthrough as i32,
+                ..Default::default()
             }),
+            ..service.clone()
         };
-        let web = |port: u16| web_at(port, true);
-        // Port 80: no target in the service, the endpoint maps it to 8080. Only the healthy
-        // endpoint is ever chosen.
-        for _ in 0..4 {
-            assert_eq!(
-                dp.destination("10.96.0.10:80".parse().unwrap(), ""),
-                Destination::Workload(web(8080))
-            );
+        for s in [service, passthrough] {
+            let s = Service::try_from(s).unwrap();
+            env.store
+                .insert_address(s.key().to_string(), Address::Service(Arc::new(s)));
         }
-        // Port 443: the service's own target port.
+        let Dispatch(dp) = env.supervisor_dispatch();
+        let web_at = |port: u16, service: Option<ServiceTarget>| {
+            Destination::Workload(DestinationWorkload {
+                ip: "10.0.0.5".parse().unwrap(),
+                port,
+                hbone: true,
+                identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+                service,
+            })
+        };
+        let via_web = ServiceTarget {
+            hostname: "web.shop.svc.cluster.local".into(),
+            subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/web-svc".into()],
+        };
         assert_eq!(
-            dp.destination("10.96.0.10:443".parse().unwrap(), ""),
-            Destination::Workload(web(8443))
+            dp.destination("10.96.0.10:80".parse().unwrap(), ""),
+            web_at(8080, Some(via_web))
         );
-        // A pod address directly.
         assert_eq!(
             dp.destination("10.0.0.5:9000".parse().unwrap(), ""),
-            Destination::Workload(web_at(9000, false))
+            web_at(9000, None)
         );
-        // Unknown address; another network.
+        assert_eq!(
+            dp.destination("10.96.0.11:80".parse().unwrap(), ""),
+            Destination::Passthrough
+        );
         assert_eq!(
             dp.destination("192.0.2.1:80".parse().unwrap(), ""),
             Destination::Unknown
@@ -2124,19 +2069,12 @@ mod tests {
             dp.destination("10.96.0.10:80".parse().unwrap(), "other"),
             Destination::Unknown
         );
-        // No healthy endpoint left.
+        // No endpoint left.
         env.store.remove_address("Kubernetes//Pod/shop/web-0");
         assert_eq!(
             dp.destination("10.96.0.10:80".parse().unwrap(), ""),
             Destination::ServiceWithoutEndpoints
         );
-        assert!(matches!(
-            routing::outbound_route(
-                "10.96.0.10:80".parse().unwrap(),
-                &Destination::ServiceWithoutEndpoints
-            ),
-            OutboundRoute::Reject(_)
-        ));
     }
 
     #[tokio::test]

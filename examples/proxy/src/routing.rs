@@ -28,6 +28,8 @@ pub(crate) enum Destination {
     Workload(DestinationWorkload),
     /// A service VIP that has no usable endpoint.
     ServiceWithoutEndpoints,
+    /// A service VIP whose load balancing sends connections to the original destination.
+    Passthrough,
     /// Nothing in the mesh has this address.
     Unknown,
 }
@@ -84,7 +86,9 @@ pub(crate) fn outbound_route(original_dst: SocketAddr, destination: &Destination
         return OutboundRoute::Reject(RECURSION);
     }
     match destination {
-        Destination::Unknown => OutboundRoute::Passthrough { dst: original_dst },
+        Destination::Unknown | Destination::Passthrough => {
+            OutboundRoute::Passthrough { dst: original_dst }
+        }
         Destination::ServiceWithoutEndpoints => OutboundRoute::Reject("no healthy upstream"),
         Destination::Workload(w) if w.hbone => {
             let mut identities = vec![w.identity.clone()];
@@ -279,6 +283,16 @@ mod tests {
             outbound_route(sa("127.0.0.1:8080"), &Destination::Unknown),
             OutboundRoute::Passthrough {
                 dst: sa("127.0.0.1:8080")
+            }
+        );
+    }
+
+    #[test]
+    fn passthrough_service_keeps_the_original_destination() {
+        assert_eq!(
+            outbound_route(sa("10.96.0.10:80"), &Destination::Passthrough),
+            OutboundRoute::Passthrough {
+                dst: sa("10.96.0.10:80")
             }
         );
     }
