@@ -61,6 +61,10 @@ pub enum ClientError {
     /// The connection closed before the tunnel was established.
     #[error("connection closed")]
     ConnectionClosed,
+    /// The [`Pool`](crate::Pool) was closed ([`Pool::close`](crate::Pool::close)); it
+    /// opens no more tunnels.
+    #[error("connection pool closed")]
+    PoolClosed,
 }
 
 impl ClientError {

@@ -17,7 +17,9 @@
 //!   identities, next hop, source address). The caller supplies a [`Connector`] (to
 //!   create sockets in a pod's network namespace with a mark) and a
 //!   [`ClientTlsProvider`] (the source SVID and the expected identities; see
-//!   [`SvidClientTls`]). [`ClientConnection`] is a single unpooled connection.
+//!   [`SvidClientTls`]). [`Pool::close`] retires its connections (idle ones at once,
+//!   busy ones after their last tunnel). [`ClientConnection`] is a single unpooled
+//!   connection.
 //! * **Server:** [`Server`] takes accepted streams or a listener and a rustls server
 //!   configuration ([`ServerTlsProvider`]), requires a client certificate, and calls the
 //!   [`Handler`] with an [`IncomingTunnel`]: the peer's [`svid::SpiffeId`], the parsed

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, h2_handshake, open_stream, tls_connect};
 use crate::config::PoolConfig;
@@ -184,10 +185,13 @@ pub struct PoolStats {
     pub reused: u64,
     /// Connections that have closed.
     pub closed: u64,
-    /// Connection attempts that failed.
+    /// Connection attempts that failed (not counting those [`Pool::close`] cut short).
     pub dial_failures: u64,
     /// Connections currently offered for reuse.
     pub pooled: usize,
+    /// Connections currently open: the pooled ones, plus those that no longer take new
+    /// tunnels (after a GOAWAY, or [`Pool::close`]) but still carry some.
+    pub open: usize,
 }
 
 /// Per-connection state shared by the pool, its tunnels and the connection task.
@@ -314,6 +318,12 @@ struct PoolState {
     closed: AtomicU64,
     dial_failures: AtomicU64,
     next_id: AtomicU64,
+    /// Connections whose task is running.
+    open: AtomicUsize,
+    /// Signalled whenever `open` drops.
+    open_changed: Notify,
+    /// Cancelled by [`Pool::close`]; set under the `keys` lock.
+    closing: CancellationToken,
 }
 
 impl PoolState {
@@ -344,9 +354,13 @@ impl PoolState {
 
     fn on_closed(&self, key: &PoolKey, conn: &ConnShared) {
         conn.retired.store(true, Ordering::Release);
-        let mut keys = self.lock();
-        Self::remove_conn(&mut keys, key, conn.id);
-        self.closed.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut keys = self.lock();
+            Self::remove_conn(&mut keys, key, conn.id);
+            self.closed.fetch_add(1, Ordering::Relaxed);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.open_changed.notify_waiters();
     }
 
     fn remove_conn(keys: &mut HashMap<PoolKey, KeyState>, key: &PoolKey, id: u64) {
@@ -426,6 +440,17 @@ struct PoolInner<C, T> {
 ///
 /// Cloning is cheap and clones share the pool. Connection tasks run on the tokio
 /// runtime current at dial time.
+///
+/// # Closing
+///
+/// [`Pool::close`] retires every connection at once: idle ones close immediately
+/// (GOAWAY, then the TLS and TCP close), busy ones take no new tunnels and close when
+/// their last tunnel ends; open tunnels keep working until then. Afterwards
+/// [`Pool::connect`] fails with [`ClientError::PoolClosed`]; a closed pool does not
+/// reopen (make a new one). [`Pool::closed`] waits until every connection has ended.
+///
+/// Dropping the last clone has the same effect on the connections as `close` (tunnels
+/// keep their connection alive until they end), without a way to wait for them.
 pub struct Pool<C, T> {
     inner: Arc<PoolInner<C, T>>,
 }
@@ -457,6 +482,68 @@ impl<C, T> Pool<C, T> {
             closed: s.closed.load(Ordering::Relaxed),
             dial_failures: s.dial_failures.load(Ordering::Relaxed),
             pooled: s.lock().values().map(|k| k.conns.len()).sum(),
+            open: s.open.load(Ordering::Acquire),
+        }
+    }
+
+    /// Closes the pool (all clones): no new tunnels, and every connection closes as
+    /// soon as it carries no tunnel.
+    ///
+    /// * Idle connections close now: HTTP/2 GOAWAY with `NO_ERROR`, then the TLS and TCP
+    ///   close. [`PoolStats::closed`] counts each once its task has finished.
+    /// * Connections with open tunnels take no new ones; the tunnels keep working in both
+    ///   directions until they end, then the connection closes the same way. To bound
+    ///   that, end the tunnels (or drop the runtime); the pool does not cut them.
+    /// * Dials in progress are abandoned, and their waiters as well as every later
+    ///   [`Pool::connect`] get [`ClientError::PoolClosed`]. A `connect` that already
+    ///   holds a connection slot still sends its CONNECT.
+    ///
+    /// The pool stays closed; there is no reopening. Calling `close` again does nothing.
+    /// Returns without waiting: see [`Pool::closed`].
+    pub fn close(&self) {
+        let state = &self.inner.state;
+        let taken = {
+            let mut keys = state.lock();
+            state.closing.cancel();
+            std::mem::take(&mut *keys)
+        };
+        for ks in taken.values() {
+            for c in &ks.conns {
+                c.shared.retired.store(true, Ordering::Release);
+            }
+        }
+        if !taken.is_empty() {
+            tracing::debug!(
+                connections = taken.values().map(|k| k.conns.len()).sum::<usize>(),
+                "HBONE pool closed"
+            );
+        }
+        // Dropping the last request handle of an HTTP/2 connection makes it send GOAWAY
+        // and close once no stream is left.
+        drop(taken);
+    }
+
+    /// Whether [`Pool::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.state.closing.is_cancelled()
+    }
+
+    /// Waits until the pool is closed and all its connections have ended (including
+    /// those still carrying tunnels when [`Pool::close`] was called).
+    ///
+    /// Does not close the pool itself; combine with [`tokio::time::timeout`] for a
+    /// deadline.
+    pub async fn closed(&self) {
+        let state = &self.inner.state;
+        state.closing.cancelled().await;
+        loop {
+            let changed = state.open_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if state.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
         }
     }
 
@@ -481,6 +568,9 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
                     closed: AtomicU64::new(0),
                     dial_failures: AtomicU64::new(0),
                     next_id: AtomicU64::new(0),
+                    open: AtomicUsize::new(0),
+                    open_changed: Notify::new(),
+                    closing: CancellationToken::new(),
                 }),
             }),
         }
@@ -489,7 +579,8 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     /// Opens a tunnel for `request` on a connection of `key`.
     ///
     /// A request refused by HTTP/2 before the server saw it (after a GOAWAY, or
-    /// REFUSED_STREAM) is retried on another connection, twice at most.
+    /// REFUSED_STREAM) is retried on another connection, twice at most. After
+    /// [`Pool::close`] this fails with [`ClientError::PoolClosed`].
     pub async fn connect(
         &self,
         key: &PoolKey,
@@ -520,6 +611,9 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         loop {
             let next = {
                 let mut keys = state.lock();
+                if state.closing.is_cancelled() {
+                    return Err(ClientError::PoolClosed);
+                }
                 let ks = keys.entry(key.clone()).or_default();
                 ks.conns.retain(|c| c.usable());
                 if let Some(c) = ks.conns.iter().find(|c| c.try_reserve(max)) {
@@ -545,7 +639,10 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
             match next {
                 Next::Dial(slot) => return self.dial(key, slot).await,
                 Next::Wait(slot, notified) => {
-                    notified.await;
+                    tokio::select! {
+                        () = notified => {}
+                        () = state.closing.cancelled() => return Err(ClientError::PoolClosed),
+                    }
                     if let Some(e) = slot.failed.get() {
                         return Err(e.clone());
                     }
@@ -568,25 +665,41 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
             slot,
             armed: true,
         };
-        match self.handshake(key).await {
+        let handshake = tokio::select! {
+            r = self.handshake(key) => r,
+            () = state.closing.cancelled() => Err(ClientError::PoolClosed),
+        };
+        match handshake {
             Ok((conn, driver)) => {
-                {
+                let added = {
                     let mut keys = state.lock();
-                    let ks = keys.entry(key.clone()).or_default();
-                    ks.conns.push(conn.clone());
-                    match &mut ks.dial {
-                        Some(d) if Arc::ptr_eq(&d.slot, &guard.slot) => {
-                            d.conn_id = Some(conn.shared.id);
+                    if state.closing.is_cancelled() {
+                        false
+                    } else {
+                        let ks = keys.entry(key.clone()).or_default();
+                        ks.conns.push(conn.clone());
+                        match &mut ks.dial {
+                            Some(d) if Arc::ptr_eq(&d.slot, &guard.slot) => {
+                                d.conn_id = Some(conn.shared.id);
+                            }
+                            _ => {}
                         }
-                        _ => {}
+                        state.opened.fetch_add(1, Ordering::Relaxed);
+                        state.open.fetch_add(1, Ordering::AcqRel);
+                        true
                     }
-                    state.opened.fetch_add(1, Ordering::Relaxed);
+                };
+                if !added {
+                    // Closed during the handshake: the connection is dropped unused, and
+                    // the guard wakes the waiters, who find the pool closed.
+                    return Err(ClientError::PoolClosed);
                 }
                 let mut guard = guard;
                 guard.armed = false;
                 self.spawn_connection_task(key.clone(), conn.shared.clone(), driver);
                 Ok(conn)
             }
+            Err(ClientError::PoolClosed) => Err(ClientError::PoolClosed),
             Err(e) => {
                 tracing::debug!(next_hop = %key.next_hop, error = %e, "HBONE dial failed");
                 guard.fail(&e);

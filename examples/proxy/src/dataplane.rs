@@ -393,6 +393,8 @@ impl DataPlane {
                     }
                     ClientError::Connect(_) | ClientError::ConnectTimeout => "connect failed",
                     ClientError::TlsConfig(_) => "no certificate",
+                    // The pod was removed while this connection was being set up.
+                    ClientError::PoolClosed => "pod gone",
                     ClientError::Rejected(Rejection::Unauthorized) => "denied by peer",
                     ClientError::Rejected(_) | ClientError::UnexpectedStatus(_) => {
                         "refused by peer"
@@ -1085,6 +1087,11 @@ impl Handler for Dispatch {
             )
         };
         if let Some(state) = state {
+            // Idle outbound HBONE connections of the pod close now (GOAWAY) instead of at
+            // the pool's idle timeout; connections still carrying tunnels follow when those
+            // end. Connections the pod still has open hold the state a while, so the pool
+            // is closed explicitly rather than left to drop.
+            state.pool.close();
             tokio::spawn(async move { state.server.shutdown().await });
         }
         // Forget certificates no remaining pod uses (they are fetched again on demand).
@@ -1947,6 +1954,27 @@ mod tests {
         // The destination is still HBONE in xDS but nobody serves it: the connection fails.
         assert_eq!(env.outbound("client-1", app, b"2").await, b"");
         assert!(env.metrics_text().contains(&expiry(CLIENT_ID)));
+    }
+
+    #[tokio::test]
+    async fn removed_pod_closes_its_idle_outbound_hbone_connections() {
+        let mut env = Env::new().await;
+        env.pod("client-1", "shop", "client", [127, 0, 0, 73], true)
+            .await;
+        env.pod("server-1", "shop", "server", [127, 0, 0, 74], true)
+            .await;
+        let app = echo_app([127, 0, 0, 74], "server-1:").await;
+        assert_eq!(env.outbound("client-1", app, b"1").await, b"server-1:1");
+        let pool = env.dp.pod_state("uid-client-1").unwrap().pool.clone();
+        wait_for(|| pool.stats().open == 1 && pool.stats().pooled == 1).await;
+        assert!(env.supervisor.remove("uid-client-1"));
+        // Gone at once, not after the pool's idle timeout (minutes).
+        wait_for(|| pool.stats().closed == 1).await;
+        let s = pool.stats();
+        assert_eq!((s.open, s.pooled, s.opened), (0, 0, 1), "{s:?}");
+        assert!(pool.is_closed());
+        // The other pod is unaffected.
+        assert!(env.dp.pod_state("uid-server-1").is_some());
     }
 
     #[tokio::test]
