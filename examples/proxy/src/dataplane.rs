@@ -491,16 +491,31 @@ impl DataPlane {
             );
         };
         rec.destination_identity = local.identity().to_string();
-        // An IP authority names the application directly; a host-name authority names a
-        // service this pod is an endpoint of, and its port is mapped like the service maps it.
-        let requested = match (authority.socket_addr(), authority.host()) {
-            (Some(a), _) => a,
+        // An IP authority must name this pod's address, the one the connection arrived on.
+        if let Err(rejection) = tunnel.request().check_destination(local_addr.ip()) {
+            tunnel.reject(rejection);
+            if let Some(a) = authority.socket_addr() {
+                rec.dst = canonical(a);
+            }
+            return self.connection_failed(
+                &rec,
+                &Failure::new(
+                    "refused",
+                    "authority does not match the destination address",
+                ),
+            );
+        }
+        // The application is always at this pod's address. An IP authority gives the port; a
+        // host-name authority names a service this pod is an endpoint of, and its port is
+        // mapped like the service maps it.
+        let port = match (authority.socket_addr(), authority.host()) {
+            (Some(a), _) => a.port(),
             (None, Some(host)) => {
                 match self
                     .store
                     .resolve_service_host(&local, host, authority.port())
                 {
-                    Some(target) => SocketAddr::new(local_addr.ip(), target.port),
+                    Some(target) => target.port,
                     None => {
                         tunnel.reject(Rejection::ServiceUnavailable);
                         return self.connection_failed(
@@ -519,19 +534,12 @@ impl DataPlane {
                     .connection_failed(&rec, &Failure::new("refused", "unusable authority"));
             }
         };
-        let target = match routing::inbound_target(requested, local_addr) {
-            Ok(t) => t,
-            Err(refusal) => {
-                tunnel.reject(if refusal.status() == 400 {
-                    Rejection::BadRequest
-                } else {
-                    Rejection::ServiceUnavailable
-                });
-                rec.dst = requested;
-                return self.connection_failed(&rec, &Failure::new("refused", refusal.reason()));
-            }
-        };
+        let target = SocketAddr::new(local_addr.ip(), port);
         rec.dst = target;
+        if routing::is_illegal_port(port) {
+            tunnel.reject(Rejection::ServiceUnavailable);
+            return self.connection_failed(&rec, &Failure::new("refused", routing::RECURSION));
+        }
         let peer_identity = Identity::from_str(&peer_id.to_string()).ok();
         let conn = ConnectionInfo::new(src.ip(), target, peer_identity);
         if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {

@@ -1,6 +1,6 @@
 //! Routing decisions, kept free of I/O so they can be tested on their own: where an outbound
-//! connection goes, which application port an inbound HBONE stream may reach, and which ports
-//! the proxy refuses to proxy to (its own).
+//! connection goes, and which ports the proxy refuses to proxy to (its own). The destination
+//! check of inbound HBONE streams is `hbone::ConnectRequest::check_destination`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -110,49 +110,6 @@ pub(crate) fn outbound_route(original_dst: SocketAddr, destination: &Destination
             dst: SocketAddr::new(w.ip, w.port),
         },
     }
-}
-
-/// Why an inbound HBONE stream is refused before the application is dialed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InboundRefusal {
-    /// The authority names another address than the one the connection arrived on (400).
-    WrongDestination,
-    /// The target port is one of the proxy's own ports (503).
-    IllegalPort,
-}
-
-impl InboundRefusal {
-    /// HTTP status answered on the CONNECT stream.
-    pub(crate) fn status(self) -> u16 {
-        match self {
-            Self::WrongDestination => 400,
-            Self::IllegalPort => 503,
-        }
-    }
-
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Self::WrongDestination => "authority does not match the destination address",
-            Self::IllegalPort => RECURSION,
-        }
-    }
-}
-
-/// Validates the `CONNECT` authority of an inbound HBONE stream against the address the TLS
-/// connection arrived on (`local`, the pod's IP and 15008) and returns the application
-/// address to dial: always the pod's own IP, with the authority's port.
-pub(crate) fn inbound_target(
-    authority: SocketAddr,
-    local: SocketAddr,
-) -> Result<SocketAddr, InboundRefusal> {
-    let local_ip = local.ip().to_canonical();
-    if authority.ip().to_canonical() != local_ip {
-        return Err(InboundRefusal::WrongDestination);
-    }
-    if is_illegal_port(authority.port()) {
-        return Err(InboundRefusal::IllegalPort);
-    }
-    Ok(SocketAddr::new(local_ip, authority.port()))
 }
 
 /// Checks the original destination of a plaintext connection captured on 15006.
@@ -317,31 +274,12 @@ mod tests {
     }
 
     #[test]
-    fn inbound_authority_must_be_the_local_address() {
-        let local = sa("10.10.2.3:15008");
-        assert_eq!(
-            inbound_target(sa("10.10.2.3:8080"), local),
-            Ok(sa("10.10.2.3:8080"))
-        );
-        assert_eq!(
-            inbound_target(sa("10.10.2.9:8080"), local),
-            Err(InboundRefusal::WrongDestination)
-        );
-        assert_eq!(InboundRefusal::WrongDestination.status(), 400);
-        // A dual-stack listener reports IPv4 peers as mapped addresses.
-        assert_eq!(
-            inbound_target(sa("10.10.2.3:8080"), sa("[::ffff:10.10.2.3]:15008")),
-            Ok(sa("10.10.2.3:8080"))
-        );
-    }
-
-    #[test]
-    fn inbound_illegal_ports_get_503() {
-        let local = sa("10.10.2.3:15008");
-        for port in ILLEGAL_PORTS {
-            let err = inbound_target(SocketAddr::new(local.ip(), port), local).unwrap_err();
-            assert_eq!(err, InboundRefusal::IllegalPort);
-            assert_eq!(err.status(), 503);
+    fn the_capture_ports_are_illegal() {
+        for port in [15001, 15006, 15008] {
+            assert!(is_illegal_port(port), "{port}");
+        }
+        for port in [0, 80, 15000, 15007, 15009, 15020, 15021] {
+            assert!(!is_illegal_port(port), "{port}");
         }
     }
 
