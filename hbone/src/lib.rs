@@ -29,7 +29,9 @@
 //!   half-close, peer resets map to EOF or errors. Flow control is manual underneath
 //!   (capacity released as the application reads, writes wait for send capacity), so a
 //!   slow reader stops the writer instead of growing buffers. [`copy_bidirectional`]
-//!   splices a tunnel with a socket without intermediate copies.
+//!   splices a tunnel with a socket without intermediate copies;
+//!   [`copy_bidirectional_with`] also reports bytes as they pass to a [`CopyObserver`]
+//!   (such as [`CopyCounters`]) for live metrics.
 //! * **Settings:** [`Http2Config`], [`PoolConfig`], [`ServeConfig`], with the values
 //!   HBONE peers use as defaults (4 MiB stream window, 16 MiB connection window, 1 MiB
 //!   frames, PING every 10 s with a 20 s timeout).
@@ -146,7 +148,10 @@ pub use server::{
     ConnectionInfo, Handler, IncomingTunnel, Server, ServerError, ServerStats, ServerTlsProvider,
 };
 pub use traceparent::{MAX_TRACEPARENT_LEN, TraceParent, TraceParentError};
-pub use tunnel::{CopyStats, Tunnel, TunnelRecv, TunnelSend, copy_bidirectional};
+pub use tunnel::{
+    CopyCounters, CopyDirection, CopyObserver, CopyStats, Tunnel, TunnelRecv, TunnelSend,
+    copy_bidirectional, copy_bidirectional_with,
+};
 
 /// Re-exports of crates whose types appear in this API.
 pub use {h2, http, rustls, svid};

@@ -1,15 +1,18 @@
-//! Loopback tests over real TLS: data integrity, half-close, refusals, identities.
+//! Loopback tests over real TLS: data integrity, half-close, refusals, identities, and
+//! splicing a tunnel with a socket (live byte counts).
 
 // Helpers outside #[test] functions: a failed step should abort the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use hbone::{
-    ClientConnection, ClientError, Http2Config, PoolConfig, PoolKey, Rejection, WorkloadBaggage,
+    ClientConnection, ClientError, CopyCounters, CopyDirection, CopyObserver, Http2Config,
+    PoolConfig, PoolKey, Rejection, WorkloadBaggage,
 };
 use svid::{PeerVerifyError, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -274,9 +277,7 @@ async fn untrusted_client_certificate_is_refused() {
     // TLS 1.3: the client's handshake completes before the server checks the client
     // certificate, so the refusal shows up as an alert on the first use.
     let result = async {
-        let conn =
-            ClientConnection::connect(tcp, std::sync::Arc::new(tls), &Http2Config::default())
-                .await?;
+        let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default()).await?;
         conn.open(&Fixture::request(PORT_ECHO)).await
     }
     .await;
@@ -316,9 +317,7 @@ async fn client_from_other_trust_domain_is_refused() {
     .unwrap();
     let tcp = TcpStream::connect(f.addr).await.unwrap();
     let result = async {
-        let conn =
-            ClientConnection::connect(tcp, std::sync::Arc::new(tls), &Http2Config::default())
-                .await?;
+        let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default()).await?;
         conn.open(&Fixture::request(PORT_ECHO)).await
     }
     .await;
@@ -350,7 +349,7 @@ async fn unpooled_connection_reports_peer_identity() {
     )
     .unwrap();
     let tcp = TcpStream::connect(f.addr).await.unwrap();
-    let conn = ClientConnection::connect(tcp, std::sync::Arc::new(tls), &Http2Config::default())
+    let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default())
         .await
         .unwrap();
     assert_eq!(conn.peer_identity(), Some(&f.server_id));
@@ -375,7 +374,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
         .unwrap();
     server_tls.alpn_protocols = vec![b"h2".to_vec()];
     let server = hbone::Server::new(
-        std::sync::Arc::new(server_tls),
+        Arc::new(server_tls),
         handler(f.state.clone()),
         hbone::ServeConfig::default(),
     );
@@ -402,12 +401,8 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
     client_tls.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let result = async {
-        let conn = ClientConnection::connect(
-            tcp,
-            std::sync::Arc::new(client_tls),
-            &Http2Config::default(),
-        )
-        .await?;
+        let conn =
+            ClientConnection::connect(tcp, Arc::new(client_tls), &Http2Config::default()).await?;
         conn.open(&Fixture::request(PORT_ECHO)).await
     }
     .await;
@@ -462,7 +457,7 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     h2.keepalive_interval = Some(Duration::MAX);
     h2.keepalive_timeout = Duration::MAX;
     let tcp = TcpStream::connect(f.addr).await.unwrap();
-    let conn = ClientConnection::connect(tcp, std::sync::Arc::new(tls), &h2)
+    let conn = ClientConnection::connect(tcp, Arc::new(tls), &h2)
         .await
         .unwrap();
     let mut t = conn.open(&Fixture::request(PORT_ECHO)).await.unwrap();
@@ -470,4 +465,134 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     let mut b = [0u8; 1];
     t.read_exact(&mut b).await.unwrap();
     assert!(!conn.is_closed());
+}
+
+/// A tunnel to a parked server-side tunnel, and a connected loopback TCP pair.
+async fn tunnel_and_socket_pair(
+    f: &Fixture,
+) -> (hbone::Tunnel, hbone::Tunnel, TcpStream, TcpStream) {
+    let pool = f.pool(PoolConfig::default());
+    let t = pool
+        .connect(&f.key(), &Fixture::request(PORT_PARK))
+        .await
+        .unwrap();
+    let far = loop {
+        if let Some(s) = f.state.parked.lock().unwrap().pop() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (io, _) = listener.accept().await.unwrap();
+    (t, far, app, io)
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn copy_reports_bytes_while_they_flow_and_keeps_half_closes() {
+    let f = Fixture::start().await;
+    let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
+    let counters = Arc::new(CopyCounters::new());
+    let copy = tokio::spawn(hbone::copy_bidirectional_with(t, io, counters.clone()));
+
+    // Socket → tunnel: counted by the time the far end has it, while the copy runs.
+    let up = vec![3u8; 300_000];
+    app.write_all(&up).await.unwrap();
+    let mut got = vec![0u8; up.len()];
+    far.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, up);
+    eventually("to_tunnel counted", || counters.to_tunnel() == 300_000).await;
+    assert_eq!(counters.from_tunnel(), 0);
+
+    // Tunnel → socket.
+    let down = vec![4u8; 50_000];
+    far.write_all(&down).await.unwrap();
+    let mut got = vec![0u8; down.len()];
+    app.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, down);
+    eventually("from_tunnel counted", || counters.from_tunnel() == 50_000).await;
+    assert!(!copy.is_finished());
+
+    // The socket's half-close reaches the far end, which can still answer.
+    app.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    far.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    far.write_all(b"bye").await.unwrap();
+    far.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    app.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"bye");
+
+    let stats = tokio::time::timeout(Duration::from_secs(5), copy)
+        .await
+        .expect("copy did not end after both half-closes")
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.to_tunnel, stats.from_tunnel), (300_000, 50_003));
+    assert_eq!(counters.stats(), stats);
+}
+
+/// Records every report, to see that a large transfer is reported piece by piece.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(CopyDirection, u64)>>);
+
+impl CopyObserver for Recorder {
+    fn carried(&self, direction: CopyDirection, bytes: u64) {
+        self.0.lock().unwrap().push((direction, bytes));
+    }
+}
+
+#[tokio::test]
+async fn copy_reports_large_transfers_in_pieces_and_keeps_counts_after_an_error() {
+    const LEN: usize = 8 * 1024 * 1024;
+    let f = Fixture::start().await;
+    let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
+    let recorder = Recorder::default();
+    let copy = hbone::copy_bidirectional_with(t, io, &recorder);
+    let drive = async {
+        let data = vec![9u8; LEN];
+        let mut got = vec![0u8; LEN];
+        let (w, r) = tokio::join!(app.write_all(&data), far.read_exact(&mut got));
+        w.unwrap();
+        r.unwrap();
+        assert_eq!(got, data);
+        far.write_all(b"partial").await.unwrap();
+        let mut b = [0u8; 7];
+        app.read_exact(&mut b).await.unwrap();
+        // The far end aborts the stream: the copy fails, both directions end.
+        far.reset(h2::Reason::INTERNAL_ERROR);
+        let mut rest = Vec::new();
+        let _ = app.read_to_end(&mut rest).await;
+        rest
+    };
+    let (result, rest) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(copy, drive) })
+            .await
+            .expect("copy did not end after the reset");
+    assert!(result.is_err(), "{result:?}");
+    assert!(rest.is_empty());
+    let reports = recorder.0.lock().unwrap();
+    let sum = |d| -> u64 { reports.iter().filter(|r| r.0 == d).map(|r| r.1).sum() };
+    assert_eq!(sum(CopyDirection::ToTunnel), LEN as u64);
+    assert_eq!(sum(CopyDirection::FromTunnel), 7);
+    let pieces = reports
+        .iter()
+        .filter(|r| r.0 == CopyDirection::ToTunnel)
+        .count();
+    assert!(pieces > 8, "8 MiB reported in {pieces} pieces");
+    assert!(reports.iter().all(|r| r.1 > 0));
 }

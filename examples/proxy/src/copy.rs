@@ -1,13 +1,18 @@
-//! Bidirectional copy between two byte streams with byte counting and half-close: when one
-//! side reaches end of stream, the write half of the other side is shut down and the opposite
-//! direction keeps flowing until it ends too.
+//! Carrying a connection's bytes between its two ends, with live byte counts and half-close:
+//! when one side reaches end of stream, the write half of the other side is shut down and the
+//! opposite direction keeps flowing until it ends too.
+//!
+//! An HBONE tunnel is spliced with its socket by [`hbone::copy_bidirectional_with`] (chunks go
+//! between HTTP/2 frames and the socket without a copy through a proxy buffer), reporting into
+//! the same counters as the plain TCP ↔ TCP copy here.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hbone::{CopyDirection, CopyObserver, Tunnel};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Initial copy buffer per direction.
 const SMALL_BUFFER: usize = 16 * 1024;
@@ -33,21 +38,86 @@ impl Transferred {
     }
 }
 
-/// Copies `a → b` and `b → a` until both directions reached end of stream, or one failed.
+/// The two ends of a connection the proxy carries, downstream (the side that connected to the
+/// proxy) first.
+#[derive(Debug)]
+pub(crate) enum Ends {
+    /// Plain TCP on both sides (passthrough, inbound plaintext).
+    Tcp(TcpStream, TcpStream),
+    /// Outbound HBONE: the application's socket, the tunnel to the peer.
+    SocketToTunnel(TcpStream, Tunnel),
+    /// Inbound HBONE: the peer's tunnel, the socket to the application.
+    TunnelToSocket(Tunnel, TcpStream),
+}
+
+impl Ends {
+    /// Copies both ways until both directions reached end of stream, or one failed. Every
+    /// piece is added to `counter` as it passes (so long connections show up in metrics while
+    /// they run) and to `transferred` (downstream → upstream as `a_to_b`).
+    pub(crate) async fn copy(self, counter: &Counter, transferred: &Transferred) -> io::Result<()> {
+        match self {
+            Self::Tcp(a, b) => copy_bidirectional(a, b, counter, transferred).await,
+            Self::SocketToTunnel(socket, tunnel) => {
+                let meter = TunnelMeter {
+                    counter,
+                    transferred,
+                    tunnel_is_upstream: true,
+                };
+                hbone::copy_bidirectional_with(tunnel, socket, meter)
+                    .await
+                    .map(drop)
+            }
+            Self::TunnelToSocket(tunnel, socket) => {
+                let meter = TunnelMeter {
+                    counter,
+                    transferred,
+                    tunnel_is_upstream: false,
+                };
+                hbone::copy_bidirectional_with(tunnel, socket, meter)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+}
+
+/// Counts what hbone's splice reports into the proxy's counters, oriented downstream →
+/// upstream.
+struct TunnelMeter<'a> {
+    counter: &'a Counter,
+    transferred: &'a Transferred,
+    tunnel_is_upstream: bool,
+}
+
+impl CopyObserver for TunnelMeter<'_> {
+    fn carried(&self, direction: CopyDirection, bytes: u64) {
+        self.counter.inc_by(bytes);
+        let downstream_to_upstream =
+            (direction == CopyDirection::ToTunnel) == self.tunnel_is_upstream;
+        let total = if downstream_to_upstream {
+            &self.transferred.a_to_b
+        } else {
+            &self.transferred.b_to_a
+        };
+        total.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Copies `a → b` and `b → a` (plain byte streams; tunnels go through [`Ends`]) until both
+/// directions reached end of stream, or one failed.
 ///
-/// Every chunk is added to `counter` as it passes (so long connections show up in metrics while
-/// they run) and to `transferred`. End of stream on one side shuts down the write half of the
-/// other side (TCP FIN / HTTP/2 END_STREAM) and the other direction continues. The first error
-/// ends both directions.
-pub(crate) async fn copy_bidirectional<A, B>(
+/// Every chunk is added to `counter` as it passes and to `transferred`. End of stream on one
+/// side shuts down the write half of the other side (TCP FIN) and the other direction
+/// continues. The first error ends both directions.
+async fn copy_bidirectional<A, B>(
     a: A,
     b: B,
     counter: &Counter,
-    transferred: &Arc<Transferred>,
+    transferred: &Transferred,
 ) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Send,
-    B: AsyncRead + AsyncWrite + Send,
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
 {
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
@@ -98,6 +168,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::duplex;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -197,5 +268,31 @@ mod tests {
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest).await;
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn tunnel_reports_count_downstream_to_upstream() {
+        let counter = Counter::default();
+        let transferred = Transferred::default();
+        // Outbound: the application (downstream) sends into the tunnel (upstream).
+        let outbound = TunnelMeter {
+            counter: &counter,
+            transferred: &transferred,
+            tunnel_is_upstream: true,
+        };
+        outbound.carried(CopyDirection::ToTunnel, 5);
+        outbound.carried(CopyDirection::FromTunnel, 7);
+        assert_eq!((transferred.a_to_b(), transferred.b_to_a()), (5, 7));
+        // Inbound: what comes out of the tunnel (downstream) goes to the application.
+        let transferred = Transferred::default();
+        let inbound = TunnelMeter {
+            counter: &counter,
+            transferred: &transferred,
+            tunnel_is_upstream: false,
+        };
+        inbound.carried(CopyDirection::FromTunnel, 11);
+        inbound.carried(CopyDirection::ToTunnel, 13);
+        assert_eq!((transferred.a_to_b(), transferred.b_to_a()), (11, 13));
+        assert_eq!(counter.get(), 36);
     }
 }

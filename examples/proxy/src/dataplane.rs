@@ -32,7 +32,7 @@ use xds_workload::{
 };
 
 use crate::certs::{Certificates, Material};
-use crate::copy::{Transferred, copy_bidirectional};
+use crate::copy::{Ends, Transferred};
 use crate::metrics::{ConnectionLabels, Direction, Metrics, Security, TrafficLabels};
 use crate::pods::{Handler, ListenerKind, Pod, PodNetwork};
 use crate::routing::{self, Destination, DestinationWorkload, OutboundRoute, ServiceTarget};
@@ -328,7 +328,7 @@ impl DataPlane {
                 return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
             }
         };
-        self.splice(rec, stream, upstream).await;
+        self.splice(rec, Ends::Tcp(stream, upstream)).await;
     }
 
     async fn hbone_outbound(
@@ -411,7 +411,7 @@ impl DataPlane {
             }
         };
         rec.peer_workload = peer_workload(tunnel.response().and_then(|r| r.baggage.as_ref()));
-        self.splice(rec, stream, tunnel).await;
+        self.splice(rec, Ends::SocketToTunnel(stream, tunnel)).await;
     }
 
     // ---------------------------------------------------------------------------------
@@ -558,7 +558,8 @@ impl DataPlane {
             Ok(t) => t,
             Err(e) => return self.connection_failed(&rec, &Failure::new("hbone error", e)),
         };
-        self.splice(rec, tunnel, upstream).await;
+        self.splice(rec, Ends::TunnelToSocket(tunnel, upstream))
+            .await;
     }
 
     // ---------------------------------------------------------------------------------
@@ -602,7 +603,7 @@ impl DataPlane {
             Ok(s) => s,
             Err(failure) => return self.connection_failed(&rec, &failure),
         };
-        self.splice(rec, stream, upstream).await;
+        self.splice(rec, Ends::Tcp(stream, upstream)).await;
     }
 
     // ---------------------------------------------------------------------------------
@@ -610,11 +611,7 @@ impl DataPlane {
     // ---------------------------------------------------------------------------------
 
     /// Counts an established connection, copies until both sides are done, logs it.
-    async fn splice<A, B>(&self, rec: ConnRecord, downstream: A, upstream: B)
-    where
-        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
-        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
-    {
+    async fn splice(&self, rec: ConnRecord, ends: Ends) {
         let traffic = TrafficLabels {
             direction: rec.direction,
             security: rec.security,
@@ -642,7 +639,7 @@ impl DataPlane {
             transferred: transferred.clone(),
             active,
         };
-        if let Err(e) = copy_bidirectional(downstream, upstream, &bytes, &transferred).await {
+        if let Err(e) = ends.copy(&bytes, &transferred).await {
             tracing::debug!(error = %e, "copy ended with an error");
         }
     }
