@@ -5,14 +5,23 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
 
+/// Set once Ctrl-C or SIGTERM arrived: errors after that are the interruption's doing.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 fn main() {
     match run() {
         Ok(()) => {}
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            // `run` dropped the cluster on its way out: everything is cleaned up.
+            eprintln!("interrupted: cleaned up");
+            std::process::exit(130);
+        }
         Err(e) => {
             eprintln!("demo failed: {e:#}");
             std::process::exit(1);
@@ -228,6 +237,7 @@ fn install_interrupt_handler() -> Result<()> {
                     _ = term.recv() => "terminated",
                 }
             });
+            INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("\n{name}: cleaning up");
             // The agents and proxies share our process group: on Ctrl-C the terminal
             // signalled them too; on SIGTERM do it here. Our own handler absorbs it.
