@@ -150,6 +150,13 @@ pub struct ServeConfig {
     /// After a drain starts (GOAWAY sent), connections still open after this long are
     /// closed. Default 5 s.
     pub drain_deadline: Duration,
+    /// How many connections may be in their TLS and HTTP/2 handshakes at once. Default 1024.
+    ///
+    /// Connections beyond the limit wait, unread, for a slot (their TCP connection stays
+    /// open); [`handshake_timeout`](Self::handshake_timeout) starts once a slot is taken. A
+    /// drain ends the wait. This bounds the CPU and memory that clients which never finish
+    /// their handshakes can hold. `0` is treated as `1`.
+    pub max_concurrent_handshakes: usize,
 }
 
 impl Default for ServeConfig {
@@ -158,6 +165,7 @@ impl Default for ServeConfig {
             http2: Http2Config::server(),
             handshake_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(5),
+            max_concurrent_handshakes: 1024,
         }
     }
 }
@@ -186,6 +194,7 @@ mod tests {
             ServeConfig::default().drain_deadline,
             Duration::from_secs(5)
         );
+        assert_eq!(ServeConfig::default().max_concurrent_handshakes, 1024);
         assert_eq!(clamp_frame(1), 16_384);
         assert_eq!(clamp_frame(u32::MAX), 16_777_215);
     }

@@ -18,6 +18,7 @@ use http::HeaderMap;
 use svid::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -225,6 +226,8 @@ struct ServerInner<H, T> {
     config: ServeConfig,
     drain: CancellationToken,
     tracker: TaskTracker,
+    /// Slots for connections in their handshakes ([`ServeConfig::max_concurrent_handshakes`]).
+    handshakes: Semaphore,
     connections: AtomicU64,
     handshake_failures: AtomicU64,
     requests: AtomicU64,
@@ -263,6 +266,9 @@ impl<H, T> std::fmt::Debug for Server<H, T> {
 impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
     /// A server using `tls` for handshakes and `handler` for requests.
     pub fn new(tls: T, handler: H, config: ServeConfig) -> Self {
+        let slots = config
+            .max_concurrent_handshakes
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             inner: Arc::new(ServerInner {
                 handler,
@@ -270,6 +276,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
                 config,
                 drain: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                handshakes: Semaphore::new(slots),
                 connections: AtomicU64::new(0),
                 handshake_failures: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
@@ -330,6 +337,9 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
 
     /// Serves one accepted connection until it closes: TLS handshake, client identity,
     /// HTTP/2, and a handler task per CONNECT stream.
+    ///
+    /// The handshakes first wait for one of the
+    /// [`ServeConfig::max_concurrent_handshakes`] slots (a drain ends the wait).
     pub async fn serve_connection<IO>(
         &self,
         io: IO,
@@ -342,10 +352,20 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         if inner.drain.is_cancelled() {
             return Ok(());
         }
+        let permit = tokio::select! {
+            biased;
+            () = inner.drain.cancelled() => return Ok(()),
+            p = inner.handshakes.acquire() => match p {
+                Ok(p) => p,
+                // The semaphore is never closed.
+                Err(_) => return Ok(()),
+            },
+        };
         let result =
             tokio::time::timeout(inner.config.handshake_timeout, self.handshake(io, &info))
                 .await
                 .unwrap_or(Err(ServerError::HandshakeTimeout));
+        drop(permit);
         let (conn, peer) = match result {
             Ok(c) => c,
             Err(e) => {
