@@ -137,8 +137,9 @@ pub use service::server::{
     AuthorizationRequest, Authorizer, CertificateService, CertificateServiceConfig, Denial,
 };
 pub use service::tls::{
-    ControlPlaneTlsError, PeerInfo, TlsConnection, TlsIncoming, control_plane_client_config,
-    control_plane_server_config, serve_tls, tls_channel, tls_incoming,
+    ControlPlaneTlsError, PeerInfo, TlsConnection, TlsIncoming, TlsIncomingConfig,
+    control_plane_client_config, control_plane_server_config, serve_tls, tls_channel, tls_incoming,
+    tls_incoming_with,
 };
 pub use service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
 pub use svid::{SvidError, X509Svid, peer_spiffe_id};

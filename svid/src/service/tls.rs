@@ -14,6 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::Connected;
@@ -25,7 +26,7 @@ use crate::service::server::{Authorizer, CertificateService};
 use crate::svid::{X509Svid, certs_from_pem, peer_spiffe_id};
 use crate::verifier::{IdentityPolicy, SpiffeClientVerifier, VerifierBuilderError};
 
-/// How long an accepted TCP connection may take to finish its TLS handshake.
+/// The default of [`TlsIncomingConfig::handshake_timeout`].
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What tonic request handlers see about the connection (as a request extension) when the
@@ -100,21 +101,75 @@ impl AsyncWrite for TlsConnection {
 
 /// A stream of TLS connections for `tonic::transport::Server::serve_with_incoming`.
 ///
-/// TCP accepts run on a background task; each handshake runs on its own task with a
-/// 10-second limit, so a slow client cannot hold up others. Failed handshakes are logged and
-/// skipped. The background task ends when the stream is dropped.
+/// TCP accepts run on a background task; each handshake runs on its own task with a time
+/// limit, so a slow client cannot hold up others, and at most
+/// [`TlsIncomingConfig::max_concurrent_handshakes`] run at once. Failed handshakes are
+/// logged and skipped. The background task ends when the stream is dropped.
 pub type TlsIncoming = tokio_stream::wrappers::ReceiverStream<io::Result<TlsConnection>>;
+
+/// Limits for the handshakes of [`tls_incoming_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TlsIncomingConfig {
+    /// How long an accepted TCP connection may take to finish its TLS handshake. Default
+    /// 10 s.
+    pub handshake_timeout: Duration,
+    /// How many TLS handshakes may run at once. Default 256.
+    ///
+    /// While all slots are taken the listener accepts nothing: further connections wait in
+    /// the kernel's listen backlog (and beyond it the kernel refuses them) until a handshake
+    /// ends. This bounds the tasks, memory and CPU that clients which never finish their
+    /// handshakes can hold. `0` is treated as `1`.
+    pub max_concurrent_handshakes: usize,
+}
+
+impl Default for TlsIncomingConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_concurrent_handshakes: 256,
+        }
+    }
+}
 
 /// Accepts TCP connections on `listener` and completes TLS handshakes with `config`, yielding
 /// connections whose [`PeerInfo`] reaches tonic handlers as a request extension.
 ///
+/// Uses the default [`TlsIncomingConfig`] (10 s per handshake, at most 256 at once); see
+/// [`tls_incoming_with`].
+///
 /// The client identity in [`PeerInfo`] is only as trustworthy as `config`'s client
 /// certificate verifier; [`control_plane_server_config`] verifies against trust bundles.
 pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsIncoming {
+    tls_incoming_with(listener, config, TlsIncomingConfig::default())
+}
+
+/// [`tls_incoming`] with explicit handshake limits.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: TlsIncomingConfig,
+) -> TlsIncoming {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(Semaphore::new(
+        limits
+            .max_concurrent_handshakes
+            .clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let timeout = limits.handshake_timeout;
     tokio::spawn(async move {
         loop {
+            // Take a handshake slot before accepting, so that excess connections stay in
+            // the listen backlog.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 () = tx.closed() => return,
@@ -131,8 +186,10 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) ->
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                let stream = match handshake.await {
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp));
+                let result = handshake.await;
+                drop(permit);
+                let stream = match result {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote_addr, error = %e, "TLS handshake failed");

@@ -1,0 +1,132 @@
+//! `tls_incoming_with`: clients that never send a ClientHello hold at most
+//! `max_concurrent_handshakes` slots; a real client waits for a free slot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use svid::{
+    CaConfig, CertificateAuthority, TlsIncoming, TlsIncomingConfig, TrustDomain,
+    control_plane_client_config, control_plane_server_config, provider, tls_incoming_with,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+
+struct Setup {
+    addr: SocketAddr,
+    incoming: TlsIncoming,
+    connector: tokio_rustls::TlsConnector,
+    /// Connected, silent clients.
+    idle: Vec<TcpStream>,
+}
+
+/// A listener with `limit` handshake slots and two connected clients that never send a byte.
+async fn stalled(limit: usize) -> Setup {
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let ca = CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap();
+    let (chain, key) = ca
+        .issue_server_cert(
+            &[],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let server = control_plane_server_config(provider::default(), chain, key, None).unwrap();
+    let client =
+        control_plane_client_config(provider::default(), ca.root_pem().as_bytes(), None).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut limits = TlsIncomingConfig::default();
+    limits.max_concurrent_handshakes = limit;
+    limits.handshake_timeout = Duration::from_secs(60);
+    let incoming = tls_incoming_with(listener, Arc::new(server), limits);
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the listener accept them and start their handshakes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Setup {
+        addr,
+        incoming,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        idle,
+    }
+}
+
+/// A real client: TLS handshake, then one byte each way.
+fn client(s: &Setup) -> tokio::task::JoinHandle<()> {
+    let (addr, connector) = (s.addr, s.connector.clone());
+    tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"y");
+    })
+}
+
+/// The next accepted connection answers the client's byte.
+async fn answer_one(incoming: &mut TlsIncoming, within: Duration) -> Option<()> {
+    let mut conn = tokio::time::timeout(within, incoming.next())
+        .await
+        .ok()?
+        .expect("incoming stream ended")
+        .unwrap();
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"x");
+    conn.write_all(b"y").await.unwrap();
+    conn.flush().await.unwrap();
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_fill_the_slots_and_a_client_waits_for_one() {
+    let mut s = stalled(2).await;
+    let c = client(&s);
+    // Both slots are held by the silent connections: no handshake completes.
+    assert!(
+        answer_one(&mut s.incoming, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "a third handshake ran with max_concurrent_handshakes = 2"
+    );
+    assert!(!c.is_finished());
+    // Closing one silent connection ends its handshake and frees its slot.
+    drop(s.idle.pop());
+    answer_one(&mut s.incoming, Duration::from_secs(10))
+        .await
+        .expect("client still waiting after a slot was freed");
+    tokio::time::timeout(Duration::from_secs(10), c)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_slot_lets_a_client_through_despite_stalled_handshakes() {
+    let mut s = stalled(3).await;
+    let c = client(&s);
+    answer_one(&mut s.incoming, Duration::from_secs(10))
+        .await
+        .expect("client blocked although a handshake slot was free");
+    tokio::time::timeout(Duration::from_secs(10), c)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.idle.len(), 2);
+}
+
+#[test]
+fn documented_defaults() {
+    let d = TlsIncomingConfig::default();
+    assert_eq!(d.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(d.max_concurrent_handshakes, 256);
+}
