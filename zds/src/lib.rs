@@ -120,7 +120,7 @@ pub use codec::{
 };
 pub use error::{BindError, ClientError, ZdsError};
 pub use netns::{NetnsError, NetnsId, verify_netns};
-pub use server::{ConnectionId, Server, ServerConfig, ServerEvent};
+pub use server::{ConnectionId, PeerUids, Server, ServerConfig, ServerEvent};
 pub use session::{AgentPhase, AgentSession, CloseReason, ProxyAction, ProxySession, SessionError};
 pub use transport::{Connection, Datagram, RecvError, SendError};
 pub use types::{Update, Workload};

@@ -22,10 +22,40 @@ use crate::session::AgentSession;
 use crate::transport::Connection;
 use crate::types::Workload;
 
+/// Which peers a [`Server`] serves, by the uid the kernel reports for the process that
+/// connected (`SO_PEERCRED`, taken at `connect`). Refused peers are logged, reported as
+/// [`ServerEvent::Refused`] and closed before anything is read or sent.
+///
+/// This adds to the socket file's mode (0600, owner only), which processes with
+/// `CAP_DAC_OVERRIDE` or a mount of the socket elsewhere can get around.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerUids {
+    /// uid 0 and the server process's effective uid. The default.
+    #[default]
+    RootAndSelf,
+    /// Only these uids.
+    Only(Vec<u32>),
+    /// Every peer that can open the socket (no check).
+    Any,
+}
+
+impl PeerUids {
+    /// Whether a peer running as `uid` is served.
+    pub fn allows(&self, uid: u32) -> bool {
+        match self {
+            Self::RootAndSelf => uid == 0 || uid == nix::unistd::geteuid().as_raw(),
+            Self::Only(uids) => uids.contains(&uid),
+            Self::Any => true,
+        }
+    }
+}
+
 /// Settings of a [`Server`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     path: PathBuf,
+    peer_uids: PeerUids,
     hello_timeout: Duration,
     ack_timeout: Duration,
     queue_capacity: usize,
@@ -35,10 +65,12 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     /// `path` [`DEFAULT_SOCKET_PATH`], hello timeout 5 s, ack timeout 5 s, 100 queued
-    /// requests per connection, snapshots not held for seeding, 256 buffered events.
+    /// requests per connection, snapshots not held for seeding, 256 buffered events, peers
+    /// [`PeerUids::RootAndSelf`].
     fn default() -> Self {
         Self {
             path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            peer_uids: PeerUids::RootAndSelf,
             hello_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),
             queue_capacity: 100,
@@ -53,6 +85,12 @@ impl ServerConfig {
     /// file is replaced. Default [`DEFAULT_SOCKET_PATH`].
     pub fn path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
         self.path = path.into();
+        self
+    }
+
+    /// Which peers are served, by their uid. Default [`PeerUids::RootAndSelf`].
+    pub fn peer_uids(&mut self, uids: PeerUids) -> &mut Self {
+        self.peer_uids = uids;
         self
     }
 
@@ -134,6 +172,14 @@ pub enum ServerEvent {
         uid: Option<String>,
         /// The proxy's text.
         message: String,
+    },
+    /// A peer was refused by [`ServerConfig::peer_uids`] and closed. It got no
+    /// [`ConnectionId`] and no other event.
+    Refused {
+        /// The peer's uid, or `None` when the kernel did not report its credentials.
+        uid: Option<u32>,
+        /// The peer's process id, when known.
+        pid: Option<i32>,
     },
     /// A connection ended.
     Disconnected {
@@ -464,6 +510,9 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: UnixSeqpacketListener) {
         };
         match accepted {
             Ok(socket) => {
+                if !peer_allowed(&shared, &socket) {
+                    continue;
+                }
                 let id = ConnectionId(shared.next_id.fetch_add(1, Ordering::Relaxed));
                 let conn = Connection::from_socket(socket);
                 info!(%id, "ZDS proxy connected");
@@ -477,6 +526,28 @@ async fn accept_loop(shared: Arc<Shared>, mut listener: UnixSeqpacketListener) {
             }
         }
     }
+}
+
+/// Checks the peer's uid against [`ServerConfig::peer_uids`]; a refused peer is logged and
+/// reported, and closed when the caller drops `socket`.
+fn peer_allowed(shared: &Shared, socket: &tokio_seqpacket::UnixSeqpacket) -> bool {
+    let policy = &shared.config.peer_uids;
+    if *policy == PeerUids::Any {
+        return true;
+    }
+    let (uid, pid) = match socket.peer_cred() {
+        Ok(cred) if policy.allows(cred.uid()) => return true,
+        Ok(cred) => {
+            warn!(uid = cred.uid(), pid = ?cred.pid(), "refusing ZDS peer: uid not allowed");
+            (Some(cred.uid()), cred.pid())
+        }
+        Err(e) => {
+            warn!(error = %e, "refusing ZDS peer: no peer credentials");
+            (None, None)
+        }
+    };
+    shared.emit(ServerEvent::Refused { uid, pid });
+    false
 }
 
 /// Waits for the hello of a new connection, then registers it (or parks it until the

@@ -15,7 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_seqpacket::UnixSeqpacket;
 use zds::{
-    Client, ClientConfig, NetnsId, Response, Server, ServerConfig, ServerEvent, Workload, ZdsError,
+    Client, ClientConfig, NetnsId, PeerUids, Response, Server, ServerConfig, ServerEvent, Workload,
+    ZdsError,
 };
 
 fn workload(uid: &str) -> Workload {
@@ -546,5 +547,76 @@ async fn shutdown_refuses_further_requests() {
         disconnected_with(&event).is_none(),
         "clean close: {event:?}"
     );
+    client.abort();
+}
+
+fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+#[test]
+fn peer_uid_policies() {
+    let own = own_uid();
+    let other = if own == 4242 { 4243 } else { 4242 };
+    assert!(PeerUids::default().allows(0));
+    assert!(PeerUids::default().allows(own));
+    assert!(!PeerUids::default().allows(other));
+    assert!(PeerUids::Only(vec![other]).allows(other));
+    assert!(!PeerUids::Only(vec![other]).allows(own));
+    assert!(PeerUids::Any.allows(other));
+}
+
+#[tokio::test]
+async fn a_peer_whose_uid_is_not_allowed_is_closed() {
+    let (_dir, path) = common::socket_dir();
+    let mut config = server_config(&path);
+    // Allow only a uid that is not ours: this test process is then a refused peer.
+    config.peer_uids(PeerUids::Only(vec![own_uid().wrapping_add(1)]));
+    let server = Server::bind(config).await.unwrap();
+    let mut events = server.subscribe();
+
+    let peer = raw_proxy(&path).await;
+    let event = wait_event(&mut events, |e| {
+        matches!(
+            e,
+            ServerEvent::Refused { .. } | ServerEvent::Connected { .. }
+        )
+    })
+    .await;
+    match event {
+        ServerEvent::Refused { uid, pid } => {
+            assert_eq!(uid, Some(own_uid()));
+            assert_eq!(pid, i32::try_from(std::process::id()).ok());
+        }
+        other => panic!("peer was not refused: {other:?}"),
+    }
+    // The server closed it without sending anything (no snapshot): end of stream, or a
+    // reset because our hello was never read.
+    let mut buf = [0u8; 64];
+    let received = tokio::time::timeout(Duration::from_secs(5), peer.recv(&mut buf))
+        .await
+        .expect("the refused connection stayed open");
+    match received {
+        Ok(info) => assert_eq!(info.bytes_read(), 0, "the refused peer got data"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert_eq!(server.connections().await, 0);
+    assert!(matches!(
+        server.add(workload("a"), common::own_netns()).await,
+        Err(ZdsError::NoProxy)
+    ));
+}
+
+#[tokio::test]
+async fn a_peer_on_the_allow_list_is_served() {
+    let (_dir, path) = common::socket_dir();
+    let mut config = server_config(&path);
+    config.peer_uids(PeerUids::Only(vec![own_uid()]));
+    let server = Server::bind(config).await.unwrap();
+    let mut events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    assert_eq!(snapshot_done(&mut events).await, 0);
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    assert_eq!(server.connections().await, 1);
     client.abort();
 }
