@@ -97,9 +97,41 @@ pub(crate) struct Args {
     #[arg(long, env = "CA_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub(crate) ca_trust_loopback: bool,
 
+    /// Directory of the nodes' pod status files: this agent writes `<node-name>.json` (the
+    /// pods of this node that are fully enrolled) and advertises a pod of another node as
+    /// HBONE only while that node's file lists it. Default:
+    /// `<workloads-file-dir>/<workloads-file-name>.status`; `none` turns this off (pods of
+    /// other nodes are HBONE as soon as their namespace is enrolled).
+    #[arg(long, env = "POD_STATUS_DIR", value_name = "DIR")]
+    pub(crate) pod_status_dir: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+}
+
+impl Args {
+    /// The pod status directory, or `None` when turned off with `none`.
+    pub(crate) fn pod_status_dir(&self) -> Option<PathBuf> {
+        match &self.pod_status_dir {
+            Some(dir) if dir.as_os_str() == "none" => None,
+            Some(dir) => Some(dir.clone()),
+            None => {
+                let parent = self
+                    .workloads
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(|| std::path::Path::new("."));
+                let mut name = self
+                    .workloads
+                    .file_name()
+                    .map(std::ffi::OsStr::to_os_string)
+                    .unwrap_or_else(|| "workloads".into());
+                name.push(".status");
+                Some(parent.join(name))
+            }
+        }
+    }
 }
 
 /// How logs are written (to standard error; filter with `RUST_LOG`, default `info`).
@@ -179,6 +211,38 @@ mod tests {
         assert_eq!(a.proxy_tokens, None);
         assert!(a.ca_trust_loopback);
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(
+            a.pod_status_dir(),
+            Some(PathBuf::from("./w.yaml.status")),
+            "next to the workloads file"
+        );
+        let a = Args::try_parse_from([
+            "agent",
+            "--workloads",
+            "/etc/mesh/w.yaml",
+            "--node-name",
+            "n1",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.pod_status_dir(),
+            Some(PathBuf::from("/etc/mesh/w.yaml.status"))
+        );
+        let with = |dir: &str| {
+            Args::try_parse_from([
+                "agent",
+                "--workloads",
+                "w.yaml",
+                "--node-name",
+                "n1",
+                "--pod-status-dir",
+                dir,
+            ])
+            .unwrap()
+            .pod_status_dir()
+        };
+        assert_eq!(with("none"), None, "`none` turns the gating off");
+        assert_eq!(with("/run/s"), Some(PathBuf::from("/run/s")));
         let a = Args::try_parse_from([
             "agent",
             "--workloads",
@@ -215,6 +279,7 @@ mod tests {
             ("reconcile-interval", "RECONCILE_INTERVAL"),
             ("metrics-address", "AGENT_METRICS_ADDRESS"),
             ("cluster-id", "CLUSTER_ID"),
+            ("pod-status-dir", "POD_STATUS_DIR"),
         ] {
             assert_eq!(
                 arg(long).get_env().and_then(|e| e.to_str()),

@@ -93,22 +93,49 @@ pub(crate) struct WorkloadView {
     pub(crate) hbone: bool,
 }
 
+/// Which pods of other nodes their own agents report as fully enrolled.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum RemoteReady {
+    /// No gating: a pod of another node is HBONE as soon as its namespace is enrolled.
+    #[default]
+    Ungated,
+    /// Uids of the enrolled pods, by node name; a node without an entry has none.
+    Gated(BTreeMap<String, BTreeSet<String>>),
+}
+
+impl RemoteReady {
+    /// Whether the agent of `node` reports the pod `uid` as enrolled (always, ungated).
+    pub(crate) fn lists(&self, node: &str, uid: &str) -> bool {
+        match self {
+            Self::Ungated => true,
+            Self::Gated(nodes) => nodes.get(node).is_some_and(|pods| pods.contains(uid)),
+        }
+    }
+}
+
 /// Every pod cluster-wide as an xDS workload, sorted by uid.
 ///
-/// A pod speaks HBONE when its namespace is enrolled and, for a pod of this node, only once
-/// `local_ready` contains it (the proxy holds it and its rules are in place). Pods of other
-/// nodes are enrolled by their own node's agent.
+/// A pod speaks HBONE when its namespace is enrolled and its node's agent has enrolled it:
+/// for a pod of this node, once `local_ready` contains it (the proxy holds it and its rules
+/// are in place); for a pod of another node, once `remote` lists it (that node's agent
+/// reported the same).
 pub(crate) fn workload_views(
     cluster: &Cluster,
     settings: &Settings,
     local_ready: &BTreeSet<String>,
+    remote: &RemoteReady,
 ) -> Vec<WorkloadView> {
     cluster
         .pods
         .iter()
         .map(|pod| {
             let enrolled = cluster.namespace_enrolled(&pod.namespace, &settings.label_key);
-            let hbone = enrolled && (pod.node != settings.node || local_ready.contains(&pod.uid));
+            let ready = if pod.node == settings.node {
+                local_ready.contains(&pod.uid)
+            } else {
+                remote.lists(&pod.node, &pod.uid)
+            };
+            let hbone = enrolled && ready;
             WorkloadView {
                 uid: pod.uid.clone(),
                 name: pod.name.clone(),
@@ -184,7 +211,7 @@ mod tests {
         let c = Cluster::from_yaml(EXAMPLE).unwrap();
         let s = settings("node-1");
 
-        let views = workload_views(&c, &s, &BTreeSet::new());
+        let views = workload_views(&c, &s, &BTreeSet::new(), &RemoteReady::Ungated);
         assert_eq!(views.len(), 3);
         let by_uid: BTreeMap<_, _> = views.iter().map(|v| (v.uid.as_str(), v)).collect();
         let client = by_uid["8d2f-1"];
@@ -207,7 +234,7 @@ mod tests {
         assert!(!by_uid["legacy/old-1"].hbone, "namespace not enrolled");
 
         let ready = BTreeSet::from(["8d2f-1".to_owned(), "legacy/old-1".to_owned()]);
-        let views = workload_views(&c, &s, &ready);
+        let views = workload_views(&c, &s, &ready, &RemoteReady::Ungated);
         let by_uid: BTreeMap<_, _> = views.iter().map(|v| (v.uid.as_str(), v)).collect();
         assert!(by_uid["8d2f-1"].hbone);
         assert!(
@@ -225,7 +252,87 @@ mod tests {
         let c = Cluster::from_yaml(&text).unwrap();
         let s = settings("node-1");
         let ready = BTreeSet::from(["8d2f-1".to_owned()]);
-        assert!(workload_views(&c, &s, &ready).iter().all(|v| !v.hbone));
+        let remote = RemoteReady::Gated(BTreeMap::from([(
+            "node-2".to_owned(),
+            BTreeSet::from(["shop/server-1".to_owned()]),
+        )]));
+        for remote in [RemoteReady::Ungated, remote] {
+            assert!(
+                workload_views(&c, &s, &ready, &remote)
+                    .iter()
+                    .all(|v| !v.hbone)
+            );
+        }
         assert!(local_desired(&c, &s).pods.is_empty());
+    }
+
+    fn hbone_of(views: &[WorkloadView]) -> BTreeMap<String, bool> {
+        views.iter().map(|v| (v.uid.clone(), v.hbone)).collect()
+    }
+
+    #[test]
+    fn remote_pod_is_hbone_only_while_its_node_lists_it() {
+        let c = Cluster::from_yaml(EXAMPLE).unwrap();
+        let s = settings("node-1");
+        let local = BTreeSet::from(["8d2f-1".to_owned()]);
+        let gated = |nodes: &[(&str, &[&str])]| {
+            RemoteReady::Gated(
+                nodes
+                    .iter()
+                    .map(|(n, uids)| {
+                        (
+                            (*n).to_owned(),
+                            uids.iter().map(|u| (*u).to_owned()).collect(),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+
+        // No status from node-2 yet: its enrolled pod is not HBONE; the local rule holds.
+        let h = hbone_of(&workload_views(&c, &s, &local, &gated(&[])));
+        assert!(!h["shop/server-1"], "remote pod before its node lists it");
+        assert!(h["8d2f-1"], "local pod follows the local ready set");
+
+        // Listed by another node, or listed for another uid: still not.
+        let h = hbone_of(&workload_views(
+            &c,
+            &s,
+            &local,
+            &gated(&[("node-3", &["shop/server-1"]), ("node-2", &["x"])]),
+        ));
+        assert!(!h["shop/server-1"], "only the pod's own node counts");
+
+        // Listed by node-2: HBONE.
+        let listed = gated(&[("node-2", &["shop/server-1"])]);
+        let h = hbone_of(&workload_views(&c, &s, &local, &listed));
+        assert!(h["shop/server-1"]);
+
+        // A status listing the local pod does not bypass the local ready set.
+        let h = hbone_of(&workload_views(
+            &c,
+            &s,
+            &BTreeSet::new(),
+            &gated(&[("node-1", &["8d2f-1"]), ("node-2", &["shop/server-1"])]),
+        ));
+        assert!(!h["8d2f-1"]);
+
+        // Dropped from node-2's status (unenrolling there): no longer HBONE.
+        let h = hbone_of(&workload_views(&c, &s, &local, &gated(&[("node-2", &[])])));
+        assert!(!h["shop/server-1"], "dropped from its node's status");
+
+        // Listing never overrides the namespace label.
+        let h = hbone_of(&workload_views(
+            &c,
+            &settings("node-2"),
+            &BTreeSet::new(),
+            &gated(&[("node-1", &["8d2f-1", "legacy/old-1"])]),
+        ));
+        assert!(h["8d2f-1"]);
+        assert!(!h["legacy/old-1"]);
+
+        // Ungated: enrolled namespace is enough for remote pods.
+        let h = hbone_of(&workload_views(&c, &s, &local, &RemoteReady::Ungated));
+        assert!(h["shop/server-1"]);
     }
 }

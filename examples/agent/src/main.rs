@@ -12,6 +12,7 @@ mod metrics;
 mod reconcile;
 mod run;
 mod state;
+mod status;
 mod watch;
 mod workloads;
 

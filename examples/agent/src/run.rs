@@ -17,13 +17,14 @@ use crate::ca_auth::CallerPolicy;
 use crate::ca_files;
 use crate::ca_service::NodeAuthorizer;
 use crate::cli::{Args, RulesPreset};
-use crate::desired::{LocalPod, Settings, local_desired};
+use crate::desired::{LocalPod, RemoteReady, Settings, local_desired};
 use crate::effects::rules::NetnsRules;
 use crate::effects::xds::{self as xds_effects, XdsPublisher};
 use crate::effects::zds::ZdsChannel;
 use crate::metrics::{self, Metrics};
 use crate::reconcile::{Cause, Outcome, Reconciler};
 use crate::state::PodStateFile;
+use crate::status::{StatusReader, StatusWriter, valid_node_file_name};
 use crate::watch::FileWatcher;
 use crate::workloads::Cluster;
 
@@ -144,6 +145,41 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // The nodes' pod status files: read now, so the first publish already gates the pods of
+    // other nodes on their nodes' reports; then followed.
+    let (remote_tx, mut remote_rx, status_writer) = match args.pod_status_dir() {
+        Some(dir) => {
+            if !valid_node_file_name(&settings.node) {
+                bail!(
+                    "--node-name {:?} cannot name a pod status file; set --pod-status-dir none",
+                    settings.node
+                );
+            }
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the pod status directory {}", dir.display()))?;
+            let mut reader = StatusReader::new(&dir);
+            reader.poll();
+            let remote = reader.current();
+            if let RemoteReady::Gated(nodes) = &remote {
+                info!(
+                    dir = %dir.display(),
+                    nodes = nodes.len(),
+                    "pods of other nodes are HBONE once their node's status file lists them"
+                );
+            }
+            let (tx, rx) = watch::channel(Arc::new(remote));
+            tasks.spawn(reader.run(WATCH_INTERVAL, tx.clone(), shutdown.clone()));
+            (tx, rx, Some(StatusWriter::new(&dir, &settings.node)))
+        }
+        None => {
+            info!(
+                "pod status files off: pods of other nodes are HBONE once their namespace is enrolled"
+            );
+            let (tx, rx) = watch::channel(Arc::new(RemoteReady::Ungated));
+            (tx, rx, None)
+        }
+    };
+
     // xDS and the CA on one TLS gRPC port.
     let ads = AdsServer::default();
     let mut client_roots = TrustBundleSet::default();
@@ -235,7 +271,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(
         zds,
         NetnsRules::new(rules),
-        XdsPublisher::new(ads, settings.clone()),
+        XdsPublisher::new(ads, settings.clone(), remote_rx.clone(), status_writer),
     );
     let mut state_file = PodStateFile::new(&args.state_dir);
     let restored = state_file.load();
@@ -280,6 +316,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
             _ = tick.tick() => true,
             () = wake.notified() => false,
+            // The sender lives in this function: this never fails.
+            _ = remote_rx.changed() => false,
             () = sleep_retry => false,
         };
         let cluster = cluster_rx.borrow_and_update().clone();
@@ -296,6 +334,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     drop(reconciler);
+    drop(remote_tx);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })

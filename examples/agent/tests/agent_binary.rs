@@ -25,14 +25,33 @@ use zds::Update;
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
     /// An add, whether the pod's redirection rules were already installed and whether it
-    /// was already advertised as HBONE.
+    /// was already advertised as HBONE (over xDS or in the node's pod status file).
     Add {
         uid: String,
         rules_installed: bool,
         advertised: bool,
     },
-    /// A delete, and whether the rules were still installed.
-    Del { uid: String, rules_installed: bool },
+    /// A delete, whether the rules were still installed and whether the node's pod status
+    /// file still listed the pod.
+    Del {
+        uid: String,
+        rules_installed: bool,
+        listed: bool,
+    },
+}
+
+/// Whether `<dir>/<node>.json` lists `uid`.
+fn status_lists(dir: &Path, node: &str, uid: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(format!("{node}.json"))) else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["node"], node, "{text}");
+    v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str() == Some(uid))
 }
 
 fn rules_installed(ns: &NetNs) -> bool {
@@ -133,6 +152,8 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
     let state = dir.path().join("state");
     let zds_socket = dir.path().join("ztunnel.sock");
     let log = dir.path().join("agent.log");
+    // The default: next to the workloads file.
+    let status_dir = dir.path().join("workloads.yaml.status");
     let pods = [
         ("client", pod_paths[0].as_path()),
         ("old", pod_paths[1].as_path()),
@@ -193,20 +214,33 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             assert_eq!(hbone("uid-old"), Some(false), "namespace not enrolled");
             assert_eq!(
                 hbone("uid-server"),
-                Some(true),
-                "remote pod of an enrolled namespace"
+                Some(false),
+                "remote pod of an enrolled namespace before its node reports it enrolled"
             );
+            // Node n2's agent reports its pod enrolled.
+            write_atomic(
+                &status_dir.join("n2.json"),
+                r#"{"node": "n2", "pods": ["uid-server"]}"#,
+            );
+            wait_for(
+                "HBONE for the remote pod its node lists",
+                Duration::from_secs(10),
+                || hbone("uid-server") == Some(true),
+            )
+            .await;
 
             // Stand-in proxy over ZDS.
             let (seen_tx, mut seen) = mpsc::unbounded_channel();
             let handler_store = store.clone();
             let handler_paths = paths.clone();
+            let handler_status = status_dir.clone();
             let client = zds::Client::new(
                 zds::ClientConfig::default().path(&zds_socket).clone(),
                 move |u: Update| {
                     let seen_tx = seen_tx.clone();
                     let store = handler_store.clone();
                     let paths = handler_paths.clone();
+                    let status_dir = handler_status.clone();
                     async move {
                         match u {
                             Update::Add { workload, netns } => {
@@ -217,7 +251,8 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                                         .unwrap();
                                 let advertised = store
                                     .workload_by_uid(&workload.uid)
-                                    .is_some_and(|w| w.protocol == TunnelProtocol::Hbone);
+                                    .is_some_and(|w| w.protocol == TunnelProtocol::Hbone)
+                                    || status_lists(&status_dir, "n1", &workload.uid);
                                 let _ = seen_tx.send(Seen::Add {
                                     uid: workload.uid,
                                     rules_installed: installed,
@@ -231,9 +266,11 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                                 })
                                 .await
                                 .unwrap();
+                                let listed = status_lists(&status_dir, "n1", &uid);
                                 let _ = seen_tx.send(Seen::Del {
                                     uid,
                                     rules_installed: installed,
+                                    listed,
                                 });
                             }
                             _ => {}
@@ -269,6 +306,11 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 || hbone("uid-client") == Some(true),
             )
             .await;
+            assert!(
+                status_lists(&status_dir, "n1", "uid-client"),
+                "the agent reports its enrolled pod in its status file"
+            );
+            assert!(!status_lists(&status_dir, "n1", "uid-old"));
             assert!(
                 !rules_installed(&pod_ns[1]),
                 "no rules in the pod of the unlabelled namespace"
@@ -361,7 +403,8 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 del,
                 Seen::Del {
                     uid: "uid-client".into(),
-                    rules_installed: false
+                    rules_installed: false,
+                    listed: false,
                 }
             );
             wait_for("HBONE withdrawn", Duration::from_secs(10), || {
@@ -373,6 +416,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 Some(false),
                 "remote pods follow the label too"
             );
+            assert!(!status_lists(&status_dir, "n1", "uid-client"));
 
             // Re-enroll.
             write_atomic(&file, &workloads(true, &pods));
@@ -391,6 +435,20 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             wait_for("rules again", Duration::from_secs(10), || {
                 rules_installed(&client_ns)
             })
+            .await;
+            wait_for(
+                "HBONE again, local and remote",
+                Duration::from_secs(10),
+                || hbone("uid-client") == Some(true) && hbone("uid-server") == Some(true),
+            )
+            .await;
+            // n2's agent drops its pod (unenrolling it there): no longer HBONE here.
+            write_atomic(&status_dir.join("n2.json"), r#"{"node": "n2", "pods": []}"#);
+            wait_for(
+                "HBONE withdrawn for the remote pod its node dropped",
+                Duration::from_secs(10),
+                || hbone("uid-server") == Some(false),
+            )
             .await;
 
             let _ = stop_ads.send(());

@@ -1,10 +1,10 @@
 //! Publishing the workload view and the policies through the `xds-workload` server.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xds_workload::pb::istio::security as sec;
@@ -13,9 +13,10 @@ use xds_workload::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsServer, ResourceChange, ServerEvent,
 };
 
-use crate::desired::{Settings, WorkloadView, workload_views};
+use crate::desired::{RemoteReady, Settings, WorkloadView, workload_views};
 use crate::metrics::Metrics;
 use crate::reconcile::Publisher;
+use crate::status::StatusWriter;
 use crate::workloads::{Cluster, Destination, Policy, PolicyAction, Source};
 
 /// The wire form of one pod.
@@ -146,22 +147,60 @@ fn into_entry(change: ResourceChange) -> Option<(String, prost_types::Any)> {
     }
 }
 
-/// [`Publisher`] over an [`AdsServer`].
-#[derive(Debug, Clone)]
+/// [`Publisher`] over an [`AdsServer`]; also reports this node's enrolled pods in its status
+/// file, and gates the pods of other nodes on their nodes' reports.
+#[derive(Debug)]
 pub(crate) struct XdsPublisher {
     server: AdsServer,
     settings: Settings,
+    /// The other nodes' reports (always [`RemoteReady::Ungated`] without a status directory).
+    remote: watch::Receiver<Arc<RemoteReady>>,
+    /// This node's status file, if the status directory is in use.
+    status: Option<Mutex<StatusWriter>>,
 }
 
 impl XdsPublisher {
-    pub(crate) fn new(server: AdsServer, settings: Settings) -> Self {
-        Self { server, settings }
+    pub(crate) fn new(
+        server: AdsServer,
+        settings: Settings,
+        remote: watch::Receiver<Arc<RemoteReady>>,
+        status: Option<StatusWriter>,
+    ) -> Self {
+        Self {
+            server,
+            settings,
+            remote,
+            status: status.map(Mutex::new),
+        }
+    }
+
+    /// Writes this node's status file when the set of its enrolled pods changed. Called
+    /// before each xDS update, so a pod is dropped from the status before its rules go.
+    fn report(&self, hbone_ready: &BTreeSet<String>) {
+        let Some(status) = &self.status else {
+            return;
+        };
+        let mut status = match status.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match status.store(hbone_ready) {
+            Ok(true) => {
+                debug!(file = %status.path().display(), pods = hbone_ready.len(), "pod status file written");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(file = %status.path().display(), error = %e, "cannot write the pod status file; other nodes keep the previous status");
+            }
+        }
     }
 }
 
 impl Publisher for XdsPublisher {
     fn publish(&self, cluster: &Cluster, hbone_ready: &BTreeSet<String>) {
-        let views = workload_views(cluster, &self.settings, hbone_ready);
+        self.report(hbone_ready);
+        let remote = self.remote.borrow().clone();
+        let views = workload_views(cluster, &self.settings, hbone_ready, &remote);
         let hbone = views.iter().filter(|v| v.hbone).count();
         let workloads = self.server.replace(
             ADDRESS_TYPE_URL,
@@ -254,7 +293,12 @@ mod tests {
     #[test]
     fn workloads_convert_and_pass_the_checked_boundary() {
         let c = Cluster::from_yaml(EXAMPLE).unwrap();
-        let views = workload_views(&c, &settings(), &BTreeSet::from(["8d2f-1".to_owned()]));
+        let views = workload_views(
+            &c,
+            &settings(),
+            &BTreeSet::from(["8d2f-1".to_owned()]),
+            &RemoteReady::Ungated,
+        );
         for v in &views {
             let pb = workload_to_pb(v);
             let checked = xds_workload::Workload::try_from(pb).expect("valid workload");

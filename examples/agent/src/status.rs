@@ -1,0 +1,412 @@
+//! Node status files: each agent reports which pods of its node are fully enrolled (the proxy
+//! holds them and their rules are in place), and every agent reads every node's report, so a
+//! pod of another node is advertised as HBONE only once its own node can receive HBONE.
+//!
+//! One JSON file per node, `<dir>/<node>.json`: `{"node": "<node>", "pods": ["<uid>", …]}`,
+//! replaced atomically (written to a hidden temporary file, then renamed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::desired::RemoteReady;
+
+/// The content of one node's status file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeStatus {
+    node: String,
+    pods: BTreeSet<String>,
+}
+
+/// Whether `node` can name a status file (`<node>.json`) in the status directory.
+pub(crate) fn valid_node_file_name(node: &str) -> bool {
+    !node.is_empty() && node != "." && node != ".." && !node.contains('/') && !node.contains('\0')
+}
+
+/// Writes this node's status file.
+#[derive(Debug)]
+pub(crate) struct StatusWriter {
+    dir: PathBuf,
+    node: String,
+    /// What the file holds now, as far as this writer knows (`None`: not written yet).
+    last: Option<BTreeSet<String>>,
+}
+
+impl StatusWriter {
+    pub(crate) fn new(dir: &Path, node: &str) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            node: node.to_owned(),
+            last: None,
+        }
+    }
+
+    /// The file this writer replaces.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.node))
+    }
+
+    /// Replaces the file with `pods` (atomically, by rename) unless it already holds them.
+    /// Returns whether it was written.
+    pub(crate) fn store(&mut self, pods: &BTreeSet<String>) -> std::io::Result<bool> {
+        if self.last.as_ref() == Some(pods) {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let status = NodeStatus {
+            node: self.node.clone(),
+            pods: pods.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!(".{}.json.tmp", self.node));
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, self.path())?;
+        self.last = Some(pods.clone());
+        Ok(true)
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode: m.ino(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Seen {
+    stamp: Stamp,
+    /// The last valid content (kept while a newer version is invalid).
+    pods: Option<BTreeSet<String>>,
+}
+
+/// Reads every node's status file.
+#[derive(Debug)]
+pub(crate) struct StatusReader {
+    dir: PathBuf,
+    files: BTreeMap<String, Seen>,
+    /// Whether the last directory read failed (reported once).
+    dir_failed: bool,
+}
+
+impl StatusReader {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            files: BTreeMap::new(),
+            dir_failed: false,
+        }
+    }
+
+    /// The enrolled pods of every node, as last read.
+    pub(crate) fn current(&self) -> RemoteReady {
+        RemoteReady::Gated(
+            self.files
+                .iter()
+                .filter_map(|(node, seen)| Some((node.clone(), seen.pods.clone()?)))
+                .collect(),
+        )
+    }
+
+    /// Reads the directory once; returns the new view when it changed. A missing directory
+    /// means no node has enrolled pods; an invalid file keeps its node's previous content;
+    /// a removed file drops its node.
+    pub(crate) fn poll(&mut self) -> Option<RemoteReady> {
+        let before = self.current();
+        let mut present = BTreeSet::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                self.dir_failed = false;
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let Some(node) = name
+                        .to_str()
+                        .filter(|n| !n.starts_with('.'))
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .filter(|n| valid_node_file_name(n))
+                    else {
+                        continue;
+                    };
+                    present.insert(node.to_owned());
+                    self.read_one(node, &entry.path());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                if !self.dir_failed {
+                    warn!(dir = %self.dir.display(), error = %e, "cannot read the pod status directory; keeping the last statuses");
+                    self.dir_failed = true;
+                }
+                return None;
+            }
+        }
+        self.files.retain(|node, _| present.contains(node));
+        let now = self.current();
+        (now != before).then_some(now)
+    }
+
+    fn read_one(&mut self, node: &str, path: &Path) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let stamp = Stamp::of(&meta);
+        if self.files.get(node).is_some_and(|s| s.stamp == stamp) {
+            return;
+        }
+        let parsed = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<NodeStatus>(&b).map_err(|e| e.to_string()))
+            .and_then(|s| {
+                if s.node == node {
+                    Ok(s.pods)
+                } else {
+                    Err(format!("it names node {:?}", s.node))
+                }
+            });
+        let previous = self.files.remove(node).and_then(|s| s.pods);
+        let pods = match parsed {
+            Ok(pods) => Some(pods),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "ignoring an invalid pod status file; keeping the previous version");
+                previous
+            }
+        };
+        self.files.insert(node.to_owned(), Seen { stamp, pods });
+    }
+
+    /// Reads the directory whenever it changes (and every `interval` in case a change
+    /// notification is missed) and sends each new view, until `shutdown`.
+    pub(crate) async fn run(
+        mut self,
+        interval: Duration,
+        tx: watch::Sender<Arc<RemoteReady>>,
+        shutdown: CancellationToken,
+    ) {
+        let notify = match DirNotify::new(&self.dir) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot watch the pod status directory; polling it");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                () = DirNotify::changed(notify.as_ref()) => {}
+            }
+            if let Some(view) = self.poll() {
+                if let RemoteReady::Gated(nodes) = &view {
+                    let pods: usize = nodes.values().map(BTreeSet::len).sum();
+                    info!(
+                        nodes = nodes.len(),
+                        pods, "pod statuses of the nodes changed"
+                    );
+                }
+                tx.send_replace(Arc::new(view));
+            }
+        }
+    }
+}
+
+/// The inotify descriptor, for [`AsyncFd`].
+struct Watch(Inotify);
+
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Wakes the reader as soon as a file in the directory is replaced or removed.
+struct DirNotify(AsyncFd<Watch>);
+
+impl DirNotify {
+    #[expect(
+        deprecated,
+        reason = "`AsyncFd::new` is sound here: the AsyncFd owns the inotify descriptor, so it is deregistered before the descriptor closes; its replacement is an unsafe fn"
+    )]
+    fn new(dir: &Path) -> std::io::Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_DELETE,
+        )?;
+        Ok(Self(AsyncFd::new(Watch(inotify))?))
+    }
+
+    /// Resolves after the next change; never, without a watch.
+    async fn changed(this: Option<&Self>) {
+        let Some(this) = this else {
+            return std::future::pending().await;
+        };
+        match this.0.readable().await {
+            Ok(mut guard) => {
+                // Drain the queued events; the directory is read as a whole anyway.
+                while let Ok(events) = guard.get_inner().0.read_events() {
+                    if events.is_empty() {
+                        break;
+                    }
+                }
+                guard.clear_ready();
+            }
+            Err(e) => {
+                debug!(error = %e, "pod status directory watch failed; polling only");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DirNotify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirNotify").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(uids: &[&str]) -> BTreeSet<String> {
+        uids.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    fn gated(nodes: &[(&str, &[&str])]) -> RemoteReady {
+        RemoteReady::Gated(
+            nodes
+                .iter()
+                .map(|(n, u)| ((*n).to_owned(), set(u)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn status_files_round_trip_between_writers_and_a_reader() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("workloads.yaml.status");
+        let mut reader = StatusReader::new(&dir);
+        assert_eq!(reader.poll(), None, "missing directory: nothing listed");
+        assert_eq!(reader.current(), gated(&[]));
+
+        let mut n1 = StatusWriter::new(&dir, "node-1");
+        let mut n2 = StatusWriter::new(&dir, "node-2");
+        assert!(n1.store(&set(&["a", "b"])).unwrap(), "first write");
+        assert!(
+            !n1.store(&set(&["a", "b"])).unwrap(),
+            "unchanged: not written"
+        );
+        assert!(n2.store(&set(&[])).unwrap());
+        assert_eq!(
+            reader.poll(),
+            Some(gated(&[("node-1", &["a", "b"]), ("node-2", &[])]))
+        );
+        assert_eq!(reader.poll(), None, "unchanged");
+        let text = std::fs::read_to_string(dir.join("node-1.json")).unwrap();
+        assert!(text.contains("\"node\": \"node-1\""), "{text}");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Dropping a pod is seen.
+        assert!(n1.store(&set(&["b"])).unwrap());
+        assert_eq!(
+            reader.poll(),
+            Some(gated(&[("node-1", &["b"]), ("node-2", &[])]))
+        );
+
+        // A file that is not valid keeps the node's previous status.
+        std::fs::write(dir.join("node-2.json"), b"{not json").unwrap();
+        assert_eq!(reader.poll(), None);
+        std::fs::write(
+            dir.join("node-2.json"),
+            br#"{"node": "node-9", "pods": ["x"]}"#,
+        )
+        .unwrap();
+        assert_eq!(reader.poll(), None, "a file naming another node is ignored");
+        // A file that was never valid lists nothing.
+        std::fs::write(dir.join("node-3.json"), b"[]").unwrap();
+        std::fs::write(dir.join(".node-4.json.tmp"), b"{}").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"x").unwrap();
+        assert_eq!(reader.poll(), None);
+        assert_eq!(
+            reader.current(),
+            gated(&[("node-1", &["b"]), ("node-2", &[])])
+        );
+
+        // A removed file drops its node.
+        std::fs::remove_file(dir.join("node-1.json")).unwrap();
+        assert_eq!(reader.poll(), Some(gated(&[("node-2", &[])])));
+
+        // A fresh reader (an agent starting) sees the current files at once.
+        assert!(n2.store(&set(&["c"])).unwrap());
+        let mut fresh = StatusReader::new(&dir);
+        assert_eq!(fresh.poll(), Some(gated(&[("node-2", &["c"])])));
+    }
+
+    #[tokio::test]
+    async fn reader_task_sends_each_change() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tx, mut rx) = watch::channel(Arc::new(RemoteReady::Gated(BTreeMap::new())));
+        let shutdown = CancellationToken::new();
+        // A long poll interval: the change notification must wake the reader.
+        let task = tokio::spawn(StatusReader::new(&dir).run(
+            Duration::from_secs(3600),
+            tx,
+            shutdown.clone(),
+        ));
+        // Let the task start watching; its first tick reads the (empty) directory.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        StatusWriter::new(&dir, "node-2")
+            .store(&set(&["p"]))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("woken by the change")
+            .unwrap();
+        assert_eq!(**rx.borrow_and_update(), gated(&[("node-2", &["p"])]));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn node_names_that_cannot_name_a_file_are_refused() {
+        assert!(valid_node_file_name("node-1"));
+        assert!(valid_node_file_name("ip-10-0-0-1.ec2.internal"));
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(!valid_node_file_name(bad), "{bad:?}");
+        }
+    }
+}
