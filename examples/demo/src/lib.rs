@@ -573,6 +573,31 @@ impl Cluster {
                     ));
                 }
             }
+            // Every proxy must see every pod with the right tunnel protocol, so the next
+            // connection takes the path the labels say.
+            for i in 0..self.nodes.len() {
+                match self.proxy_protocols(i) {
+                    Ok(seen) => {
+                        for role in Role::ALL {
+                            let want = if self.is_enrolled(role.namespace()) {
+                                "HBONE"
+                            } else {
+                                "NONE"
+                            };
+                            let got = seen.get(&format!("uid-{}", role.name()));
+                            if got.map(String::as_str) != Some(want) {
+                                pending.push(format!(
+                                    "proxy on node-{} sees {} as {}, want {want}",
+                                    i + 1,
+                                    role.label(),
+                                    got.map_or("nothing", String::as_str)
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => pending.push(format!("proxy on node-{}: {e:#}", i + 1)),
+                }
+            }
             if pending.is_empty() {
                 return Ok(());
             }
@@ -628,6 +653,29 @@ impl Cluster {
                     .unwrap_or_default();
                 Ok((code, body))
             })?
+    }
+
+    /// The tunnel protocol (`HBONE` or `NONE`) node `i`'s proxy has for each workload uid,
+    /// from its admin `/config_dump`.
+    pub fn proxy_protocols(&self, i: usize) -> Result<BTreeMap<String, String>> {
+        let (code, body) = self.http_get(i, 15000, "/config_dump")?;
+        if code != 200 {
+            bail!("proxy admin on node-{}: HTTP {code}", i + 1);
+        }
+        let dump: serde_json::Value =
+            serde_json::from_str(&body).context("the proxy's /config_dump is not JSON")?;
+        let workloads = dump["workloads"]
+            .as_array()
+            .context("no workloads in /config_dump")?;
+        Ok(workloads
+            .iter()
+            .filter_map(|w| {
+                Some((
+                    w["uid"].as_str()?.to_owned(),
+                    w["protocol"].as_str()?.to_owned(),
+                ))
+            })
+            .collect())
     }
 
     /// The proxy metrics of node `i`.
