@@ -834,44 +834,32 @@ impl StreamState {
         let mut closed = shared.closed.subscribe();
         loop {
             changes.borrow_and_update();
-            if self.pending() {
-                tokio::select! {
-                    biased;
-                    () = stop_requested(&mut kick, &mut closed) => {
-                        let _ = tx.try_send(Err(Status::unavailable("server closed the stream")));
+            // With responses pending, wait for room to send the next one; otherwise wait
+            // for the resources to change.
+            let pending = self.pending();
+            tokio::select! {
+                biased;
+                () = stop_requested(&mut kick, &mut closed) => {
+                    let _ = tx.try_send(Err(Status::unavailable("server closed the stream")));
+                    break;
+                }
+                request = requests.next() => {
+                    if !self.on_request(request, &tx).await {
                         break;
                     }
-                    request = requests.next() => {
-                        if !self.on_request(request, &tx).await {
-                            break;
-                        }
-                    }
-                    permit = tx.reserve() => {
-                        let Ok(permit) = permit else { break };
-                        if let Some(response) = self.next_response() {
-                            permit.send(Ok(response));
-                        }
+                }
+                permit = tx.reserve(), if pending => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(response) = self.next_response() {
+                        permit.send(Ok(response));
                     }
                 }
-            } else {
-                tokio::select! {
-                    biased;
-                    () = stop_requested(&mut kick, &mut closed) => {
-                        let _ = tx.try_send(Err(Status::unavailable("server closed the stream")));
+                changed = changes.changed(), if !pending => {
+                    if changed.is_err() {
                         break;
                     }
-                    request = requests.next() => {
-                        if !self.on_request(request, &tx).await {
-                            break;
-                        }
-                    }
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                    }
-                    () = tx.closed() => break,
                 }
+                () = tx.closed(), if !pending => break,
             }
         }
         shared
