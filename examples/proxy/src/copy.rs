@@ -208,8 +208,13 @@ mod tests {
         assert_eq!(counter.get(), 300_006);
     }
 
-    #[tokio::test]
-    async fn tcp_half_close_reaches_the_peer() {
+    /// client -> (TCP) -> `copy_bidirectional` -> (TCP) -> server, all on loopback.
+    async fn tcp_relay() -> (
+        TcpStream,
+        TcpStream,
+        Arc<Transferred>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (front_addr, back_addr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
@@ -220,8 +225,14 @@ mod tests {
             let outbound = TcpStream::connect(back_addr).await.unwrap();
             copy_bidirectional(inbound, outbound, &Counter::default(), &s).await
         });
-        let mut client = TcpStream::connect(front_addr).await.unwrap();
-        let (mut server, _) = back.accept().await.unwrap();
+        let client = TcpStream::connect(front_addr).await.unwrap();
+        let (server, _) = back.accept().await.unwrap();
+        (client, server, stats, proxy)
+    }
+
+    #[tokio::test]
+    async fn tcp_half_close_reaches_the_peer() {
+        let (mut client, mut server, stats, proxy) = tcp_relay().await;
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut buf = Vec::new();
@@ -238,18 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_ends_both_directions_and_keeps_counts() {
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (front_addr, back_addr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
-        let stats = Arc::new(Transferred::default());
-        let s = stats.clone();
-        let proxy = tokio::spawn(async move {
-            let (inbound, _) = front.accept().await.unwrap();
-            let outbound = TcpStream::connect(back_addr).await.unwrap();
-            copy_bidirectional(inbound, outbound, &Counter::default(), &s).await
-        });
-        let mut client = TcpStream::connect(front_addr).await.unwrap();
-        let (mut server, _) = back.accept().await.unwrap();
+        let (mut client, mut server, stats, proxy) = tcp_relay().await;
         client.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 5];
         server.read_exact(&mut buf).await.unwrap();
