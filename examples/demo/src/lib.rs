@@ -849,8 +849,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Stops a process with SIGTERM, then SIGKILL after 5 seconds.
-fn stop(p: Option<Process>) -> Result<()> {
+/// Stops a process with SIGTERM (so it can flush and clean up), then SIGKILL after 5
+/// seconds.
+pub fn stop(p: Option<Process>) -> Result<()> {
     let Some(p) = p else { return Ok(()) };
     let Some(mut child) = p.into_child() else {
         return Ok(());

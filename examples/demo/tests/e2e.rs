@@ -73,7 +73,7 @@ fn every_path_works_with_the_right_security() {
     // enrolled -> enrolled on another node, with a capture between the nodes.
     let marker = "PLAINTEXT-MARKER-7f3a91";
     let pcap = c.dir().join("fabric.pcap");
-    let mut tcpdump = c
+    let tcpdump = c
         .fabric()
         .spawn(
             Command::new("tcpdump")
@@ -89,7 +89,7 @@ fn every_path_works_with_the_right_security() {
         .flow(Role::Client, Role::ServerFar, &payload(marker, 256 * 1024))
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    terminate(&mut tcpdump);
+    demo::stop(Some(tcpdump)).unwrap();
     check(&c, &f);
     assert!(f.encrypted(), "{f:?}");
     assert_eq!(
@@ -371,14 +371,6 @@ fn wait_for_pcap_header(path: &PathBuf) {
     }
     // tcpdump writes the header just before it starts capturing.
     std::thread::sleep(Duration::from_millis(300));
-}
-
-fn terminate(p: &mut testbed::Process) {
-    if let Some(child) = p.child_mut() {
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = child.wait();
-    }
 }
 
 fn read_pcap(path: &Path, args: &[&str]) -> String {
