@@ -50,6 +50,6 @@ mod privileged;
 mod topology;
 
 pub use error::Error;
-pub use namespace::{NETNS_DIR, Namespace, Process};
+pub use namespace::{NETNS_DIR, Namespace, Process, delete_own_namespaces};
 pub use privileged::{Privileged, SKIP_ENV, check_privileges, require_privileged};
 pub use topology::{Node, Pod, Testbed, TestbedOptions};

@@ -268,6 +268,20 @@ impl Drop for Process {
 /// Deletes namespaces left behind by test processes that no longer exist (for
 /// example after a test binary was killed). Names of live processes are kept.
 pub(crate) fn reap_stale() {
+    delete_where(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// Deletes every namespace this process created, whoever still holds it.
+///
+/// For emergency clean-up when the owning [`Namespace`] values cannot be dropped in
+/// order, for example from a signal handler that is about to exit the process.
+pub fn delete_own_namespaces() {
+    let me = std::process::id();
+    delete_where(|pid| pid == me);
+}
+
+/// Deletes the test-bed namespaces whose creating pid satisfies `doomed`.
+fn delete_where(doomed: impl Fn(u32) -> bool) {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return;
     };
@@ -276,8 +290,8 @@ pub(crate) fn reap_stale() {
         let Some(pid) = parse_name(&name) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::info!(namespace = %name, "deleting stale test namespace");
+        if doomed(pid) {
+            tracing::info!(namespace = %name, "deleting test namespace");
             let _ = ip(&["netns", "del", &name]);
         }
     }

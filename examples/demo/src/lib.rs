@@ -895,24 +895,6 @@ fn echo_loop(listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-/// Deletes every network namespace this process created through the test bed (emergency
-/// clean-up after Ctrl-C, when the [`Cluster`] cannot be dropped in order).
-pub fn delete_own_namespaces() {
-    let prefix = format!("mw{:x}-", std::process::id());
-    let Ok(entries) = std::fs::read_dir(testbed::NETNS_DIR) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &name])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 /// The prefix of the state directories of this process's clusters.
 fn state_dir_prefix() -> String {
     format!("meshwire-demo-{}-", std::process::id())

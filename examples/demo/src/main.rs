@@ -244,7 +244,7 @@ fn install_interrupt_handler() -> Result<()> {
             let _ =
                 nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGTERM);
             std::thread::sleep(Duration::from_millis(500));
-            demo::delete_own_namespaces();
+            testbed::delete_own_namespaces();
             demo::remove_own_state_dirs();
             std::process::exit(130);
         })
