@@ -4,9 +4,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use hbone::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use hbone::{Authority, Baggage, ConnectRequest, Forwarded, TraceParent};
 use libfuzzer_sys::fuzz_target;
+use meshwire_hbone::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use meshwire_hbone::{Authority, Baggage, ConnectRequest, Forwarded, TraceParent};
 
 #[derive(Arbitrary, Debug)]
 enum Header {

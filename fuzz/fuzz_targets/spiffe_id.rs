@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use svid::{SpiffeId, TrustDomain};
+use meshwire_svid::{SpiffeId, TrustDomain};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use svid::pki_types::pem::PemObject;
-use svid::pki_types::{
+use meshwire_svid::pki_types::pem::PemObject;
+use meshwire_svid::pki_types::{
     CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime,
 };
-use svid::{
+use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, SpiffeServerVerifier, TrustBundleSet,
     TrustDomain, X509Svid, peer_spiffe_id, provider,
 };
@@ -104,7 +104,7 @@ fn fixture() -> &'static Fixture {
             .policy(IdentityPolicy::SameTrustDomain(td))
             .build_server_verifier()
             .expect("verifier");
-        let csr_pem = svid::make_csr(&approved).expect("csr").csr_pem;
+        let csr_pem = meshwire_svid::make_csr(&approved).expect("csr").csr_pem;
         let csr = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .expect("csr pem")
             .as_ref()
@@ -177,7 +177,7 @@ fuzz_target!(|input: Input| {
         assert!(svid.not_before() < svid.not_after());
     }
     let _ = X509Svid::from_pem(input.pem.as_bytes(), input.pem.as_bytes());
-    let _ = svid::TrustBundle::from_pem(f.ca.trust_domain().clone(), input.pem.as_bytes());
+    let _ = meshwire_svid::TrustBundle::from_pem(f.ca.trust_domain().clone(), input.pem.as_bytes());
 
     let csr = match &input.csr {
         Csr::Raw(s) => s.clone(),

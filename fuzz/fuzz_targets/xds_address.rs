@@ -3,13 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use meshwire_xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::{Address, NamespacedHostname, WorkloadStore};
 use prost::Message;
-use xds_workload::pb::istio::workload as pb;
-use xds_workload::{Address, NamespacedHostname, WorkloadStore};
 
 fuzz_target!(|data: &[u8]| {
     // The path the client takes for every resource.
-    let _ = xds_workload::address_from_bytes(data);
+    let _ = meshwire_xds_workload::address_from_bytes(data);
 
     let Ok(message) = pb::Address::decode(data) else {
         return;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Address::Service(s) => {
             for vip in &s.vips {
-                let _ = store.service_by_vip(&xds_workload::NetworkAddress::new(
+                let _ = store.service_by_vip(&meshwire_xds_workload::NetworkAddress::new(
                     vip.network.clone(),
                     vip.prefix.addr(),
                 ));

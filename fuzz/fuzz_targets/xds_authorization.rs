@@ -3,12 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use meshwire_xds_workload::pb::istio::security as pb;
+use meshwire_xds_workload::{AuthorizationPolicy, ConnectionInfo, Identity, evaluate};
 use prost::Message;
-use xds_workload::pb::istio::security as pb;
-use xds_workload::{AuthorizationPolicy, ConnectionInfo, Identity, evaluate};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = xds_workload::authorization_from_bytes(data);
+    let _ = meshwire_xds_workload::authorization_from_bytes(data);
 
     let Ok(message) = pb::Authorization::decode(data) else {
         return;
@@ -22,12 +22,13 @@ fuzz_target!(|data: &[u8]| {
     let peers = [
         None,
         Some(Identity::new("cluster.local", "default", "default")),
-        Some(Identity::new(&policy.namespace, &policy.namespace, &policy.name)),
+        Some(Identity::new(
+            &policy.namespace,
+            &policy.namespace,
+            &policy.name,
+        )),
     ];
-    let connections = [
-        ("10.0.0.1", "10.0.0.2:8080"),
-        ("fd00::1", "[fd00::2]:443"),
-    ];
+    let connections = [("10.0.0.1", "10.0.0.2:8080"), ("fd00::1", "[fd00::2]:443")];
     for peer in peers {
         for (src, dst) in connections {
             let conn = ConnectionInfo::new(
@@ -41,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
                 let matched = policy.matches(&conn);
                 let denied = !alone.decision.is_allowed();
                 match policy.action {
-                    xds_workload::PolicyAction::Deny => assert_eq!(denied, matched),
+                    meshwire_xds_workload::PolicyAction::Deny => assert_eq!(denied, matched),
                     _ => assert_eq!(denied, !matched),
                 }
             } else {

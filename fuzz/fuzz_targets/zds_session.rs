@@ -14,7 +14,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use zds::{
+use meshwire_zds::{
     AgentPhase, AgentSession, ProxyAction, ProxySession, ReadError, Request, Response,
     SessionError, Update, Workload,
 };
@@ -40,9 +40,9 @@ impl Msg {
             ),
             Self::AddWithoutInfo { uid: u } => {
                 use prost::Message;
-                let proto = zds::pb::WorkloadRequest {
-                    payload: Some(zds::pb::workload_request::Payload::Add(
-                        zds::pb::AddWorkload {
+                let proto = meshwire_zds::pb::WorkloadRequest {
+                    payload: Some(meshwire_zds::pb::workload_request::Payload::Add(
+                        meshwire_zds::pb::AddWorkload {
                             uid: uid(u),
                             workload_info: None,
                         },
@@ -50,7 +50,9 @@ impl Msg {
                 };
                 (proto.encode_to_vec(), 1)
             }
-            Self::Keep { uid: u, fds } => (enc(Request::Keep { uid: uid(u) }), usize::from(fds % 2)),
+            Self::Keep { uid: u, fds } => {
+                (enc(Request::Keep { uid: uid(u) }), usize::from(fds % 2))
+            }
             Self::Del { uid: u, fds } => (enc(Request::Del { uid: uid(u) }), usize::from(fds % 2)),
             Self::SnapshotSent { fds } => (enc(Request::SnapshotSent), usize::from(fds % 2)),
             Self::Raw { bytes, fds } => (bytes.clone(), usize::from(fds % 3)),
@@ -102,7 +104,7 @@ fn drive(s: &mut ProxySession<u32>, failures: &mut u64, last_fd: u32) -> (Vec<Ve
     while let Some(action) = s.poll_action() {
         match action {
             ProxyAction::Transmit(bytes) => {
-                assert!(bytes.len() <= zds::MAX_MESSAGE_SIZE);
+                assert!(bytes.len() <= meshwire_zds::MAX_MESSAGE_SIZE);
                 sent.push(bytes);
             }
             ProxyAction::Apply(update) => {
@@ -222,7 +224,9 @@ fn run_pair(msgs: Vec<Msg>, mut failures: u64) {
     let mut fds = Fds(0);
     proxy.connect().expect("fresh session connects");
     let (hello, _) = drive(&mut proxy, &mut failures, 0);
-    agent.handle_hello(&hello[0], 0).expect("our hello is accepted");
+    agent
+        .handle_hello(&hello[0], 0)
+        .expect("our hello is accepted");
 
     for msg in msgs {
         let (bytes, n) = msg.datagram();
@@ -238,7 +242,10 @@ fn run_pair(msgs: Vec<Msg>, mut failures: u64) {
             .expect("proxy accepts the next request");
         let (sent, closed) = drive(&mut proxy, &mut failures, fds.0);
         assert_eq!(sent.len(), 1);
-        assert!(proxy.terminated().is_none(), "agent rules never trip the proxy");
+        assert!(
+            proxy.terminated().is_none(),
+            "agent rules never trip the proxy"
+        );
         let response = agent.handle_response(&sent[0], 0).expect("answer accepted");
         if closed {
             assert!(!response.is_ack());

@@ -13,7 +13,7 @@
 //! (HBONE over a warm pool, and with a fresh TLS connection per tunnel). Every HBONE
 //! figure is reported next to the relay figure with their ratio.
 //!
-//! Run: `cargo bench -p hbone --bench tunnel` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p meshwire-hbone --bench tunnel` (add `-- --quick` for a short run).
 
 // A benchmark binary: any setup failure should abort the run loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,12 +23,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hbone::{
+use meshwire_hbone::{
     ClientConnection, ConnectRequest, Http2Config, IncomingTunnel, Pool, PoolConfig, PoolKey,
     ServeConfig, Server, SvidClientTls, TcpConnector,
 };
+use meshwire_svid::{
+    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
+};
 use serde_json::json;
-use svid::{CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -128,9 +130,9 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
     roots.insert(ca.bundle());
     let server_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/server").unwrap();
     let client_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/client").unwrap();
-    let provider = svid::provider::default();
+    let provider = meshwire_svid::provider::default();
     let day = Duration::from_secs(86_400);
-    let server_tls = svid::server_config(
+    let server_tls = meshwire_svid::server_config(
         provider.clone(),
         &ca.issue(&server_id, day).unwrap(),
         &roots,
@@ -148,7 +150,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
         };
         app.set_nodelay(true).unwrap();
         if let Ok(tunnel) = t.accept() {
-            let _ = hbone::copy_bidirectional(tunnel, app).await;
+            let _ = meshwire_hbone::copy_bidirectional(tunnel, app).await;
         }
     };
     let server = Server::new(Arc::new(server_tls), handler, ServeConfig::default());
@@ -157,7 +159,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
     tokio::spawn(async move { server.serve(listener).await });
 
     let client_svid = ca.issue(&client_id, day).unwrap();
-    let request = ConnectRequest::new(hbone::Authority::from_socket_addr(app).unwrap());
+    let request = ConnectRequest::new(meshwire_hbone::Authority::from_socket_addr(app).unwrap());
 
     // Client proxy with the pool.
     let pool = Pool::new(
@@ -172,7 +174,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
             let (pool, key, request) = (pool.clone(), key.clone(), request.clone());
             async move {
                 let tunnel = pool.connect(&key, &request).await.unwrap();
-                let _ = hbone::copy_bidirectional(tunnel, down).await;
+                let _ = meshwire_hbone::copy_bidirectional(tunnel, down).await;
             }
         }
     })
@@ -180,7 +182,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
 
     // Client proxy with a fresh TCP + TLS + HTTP/2 connection per tunnel.
     let client_tls = Arc::new(
-        svid::client_config(
+        meshwire_svid::client_config(
             provider,
             &client_svid,
             &roots,
@@ -198,7 +200,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
                 .unwrap();
             let tunnel = conn.open(&request).await.unwrap();
             drop(conn);
-            let _ = hbone::copy_bidirectional(tunnel, down).await;
+            let _ = meshwire_hbone::copy_bidirectional(tunnel, down).await;
         }
     })
     .await;

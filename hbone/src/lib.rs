@@ -22,7 +22,7 @@
 //!   connection.
 //! * **Server:** [`Server`] takes accepted streams or a listener and a rustls server
 //!   configuration ([`ServerTlsProvider`]), requires a client certificate, and calls the
-//!   [`Handler`] with an [`IncomingTunnel`]: the peer's [`svid::SpiffeId`], the parsed
+//!   [`Handler`] with an [`IncomingTunnel`]: the peer's [`meshwire_svid::SpiffeId`], the parsed
 //!   request, and `accept`/`reject`. [`Server::shutdown`] drains with GOAWAY and a
 //!   deadline.
 //! * **Tunnel:** [`Tunnel`] implements `AsyncRead + AsyncWrite`; END_STREAM is a
@@ -45,8 +45,8 @@
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
-//! use hbone::svid::{self, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
-//! use hbone::{ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig,
+//! use meshwire_hbone::svid::{self, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
+//! use meshwire_hbone::{ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig,
 //!             Server, SvidClientTls, TcpConnector};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
@@ -58,11 +58,11 @@
 //! roots.insert(ca.bundle());
 //! let server_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/server")?;
 //! let client_id = SpiffeId::new("spiffe://cluster.local/ns/default/sa/client")?;
-//! let provider = svid::provider::default();
+//! let provider = meshwire_svid::provider::default();
 //! let hour = Duration::from_secs(3600);
 //!
 //! // Server: only port 7 is served, with an echo.
-//! let tls = svid::server_config(provider.clone(), &ca.issue(&server_id, hour)?, &roots,
+//! let tls = meshwire_svid::server_config(provider.clone(), &ca.issue(&server_id, hour)?, &roots,
 //!                               IdentityPolicy::SameTrustDomain(td))?;
 //! let handler = |incoming: IncomingTunnel| async move {
 //!     if incoming.request().authority.port() != 7 {
@@ -154,4 +154,5 @@ pub use tunnel::{
 };
 
 /// Re-exports of crates whose types appear in this API.
-pub use {h2, http, rustls, svid};
+pub use meshwire_svid as svid;
+pub use {h2, http, rustls};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use svid::{IdentityPolicy, SpiffeId, TrustBundleSet, X509Svid};
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, X509Svid};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -129,10 +129,10 @@ pub enum SvidClientTlsError {
     UnknownSource(SpiffeId),
     /// Building the configuration failed.
     #[error(transparent)]
-    Config(#[from] svid::TlsConfigError),
+    Config(#[from] meshwire_svid::TlsConfigError),
 }
 
-/// A [`ClientTlsProvider`] holding one SVID: builds [`svid::client_config`] with the
+/// A [`ClientTlsProvider`] holding one SVID: builds [`meshwire_svid::client_config`] with the
 /// key's expected identities.
 #[derive(Debug, Clone)]
 pub struct SvidClientTls {
@@ -166,7 +166,7 @@ impl ClientTlsProvider for SvidClientTls {
         if &key.source != self.svid.spiffe_id() {
             return Err(SvidClientTlsError::UnknownSource(key.source.clone()));
         }
-        Ok(Arc::new(svid::client_config(
+        Ok(Arc::new(meshwire_svid::client_config(
             self.provider.clone(),
             &self.svid,
             &self.roots,

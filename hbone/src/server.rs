@@ -15,7 +15,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::HeaderMap;
-use svid::SpiffeId;
+use meshwire_svid::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -75,7 +75,7 @@ where
 /// certificates can rotate, or differ per listening address).
 ///
 /// `Arc<rustls::ServerConfig>` implements it with a fixed configuration. Use
-/// [`svid::server_config`]: it requires a client certificate from the trust domain.
+/// [`meshwire_svid::server_config`]: it requires a client certificate from the trust domain.
 pub trait ServerTlsProvider: Send + Sync + 'static {
     /// Why no configuration is available.
     type Error: StdError + Send + Sync + 'static;
@@ -406,7 +406,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             .1
             .peer_certificates()
             .filter(|c| !c.is_empty())
-            .and_then(|c| svid::peer_spiffe_id(c).ok())
+            .and_then(|c| meshwire_svid::peer_spiffe_id(c).ok())
             .ok_or(ServerError::NoPeerIdentity)?;
         let conn = self
             .inner

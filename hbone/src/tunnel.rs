@@ -464,10 +464,10 @@ where
 /// they run. Same half-close, error and buffer behaviour, and no extra copy.
 ///
 /// ```no_run
-/// # async fn f(tunnel: hbone::Tunnel, socket: tokio::net::TcpStream) -> std::io::Result<()> {
+/// # async fn f(tunnel: meshwire_hbone::Tunnel, socket: tokio::net::TcpStream) -> std::io::Result<()> {
 /// use std::sync::Arc;
-/// let counters = Arc::new(hbone::CopyCounters::new());
-/// let copy = tokio::spawn(hbone::copy_bidirectional_with(tunnel, socket, counters.clone()));
+/// let counters = Arc::new(meshwire_hbone::CopyCounters::new());
+/// let copy = tokio::spawn(meshwire_hbone::copy_bidirectional_with(tunnel, socket, counters.clone()));
 /// // … meanwhile: counters.to_tunnel(), counters.from_tunnel()
 /// let result = copy.await?;
 /// println!("{} bytes up, {} down", counters.to_tunnel(), counters.from_tunnel());

@@ -3,8 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hbone::{Authority, Baggage, ConnectRequest, Forwarded, ForwardedElement, TraceParent};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use meshwire_hbone::{
+    Authority, Baggage, ConnectRequest, Forwarded, ForwardedElement, TraceParent,
+};
 use proptest::prelude::*;
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {

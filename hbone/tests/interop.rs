@@ -12,18 +12,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use hbone::{ClientError, PoolConfig, PoolKey, Rejection};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use svid::IdentityPolicy;
+use meshwire_hbone::{ClientError, PoolConfig, PoolKey, Rejection};
+use meshwire_svid::IdentityPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A hyper HTTP/2 client connection over rustls to `addr`.
 async fn hyper_client(f: &Fixture) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    let tls = svid::client_config(
+    let tls = meshwire_svid::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,
@@ -126,7 +126,7 @@ async fn our_server_answers_hyper_with_hbone_statuses() {
 
 /// A hyper HTTP/2 server over rustls: CONNECT to port 401 is refused, anything else is
 /// answered 200 and then hashed like `PORT_HASH`.
-async fn hyper_server(pki: &Pki, server_id: &svid::SpiffeId) -> std::net::SocketAddr {
+async fn hyper_server(pki: &Pki, server_id: &meshwire_svid::SpiffeId) -> std::net::SocketAddr {
     let tls = pki.server_tls(server_id);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -173,8 +173,8 @@ async fn our_client_tunnels_through_a_hyper_server() {
     let server_id = id("hyper", "server");
     let client_id = id("client-ns", "client");
     let addr = hyper_server(&pki, &server_id).await;
-    let pool = hbone::Pool::new(
-        hbone::TcpConnector::new(),
+    let pool = meshwire_hbone::Pool::new(
+        meshwire_hbone::TcpConnector::new(),
         pki.client_tls(&client_id),
         PoolConfig::default(),
     );

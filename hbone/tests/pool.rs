@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hbone::{ClientError, Connector, Pool, PoolConfig, PoolKey, ServeConfig, Server};
+use meshwire_hbone::{ClientError, Connector, Pool, PoolConfig, PoolKey, ServeConfig, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn echo_once(t: &mut hbone::Tunnel) {
+async fn echo_once(t: &mut meshwire_hbone::Tunnel) {
     t.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     t.read_exact(&mut b).await.unwrap();
@@ -37,7 +37,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Opens `n` tunnels at once and holds them all open before closing any.
 async fn hold_concurrent(
-    pool: &Pool<hbone::TcpConnector, hbone::SvidClientTls>,
+    pool: &Pool<meshwire_hbone::TcpConnector, meshwire_hbone::SvidClientTls>,
     key: &PoolKey,
     n: usize,
 ) {
@@ -385,7 +385,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = listener.accept().await.unwrap();
-            let info = hbone::ConnectionInfo::new(addr, peer);
+            let info = meshwire_hbone::ConnectionInfo::new(addr, peer);
             // New connections go to B once A drains.
             if a.is_draining() {
                 b.spawn_connection(tcp, info);
@@ -395,7 +395,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
         }
     });
     let pool = Pool::new(
-        hbone::TcpConnector::new(),
+        meshwire_hbone::TcpConnector::new(),
         pki.client_tls(&client_id),
         PoolConfig::default(),
     );
@@ -492,7 +492,11 @@ async fn drain_deadline_closes_lingering_connections() {
 /// Writes until a write stays blocked for `quiet`; returns the bytes accepted. A write
 /// that blocks before `at_least` bytes were accepted gets 5 s more, so that a loaded
 /// machine is not mistaken for flow control.
-async fn write_until_stalled(t: &mut hbone::Tunnel, quiet: Duration, at_least: usize) -> usize {
+async fn write_until_stalled(
+    t: &mut meshwire_hbone::Tunnel,
+    quiet: Duration,
+    at_least: usize,
+) -> usize {
     let chunk = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
@@ -509,7 +513,7 @@ async fn write_until_stalled(t: &mut hbone::Tunnel, quiet: Duration, at_least: u
     }
 }
 
-async fn take_parked(state: &HandlerState, n: usize) -> Vec<hbone::Tunnel> {
+async fn take_parked(state: &HandlerState, n: usize) -> Vec<meshwire_hbone::Tunnel> {
     eventually("parked tunnels", || state.parked.lock().unwrap().len() >= n).await;
     std::mem::take(&mut *state.parked.lock().unwrap())
 }
@@ -621,7 +625,7 @@ async fn server_drops_client_that_stops_answering_pings() {
         let (tcp, peer) = listener.accept().await.unwrap();
         let start = Instant::now();
         let r = server
-            .serve_connection(tcp, hbone::ConnectionInfo::new(direct, peer))
+            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(direct, peer))
             .await;
         (r, start.elapsed())
     });
@@ -643,7 +647,7 @@ async fn server_drops_client_that_stops_answering_pings() {
         .expect("server kept the silent connection")
         .unwrap();
     assert!(
-        matches!(r, Err(hbone::ServerError::KeepaliveTimeout)),
+        matches!(r, Err(meshwire_hbone::ServerError::KeepaliveTimeout)),
         "{r:?}"
     );
     assert!(took >= Duration::from_millis(1500), "{took:?}");
@@ -654,7 +658,7 @@ async fn server_drops_client_that_stops_answering_pings() {
 /// each one ended, to see connections close from the server's side.
 struct Observed {
     addr: SocketAddr,
-    ended: Arc<std::sync::Mutex<Vec<Result<(), hbone::ServerError>>>>,
+    ended: Arc<std::sync::Mutex<Vec<Result<(), meshwire_hbone::ServerError>>>>,
 }
 
 impl Observed {
@@ -669,7 +673,7 @@ impl Observed {
                 let (server, e) = (server.clone(), e.clone());
                 tokio::spawn(async move {
                     let r = server
-                        .serve_connection(tcp, hbone::ConnectionInfo::new(addr, peer))
+                        .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
                         .await;
                     e.lock().unwrap().push(r);
                 });
@@ -684,7 +688,7 @@ impl Observed {
     fn ended(&self) -> usize {
         let ended = self.ended.lock().unwrap();
         for r in ended.iter() {
-            let reset = matches!(r, Err(hbone::ServerError::Http2(e)) if e.is_io());
+            let reset = matches!(r, Err(meshwire_hbone::ServerError::Http2(e)) if e.is_io());
             assert!(r.is_ok() || reset, "connection ended with {r:?}");
         }
         ended.len()

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hbone::{
+use meshwire_hbone::{
     ClientConnection, ClientError, CopyCounters, CopyDirection, CopyObserver, Http2Config,
     PoolConfig, PoolKey, Rejection, WorkloadBaggage,
 };
-use svid::{PeerVerifyError, SpiffeId};
+use meshwire_svid::{PeerVerifyError, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,11 +54,11 @@ async fn response_baggage_and_request_headers_arrive() {
     let mut source = WorkloadBaggage::default();
     source.namespace = Some("client-ns".into());
     let req = Fixture::request(PORT_BAGGAGE)
-        .with_forwarded(hbone::Forwarded::new(
-            hbone::ForwardedElement::for_client("10.1.2.3:4567".parse().unwrap())
+        .with_forwarded(meshwire_hbone::Forwarded::new(
+            meshwire_hbone::ForwardedElement::for_client("10.1.2.3:4567".parse().unwrap())
                 .with_host("svc.ns.svc.cluster.local"),
         ))
-        .with_traceparent(hbone::TraceParent::random(&mut rand::rng()))
+        .with_traceparent(meshwire_hbone::TraceParent::random(&mut rand::rng()))
         .with_baggage(source.to_baggage());
     let t = pool.connect(&f.key(), &req).await.unwrap();
     let resp = t.response().unwrap();
@@ -256,11 +256,11 @@ async fn untrusted_client_certificate_is_refused() {
     let f = Fixture::start().await;
     // Same trust domain and identity, but signed by a CA the server does not trust.
     let rogue = Pki::new();
-    let tls = svid::client_config(
+    let tls = meshwire_svid::client_config(
         provider(),
         &rogue.svid(&f.client_id),
         &f.pki.roots,
-        svid::IdentityPolicy::exact([f.server_id.clone()]),
+        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
     )
     .unwrap();
     // Serve one connection directly to see the server's error.
@@ -270,7 +270,7 @@ async fn untrusted_client_certificate_is_refused() {
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         server
-            .serve_connection(tcp, hbone::ConnectionInfo::new(addr, peer))
+            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
             .await
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -305,14 +305,15 @@ async fn client_from_other_trust_domain_is_refused() {
     let f = Fixture::start().await;
     // Trusted root set includes the other domain's CA on the client side only; the
     // server accepts only its own trust domain.
-    let td: svid::TrustDomain = "other.example".parse().unwrap();
-    let other_ca = svid::CertificateAuthority::generate_root(&td, Default::default()).unwrap();
+    let td: meshwire_svid::TrustDomain = "other.example".parse().unwrap();
+    let other_ca =
+        meshwire_svid::CertificateAuthority::generate_root(&td, Default::default()).unwrap();
     let other_id = SpiffeId::new("spiffe://other.example/ns/a/sa/b").unwrap();
-    let tls = svid::client_config(
+    let tls = meshwire_svid::client_config(
         provider(),
         &other_ca.issue(&other_id, Duration::from_secs(60)).unwrap(),
         &f.pki.roots,
-        svid::IdentityPolicy::exact([f.server_id.clone()]),
+        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
     )
     .unwrap();
     let tcp = TcpStream::connect(f.addr).await.unwrap();
@@ -341,11 +342,11 @@ async fn client_from_other_trust_domain_is_refused() {
 #[tokio::test]
 async fn unpooled_connection_reports_peer_identity() {
     let f = Fixture::start().await;
-    let tls = svid::client_config(
+    let tls = meshwire_svid::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,
-        svid::IdentityPolicy::exact([f.server_id.clone()]),
+        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
     )
     .unwrap();
     let tcp = TcpStream::connect(f.addr).await.unwrap();
@@ -373,21 +374,21 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
         .with_single_cert(svid.cert_chain().to_vec(), svid.private_key())
         .unwrap();
     server_tls.alpn_protocols = vec![b"h2".to_vec()];
-    let server = hbone::Server::new(
+    let server = meshwire_hbone::Server::new(
         Arc::new(server_tls),
         handler(f.state.clone()),
-        hbone::ServeConfig::default(),
+        meshwire_hbone::ServeConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         server
-            .serve_connection(tcp, hbone::ConnectionInfo::new(addr, peer))
+            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
             .await
     });
     // A client without a certificate.
-    let verifier = svid::SpiffeServerVerifier::builder(provider.clone())
+    let verifier = meshwire_svid::SpiffeServerVerifier::builder(provider.clone())
         .roots(f.pki.roots.clone())
         .expect_ids([f.server_id.clone()])
         .build_server_verifier()
@@ -409,7 +410,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
     assert!(result.is_err());
     let r = served.await.unwrap();
     assert!(
-        matches!(r, Err(hbone::ServerError::NoPeerIdentity)),
+        matches!(r, Err(meshwire_hbone::ServerError::NoPeerIdentity)),
         "{r:?}"
     );
     assert_eq!(f.state.handled.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -418,7 +419,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
 #[tokio::test]
 async fn extreme_timer_settings_work_instead_of_panicking() {
     // "Never" spelled as the largest Duration, on both ends.
-    let mut sc = hbone::ServeConfig::default();
+    let mut sc = meshwire_hbone::ServeConfig::default();
     sc.http2.keepalive_interval = Some(Duration::MAX);
     sc.http2.keepalive_timeout = Duration::MAX;
     sc.handshake_timeout = Duration::MAX;
@@ -446,11 +447,11 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     let s = pool.stats();
     assert_eq!((s.opened, s.reused, s.closed), (1, 1, 0), "{s:?}");
     // Keepalive without a timeout bound on an unpooled connection too.
-    let tls = svid::client_config(
+    let tls = meshwire_svid::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,
-        svid::IdentityPolicy::exact([f.server_id.clone()]),
+        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
     )
     .unwrap();
     let mut h2 = Http2Config::default();
@@ -470,7 +471,12 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
 /// A tunnel to a parked server-side tunnel, and a connected loopback TCP pair.
 async fn tunnel_and_socket_pair(
     f: &Fixture,
-) -> (hbone::Tunnel, hbone::Tunnel, TcpStream, TcpStream) {
+) -> (
+    meshwire_hbone::Tunnel,
+    meshwire_hbone::Tunnel,
+    TcpStream,
+    TcpStream,
+) {
     let pool = f.pool(PoolConfig::default());
     let t = pool
         .connect(&f.key(), &Fixture::request(PORT_PARK))
@@ -506,7 +512,11 @@ async fn copy_reports_bytes_while_they_flow_and_keeps_half_closes() {
     let f = Fixture::start().await;
     let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
     let counters = Arc::new(CopyCounters::new());
-    let copy = tokio::spawn(hbone::copy_bidirectional_with(t, io, counters.clone()));
+    let copy = tokio::spawn(meshwire_hbone::copy_bidirectional_with(
+        t,
+        io,
+        counters.clone(),
+    ));
 
     // Socket → tunnel: counted by the time the far end has it, while the copy runs.
     let up = vec![3u8; 300_000];
@@ -562,7 +572,7 @@ async fn copy_reports_large_transfers_in_pieces_and_keeps_counts_after_an_error(
     let f = Fixture::start().await;
     let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
     let recorder = Recorder::default();
-    let copy = hbone::copy_bidirectional_with(t, io, &recorder);
+    let copy = meshwire_hbone::copy_bidirectional_with(t, io, &recorder);
     let drive = async {
         let data = vec![9u8; LEN];
         let mut got = vec![0u8; LEN];

@@ -46,7 +46,7 @@
 //! shows no drift (no privileges needed):
 //!
 //! ```
-//! use netns::{Family, RuleSet, SaveDump};
+//! use meshwire_netns::{Family, RuleSet, SaveDump};
 //!
 //! let mut rules = RuleSet::cilium();
 //! rules.ipv6 = false;
@@ -64,7 +64,7 @@
 //! With privileges, inside a pod's namespace (not run here):
 //!
 //! ```no_run
-//! use netns::{ListenerOptions, NetNs, RuleSet, SocketOptions};
+//! use meshwire_netns::{ListenerOptions, NetNs, RuleSet, SocketOptions};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let pod = NetNs::from_path("/var/run/netns/pod-a")?;
@@ -77,14 +77,14 @@
 //! // Proxy: listen on the outbound capture port inside the pod.
 //! let mut opts = ListenerOptions::new();
 //! opts.mark(0x539).reuse_port(true).transparent(true);
-//! let listener = netns::bind_listener_in(&pod, "[::]:15001".parse()?, opts).await?;
+//! let listener = meshwire_netns::bind_listener_in(&pod, "[::]:15001".parse()?, opts).await?;
 //! let (app, _) = listener.accept().await?;
-//! let target = netns::original_dst(&app)?;
+//! let target = meshwire_netns::original_dst(&app)?;
 //!
 //! // Proxy: connect onwards from the pod, exempt from redirection by the mark.
 //! let mut out = SocketOptions::new();
 //! out.mark(0x539);
-//! let upstream = netns::connect_in(&pod, target, out).await?;
+//! let upstream = meshwire_netns::connect_in(&pod, target, out).await?;
 //! # drop((app, upstream));
 //! rules.remove(&pod)?;
 //! # Ok(())

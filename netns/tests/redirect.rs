@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use netns::{
+use meshwire_netns::{
     Difference, Family, ListenerOptions, NetNs, RuleSet, SaveDump, SocketOptions, Table,
     original_dst,
 };
@@ -48,7 +48,7 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 }
 
 async fn connect(ns: &NetNs, dst: SocketAddr, opts: SocketOptions) -> TcpStream {
-    timeout(WAIT, netns::connect_in(ns, dst, opts))
+    timeout(WAIT, meshwire_netns::connect_in(ns, dst, opts))
         .await
         .expect("connect timed out")
         .unwrap()
@@ -86,19 +86,19 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
 
     let any: SocketAddr = "[::]:0".parse().unwrap();
     let at = |port| SocketAddr::new(any.ip(), port);
-    let l15001 = netns::bind_listener_in(&pod_a, at(15001), proxy_listener_opts())
+    let l15001 = meshwire_netns::bind_listener_in(&pod_a, at(15001), proxy_listener_opts())
         .await
         .unwrap();
-    let l15006 = netns::bind_listener_in(&pod_a, at(15006), proxy_listener_opts())
+    let l15006 = meshwire_netns::bind_listener_in(&pod_a, at(15006), proxy_listener_opts())
         .await
         .unwrap();
-    let l15008 = netns::bind_listener_in(&pod_a, at(15008), proxy_listener_opts())
+    let l15008 = meshwire_netns::bind_listener_in(&pod_a, at(15008), proxy_listener_opts())
         .await
         .unwrap();
-    let server_b = netns::bind_listener_in(&pod_b, at(8080), ListenerOptions::new())
+    let server_b = meshwire_netns::bind_listener_in(&pod_b, at(8080), ListenerOptions::new())
         .await
         .unwrap();
-    let app_a = netns::bind_listener_in(&pod_a, at(9090), ListenerOptions::new())
+    let app_a = meshwire_netns::bind_listener_in(&pod_a, at(9090), ListenerOptions::new())
         .await
         .unwrap();
 
@@ -413,10 +413,12 @@ fn backend_is_detected() {
     let Some(_p) = require_privileged("backend_is_detected") else {
         return;
     };
-    let nf = netns::Netfilter::system();
+    let nf = meshwire_netns::Netfilter::system();
     let backend = nf.detect_backend().unwrap();
     // The explicitly versioned tools of that backend exist and agree.
-    let versioned =
-        netns::Netfilter::new(netns::SystemExecutor, netns::Tools::for_backend(backend));
+    let versioned = meshwire_netns::Netfilter::new(
+        meshwire_netns::SystemExecutor,
+        meshwire_netns::Tools::for_backend(backend),
+    );
     assert_eq!(versioned.detect_backend().unwrap(), backend);
 }

@@ -1,15 +1,15 @@
 //! Rough costs of the identity operations, as ratios to one ECDSA P-256 key generation
 //! measured in the same run. Run in release mode:
-//! `cargo run --release -p svid --example measure`.
+//! `cargo run --release -p meshwire-svid --example measure`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use svid::pki_types::{ServerName, UnixTime};
-use svid::rustls;
-use svid::{
+use meshwire_svid::pki_types::{ServerName, UnixTime};
+use meshwire_svid::rustls;
+use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, SpiffeServerVerifier, TrustBundleSet,
     TrustDomain, make_csr, provider,
 };
@@ -40,7 +40,7 @@ fn main() {
         .unwrap();
     let csr = make_csr(&id).unwrap();
     let client = std::sync::Arc::new(
-        svid::client_config(
+        meshwire_svid::client_config(
             provider::default(),
             &svid,
             &roots,
@@ -49,7 +49,7 @@ fn main() {
         .unwrap(),
     );
     let server = std::sync::Arc::new(
-        svid::server_config(
+        meshwire_svid::server_config(
             provider::default(),
             &peer_svid,
             &roots,

@@ -38,7 +38,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use svid::{
+//! use meshwire_svid::{
 //!     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
 //! };
 //!
@@ -55,15 +55,15 @@
 //! let roots = TrustBundleSet::from(ca.bundle());
 //!
 //! // The client accepts exactly the identity it expects for this hop ...
-//! let client = svid::client_config(
-//!     svid::provider::default(),
+//! let client = meshwire_svid::client_config(
+//!     meshwire_svid::provider::default(),
 //!     &client_svid,
 //!     &roots,
 //!     IdentityPolicy::exact([server_id.clone()]),
 //! )?;
 //! // ... and the server any client of its own trust domain.
-//! let server = svid::server_config(
-//!     svid::provider::default(),
+//! let server = meshwire_svid::server_config(
+//!     meshwire_svid::provider::default(),
 //!     &server_svid,
 //!     &roots,
 //!     IdentityPolicy::SameTrustDomain(td.clone()),
@@ -72,9 +72,9 @@
 //! assert!(!client.enable_sni);
 //!
 //! // Drive a handshake in memory.
-//! let name = svid::pki_types::ServerName::try_from("0.0.0.0")?;
-//! let mut c = svid::rustls::ClientConnection::new(client.into(), name)?;
-//! let mut s = svid::rustls::ServerConnection::new(server.into())?;
+//! let name = meshwire_svid::pki_types::ServerName::try_from("0.0.0.0")?;
+//! let mut c = meshwire_svid::rustls::ClientConnection::new(client.into(), name)?;
+//! let mut s = meshwire_svid::rustls::ServerConnection::new(server.into())?;
 //! while c.is_handshaking() || s.is_handshaking() {
 //!     let mut buf = Vec::new();
 //!     c.write_tls(&mut buf)?;
@@ -85,8 +85,8 @@
 //!     c.read_tls(&mut buf.as_slice())?;
 //!     c.process_new_packets()?;
 //! }
-//! let seen_by_client = svid::peer_spiffe_id(c.peer_certificates().unwrap_or_default())?;
-//! let seen_by_server = svid::peer_spiffe_id(s.peer_certificates().unwrap_or_default())?;
+//! let seen_by_client = meshwire_svid::peer_spiffe_id(c.peer_certificates().unwrap_or_default())?;
+//! let seen_by_server = meshwire_svid::peer_spiffe_id(s.peer_certificates().unwrap_or_default())?;
 //! assert_eq!(seen_by_client, server_id);
 //! assert_eq!(seen_by_server, client_id);
 //! # Ok(())

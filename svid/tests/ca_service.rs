@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use svid::pb::IstioCertificateRequest;
-use svid::pb::istio_certificate_service_client::IstioCertificateServiceClient;
-use svid::{
+use meshwire_svid::pb::IstioCertificateRequest;
+use meshwire_svid::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshwire_svid::{
     AuthorizationRequest, CaClient, CaClientConfig, CaClientError, CaConfig, CertificateAuthority,
     CertificateService, Denial, IdentityPolicy, SpiffeId, SpiffeServerVerifier, Token,
     TrustBundleSet, TrustDomain, control_plane_client_config, control_plane_server_config,
@@ -89,7 +89,7 @@ async fn start() -> Harness {
     }
 }
 
-fn client(h: &Harness, config: CaClientConfig, own: Option<&svid::X509Svid>) -> CaClient {
+fn client(h: &Harness, config: CaClientConfig, own: Option<&meshwire_svid::X509Svid>) -> CaClient {
     let tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), own).unwrap();
     let channel = tls_channel(
@@ -136,7 +136,7 @@ async fn client_gets_certificate_over_tls() {
         .unwrap();
     let (leaf, rest) = got.svid.cert_chain().split_first().unwrap();
     assert_eq!(
-        v.verify_peer(leaf, rest, svid::pki_types::UnixTime::now())
+        v.verify_peer(leaf, rest, meshwire_svid::pki_types::UnixTime::now())
             .unwrap(),
         want
     );
@@ -256,8 +256,8 @@ async fn server_rejects_malformed_requests() {
     // A CSR whose signature does not match its contents (identity edited after signing).
     let pem = make_csr(&a).unwrap().csr_pem;
     let der: Vec<u8> = {
-        use svid::pki_types::pem::PemObject;
-        svid::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        use meshwire_svid::pki_types::pem::PemObject;
+        meshwire_svid::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
             .unwrap()
             .as_ref()
             .to_vec()
@@ -369,18 +369,21 @@ async fn manager_fetches_through_the_grpc_client() {
     let h = start().await;
     let mut cfg = token_config();
     cfg.impersonate(true);
-    let mgr = svid::CertificateManager::new(client(&h, cfg, None), svid::ManagerConfig::default());
+    let mgr = meshwire_svid::CertificateManager::new(
+        client(&h, cfg, None),
+        meshwire_svid::ManagerConfig::default(),
+    );
     let want = id("spiffe://cluster.local/ns/default/sa/productpage");
-    let handle = mgr.hold(&want, svid::Priority::OnDemand);
+    let handle = mgr.hold(&want, meshwire_svid::Priority::OnDemand);
     let got = handle.get().await.unwrap();
     assert_eq!(got.svid.spiffe_id(), &want);
     assert_eq!(got.roots, vec![h.ca.root().clone()]);
     // A denied identity surfaces as a fetch failure.
     let denied = mgr.hold(
         &id("spiffe://cluster.local/ns/forbidden/sa/x"),
-        svid::Priority::OnDemand,
+        meshwire_svid::Priority::OnDemand,
     );
-    let Err(svid::ManagerError::FetchFailed { source, .. }) = denied.get().await else {
+    let Err(meshwire_svid::ManagerError::FetchFailed { source, .. }) = denied.get().await else {
         panic!("a denied identity must fail");
     };
     // The source's own error comes through, gRPC status included.
@@ -447,20 +450,20 @@ struct Recording {
 }
 
 #[tonic::async_trait]
-impl svid::pb::istio_certificate_service_server::IstioCertificateService for Recording {
+impl meshwire_svid::pb::istio_certificate_service_server::IstioCertificateService for Recording {
     async fn create_certificate(
         &self,
         request: tonic::Request<IstioCertificateRequest>,
-    ) -> Result<tonic::Response<svid::pb::IstioCertificateResponse>, tonic::Status> {
+    ) -> Result<tonic::Response<meshwire_svid::pb::IstioCertificateResponse>, tonic::Status> {
         self.seen.lock().unwrap().push(request.metadata().clone());
         let want = id("spiffe://cluster.local/ns/default/sa/a");
         let cert_chain = self
             .ca
             .sign_csr(&request.get_ref().csr, &want, Duration::from_secs(60))
             .unwrap();
-        Ok(tonic::Response::new(svid::pb::IstioCertificateResponse {
-            cert_chain,
-        }))
+        Ok(tonic::Response::new(
+            meshwire_svid::pb::IstioCertificateResponse { cert_chain },
+        ))
     }
 }
 
@@ -485,11 +488,11 @@ async fn client_sends_configured_headers() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                svid::pb::istio_certificate_service_server::IstioCertificateServiceServer::new(
+                meshwire_svid::pb::istio_certificate_service_server::IstioCertificateServiceServer::new(
                     service,
                 ),
             )
-            .serve_with_incoming(svid::tls_incoming(listener, Arc::new(tls))),
+            .serve_with_incoming(meshwire_svid::tls_incoming(listener, Arc::new(tls))),
     );
     let mut cfg = token_config();
     cfg.header("X-Ca-Extra", "one").header("x-other", "two");

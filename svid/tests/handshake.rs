@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use svid::rustls;
-use svid::rustls::pki_types::ServerName;
-use svid::{
+use meshwire_svid::rustls;
+use meshwire_svid::rustls::pki_types::ServerName;
+use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
     client_config, peer_spiffe_id, provider, server_config,
 };
@@ -130,8 +130,9 @@ async fn server_refuses_client_from_other_trust_domain() {
             Duration::from_secs(600),
         )
         .unwrap();
-    let verifier = svid::dangerous::AcceptAnySpiffeServer::new(provider::default());
-    let cfg = svid::client_config_with_verifier(provider::default(), &stranger, verifier).unwrap();
+    let verifier = meshwire_svid::dangerous::AcceptAnySpiffeServer::new(provider::default());
+    let cfg = meshwire_svid::client_config_with_verifier(provider::default(), &stranger, verifier)
+        .unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use svid::{
+use meshwire_svid::{
     CaConfig, CertificateAuthority, CertificateManager, CertificateSource, FetchedSvid,
     ManagerConfig, ManagerError, Priority, SpiffeId, TrustDomain,
 };

@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
-use svid::{
+use meshwire_svid::{
     CaConfig, CertificateAuthority, TlsIncoming, TlsIncomingConfig, TrustDomain,
     control_plane_client_config, control_plane_server_config, provider, tls_incoming_with,
 };
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;

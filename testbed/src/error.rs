@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// A namespace operation failed.
     #[error(transparent)]
-    Netns(#[from] netns::Error),
+    Netns(#[from] meshwire_netns::Error),
     /// The topology is too large for the address plan.
     #[error("too many {0} (at most 250)")]
     Limit(&'static str),

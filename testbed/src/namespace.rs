@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use netns::NetNs;
+use meshwire_netns::NetNs;
 
 use crate::error::Error;
 

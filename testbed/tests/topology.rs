@@ -176,9 +176,12 @@ fn commands_and_processes_run_inside_the_namespace() {
 
     let mut proc = pod.ns().spawn(Command::new("sleep").arg("30")).unwrap();
     let pid = proc.id();
-    let ns_of_child = netns::NetNs::from_pid(pid as i32).unwrap();
+    let ns_of_child = meshwire_netns::NetNs::from_pid(pid as i32).unwrap();
     assert_eq!(ns_of_child.id(), pod.ns().netns().id());
-    assert_ne!(ns_of_child.id(), netns::NetNs::current().unwrap().id());
+    assert_ne!(
+        ns_of_child.id(),
+        meshwire_netns::NetNs::current().unwrap().id()
+    );
     proc.kill().unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 

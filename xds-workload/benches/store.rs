@@ -1,7 +1,7 @@
 //! Workload store benchmark: inserting 10 000 workloads one call at a time versus one
 //! batch, and looking workloads up by IP.
 //!
-//! Run with `cargo bench -p xds-workload --bench store`. Prints one JSON object per
+//! Run with `cargo bench -p meshwire-xds-workload --bench store`. Prints one JSON object per
 //! measurement; ratios are against the one-by-one insert measured in the same run.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use xds_workload::{Address, NetworkAddress, StoreBatch, WorkloadStore};
+use meshwire_xds_workload::{Address, NetworkAddress, StoreBatch, WorkloadStore};
 
 const N: usize = 10_000;
 const ROUNDS: usize = 7;
@@ -42,7 +42,7 @@ fn main() {
             .map(|_| {
                 let start = Instant::now();
                 for w in &wire {
-                    black_box(xds_workload::Workload::try_from(w).unwrap());
+                    black_box(meshwire_xds_workload::Workload::try_from(w).unwrap());
                 }
                 start.elapsed()
             })

@@ -43,8 +43,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use xds_workload::pb::istio::workload as pb;
-//! use xds_workload::{
+//! use meshwire_xds_workload::pb::istio::workload as pb;
+//! use meshwire_xds_workload::{
 //!     ADDRESS_TYPE_URL, AdsClient, AdsServer, ClientConfig, NetworkAddress, NodeInfo,
 //!     ResourceChange, ServerConfig, StoreHandler, WorkloadStore,
 //! };

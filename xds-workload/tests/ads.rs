@@ -14,11 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
 
-use xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_workload::pb::istio::security as spb;
-use xds_workload::pb::istio::workload as pb;
-use xds_workload::{
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshwire_xds_workload::pb::istio::security as spb;
+use meshwire_xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsClient, AdsServer, ClientConfig, ClientEvent,
     NetworkAddress, NodeInfo, ResourceChange, ServerConfig, ServerEvent, StoreHandler,
     SyncedSignal, TokenSource, WorkloadStore,

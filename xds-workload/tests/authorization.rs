@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use xds_workload::pb::istio::security as spb;
-use xds_workload::{
+use meshwire_xds_workload::pb::istio::security as spb;
+use meshwire_xds_workload::{
     AuthorizationPolicy, ConnectionInfo, Decision, DenyReason, DryRunMatch, Identity, PolicyAction,
     evaluate,
 };

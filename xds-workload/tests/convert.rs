@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use prost::Message;
 
-use xds_workload::pb::envoy::service::discovery::v3::Resource;
-use xds_workload::pb::istio::security as spb;
-use xds_workload::pb::istio::workload as pb;
-use xds_workload::{
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::Resource;
+use meshwire_xds_workload::pb::istio::security as spb;
+use meshwire_xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::{
     Address, AddressError, AppProtocol, AuthorizationError, AuthorizationPolicy,
     GatewayDestination, HealthStatus, IpFamilies, LoadBalancingMode, LoadBalancingScope,
     NamespacedHostname, NetworkMode, PolicyAction, PolicyScope, ResourceError, Service,
@@ -484,7 +484,7 @@ fn authorization_conversion() {
 
 #[test]
 fn identity_parsing() {
-    let id: xds_workload::Identity = "spiffe://td/ns/a/sa/b".parse().unwrap();
+    let id: meshwire_xds_workload::Identity = "spiffe://td/ns/a/sa/b".parse().unwrap();
     assert_eq!(id.principal(), "td/ns/a/sa/b");
     assert_eq!(id.to_string(), "spiffe://td/ns/a/sa/b");
     for bad in [
@@ -494,7 +494,10 @@ fn identity_parsing() {
         "spiffe://td/x/a/sa/b",
         "spiffe:///ns/a/sa/b",
     ] {
-        assert!(bad.parse::<xds_workload::Identity>().is_err(), "{bad}");
+        assert!(
+            bad.parse::<meshwire_xds_workload::Identity>().is_err(),
+            "{bad}"
+        );
     }
 }
 
@@ -503,8 +506,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = xds_workload::address_from_bytes(&bytes);
-        let _ = xds_workload::authorization_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::address_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::authorization_from_bytes(&bytes);
     }
 
     #[test]
@@ -520,7 +523,7 @@ proptest! {
             let n = bytes.len();
             bytes[at % n] = value;
         }
-        let _ = xds_workload::address_from_bytes(&bytes);
-        let _ = xds_workload::authorization_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::address_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::authorization_from_bytes(&bytes);
     }
 }

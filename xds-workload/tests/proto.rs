@@ -8,10 +8,10 @@ use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
 
-use xds_workload::pb::envoy::service::discovery::v3 as xds;
-use xds_workload::pb::google::rpc;
-use xds_workload::pb::istio::security as spb;
-use xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::pb::envoy::service::discovery::v3 as xds;
+use meshwire_xds_workload::pb::google::rpc;
+use meshwire_xds_workload::pb::istio::security as spb;
+use meshwire_xds_workload::pb::istio::workload as pb;
 
 /// Top-level field numbers present in an encoded message.
 fn tags(mut bytes: &[u8]) -> BTreeSet<u32> {
@@ -326,13 +326,16 @@ fn discovery_field_numbers() {
 #[test]
 fn type_names_are_the_xds_type_urls() {
     use prost::Name;
-    assert_eq!(pb::Address::type_url(), xds_workload::ADDRESS_TYPE_URL);
+    assert_eq!(
+        pb::Address::type_url(),
+        meshwire_xds_workload::ADDRESS_TYPE_URL
+    );
     assert_eq!(
         spb::Authorization::type_url(),
-        xds_workload::AUTHORIZATION_TYPE_URL
+        meshwire_xds_workload::AUTHORIZATION_TYPE_URL
     );
     let any = prost_types::Any::from_msg(&spb::Authorization::default()).unwrap();
-    assert_eq!(any.type_url, xds_workload::AUTHORIZATION_TYPE_URL);
+    assert_eq!(any.type_url, meshwire_xds_workload::AUTHORIZATION_TYPE_URL);
 }
 
 /// Appends unknown fields of every wire type.
@@ -393,19 +396,19 @@ fn unknown_fields_decode_cleanly() {
         Some(pb::address::Type::Workload(workload.clone()))
     );
     // ... and the domain conversion accepts it.
-    let domain = xds_workload::address_from_bytes(&bytes).unwrap();
-    assert!(matches!(domain, xds_workload::Address::Workload(w) if w.uid == "u"));
+    let domain = meshwire_xds_workload::address_from_bytes(&bytes).unwrap();
+    assert!(matches!(domain, meshwire_xds_workload::Address::Workload(w) if w.uid == "u"));
 
     // A discovery response with the unused tag 3 and newer fields.
     let response = xds::DeltaDiscoveryResponse {
         system_version_info: "1".into(),
-        type_url: xds_workload::ADDRESS_TYPE_URL.into(),
+        type_url: meshwire_xds_workload::ADDRESS_TYPE_URL.into(),
         nonce: "n".into(),
         resources: vec![xds::Resource {
             name: "u".into(),
             version: "v".into(),
             resource: Some(prost_types::Any {
-                type_url: xds_workload::ADDRESS_TYPE_URL.into(),
+                type_url: meshwire_xds_workload::ADDRESS_TYPE_URL.into(),
                 value: bytes,
             }),
             ..Default::default()
@@ -435,7 +438,7 @@ fn unknown_fields_decode_cleanly() {
     };
     let mut bytes = policy.encode_to_vec();
     append_unknown(&mut bytes, &[8, 9, 20]);
-    let decoded = xds_workload::authorization_from_bytes(&bytes).unwrap();
+    let decoded = meshwire_xds_workload::authorization_from_bytes(&bytes).unwrap();
     assert_eq!(decoded.rules.len(), 1);
     assert_eq!(
         decoded.rules[0].clauses[0].matches[0].destination_ports,

@@ -6,9 +6,9 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use xds_workload::pb::istio::security as spb;
-use xds_workload::pb::istio::workload as pb;
-use xds_workload::{
+use meshwire_xds_workload::pb::istio::security as spb;
+use meshwire_xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::{
     Address, AuthorizationPolicy, ConnectionInfo, Decision, DenyReason, Identity,
     NamespacedHostname, NetworkAddress, Service, StoreBatch, Workload, WorkloadStore,
 };

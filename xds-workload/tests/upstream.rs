@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use xds_workload::pb::istio::workload as pb;
-use xds_workload::{
+use meshwire_xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::{
     Address, NamespacedHostname, Service, ServiceHostTarget, Upstream, Workload, WorkloadStore,
 };
 

@@ -33,11 +33,11 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
 /// so a closure is usually enough:
 ///
 /// ```
-/// # fn f() -> zds::Client<impl zds::Handler> {
-/// let client = zds::Client::new(zds::ClientConfig::default(), |update: zds::Update| async move {
+/// # fn f() -> meshwire_zds::Client<impl meshwire_zds::Handler> {
+/// let client = meshwire_zds::Client::new(meshwire_zds::ClientConfig::default(), |update: meshwire_zds::Update| async move {
 ///     match update {
-///         zds::Update::Add { workload, netns } => { /* open listeners in netns */ }
-///         zds::Update::Del { uid } => { /* drain the workload */ }
+///         meshwire_zds::Update::Add { workload, netns } => { /* open listeners in netns */ }
+///         meshwire_zds::Update::Del { uid } => { /* drain the workload */ }
 ///         _ => {}
 ///     }
 ///     Ok::<(), std::io::Error>(())
@@ -56,15 +56,15 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
 ///     running: HashMap<String, OwnedFd>,
 /// }
 ///
-/// impl zds::Handler for Proxies {
+/// impl meshwire_zds::Handler for Proxies {
 ///     type Error = std::io::Error;
 ///
-///     async fn handle(&mut self, update: zds::Update) -> Result<(), std::io::Error> {
+///     async fn handle(&mut self, update: meshwire_zds::Update) -> Result<(), std::io::Error> {
 ///         match update {
-///             zds::Update::Add { workload, netns } => {
+///             meshwire_zds::Update::Add { workload, netns } => {
 ///                 self.running.insert(workload.uid, netns);
 ///             }
-///             zds::Update::Del { uid } => {
+///             meshwire_zds::Update::Del { uid } => {
 ///                 self.running.remove(&uid);
 ///             }
 ///             _ => {}
@@ -73,7 +73,7 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
 ///     }
 /// }
 ///
-/// let client = zds::Client::new(zds::ClientConfig::default(), Proxies::default());
+/// let client = meshwire_zds::Client::new(meshwire_zds::ClientConfig::default(), Proxies::default());
 /// # drop(client);
 /// ```
 ///

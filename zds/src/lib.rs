@@ -40,7 +40,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::os::fd::OwnedFd;
-//! use zds::{Client, ClientConfig, Server, ServerConfig, Update, Workload};
+//! use meshwire_zds::{Client, ClientConfig, Server, ServerConfig, Update, Workload};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("zds.sock");
@@ -55,7 +55,7 @@
 //!     async move {
 //!         if let Update::Add { workload, netns } = update {
 //!             // A real proxy would keep `netns` and open its listeners inside.
-//!             let id = zds::NetnsId::of(&netns)?;
+//!             let id = meshwire_zds::NetnsId::of(&netns)?;
 //!             let _ = added.send((workload.uid, id));
 //!         }
 //!         Ok::<(), std::io::Error>(())
@@ -66,7 +66,7 @@
 //! ready.wait_for(|ready| *ready).await?;
 //!
 //! let netns: OwnedFd = std::fs::File::open("/proc/self/ns/net")?.into();
-//! let expected = zds::NetnsId::of(&netns)?;
+//! let expected = meshwire_zds::NetnsId::of(&netns)?;
 //! server
 //!     .add(Workload::new("6f1c0d7e", "web-0", "shop", "web"), netns)
 //!     .await?;

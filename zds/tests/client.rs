@@ -11,10 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Event, next, quiet};
+use meshwire_zds::{
+    Client, ClientConfig, ClientError, NetnsId, ProtocolError, Request, Response, Workload,
+};
 use tokio::sync::mpsc;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
-use zds::{Client, ClientConfig, ClientError, NetnsId, ProtocolError, Request, Response, Workload};
 
 /// A scripted agent: accepts connections and checks what the client sends.
 struct FakeAgent {
@@ -86,7 +88,7 @@ fn add(uid: &str) -> Request {
 fn recording_client(
     path: &Path,
 ) -> (
-    Client<impl zds::Handler + use<>>,
+    Client<impl meshwire_zds::Handler + use<>>,
     mpsc::UnboundedReceiver<Event>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -94,7 +96,7 @@ fn recording_client(
     config
         .path(path)
         .backoff(Duration::from_millis(5), Duration::from_millis(50));
-    let client = Client::new(config, move |update: zds::Update| {
+    let client = Client::new(config, move |update: meshwire_zds::Update| {
         let tx = tx.clone();
         async move {
             let _ = tx.send(Event::of(&update));
@@ -319,9 +321,9 @@ async fn failed_add_is_retried_and_readiness_follows() {
         .retry_interval(Some(Duration::from_millis(50)));
     // Fails the first two attempts for every uid.
     let mut failures = std::collections::HashMap::<String, u32>::new();
-    let client = Client::new(config, move |update: zds::Update| {
+    let client = Client::new(config, move |update: meshwire_zds::Update| {
         let mut outcome = Ok(());
-        if let zds::Update::Add { workload, netns } = &update {
+        if let meshwire_zds::Update::Add { workload, netns } = &update {
             let _ = tx.send(NetnsId::of(netns).unwrap());
             let count = failures.entry(workload.uid.clone()).or_default();
             *count += 1;
@@ -368,7 +370,7 @@ async fn verify_netns_rejects_a_non_namespace_fd() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
     config.path(&path).verify_netns(true);
-    let client = Client::new(config, move |update: zds::Update| {
+    let client = Client::new(config, move |update: meshwire_zds::Update| {
         let _ = tx.send(Event::of(&update));
         async { Ok::<(), std::io::Error>(()) }
     });
@@ -406,7 +408,7 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     let (_dir, path) = common::socket_dir();
     let mut config = ClientConfig::default();
     config.path(&path).backoff(Duration::MAX, Duration::MAX);
-    let client = Client::new(config, |_: zds::Update| async {
+    let client = Client::new(config, |_: meshwire_zds::Update| async {
         Ok::<(), std::io::Error>(())
     });
     let waiting = tokio::spawn(client.run());
@@ -418,9 +420,9 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     let mut agent = FakeAgent::bind(&path);
     let mut config = ClientConfig::default();
     config.path(&path).retry_interval(Some(Duration::MAX));
-    let client = Client::new(config, |update: zds::Update| {
+    let client = Client::new(config, |update: meshwire_zds::Update| {
         let outcome = match update {
-            zds::Update::Add { .. } => Err("no"),
+            meshwire_zds::Update::Add { .. } => Err("no"),
             _ => Ok(()),
         };
         async move { outcome }
@@ -449,9 +451,9 @@ async fn an_add_deleted_during_the_snapshot_is_not_retried() {
     config
         .path(&path)
         .retry_interval(Some(Duration::from_millis(20)));
-    let client = Client::new(config, move |update: zds::Update| {
+    let client = Client::new(config, move |update: meshwire_zds::Update| {
         let outcome = match &update {
-            zds::Update::Add { workload, .. } => {
+            meshwire_zds::Update::Add { workload, .. } => {
                 let _ = tx.send(workload.uid.clone());
                 Err("port in use")
             }

@@ -13,9 +13,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshwire_zds::{
+    Client, ClientConfig, Server, ServerConfig, ServerEvent, Update, Workload, ZdsError,
+};
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
-use zds::{Client, ClientConfig, Server, ServerConfig, ServerEvent, Update, Workload, ZdsError};
 
 const CYCLES: usize = 1000;
 const ROGUES: usize = 100;

@@ -3,8 +3,10 @@
 // Test helpers panic on purpose: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use meshwire_zds::{
+    Hello, ProtocolError, ReadError, Request, RequestError, Response, Workload, pb,
+};
 use prost::Message;
-use zds::{Hello, ProtocolError, ReadError, Request, RequestError, Response, Workload, pb};
 
 #[test]
 fn hello_is_08_01() {
@@ -176,10 +178,10 @@ fn error_texts_match_the_wire() {
 #[test]
 fn oversized_requests_are_refused() {
     let add = Request::Add(Workload::new("u", "n".repeat(1100), "ns", "sa"));
-    assert!(add.encoded_len() > zds::MAX_MESSAGE_SIZE);
+    assert!(add.encoded_len() > meshwire_zds::MAX_MESSAGE_SIZE);
     assert_eq!(
         add.encode(),
-        Err(zds::EncodeError::TooLarge {
+        Err(meshwire_zds::EncodeError::TooLarge {
             size: add.encoded_len()
         })
     );
@@ -187,10 +189,13 @@ fn oversized_requests_are_refused() {
     // length) + 1018 bytes of uid.
     let uid = "u".repeat(1018);
     let del = Request::Del { uid };
-    assert_eq!(del.encoded_len(), zds::MAX_MESSAGE_SIZE);
-    assert_eq!(del.encode().unwrap().len(), zds::MAX_MESSAGE_SIZE);
+    assert_eq!(del.encoded_len(), meshwire_zds::MAX_MESSAGE_SIZE);
+    assert_eq!(del.encode().unwrap().len(), meshwire_zds::MAX_MESSAGE_SIZE);
     let del = Request::Del {
         uid: "u".repeat(1019),
     };
-    assert_eq!(del.encode(), Err(zds::EncodeError::TooLarge { size: 1025 }));
+    assert_eq!(
+        del.encode(),
+        Err(meshwire_zds::EncodeError::TooLarge { size: 1025 })
+    );
 }

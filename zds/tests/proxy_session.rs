@@ -3,11 +3,11 @@
 // Test helpers panic on purpose: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use proptest::prelude::*;
-use zds::{
+use meshwire_zds::{
     CloseReason, ProtocolError, ProxyAction, ProxySession, ReadError, Request, Response,
     SessionError, Update, Workload,
 };
+use proptest::prelude::*;
 
 const ACK: &[u8] = &[0x0a, 0x00];
 

@@ -11,13 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Event, next, quiet};
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
-use tokio_seqpacket::UnixSeqpacket;
-use zds::{
+use meshwire_zds::{
     Client, ClientConfig, NetnsId, PeerUids, Response, Server, ServerConfig, ServerEvent, Workload,
     ZdsError,
 };
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_seqpacket::UnixSeqpacket;
 
 fn workload(uid: &str) -> Workload {
     Workload::new(uid, format!("pod-{uid}"), "shop", "web")
@@ -46,12 +46,12 @@ fn start_client(
         .backoff(Duration::from_millis(5), Duration::from_millis(40))
         .retry_interval(None);
     let mut failed = std::collections::HashSet::new();
-    let client = Client::new(config, move |update: zds::Update| {
+    let client = Client::new(config, move |update: meshwire_zds::Update| {
         let event = Event::of(&update);
         let _ = tx.send(event);
         let key = match &update {
-            zds::Update::Add { workload, .. } => format!("add:{}", workload.uid),
-            zds::Update::Del { uid } => format!("del:{uid}"),
+            meshwire_zds::Update::Add { workload, .. } => format!("add:{}", workload.uid),
+            meshwire_zds::Update::Del { uid } => format!("del:{uid}"),
             _ => String::new(),
         };
         let outcome = match update.uid() {
@@ -397,7 +397,7 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     assert!(
         matches!(
             disconnected_with(&event),
-            Some(ZdsError::Read(zds::ReadError::UnexpectedFd))
+            Some(ZdsError::Read(meshwire_zds::ReadError::UnexpectedFd))
         ),
         "{event:?}"
     );
@@ -420,7 +420,9 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     assert!(
         matches!(
             disconnected_with(&event),
-            Some(ZdsError::Protocol(zds::ProtocolError::UnsolicitedMessage))
+            Some(ZdsError::Protocol(
+                meshwire_zds::ProtocolError::UnsolicitedMessage
+            ))
         ),
         "{event:?}"
     );
@@ -444,8 +446,8 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     let odd = raw_proxy(&path).await;
     let first = raw_recv(&odd).await;
     assert_eq!(
-        zds::Request::decode(&first, 1).unwrap(),
-        zds::Request::Add(workload("a"))
+        meshwire_zds::Request::decode(&first, 1).unwrap(),
+        meshwire_zds::Request::Add(workload("a"))
     );
     let mut control = [0u8; 64];
     let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
@@ -525,7 +527,7 @@ async fn oversized_add_is_refused_and_not_recorded() {
     let netns: OwnedFd = common::own_netns();
     assert!(matches!(
         server.add(big, netns).await,
-        Err(ZdsError::Encode(zds::EncodeError::TooLarge { .. }))
+        Err(ZdsError::Encode(meshwire_zds::EncodeError::TooLarge { .. }))
     ));
     assert!(server.workloads().await.is_empty());
 }

@@ -10,10 +10,12 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use meshwire_zds::{
+    Connection, NetnsError, NetnsId, RecvError, Request, SendError, Workload, verify_netns,
+};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
-use zds::{Connection, NetnsError, NetnsId, RecvError, Request, SendError, Workload, verify_netns};
 
 fn add() -> Request {
     Request::Add(Workload::new("uid-1", "web-0", "shop", "web"))
@@ -115,7 +117,7 @@ async fn send_enforces_size_and_fd_rules() {
     let (agent, proxy) = Connection::pair().unwrap();
     let netns = common::own_netns();
 
-    let big = vec![0u8; zds::MAX_MESSAGE_SIZE + 1];
+    let big = vec![0u8; meshwire_zds::MAX_MESSAGE_SIZE + 1];
     assert!(matches!(
         agent.send(&big, None).await,
         Err(SendError::TooLarge { size: 1025 })
@@ -142,7 +144,7 @@ async fn send_enforces_size_and_fd_rules() {
             .is_err()
     );
     // Exactly the limit goes through.
-    let max = vec![0u8; zds::MAX_MESSAGE_SIZE];
+    let max = vec![0u8; meshwire_zds::MAX_MESSAGE_SIZE];
     agent.send(&max, None).await.unwrap();
     assert_eq!(proxy.recv().await.unwrap().unwrap().bytes, max);
 }

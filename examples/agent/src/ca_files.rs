@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use svid::pki_types::{CertificateDer, PrivateKeyDer};
-use svid::{CaConfig, CertificateAuthority, TrustDomain};
+use meshwire_svid::pki_types::{CertificateDer, PrivateKeyDer};
+use meshwire_svid::{CaConfig, CertificateAuthority, TrustDomain};
 use tracing::info;
 
 /// Longest workload certificate the CA signs (the proxy asks for 24 h by default).

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use svid::{CertificateService, IdentityPolicy, TrustBundleSet, TrustDomain};
+use meshwire_svid::{CertificateService, IdentityPolicy, TrustBundleSet, TrustDomain};
+use meshwire_xds_workload::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use xds_workload::AdsServer;
 
 use crate::ca_auth::CallerPolicy;
 use crate::ca_files;
@@ -35,10 +35,10 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 /// How long shutdown waits for servers to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-fn rule_set(preset: RulesPreset) -> netns::RuleSet {
+fn rule_set(preset: RulesPreset) -> meshwire_netns::RuleSet {
     match preset {
-        RulesPreset::Istio => netns::RuleSet::istio(),
-        RulesPreset::Cilium => netns::RuleSet::cilium(),
+        RulesPreset::Istio => meshwire_netns::RuleSet::istio(),
+        RulesPreset::Cilium => meshwire_netns::RuleSet::cilium(),
     }
 }
 
@@ -81,10 +81,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     // Rules need iptables; say so at once rather than failing on every pod.
     let rules = rule_set(args.rules);
-    let backend = tokio::task::spawn_blocking(|| netns::Netfilter::system().detect_backend())
-        .await
-        .context("iptables detection task")?
-        .context("cannot manage in-pod redirection rules")?;
+    let backend =
+        tokio::task::spawn_blocking(|| meshwire_netns::Netfilter::system().detect_backend())
+            .await
+            .context("iptables detection task")?
+            .context("cannot manage in-pod redirection rules")?;
     info!(backend = ?backend, "iptables found");
 
     let (watcher, cluster) = FileWatcher::open(&args.workloads)?;
@@ -184,8 +185,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let ads = AdsServer::default();
     let mut client_roots = TrustBundleSet::default();
     client_roots.insert(ca.ca.bundle());
-    let tls = svid::control_plane_server_config(
-        svid::provider::ring(),
+    let tls = meshwire_svid::control_plane_server_config(
+        meshwire_svid::provider::ring(),
         ca.serving_chain.clone(),
         ca.serving_key.clone_key(),
         Some((
@@ -207,7 +208,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     {
         let ads = ads.clone();
         let shutdown = shutdown.clone();
-        let incoming = svid::tls_incoming(grpc_listener, Arc::new(tls));
+        let incoming = meshwire_svid::tls_incoming(grpc_listener, Arc::new(tls));
         info!(address = %args.xds_address, root = %ca.root_file.display(), "serving xDS and the CA over TLS");
         tasks.spawn(async move {
             let stop = {
@@ -250,8 +251,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     // ZDS: hold snapshots until the cache is seeded from the first pass, so a proxy that
     // reconnects to a restarted agent does not drop its pods.
-    let zds_server = zds::Server::bind(
-        zds::ServerConfig::default()
+    let zds_server = meshwire_zds::Server::bind(
+        meshwire_zds::ServerConfig::default()
             .path(&args.zds_socket)
             .wait_for_seed(true)
             .clone(),

@@ -12,14 +12,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netns::{NetNs, RuleSet};
-use svid::{CaClient, CaClientConfig, SpiffeId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use xds_workload::{
+use meshwire_netns::{NetNs, RuleSet};
+use meshwire_svid::{CaClient, CaClientConfig, SpiffeId};
+use meshwire_xds_workload::{
     AdsClient, ClientConfig, NodeInfo, StoreHandler, TunnelProtocol, WorkloadStore,
 };
-use zds::Update;
+use meshwire_zds::Update;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// What the stand-in proxy saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -186,10 +186,14 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             let root_pem = std::fs::read(&root).unwrap();
 
             // xDS client.
-            let tls =
-                svid::control_plane_client_config(svid::provider::ring(), &root_pem, None).unwrap();
+            let tls = meshwire_svid::control_plane_client_config(
+                meshwire_svid::provider::ring(),
+                &root_pem,
+                None,
+            )
+            .unwrap();
             let channel =
-                svid::tls_channel("https://127.0.0.1:15012", Arc::new(tls), None).unwrap();
+                meshwire_svid::tls_channel("https://127.0.0.1:15012", Arc::new(tls), None).unwrap();
             let store = Arc::new(WorkloadStore::new());
             let mut config = ClientConfig::default();
             config.node(NodeInfo::proxy(
@@ -234,8 +238,10 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             let handler_store = store.clone();
             let handler_paths = paths.clone();
             let handler_status = status_dir.clone();
-            let client = zds::Client::new(
-                zds::ClientConfig::default().path(&zds_socket).clone(),
+            let client = meshwire_zds::Client::new(
+                meshwire_zds::ClientConfig::default()
+                    .path(&zds_socket)
+                    .clone(),
                 move |u: Update| {
                     let seen_tx = seen_tx.clone();
                     let store = handler_store.clone();
@@ -335,7 +341,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 "spiffe://cluster.local/ns/shop/sa/nobody", // no such pod
             ] {
                 match ca.fetch(&id(refused)).await {
-                    Err(svid::CaClientError::Status(s)) => {
+                    Err(meshwire_svid::CaClientError::Status(s)) => {
                         assert_eq!(s.code(), tonic::Code::PermissionDenied, "{refused}: {s}");
                     }
                     other => panic!("{refused}: expected a refusal, got {other:?}"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
-use svid::{SpiffeId, TrustBundleSet, X509Svid};
+use meshwire_svid::{SpiffeId, TrustBundleSet, X509Svid};
 
 /// A certificate and the trust bundles that came with it.
 #[derive(Debug, Clone)]
@@ -64,15 +64,15 @@ pub(crate) trait Certificates: Send + Sync + 'static {
 /// CA in tests): one handle per identity a pod here needs, refreshed at half-life by the
 /// manager; the expiry metric follows every refresh.
 pub(crate) struct Managed<S> {
-    manager: svid::CertificateManager<S>,
+    manager: meshwire_svid::CertificateManager<S>,
     metrics: Arc<crate::metrics::Metrics>,
     held: std::sync::Mutex<std::collections::HashMap<SpiffeId, Held>>,
 }
 
 struct Held {
-    handle: svid::CertificateHandle,
+    handle: meshwire_svid::CertificateHandle,
     /// Material built from the manager's current certificate (rebuilt when it changes).
-    material: Option<(Arc<svid::FetchedSvid>, Arc<Material>)>,
+    material: Option<(Arc<meshwire_svid::FetchedSvid>, Arc<Material>)>,
 }
 
 impl<S> std::fmt::Debug for Managed<S> {
@@ -81,10 +81,13 @@ impl<S> std::fmt::Debug for Managed<S> {
     }
 }
 
-impl<S: svid::CertificateSource> Managed<S> {
+impl<S: meshwire_svid::CertificateSource> Managed<S> {
     pub(crate) fn new(source: S, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            manager: svid::CertificateManager::new(source, svid::ManagerConfig::default()),
+            manager: meshwire_svid::CertificateManager::new(
+                source,
+                meshwire_svid::ManagerConfig::default(),
+            ),
             metrics,
             held: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
@@ -98,7 +101,7 @@ impl<S: svid::CertificateSource> Managed<S> {
 
     /// Holds `id` (at `priority`) if it is not held yet, and follows its certificate for the
     /// expiry metric and the log.
-    fn ensure_held(&self, id: &SpiffeId, priority: svid::Priority) {
+    fn ensure_held(&self, id: &SpiffeId, priority: meshwire_svid::Priority) {
         let mut held = self.lock();
         if held.contains_key(id) {
             return;
@@ -143,7 +146,7 @@ impl<S: svid::CertificateSource> Managed<S> {
     fn material(
         &self,
         id: &SpiffeId,
-        fetched: Arc<svid::FetchedSvid>,
+        fetched: Arc<meshwire_svid::FetchedSvid>,
     ) -> anyhow::Result<Arc<Material>> {
         let mut held = self.lock();
         if let Some(h) = held.get(id)
@@ -154,7 +157,7 @@ impl<S: svid::CertificateSource> Managed<S> {
         }
         let mut roots = TrustBundleSet::new();
         if !fetched.roots.is_empty() {
-            roots.insert(svid::TrustBundle::new(
+            roots.insert(meshwire_svid::TrustBundle::new(
                 id.trust_domain().clone(),
                 fetched.roots.clone(),
             )?);
@@ -170,11 +173,11 @@ impl<S: svid::CertificateSource> Managed<S> {
     }
 }
 
-impl<S: svid::CertificateSource> Certificates for Managed<S> {
+impl<S: meshwire_svid::CertificateSource> Certificates for Managed<S> {
     fn fetch(&self, id: &SpiffeId) -> BoxFuture<'_, anyhow::Result<Arc<Material>>> {
-        self.ensure_held(id, svid::Priority::OnDemand);
+        self.ensure_held(id, meshwire_svid::Priority::OnDemand);
         // A share of our own for the wait (released when done).
-        let handle = self.manager.hold(id, svid::Priority::OnDemand);
+        let handle = self.manager.hold(id, meshwire_svid::Priority::OnDemand);
         let id = id.clone();
         Box::pin(async move {
             let fetched = handle.get().await?;
@@ -183,7 +186,7 @@ impl<S: svid::CertificateSource> Certificates for Managed<S> {
     }
 
     fn prefetch(&self, id: &SpiffeId) {
-        self.ensure_held(id, svid::Priority::Prefetch);
+        self.ensure_held(id, meshwire_svid::Priority::Prefetch);
     }
 
     fn forget(&self, id: &SpiffeId) {

@@ -55,9 +55,9 @@ pub(crate) fn channel(
     root_pem: &[u8],
     crypto: Arc<CryptoProvider>,
 ) -> anyhow::Result<Channel> {
-    let tls = svid::control_plane_client_config(crypto, root_pem, None)
+    let tls = meshwire_svid::control_plane_client_config(crypto, root_pem, None)
         .context("control-plane TLS configuration")?;
-    svid::tls_channel(address, Arc::new(tls), None)
+    meshwire_svid::tls_channel(address, Arc::new(tls), None)
         .with_context(|| format!("control-plane channel to {address}"))
 }
 
@@ -85,17 +85,17 @@ impl TokenValue {
         })
     }
 
-    pub(crate) fn for_ca(&self) -> svid::Token {
+    pub(crate) fn for_ca(&self) -> meshwire_svid::Token {
         match self {
-            Self::File(p) => svid::Token::File(p.clone()),
-            Self::Literal(t) => svid::Token::Static(t.clone()),
+            Self::File(p) => meshwire_svid::Token::File(p.clone()),
+            Self::Literal(t) => meshwire_svid::Token::Static(t.clone()),
         }
     }
 
-    pub(crate) fn for_xds(&self) -> xds_workload::TokenSource {
+    pub(crate) fn for_xds(&self) -> meshwire_xds_workload::TokenSource {
         match self {
-            Self::File(p) => xds_workload::TokenSource::File(p.clone()),
-            Self::Literal(t) => xds_workload::TokenSource::Static(t.clone()),
+            Self::File(p) => meshwire_xds_workload::TokenSource::File(p.clone()),
+            Self::Literal(t) => meshwire_xds_workload::TokenSource::Static(t.clone()),
         }
     }
 }
@@ -105,8 +105,8 @@ mod tests {
     use super::*;
 
     fn root_pem() -> String {
-        let td = svid::TrustDomain::new("cluster.local").unwrap();
-        svid::CertificateAuthority::generate_root(&td, svid::CaConfig::default())
+        let td = meshwire_svid::TrustDomain::new("cluster.local").unwrap();
+        meshwire_svid::CertificateAuthority::generate_root(&td, meshwire_svid::CaConfig::default())
             .unwrap()
             .root_pem()
     }
@@ -156,7 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn channel_needs_https_and_a_root() {
-        let crypto = svid::provider::ring();
+        let crypto = meshwire_svid::provider::ring();
         let pem = root_pem();
         assert!(channel("https://127.0.0.1:15012", pem.as_bytes(), crypto.clone()).is_ok());
         assert!(channel("https://127.0.0.1:15012", b"no pem", crypto).is_err());
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(TokenValue::parse(None), None);
         assert!(matches!(
             TokenValue::Literal("t".into()).for_xds(),
-            xds_workload::TokenSource::Static(t) if t == "t"
+            meshwire_xds_workload::TokenSource::Static(t) if t == "t"
         ));
     }
 }

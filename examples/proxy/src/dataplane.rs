@@ -17,19 +17,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use hbone::{
+use meshwire_hbone::{
     Authority, Baggage, ClientError, ClientTlsProvider, ConnectRequest, Connector, Forwarded,
     ForwardedElement, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
     ServerError, ServerTlsProvider, TraceParent, WorkloadBaggage, WorkloadKind,
 };
-use prometheus_client::metrics::counter::Counter;
-use rustls::crypto::CryptoProvider;
-use svid::{IdentityPolicy, SpiffeId, TrustDomain};
-use tokio::net::TcpStream;
-use xds_workload::{
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustDomain};
+use meshwire_xds_workload::{
     AuthorizationPolicy, ConnectionInfo, Decision, HealthStatus, Identity, Service, TunnelProtocol,
     Upstream, Workload, WorkloadStore, WorkloadType,
 };
+use prometheus_client::metrics::counter::Counter;
+use rustls::crypto::CryptoProvider;
+use tokio::net::TcpStream;
 
 use crate::certs::{Certificates, Material};
 use crate::copy::{Ends, Transferred};
@@ -146,7 +146,7 @@ impl DataPlane {
     pub(crate) fn find_local(&self, pod: &Pod) -> Option<Arc<Workload>> {
         let info = &pod.info;
         let sa = if info.service_account.is_empty() {
-            xds_workload::DEFAULT_SERVICE_ACCOUNT
+            meshwire_xds_workload::DEFAULT_SERVICE_ACCOUNT
         } else {
             info.service_account.as_str()
         };
@@ -426,7 +426,7 @@ impl DataPlane {
             Ok(a) => canonical(a),
             Err(_) => return,
         };
-        let info = hbone::ConnectionInfo::new(local_addr, canonical(peer));
+        let info = meshwire_hbone::ConnectionInfo::new(local_addr, canonical(peer));
         match state.server.serve_connection(stream, info).await {
             Ok(()) => {}
             Err(e) => {
@@ -701,7 +701,7 @@ impl DataPlane {
     }
 }
 
-fn ports_json(ports: &[xds_workload::Port]) -> serde_json::Value {
+fn ports_json(ports: &[meshwire_xds_workload::Port]) -> serde_json::Value {
     ports
         .iter()
         .map(|p| serde_json::json!({"service_port": p.service_port, "target_port": p.target_port}))
@@ -803,7 +803,7 @@ fn peer_workload(baggage: Option<&Baggage>) -> String {
     }
 }
 
-fn spiffe_of(id: &Identity) -> Result<SpiffeId, svid::SpiffeIdError> {
+fn spiffe_of(id: &Identity) -> Result<SpiffeId, meshwire_svid::SpiffeIdError> {
     let td = TrustDomain::new(&id.trust_domain)?;
     SpiffeId::from_istio(&td, &id.namespace, &id.service_account)
 }
@@ -920,7 +920,7 @@ impl ClientTlsProvider for ClientTls {
                 .fetch(&source)
                 .await
                 .map_err(|e| TlsSetupError(format!("certificate for {source}: {e:#}")))?;
-            svid::client_config(crypto, &m.svid, &m.roots, policy)
+            meshwire_svid::client_config(crypto, &m.svid, &m.roots, policy)
                 .map(Arc::new)
                 .map_err(|e| TlsSetupError(e.to_string()))
         }
@@ -939,7 +939,7 @@ impl ServerTlsProvider for PodServerTls {
 
     async fn server_config(
         &self,
-        _info: &hbone::ConnectionInfo,
+        _info: &meshwire_hbone::ConnectionInfo,
     ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
         {
             let local = self
@@ -964,7 +964,7 @@ impl ServerTlsProvider for PodServerTls {
             }
             let policy = IdentityPolicy::SameTrustDomain(id.trust_domain().clone());
             let cfg = Arc::new(
-                svid::server_config(
+                meshwire_svid::server_config(
                     self.dp.crypto.clone(),
                     &material.svid,
                     &material.roots,
@@ -985,7 +985,7 @@ struct InboundStreams {
     pod: Arc<Pod>,
 }
 
-impl hbone::Handler for InboundStreams {
+impl meshwire_hbone::Handler for InboundStreams {
     fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send {
         let dp = self.dp.clone();
         let pod = self.pod.clone();
@@ -1128,14 +1128,14 @@ mod tests {
     use super::*;
     use crate::certs::Managed;
     use crate::pods::{PodInfo, Supervisor};
+    use meshwire_svid::CertificateAuthority;
+    use meshwire_xds_workload::pb::istio::security as sec;
+    use meshwire_xds_workload::pb::istio::workload as pbw;
+    use meshwire_xds_workload::{Address, AuthorizationPolicy};
     use std::collections::HashMap;
     use std::net::IpAddr;
-    use svid::CertificateAuthority;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use xds_workload::pb::istio::security as sec;
-    use xds_workload::pb::istio::workload as pbw;
-    use xds_workload::{Address, AuthorizationPolicy};
 
     const NODE: &str = "node-1";
 
@@ -1267,7 +1267,8 @@ mod tests {
         async fn new() -> Self {
             let td = TrustDomain::new("cluster.local").unwrap();
             let ca = Arc::new(
-                CertificateAuthority::generate_root(&td, svid::CaConfig::default()).unwrap(),
+                CertificateAuthority::generate_root(&td, meshwire_svid::CaConfig::default())
+                    .unwrap(),
             );
             let metrics = Metrics::new();
             let store = Arc::new(WorkloadStore::new());
@@ -1283,7 +1284,7 @@ mod tests {
                 metrics.clone(),
                 store.clone(),
                 certs,
-                svid::provider::ring(),
+                meshwire_svid::provider::ring(),
             );
             let supervisor =
                 Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
@@ -1562,21 +1563,26 @@ mod tests {
         id: &str,
         server: &str,
         hbone: SocketAddr,
-    ) -> Result<hbone::ClientConnection, ClientError> {
+    ) -> Result<meshwire_hbone::ClientConnection, ClientError> {
         let own = ca
             .issue(&SpiffeId::new(id).unwrap(), Duration::from_secs(3600))
             .unwrap();
-        let mut roots = svid::TrustBundleSet::new();
+        let mut roots = meshwire_svid::TrustBundleSet::new();
         roots.insert(ca.bundle());
-        let tls = svid::client_config(
-            svid::provider::ring(),
+        let tls = meshwire_svid::client_config(
+            meshwire_svid::provider::ring(),
             &own,
             &roots,
             IdentityPolicy::exact([SpiffeId::new(server).unwrap()]),
         )
         .unwrap();
         let tcp = TcpStream::connect(hbone).await.unwrap();
-        hbone::ClientConnection::connect(tcp, Arc::new(tls), &hbone::Http2Config::client()).await
+        meshwire_hbone::ClientConnection::connect(
+            tcp,
+            Arc::new(tls),
+            &meshwire_hbone::Http2Config::client(),
+        )
+        .await
     }
 
     /// An HBONE server that is not one of our pods: it presents a certificate for
@@ -1592,11 +1598,11 @@ mod tests {
             .ca
             .issue(&SpiffeId::new(identity).unwrap(), Duration::from_secs(3600))
             .unwrap();
-        let mut roots = svid::TrustBundleSet::new();
+        let mut roots = meshwire_svid::TrustBundleSet::new();
         roots.insert(env.ca.bundle());
         let td = TrustDomain::new("cluster.local").unwrap();
-        let tls = svid::server_config(
-            svid::provider::ring(),
+        let tls = meshwire_svid::server_config(
+            meshwire_svid::provider::ring(),
             &own,
             &roots,
             IdentityPolicy::SameTrustDomain(td),
@@ -1780,7 +1786,7 @@ mod tests {
             Some(SERVER_ID)
         );
 
-        let status = |r: Result<hbone::Tunnel, ClientError>| {
+        let status = |r: Result<meshwire_hbone::Tunnel, ClientError>| {
             r.err().and_then(|e| e.status()).map(|s| s.as_u16())
         };
         let req =
@@ -1898,7 +1904,7 @@ mod tests {
             tunnel.read_to_end(&mut got).await.unwrap();
             assert_eq!(got, b"web-0:hi", "service port {port}");
         }
-        let status = |r: Result<hbone::Tunnel, ClientError>| {
+        let status = |r: Result<meshwire_hbone::Tunnel, ClientError>| {
             r.err().and_then(|e| e.status()).map(|s| s.as_u16())
         };
         // No mapping for the port, another service, a proxy port: 503.
@@ -1925,7 +1931,7 @@ mod tests {
         // Another CA, same trust domain name: the chain does not verify.
         let other = CertificateAuthority::generate_root(
             &TrustDomain::new("cluster.local").unwrap(),
-            svid::CaConfig::default(),
+            meshwire_svid::CaConfig::default(),
         )
         .unwrap();
         let attempt = raw_client(&other, CLIENT_ID, SERVER_ID, hbone_addr).await;

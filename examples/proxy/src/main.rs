@@ -23,9 +23,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use meshwire_xds_workload::{AdsClient, NodeInfo, StoreHandler, WorkloadStore};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use xds_workload::{AdsClient, NodeInfo, StoreHandler, WorkloadStore};
 
 use crate::dataplane::{DataPlane, DataPlaneConfig, Dispatch};
 use crate::http::{Endpoint, Readiness};
@@ -91,7 +91,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     check_privileges(config.packet_mark)?;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let crypto = svid::provider::ring();
+    let crypto = meshwire_svid::provider::ring();
 
     // Own endpoints first, so a port conflict fails the start at once.
     let http_stop = CancellationToken::new();
@@ -125,7 +125,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let token = control::TokenValue::parse(config.auth_token.as_deref());
 
     let store = Arc::new(WorkloadStore::new());
-    let mut xds_config = xds_workload::ClientConfig::default();
+    let mut xds_config = meshwire_xds_workload::ClientConfig::default();
     xds_config.node = NodeInfo::proxy(
         config.instance_ip,
         &config.pod_name,
@@ -142,7 +142,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let mut xds_events = ads.events();
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
     tokio::spawn(async move {
-        use xds_workload::ClientEvent;
+        use meshwire_xds_workload::ClientEvent;
         while let Ok(event) = xds_events.recv().await {
             match event {
                 ClientEvent::Connected => tracing::info!("xDS stream connected"),
@@ -169,7 +169,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     });
 
     let ca_channel = control::channel(&config.ca_address, &ca_root, crypto.clone())?;
-    let mut ca_config = svid::CaClientConfig::default();
+    let mut ca_config = meshwire_svid::CaClientConfig::default();
     ca_config
         .cluster_id(config.cluster_id.clone())
         .ttl(config.secret_ttl)
@@ -177,7 +177,10 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     if let Some(t) = &token {
         ca_config.token(t.for_ca());
     }
-    let certs = certs::Managed::new(svid::CaClient::new(ca_channel, ca_config), metrics.clone());
+    let certs = certs::Managed::new(
+        meshwire_svid::CaClient::new(ca_channel, ca_config),
+        metrics.clone(),
+    );
 
     let dataplane = DataPlane::new(
         DataPlaneConfig {
@@ -286,9 +289,9 @@ async fn run_zds(
     supervisor: Arc<Supervisor>,
     readiness: Arc<Readiness>,
 ) {
-    let mut zds_config = zds::ClientConfig::default();
+    let mut zds_config = meshwire_zds::ClientConfig::default();
     zds_config.path(socket);
-    let client = zds::Client::new(zds_config, move |update: zds::Update| {
+    let client = meshwire_zds::Client::new(zds_config, move |update: meshwire_zds::Update| {
         let supervisor = supervisor.clone();
         async move {
             apply_zds(&supervisor, mark, update)
@@ -317,10 +320,14 @@ async fn run_zds(
     }
 }
 
-async fn apply_zds(supervisor: &Supervisor, mark: u32, update: zds::Update) -> anyhow::Result<()> {
+async fn apply_zds(
+    supervisor: &Supervisor,
+    mark: u32,
+    update: meshwire_zds::Update,
+) -> anyhow::Result<()> {
     match update {
-        zds::Update::Add { workload, netns } => {
-            let ns = netns::NetNs::from_fd(netns)?;
+        meshwire_zds::Update::Add { workload, netns } => {
+            let ns = meshwire_netns::NetNs::from_fd(netns)?;
             let info = PodInfo {
                 uid: workload.uid,
                 name: workload.name,
@@ -331,15 +338,15 @@ async fn apply_zds(supervisor: &Supervisor, mark: u32, update: zds::Update) -> a
                 .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)))
                 .await
         }
-        zds::Update::Del { uid } => {
+        meshwire_zds::Update::Del { uid } => {
             supervisor.remove(&uid);
             Ok(())
         }
-        zds::Update::Keep { uid } => {
+        meshwire_zds::Update::Keep { uid } => {
             tracing::debug!(%uid, "ZDS keep");
             Ok(())
         }
-        zds::Update::SnapshotSent => {
+        meshwire_zds::Update::SnapshotSent => {
             tracing::info!(pods = supervisor.pods().len(), "ZDS snapshot received");
             Ok(())
         }

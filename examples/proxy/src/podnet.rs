@@ -5,7 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use futures_util::future::BoxFuture;
-use netns::{ListenerOptions, NetNs, SocketOptions};
+use meshwire_netns::{ListenerOptions, NetNs, SocketOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::pods::PodNetwork;
@@ -23,7 +23,7 @@ impl PodNamespace {
     }
 }
 
-fn to_io(e: netns::Error) -> io::Error {
+fn to_io(e: meshwire_netns::Error) -> io::Error {
     io::Error::other(e)
 }
 
@@ -41,9 +41,9 @@ impl PodNetwork for PodNamespace {
                 .backlog(128)
                 .only_v6(false);
             let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-            match netns::bind_listener_in(&self.ns, v6, opts.clone()).await {
+            match meshwire_netns::bind_listener_in(&self.ns, v6, opts.clone()).await {
                 Ok(l) => Ok(l),
-                Err(netns::Error::Socket { source, .. })
+                Err(meshwire_netns::Error::Socket { source, .. })
                     if matches!(
                         source.raw_os_error(),
                         Some(97 /* EAFNOSUPPORT */ | 99 /* EADDRNOTAVAIL */)
@@ -51,7 +51,7 @@ impl PodNetwork for PodNamespace {
                 {
                     // IPv6 disabled in this pod: IPv4 only.
                     let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-                    netns::bind_listener_in(&self.ns, v4, opts)
+                    meshwire_netns::bind_listener_in(&self.ns, v4, opts)
                         .await
                         .map_err(to_io)
                 }
@@ -64,7 +64,7 @@ impl PodNetwork for PodNamespace {
         Box::pin(async move {
             let mut opts = SocketOptions::new();
             opts.mark(self.mark);
-            let stream = netns::connect_in(&self.ns, dst, opts)
+            let stream = meshwire_netns::connect_in(&self.ns, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -78,7 +78,7 @@ impl PodNetwork for PodNamespace {
             opts.mark(self.mark)
                 .source(SocketAddr::new(source, 0))
                 .transparent(true);
-            let stream = netns::connect_in(&self.ns, dst, opts)
+            let stream = meshwire_netns::connect_in(&self.ns, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -87,7 +87,7 @@ impl PodNetwork for PodNamespace {
     }
 
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
-        netns::original_dst(stream)
+        meshwire_netns::original_dst(stream)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Routing decisions, kept free of I/O so they can be tested on their own: where an outbound
 //! connection goes, and which ports the proxy refuses to proxy to (its own). The destination
-//! check of inbound HBONE streams is `hbone::ConnectRequest::check_destination`.
+//! check of inbound HBONE streams is `meshwire_hbone::ConnectRequest::check_destination`.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hbone::{
+use meshwire_hbone::{
     ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
     SvidClientTls, TcpConnector,
 };
-use svid::{
+use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +37,7 @@ pub const PORT_PARK: u16 = 600;
 pub const PORT_BAGGAGE: u16 = 8;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    svid::provider::default()
+    meshwire_svid::provider::default()
 }
 
 pub fn id(ns: &str, sa: &str) -> SpiffeId {
@@ -65,7 +65,7 @@ impl Pki {
     pub fn server_tls(&self, id: &SpiffeId) -> Arc<rustls::ServerConfig> {
         let td: TrustDomain = TD.parse().unwrap();
         Arc::new(
-            svid::server_config(
+            meshwire_svid::server_config(
                 provider(),
                 &self.svid(id),
                 &self.roots,
@@ -120,7 +120,7 @@ pub const DOWNLOAD_LEN: u64 = 8 * 1024 * 1024;
 pub struct HandlerState {
     pub counts: StreamCounts,
     pub handled: AtomicUsize,
-    pub parked: Mutex<Vec<hbone::Tunnel>>,
+    pub parked: Mutex<Vec<meshwire_hbone::Tunnel>>,
     pub peers: Mutex<Vec<SpiffeId>>,
     pub requests: Mutex<Vec<ConnectRequest>>,
     /// What `PORT_DOWNLOAD` tunnels received after their half-close: (SHA-256 hex, bytes).
@@ -169,7 +169,7 @@ pub fn handler(
                 }
                 port => {
                     let mut tunnel = if port == PORT_BAGGAGE {
-                        let mut b = hbone::WorkloadBaggage::default();
+                        let mut b = meshwire_hbone::WorkloadBaggage::default();
                         b.namespace = Some("server-ns".into());
                         t.accept_with_baggage(b.to_baggage()).unwrap()
                     } else {
@@ -189,7 +189,7 @@ pub fn handler(
 /// Serves one accepted tunnel; `PORT_DOWNLOAD` returns what it read after its half-close.
 async fn serve_tunnel(
     port: u16,
-    tunnel: &mut hbone::Tunnel,
+    tunnel: &mut meshwire_hbone::Tunnel,
 ) -> std::io::Result<Option<(String, u64)>> {
     match port {
         PORT_HASH => {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use xds_workload::pb::istio::workload as pb;
+use meshwire_xds_workload::pb::istio::workload as pb;
 
 /// The IPv4 address of test workload `i` (10.0.0.0/8, unique for i < 2^24).
 pub(crate) fn workload_ip(i: usize) -> Ipv4Addr {

@@ -4,8 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use meshwire_zds::{NetnsId, Update};
 use tokio::sync::mpsc;
-use zds::{NetnsId, Update};
 
 /// Whether privileged tests can run. Not root: fail loudly, unless the person running the
 /// tests explicitly skips them with `MESHWIRE_SKIP_PRIVILEGED=1`.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use netns::{Error as NsError, NetNs, RuleSet, RulesError};
+use meshwire_netns::{Error as NsError, NetNs, RuleSet, RulesError};
 
 use crate::desired::LocalPod;
 use crate::reconcile::{Cause, EffectError, Removal, RuleCheck, RuleInstaller};

@@ -4,14 +4,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
+use meshwire_xds_workload::pb::istio::security as sec;
+use meshwire_xds_workload::pb::istio::workload as wl;
+use meshwire_xds_workload::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsServer, ResourceChange, ServerEvent,
+};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use xds_workload::pb::istio::security as sec;
-use xds_workload::pb::istio::workload as wl;
-use xds_workload::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsServer, ResourceChange, ServerEvent,
-};
 
 use crate::desired::{RemoteReady, Settings, WorkloadView, workload_views};
 use crate::metrics::Metrics;
@@ -278,8 +278,8 @@ pub(crate) async fn follow_events(
 mod tests {
     use super::*;
     use crate::workloads::tests::EXAMPLE;
+    use meshwire_xds_workload::{AuthorizationPolicy, ConnectionInfo, evaluate};
     use std::net::IpAddr;
-    use xds_workload::{AuthorizationPolicy, ConnectionInfo, evaluate};
 
     fn settings() -> Settings {
         Settings {
@@ -301,7 +301,7 @@ mod tests {
         );
         for v in &views {
             let pb = workload_to_pb(v);
-            let checked = xds_workload::Workload::try_from(pb).expect("valid workload");
+            let checked = meshwire_xds_workload::Workload::try_from(pb).expect("valid workload");
             assert_eq!(checked.uid, v.uid);
             assert_eq!(checked.name, v.name);
             assert_eq!(checked.namespace, v.namespace);
@@ -310,7 +310,7 @@ mod tests {
             assert_eq!(checked.trust_domain, "cluster.local");
             assert_eq!(checked.addresses, v.addresses);
             assert_eq!(
-                checked.protocol == xds_workload::TunnelProtocol::Hbone,
+                checked.protocol == meshwire_xds_workload::TunnelProtocol::Hbone,
                 v.hbone,
                 "{}",
                 v.uid
@@ -324,7 +324,7 @@ mod tests {
         ConnectionInfo::new(
             src.parse::<IpAddr>().unwrap(),
             std::net::SocketAddr::new("10.10.2.2".parse().unwrap(), port),
-            principal.map(|p| p.parse::<xds_workload::Identity>().unwrap()),
+            principal.map(|p| p.parse::<meshwire_xds_workload::Identity>().unwrap()),
         )
     }
 

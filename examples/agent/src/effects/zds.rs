@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use meshwire_zds::{ConnectionId, Server, ServerEvent, Workload, ZdsError};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use zds::{ConnectionId, Server, ServerEvent, Workload, ZdsError};
 
 use crate::desired::LocalPod;
 use crate::metrics::Metrics;
@@ -21,14 +21,14 @@ struct Held {
     uids: Option<BTreeSet<String>>,
 }
 
-/// [`ProxyChannel`] backed by a [`zds::Server`].
+/// [`ProxyChannel`] backed by a [`meshwire_zds::Server`].
 #[derive(Debug, Clone)]
 pub(crate) struct ZdsChannel {
     server: Arc<Server>,
     held: Arc<Mutex<Held>>,
     /// The namespace last handed over per uid (to notice a namespace recreated under the
     /// same path).
-    handed: Arc<Mutex<BTreeMap<String, netns::NsId>>>,
+    handed: Arc<Mutex<BTreeMap<String, meshwire_netns::NsId>>>,
 }
 
 impl ZdsChannel {
@@ -135,9 +135,10 @@ impl ZdsChannel {
     }
 }
 
-fn open_netns(pod: &LocalPod) -> Result<netns::NetNs, EffectError> {
+fn open_netns(pod: &LocalPod) -> Result<meshwire_netns::NetNs, EffectError> {
     // `NetNs` checks that the file is a network namespace (also through a bind mount).
-    netns::NetNs::from_path(&pod.netns).map_err(|e| EffectError::new(Cause::Netns, e.to_string()))
+    meshwire_netns::NetNs::from_path(&pod.netns)
+        .map_err(|e| EffectError::new(Cause::Netns, e.to_string()))
 }
 
 fn zds_error(e: ZdsError) -> EffectError {
@@ -249,15 +250,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("zds.sock");
         let server = Arc::new(
-            Server::bind(zds::ServerConfig::default().path(&socket).clone())
+            Server::bind(meshwire_zds::ServerConfig::default().path(&socket).clone())
                 .await
                 .unwrap(),
         );
         let channel = ZdsChannel::new(server.clone());
         // A stand-in proxy that acknowledges everything.
-        let mut config = zds::ClientConfig::default();
+        let mut config = meshwire_zds::ClientConfig::default();
         config.path(&socket);
-        let client = zds::Client::new(config, |_update: zds::Update| async {
+        let client = meshwire_zds::Client::new(config, |_update: meshwire_zds::Update| async {
             Ok::<(), std::io::Error>(())
         });
         let proxy = tokio::spawn(client.run());
