@@ -2,9 +2,7 @@
 //! namespace to the node proxy over ZDS, installs the in-pod redirection rules, serves
 //! workload xDS and signs workload certificates. See `README.md`.
 
-mod ca_auth;
-mod ca_files;
-mod ca_service;
+mod ca;
 mod cli;
 mod desired;
 mod effects;

@@ -13,9 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::ca_auth::CallerPolicy;
-use crate::ca_files;
-use crate::ca_service::NodeAuthorizer;
+use crate::ca::auth::CallerPolicy;
+use crate::ca::files as ca_files;
+use crate::ca::service::NodeAuthorizer;
 use crate::cli::{Args, RulesPreset};
 use crate::desired::{LocalPod, RemoteReady, Settings, local_desired};
 use crate::effects::rules::NetnsRules;

@@ -1,5 +1,5 @@
 //! The certificate service's authorizer: recognise the calling proxy's node, then apply
-//! [`ca_auth::authorize`] to the current workloads.
+//! [`auth::authorize`] to the current workloads.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use meshwire_svid::{AuthorizationRequest, Denial};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::ca_auth::{self, CallerInfo, CallerPolicy, Requested};
+use crate::ca::auth::{self, CallerInfo, CallerPolicy, Requested};
 use crate::desired::Settings;
 use crate::metrics::Metrics;
 use crate::workloads::Cluster;
@@ -43,7 +43,7 @@ impl NodeAuthorizer {
             service_account: istio.service_account(),
         };
         let cluster = self.cluster.borrow().clone();
-        match ca_auth::authorize(&cluster, &self.settings, node.as_deref(), &requested) {
+        match auth::authorize(&cluster, &self.settings, node.as_deref(), &requested) {
             Ok(()) => {
                 self.metrics.certificates_issued.inc();
                 info!(
@@ -64,7 +64,7 @@ impl NodeAuthorizer {
                     "certificate request denied"
                 );
                 Err(match denial {
-                    ca_auth::Denial::UnknownCaller => Denial::Unauthenticated(denial.to_string()),
+                    auth::Denial::UnknownCaller => Denial::Unauthenticated(denial.to_string()),
                     other => Denial::PermissionDenied(other.to_string()),
                 })
             }

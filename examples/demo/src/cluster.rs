@@ -1,0 +1,221 @@
+//! Setting up the cluster: the topology, the workloads file, an agent and a proxy per node;
+//! and tearing it down again.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use testbed::{Namespace, Pod, Process, Testbed, TestbedOptions};
+
+use crate::cleanup::StateDir;
+use crate::processes::stop;
+use crate::{ENROLLED_NS, LABEL, PLAIN_NS, Role, TRUST_DOMAIN};
+
+/// Where the agent and proxy binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The `agent` executable.
+    pub agent: PathBuf,
+    /// The `proxy` executable.
+    pub proxy: PathBuf,
+}
+
+impl Binaries {
+    /// Looks for `agent` and `proxy` in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let agent = dir.join("agent");
+        let proxy = dir.join("proxy");
+        for b in [&agent, &proxy] {
+            if !b.is_file() {
+                bail!(
+                    "{} does not exist: build the example binaries first (cargo build -p agent -p proxy)",
+                    b.display()
+                );
+            }
+        }
+        Ok(Self { agent, proxy })
+    }
+}
+
+/// One node's agent and proxy.
+#[derive(Debug)]
+pub(crate) struct NodeProcs {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) agent: Option<Process>,
+    pub(crate) proxy: Option<Process>,
+}
+
+/// Options for [`Cluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where the binaries are.
+    pub binaries: Binaries,
+    /// Log filter passed to the agents and proxies as `RUST_LOG`.
+    pub log: String,
+    /// How often the agent checks the in-pod rules.
+    pub reconcile_interval: Duration,
+    /// The in-pod rule preset the agents install: `istio` or `cilium`.
+    pub rules: &'static str,
+}
+
+/// The demo cluster: two nodes, five pods, an agent and a proxy per node.
+#[derive(Debug)]
+pub struct Cluster {
+    pub(crate) opts: ClusterOptions,
+    // Field order is drop order: processes before namespaces, the state directory last.
+    pub(crate) nodes: Vec<NodeProcs>,
+    pub(crate) echo_stop: Arc<AtomicBool>,
+    pub(crate) pods: BTreeMap<Role, Pod>,
+    pub(crate) tb: Testbed,
+    pub(crate) dir: StateDir,
+    pub(crate) enrolled: BTreeMap<String, bool>,
+    pub(crate) policies: bool,
+}
+
+impl Cluster {
+    /// Builds the topology, writes the workloads file and starts an agent and a proxy on
+    /// each node, then waits until every enrolled pod is enrolled.
+    pub fn start(opts: ClusterOptions) -> Result<Self> {
+        let mut tb = Testbed::with_options(TestbedOptions::new().ipv6(false).clone())
+            .context("cannot build the test bed")?;
+        let n1 = tb.add_node()?;
+        let n2 = tb.add_node()?;
+        let mut pods = BTreeMap::new();
+        for role in Role::ALL {
+            let node = if role.node() == 0 { &n1 } else { &n2 };
+            pods.insert(role, tb.add_pod(node)?);
+        }
+        let dir = StateDir::create().context("cannot create state dir")?;
+        let mut cluster = Self {
+            opts,
+            nodes: Vec::new(),
+            echo_stop: Arc::new(AtomicBool::new(false)),
+            pods,
+            tb,
+            dir,
+            enrolled: [(ENROLLED_NS.to_owned(), true), (PLAIN_NS.to_owned(), false)].into(),
+            policies: true,
+        };
+        cluster.start_echo_servers()?;
+        cluster.write_workloads()?;
+        for (i, name) in ["node-1", "node-2"].into_iter().enumerate() {
+            let dir = cluster.dir.path().join(name);
+            std::fs::create_dir_all(&dir)?;
+            cluster.nodes.push(NodeProcs {
+                name: name.to_owned(),
+                dir,
+                agent: None,
+                proxy: None,
+            });
+            cluster.start_agent(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_for_file(&cluster.root_cert(i), Duration::from_secs(60))?;
+            cluster.start_proxy(i)?;
+        }
+        cluster.wait_enrolled(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// The state directory (workloads file, logs, sockets).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The pod of `role`.
+    pub fn pod(&self, role: Role) -> &Pod {
+        &self.pods[&role]
+    }
+
+    /// The namespace of node `i` (0-based).
+    pub fn node_ns(&self, i: usize) -> &Namespace {
+        self.tb.nodes()[i].ns()
+    }
+
+    /// The fabric namespace that carries all traffic between the nodes.
+    pub fn fabric(&self) -> &Namespace {
+        self.tb.fabric()
+    }
+
+    /// The process id of node `i`'s proxy.
+    pub fn proxy_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].proxy.as_ref().map(Process::id)
+    }
+
+    pub(crate) fn root_cert(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("agent").join("root-cert.pem")
+    }
+
+    pub(crate) fn log_file(&self, i: usize, what: &str) -> PathBuf {
+        self.nodes[i].dir.join(format!("{what}.log"))
+    }
+
+    pub(crate) fn workloads_path(&self) -> PathBuf {
+        self.dir.path().join("workloads.yaml")
+    }
+
+    /// Writes the workloads file from the current labels (atomically, by rename).
+    pub(crate) fn write_workloads(&self) -> Result<()> {
+        let mut y = String::from("namespaces:\n");
+        for (ns, on) in &self.enrolled {
+            let labels = if *on {
+                format!("{{ {LABEL}: \"true\" }}")
+            } else {
+                "{}".to_owned()
+            };
+            let _ = writeln!(y, "  - name: {ns}\n    labels: {labels}");
+        }
+        y.push_str("pods:\n");
+        for role in Role::ALL {
+            let pod = &self.pods[&role];
+            let _ = writeln!(
+                y,
+                "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    uid: uid-{}\n    ip: {}\n    node: node-{}\n    netns: {}",
+                role.name(),
+                role.namespace(),
+                role.service_account(),
+                role.name(),
+                pod.ipv4(),
+                role.node() + 1,
+                pod.ns().path().display()
+            );
+        }
+        if self.policies {
+            let _ = writeln!(
+                y,
+                "policies:\n  - name: deny-intruder\n    namespace: {ENROLLED_NS}\n    action: deny\n    rules:\n      - from:\n          - principals: [\"{TRUST_DOMAIN}/ns/{ENROLLED_NS}/sa/intruder\"]"
+            );
+        }
+        let tmp = self.dir.path().join("workloads.yaml.tmp");
+        std::fs::write(&tmp, y)?;
+        std::fs::rename(&tmp, self.workloads_path())?;
+        Ok(())
+    }
+
+    /// Sets the enrollment label of a namespace in the workloads file. The agents pick the
+    /// change up by themselves; use [`Cluster::wait_enrolled`] to wait for it.
+    pub fn set_enrolled(&mut self, namespace: &str, on: bool) -> Result<()> {
+        self.enrolled.insert(namespace.to_owned(), on);
+        self.write_workloads()
+    }
+
+    /// Whether the enrollment label of `namespace` is on.
+    pub fn is_enrolled(&self, namespace: &str) -> bool {
+        self.enrolled.get(namespace).copied().unwrap_or(false)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.echo_stop.store(true, Ordering::Relaxed);
+        for n in &mut self.nodes {
+            let _ = stop(n.proxy.take());
+            let _ = stop(n.agent.take());
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The agent and proxy processes of each node: starting, stopping, waiting for them, and
+//! their logs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use testbed::Process;
+
+use crate::Cluster;
+
+impl Cluster {
+    pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(i, "agent"))?;
+        let mut cmd = Command::new(&self.opts.binaries.agent);
+        cmd.arg("--workloads")
+            .arg(self.workloads_path())
+            .args(["--node-name", &node.name])
+            .arg("--zds-socket")
+            .arg(node.dir.join("ztunnel.sock"))
+            .arg("--state-dir")
+            .arg(node.dir.join("agent"))
+            .arg("--ca-cert")
+            .arg(self.dir.path().join("ca-cert.pem"))
+            .arg("--ca-key")
+            .arg(self.dir.path().join("ca-key.pem"))
+            .args(["--rules", self.opts.rules])
+            .arg("--reconcile-interval")
+            .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()))
+            .env("RUST_LOG", &self.opts.log)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let proc = self.tb.nodes()[i].ns().spawn(&mut cmd)?;
+        self.nodes[i].agent = Some(proc);
+        Ok(())
+    }
+
+    pub(crate) fn start_proxy(&mut self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(i, "proxy"))?;
+        let mut cmd = Command::new(&self.opts.binaries.proxy);
+        cmd.arg("--zds-socket")
+            .arg(node.dir.join("ztunnel.sock"))
+            .args(["--node-name", &node.name])
+            .arg("--xds-root-ca")
+            .arg(self.root_cert(i))
+            .env("RUST_LOG", &self.opts.log)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let proc = self.tb.nodes()[i].ns().spawn(&mut cmd)?;
+        self.nodes[i].proxy = Some(proc);
+        self.wait_proxy_ready(i, Duration::from_secs(60))
+    }
+
+    /// Stops node `i`'s proxy with SIGTERM (graceful drain) and starts it again.
+    pub fn restart_proxy(&mut self, i: usize) -> Result<()> {
+        stop(self.nodes[i].proxy.take())?;
+        self.start_proxy(i)
+    }
+
+    /// Stops node `i`'s agent and starts it again.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        stop(self.nodes[i].agent.take())?;
+        self.start_agent(i)
+    }
+
+    /// Stops node `i`'s agent.
+    pub fn stop_agent(&mut self, i: usize) -> Result<()> {
+        stop(self.nodes[i].agent.take())
+    }
+
+    /// Starts node `i`'s agent (after [`Cluster::stop_agent`]).
+    pub fn start_agent_again(&mut self, i: usize) -> Result<()> {
+        self.start_agent(i)
+    }
+
+    pub(crate) fn wait_for_file(&self, path: &Path, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !path.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not appear within {timeout:?}; agent logs: {}",
+                    path.display(),
+                    self.logs_hint()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn wait_proxy_ready(&self, i: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.http_get(i, 15021, "/healthz/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Ok((code, body)) => {
+                    bail!(
+                        "proxy on node-{} not ready after {timeout:?} (HTTP {code}: {body}); logs: {}",
+                        i + 1,
+                        self.logs_hint()
+                    )
+                }
+                Err(e) => bail!(
+                    "proxy on node-{} not ready after {timeout:?}: {e:#}; logs: {}",
+                    i + 1,
+                    self.logs_hint()
+                ),
+            }
+        }
+    }
+
+    /// Where the logs are, for error messages.
+    pub fn logs_hint(&self) -> String {
+        format!("{}/node-*/{{agent,proxy}}.log", self.dir.path().display())
+    }
+
+    /// The last `lines` lines of every agent and proxy log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            for what in ["agent", "proxy"] {
+                let text = std::fs::read_to_string(self.log_file(i, what)).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                let start = all.len().saturating_sub(lines);
+                let _ = writeln!(out, "--- node-{} {what} ---", i + 1);
+                for l in &all[start..] {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Stops a process with SIGTERM (so it can flush and clean up), then SIGKILL after 5
+/// seconds.
+pub fn stop(p: Option<Process>) -> Result<()> {
+    let Some(p) = p else { return Ok(()) };
+    let Some(mut child) = p.into_child() else {
+        return Ok(());
+    };
+    // The child is `ip netns exec …`, which execs the binary: same pid.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
