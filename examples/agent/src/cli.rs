@@ -152,23 +152,24 @@ pub(crate) enum RulesPreset {
     Cilium,
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+impl RulesPreset {
+    /// The rule set of this preset.
+    pub(crate) fn rule_set(self) -> meshwire_netns::RuleSet {
+        match self {
+            Self::Istio => meshwire_netns::RuleSet::istio(),
+            Self::Cilium => meshwire_netns::RuleSet::cilium(),
+        }
+    }
+}
+
+/// Parses a duration as `humantime` does (`500ms`, `10s`, `2m`, `1h`, `1m 30s` …) or a bare
+/// number of seconds; zero is refused.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number followed by ms, s, m or h")
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-            ));
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?
         }
     };
     if d.is_zero() {
@@ -331,7 +332,9 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
     }
 }

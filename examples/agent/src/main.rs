@@ -5,13 +5,15 @@
 mod ca;
 mod cli;
 mod desired;
+mod driver;
 mod effects;
+mod file_watch;
+mod grpc;
 mod metrics;
 mod reconcile;
 mod run;
 mod state;
 mod status;
-mod watch;
 mod workloads;
 
 use clap::Parser;

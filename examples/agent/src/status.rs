@@ -6,19 +6,18 @@
 //! replaced atomically (written to a hidden temporary file, then renamed).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::desired::RemoteReady;
+use crate::file_watch::{Stamp, Wakeups};
 
 /// The content of one node's status file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +30,28 @@ struct NodeStatus {
 /// Whether `node` can name a status file (`<node>.json`) in the status directory.
 pub(crate) fn valid_node_file_name(node: &str) -> bool {
     !node.is_empty() && node != "." && node != ".." && !node.contains('/') && !node.contains('\0')
+}
+
+/// Opens the status directory `dir` for `node` (creating it) and reads it once, so the first
+/// publish already gates the pods of other nodes on their nodes' reports.
+pub(crate) fn open(dir: &Path, node: &str) -> anyhow::Result<(StatusReader, StatusWriter)> {
+    if !valid_node_file_name(node) {
+        anyhow::bail!(
+            "--node-name {node:?} cannot name a pod status file; set --pod-status-dir none"
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the pod status directory {}", dir.display()))?;
+    let mut reader = StatusReader::new(dir);
+    reader.poll();
+    if let RemoteReady::Gated(nodes) = reader.current() {
+        info!(
+            dir = %dir.display(),
+            nodes = nodes.len(),
+            "pods of other nodes are HBONE once their node's status file lists them"
+        );
+    }
+    Ok((reader, StatusWriter::new(dir, node)))
 }
 
 /// Writes this node's status file.
@@ -73,25 +94,6 @@ impl StatusWriter {
         std::fs::rename(&tmp, self.path())?;
         self.last = Some(pods.clone());
         Ok(true)
-    }
-}
-
-/// What identifies a version of a file without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            modified: m.modified().ok(),
-            len: m.len(),
-            inode: m.ino(),
-        }
     }
 }
 
@@ -168,10 +170,9 @@ impl StatusReader {
     }
 
     fn read_one(&mut self, node: &str, path: &Path) {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(stamp) = Stamp::of(path) else {
             return;
         };
-        let stamp = Stamp::of(&meta);
         if self.files.get(node).is_some_and(|s| s.stamp == stamp) {
             return;
         }
@@ -204,20 +205,11 @@ impl StatusReader {
         tx: watch::Sender<Arc<RemoteReady>>,
         shutdown: CancellationToken,
     ) {
-        let notify = match DirNotify::new(&self.dir) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                warn!(dir = %self.dir.display(), error = %e, "cannot watch the pod status directory; polling it");
-                None
-            }
-        };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wakeups = Wakeups::new(&self.dir, interval);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-                () = DirNotify::changed(notify.as_ref()) => {}
+                () = wakeups.next() => {}
             }
             if let Some(view) = self.poll() {
                 if let RemoteReady::Gated(nodes) = &view {
@@ -230,64 +222,6 @@ impl StatusReader {
                 tx.send_replace(Arc::new(view));
             }
         }
-    }
-}
-
-/// The inotify descriptor, for [`AsyncFd`].
-struct Watch(Inotify);
-
-impl AsRawFd for Watch {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-/// Wakes the reader as soon as a file in the directory is replaced or removed.
-struct DirNotify(AsyncFd<Watch>);
-
-impl DirNotify {
-    #[expect(
-        deprecated,
-        reason = "`AsyncFd::new` is sound here: the AsyncFd owns the inotify descriptor, so it is deregistered before the descriptor closes; its replacement is an unsafe fn"
-    )]
-    fn new(dir: &Path) -> std::io::Result<Self> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(
-            dir,
-            AddWatchFlags::IN_MOVED_TO
-                | AddWatchFlags::IN_MOVED_FROM
-                | AddWatchFlags::IN_CLOSE_WRITE
-                | AddWatchFlags::IN_DELETE,
-        )?;
-        Ok(Self(AsyncFd::new(Watch(inotify))?))
-    }
-
-    /// Resolves after the next change; never, without a watch.
-    async fn changed(this: Option<&Self>) {
-        let Some(this) = this else {
-            return std::future::pending().await;
-        };
-        match this.0.readable().await {
-            Ok(mut guard) => {
-                // Drain the queued events; the directory is read as a whole anyway.
-                while let Ok(events) = guard.get_inner().0.read_events() {
-                    if events.is_empty() {
-                        break;
-                    }
-                }
-                guard.clear_ready();
-            }
-            Err(e) => {
-                debug!(error = %e, "pod status directory watch failed; polling only");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for DirNotify {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirNotify").finish_non_exhaustive()
     }
 }
 

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::Context;
 
 use crate::desired::Settings;
 use crate::workloads::Cluster;
@@ -54,6 +57,24 @@ impl CallerPolicy {
             return Some(settings.node.clone());
         }
         None
+    }
+
+    /// The policy of the command line: the tokens of `tokens_file` (none when unset) and
+    /// whether loopback callers are trusted.
+    pub(crate) fn load(tokens_file: Option<&Path>, trust_loopback: bool) -> anyhow::Result<Self> {
+        let tokens = match tokens_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --proxy-tokens {}", path.display()))?;
+                Self::parse_tokens(&text)
+                    .map_err(|e| anyhow::anyhow!("--proxy-tokens {}: {e}", path.display()))?
+            }
+            None => BTreeMap::new(),
+        };
+        Ok(Self {
+            tokens,
+            trust_loopback,
+        })
     }
 
     /// Parses a token file: one `<node-name> <token>` per line; `#` starts a comment.

@@ -1,46 +1,29 @@
-//! Polls the workloads file and publishes every valid new version.
+//! Follows the workloads file and publishes every valid new version.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::file_watch::{Stamp, Wakeups};
 use crate::metrics::Metrics;
 use crate::workloads::Cluster;
 
-/// What identifies a version of the file without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok(Stamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
-}
-
 /// Watches one workloads file.
 #[derive(Debug)]
-pub(crate) struct FileWatcher {
+pub(crate) struct WorkloadsFile {
     path: PathBuf,
     last_stamp: Option<Stamp>,
     last_text: String,
 }
 
-impl FileWatcher {
+impl WorkloadsFile {
     /// Loads the file once; fails when it is missing or invalid.
     pub(crate) fn open(path: &Path) -> anyhow::Result<(Self, Cluster)> {
-        let last_stamp = stamp(path).ok();
+        let last_stamp = Stamp::of(path).ok();
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read workloads file {}: {e}", path.display()))?;
         let cluster = Cluster::from_yaml(&text)
@@ -58,7 +41,7 @@ impl FileWatcher {
     /// Checks the file once: `Ok(Some(cluster))` for a new valid version, `Ok(None)` when
     /// unchanged, `Err` for a new version that cannot be used (the previous one stays).
     pub(crate) fn poll(&mut self) -> Result<Option<Cluster>, String> {
-        let now = stamp(&self.path).ok();
+        let now = Stamp::of(&self.path).ok();
         if now.is_some() && now == self.last_stamp {
             return Ok(None);
         }
@@ -82,7 +65,8 @@ impl FileWatcher {
             .map_err(|e| e.to_string())
     }
 
-    /// Polls every `interval` and sends each valid new version, until `shutdown`.
+    /// Looks at the file whenever its directory changes (and every `interval` in case a
+    /// change notification is missed) and sends each valid new version, until `shutdown`.
     pub(crate) async fn run(
         mut self,
         interval: Duration,
@@ -90,12 +74,11 @@ impl FileWatcher {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wakeups = Wakeups::for_file(&self.path, interval);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                () = wakeups.next() => {}
             }
             match self.poll() {
                 Ok(None) => {}
@@ -128,7 +111,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.yaml");
         std::fs::write(&path, "namespaces: [{name: a}]\n").unwrap();
-        let (mut w, c) = FileWatcher::open(&path).unwrap();
+        let (mut w, c) = WorkloadsFile::open(&path).unwrap();
         assert_eq!(c.namespaces.len(), 1);
         assert_eq!(w.poll(), Ok(None));
 
@@ -160,10 +143,10 @@ mod tests {
     fn open_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.yaml");
-        let e = FileWatcher::open(&path).unwrap_err().to_string();
+        let e = WorkloadsFile::open(&path).unwrap_err().to_string();
         assert!(e.contains("cannot read workloads file"), "{e}");
         std::fs::write(&path, "pods: [{name: a}]").unwrap();
-        let e = FileWatcher::open(&path).unwrap_err().to_string();
+        let e = WorkloadsFile::open(&path).unwrap_err().to_string();
         assert!(e.contains("w.yaml"), "{e}");
     }
 }
