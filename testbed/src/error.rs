@@ -43,6 +43,12 @@ pub enum Error {
     /// A namespace operation failed.
     #[error(transparent)]
     Netns(#[from] meshwire_netns::Error),
+    /// A namespace cannot be recreated while other clones of it exist.
+    #[error("namespace {name} is still shared by clones; drop them before recreating it")]
+    Shared {
+        /// The namespace's name.
+        name: String,
+    },
     /// The topology is too large for the address plan.
     #[error("too many {0} (at most 250)")]
     Limit(&'static str),

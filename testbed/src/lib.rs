@@ -13,7 +13,9 @@
 //!   characters. Everything is deleted on drop, also when a test panics.
 //! * [`Namespace`] runs closures ([`Namespace::run`]), commands
 //!   ([`Namespace::exec`]) and long-running processes ([`Namespace::spawn`], killed
-//!   on drop) inside a namespace.
+//!   on drop) inside a namespace. [`Namespace::new`] makes a bare one outside any test
+//!   bed; [`Namespace::recreate`] replaces it with a new one under the same path, the way
+//!   a pod sandbox is recreated.
 //!
 //! Addresses (`10.0.0.0/8`, `fd00::/8`) exist only inside the namespaces the test
 //! bed created; the host namespace is never changed and nothing leaves the machine.

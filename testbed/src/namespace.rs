@@ -116,7 +116,35 @@ impl fmt::Debug for Namespace {
 impl Namespace {
     /// Creates a namespace with a fresh name and its loopback interface up.
     pub(crate) fn create(role: char) -> Result<Self, Error> {
-        let name = fresh_name(role);
+        Self::create_named(fresh_name(role))
+    }
+
+    /// A bare namespace of the caller's own (only `lo`, up), outside any
+    /// [`Testbed`](crate::Testbed), deleted when the last clone is dropped. Its name
+    /// follows the test-bed scheme, so the next test bed deletes it if this process is
+    /// killed before.
+    ///
+    /// Call [`require_privileged`](crate::require_privileged) first.
+    pub fn new() -> Result<Self, Error> {
+        Self::create('x')
+    }
+
+    /// Deletes this namespace and creates a new, empty one (only `lo`, up) under the same
+    /// name and path, the way a pod's sandbox is recreated. Whoever still holds a handle to
+    /// the old namespace (an open file descriptor) keeps it; the path names the new one.
+    ///
+    /// Fails, deleting nothing, while another clone of this value exists.
+    pub fn recreate(self) -> Result<Self, Error> {
+        let inner = Arc::try_unwrap(self.inner).map_err(|inner| Error::Shared {
+            name: inner.name.clone(),
+        })?;
+        let name = inner.name.clone();
+        // Dropping the last owner deletes the old namespace.
+        drop(inner);
+        Self::create_named(name)
+    }
+
+    fn create_named(name: String) -> Result<Self, Error> {
         ip(&["netns", "add", &name])?;
         let path = Path::new(NETNS_DIR).join(&name);
         // From here on the namespace is deleted on drop, even if setup fails.

@@ -288,3 +288,34 @@ fn namespaces_of_dead_test_processes_are_reaped() {
     assert!(stale_gone, "stale namespace {stale} was not reaped");
     assert!(foreign_kept, "a namespace that is not ours was deleted");
 }
+
+#[test]
+fn a_namespace_of_its_own_can_be_recreated_under_the_same_path() {
+    let Some(_p) =
+        require_privileged("a_namespace_of_its_own_can_be_recreated_under_the_same_path")
+    else {
+        return;
+    };
+    let ns = testbed::Namespace::new().unwrap();
+    let (name, path) = (ns.name().to_owned(), ns.path().to_owned());
+    assert!(path.exists());
+    assert!(ns.ip(&["link", "show", "lo"]).unwrap().contains("UP"));
+    let old = ns.open().unwrap();
+
+    // A clone blocks recreation, and nothing is deleted.
+    let clone = ns.clone();
+    let e = clone.recreate().unwrap_err();
+    assert!(matches!(e, testbed::Error::Shared { .. }), "{e}");
+    assert!(path.exists());
+
+    let ns = ns.recreate().unwrap();
+    assert_eq!((ns.name(), ns.path()), (name.as_str(), path.as_path()));
+    assert_ne!(
+        ns.netns().id(),
+        old.id(),
+        "a new namespace under the same path"
+    );
+    assert!(ns.ip(&["link", "show", "lo"]).unwrap().contains("UP"));
+    drop(ns);
+    assert!(!path.exists(), "deleted on drop");
+}
