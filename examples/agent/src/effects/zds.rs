@@ -207,46 +207,14 @@ impl ProxyChannel for ZdsChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
     use std::time::Duration;
-
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("running ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A named network namespace, deleted on drop.
-    struct Named(String);
-
-    impl Named {
-        fn add(name: &str) -> Self {
-            ip(&["netns", "add", name]);
-            Self(name.to_owned())
-        }
-        fn path(&self) -> PathBuf {
-            Path::new("/var/run/netns").join(&self.0)
-        }
-    }
-
-    impl Drop for Named {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
 
     #[tokio::test]
     async fn a_namespace_recreated_under_the_same_path_is_noticed() {
         let Some(_privileged) = testbed::require_privileged("effects::zds::netns_replaced") else {
             return;
         };
-        let name = format!("mwa-zds-{}", std::process::id());
-        let ns = Named::add(&name);
+        let ns = testbed::Namespace::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("zds.sock");
         let server = Arc::new(
@@ -268,7 +236,7 @@ mod tests {
             name: "p".into(),
             namespace: "shop".into(),
             service_account: "default".into(),
-            netns: ns.path(),
+            netns: ns.path().to_owned(),
         };
         let mut added = false;
         for _ in 0..250 {
@@ -287,16 +255,14 @@ mod tests {
         assert!(!channel.netns_replaced(&pod));
 
         // Same path, new namespace (the old one lives on in the server's fd).
-        drop(ns);
-        let ns = Named::add(&name);
+        let ns = ns.recreate().unwrap();
         assert!(channel.netns_replaced(&pod));
         channel.add(&pod).await.unwrap();
         assert!(!channel.netns_replaced(&pod), "the new one was handed over");
 
         // After a delete nothing is remembered for the uid.
         channel.del(&pod.uid).await.unwrap();
-        drop(ns);
-        let _ns = Named::add(&name);
+        let _ns = ns.recreate().unwrap();
         assert!(!channel.netns_replaced(&pod));
         proxy.abort();
     }
