@@ -19,6 +19,7 @@ mod metrics;
 mod probe;
 mod processes;
 mod role;
+mod table;
 
 pub use cleanup::remove_own_state_dirs;
 pub use cluster::{Binaries, Cluster, ClusterOptions};
@@ -26,6 +27,7 @@ pub use flow::Flow;
 pub use metrics::Metrics;
 pub use processes::stop;
 pub use role::Role;
+pub use table::table;
 
 /// The port every pod's echo server listens on.
 pub const ECHO_PORT: u16 = 8080;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role};
 
 /// Set once Ctrl-C or SIGTERM arrived: errors after that are the interruption's doing.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -105,7 +105,7 @@ fn run() -> Result<()> {
         cluster.flow(Role::Client, Role::ServerFar, &payload(64 * 1024))?,
     ));
 
-    print_table(&rows);
+    print!("{}", demo::table(&rows));
     step("cleaning up (processes, namespaces, rules, state directory)");
     drop(cluster);
     println!("done.");
@@ -140,52 +140,6 @@ fn step(what: &str) {
 
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"meshwire-demo-"[i % 14]).collect()
-}
-
-fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
-}
-
-fn print_table(rows: &[(String, Flow)]) {
-    println!();
-    println!(
-        "{:<34} {:<19} {:<19} {:<9} {:<9} {:<38} {:>7}  result",
-        "path",
-        "source",
-        "destination",
-        "enrolled",
-        "mTLS",
-        "peer identity (seen by destination)",
-        "bytes"
-    );
-    for (what, f) in rows {
-        let enrolled = format!(
-            "{}/{}",
-            yes(f.source_proxied()),
-            yes(f.destination_proxied())
-        );
-        let result = if f.echoed {
-            "ok".to_owned()
-        } else if f.denied > 0.0 {
-            "denied".to_owned()
-        } else {
-            f.error.clone().unwrap_or_else(|| "failed".into())
-        };
-        println!(
-            "{:<34} {:<19} {:<19} {:<9} {:<9} {:<38} {:>7}  {}",
-            what,
-            f.from.label(),
-            f.to.label(),
-            enrolled,
-            yes(f.encrypted()),
-            f.peer_identity.as_deref().unwrap_or("-"),
-            if f.echoed { f.sent } else { 0 },
-            result
-        );
-    }
-    println!();
-    println!("enrolled = the source / destination proxy handled the connection (src/dst);");
-    println!("mTLS = carried in HBONE (mutual TLS 1.3) between the two proxies.");
 }
 
 /// Builds the agent and proxy with the same profile as this binary, when run through cargo.
