@@ -154,16 +154,7 @@ pub(crate) fn workload_views(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads::tests::EXAMPLE;
-
-    fn settings(node: &str) -> Settings {
-        Settings {
-            node: node.into(),
-            label_key: "io.cilium/mtls-enabled".into(),
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        }
-    }
+    use crate::workloads::tests::{EXAMPLE, settings};
 
     #[test]
     fn only_local_pods_of_enrolled_namespaces() {

@@ -81,13 +81,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     info!(backend = ?backend, "iptables found");
 
     let (watcher, cluster) = WorkloadsFile::open(&args.workloads)?;
-    info!(
-        file = %args.workloads.display(),
-        namespaces = cluster.namespaces.len(),
-        pods = cluster.pods.len(),
-        policies = cluster.policies.len(),
-        "workloads file loaded"
-    );
 
     let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.ca_trust_loopback)?;
 

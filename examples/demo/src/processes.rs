@@ -15,10 +15,6 @@ use crate::Cluster;
 impl Cluster {
     pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_file(i, "agent"))?;
         let mut cmd = Command::new(&self.opts.binaries.agent);
         cmd.arg("--workloads")
             .arg(self.workloads_path())
@@ -33,35 +29,37 @@ impl Cluster {
             .arg(self.dir.path().join("ca-key.pem"))
             .args(["--rules", self.opts.rules])
             .arg("--reconcile-interval")
-            .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()))
-            .env("RUST_LOG", &self.opts.log)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let proc = self.tb.nodes()[i].ns().spawn(&mut cmd)?;
+            .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()));
+        let proc = self.spawn_on_node(i, "agent", &mut cmd)?;
         self.nodes[i].agent = Some(proc);
         Ok(())
     }
 
     pub(crate) fn start_proxy(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_file(i, "proxy"))?;
         let mut cmd = Command::new(&self.opts.binaries.proxy);
         cmd.arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .args(["--node-name", &node.name])
             .arg("--xds-root-ca")
-            .arg(self.root_cert(i))
-            .env("RUST_LOG", &self.opts.log)
+            .arg(self.root_cert(i));
+        let proc = self.spawn_on_node(i, "proxy", &mut cmd)?;
+        self.nodes[i].proxy = Some(proc);
+        self.wait_proxy_ready(i, Duration::from_secs(60))
+    }
+
+    /// Starts `cmd` in node `i`'s namespace with the cluster's log filter, its output
+    /// appended to the node's `<what>.log`.
+    fn spawn_on_node(&self, i: usize, what: &str, cmd: &mut Command) -> Result<Process> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(i, what))?;
+        cmd.env("RUST_LOG", &self.opts.log)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let proc = self.tb.nodes()[i].ns().spawn(&mut cmd)?;
-        self.nodes[i].proxy = Some(proc);
-        self.wait_proxy_ready(i, Duration::from_secs(60))
+        Ok(self.tb.nodes()[i].ns().spawn(cmd)?)
     }
 
     /// Stops node `i`'s proxy with SIGTERM (graceful drain) and starts it again.

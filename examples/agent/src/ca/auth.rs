@@ -179,16 +179,7 @@ pub(crate) fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads::tests::EXAMPLE;
-
-    fn settings() -> Settings {
-        Settings {
-            node: "node-1".into(),
-            label_key: "io.cilium/mtls-enabled".into(),
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        }
-    }
+    use crate::workloads::tests::{EXAMPLE, settings};
 
     fn req<'a>(ns: &'a str, sa: &'a str) -> Requested<'a> {
         Requested {
@@ -201,7 +192,7 @@ mod tests {
     #[test]
     fn signs_only_identities_of_pods_on_the_callers_node() {
         let c = Cluster::from_yaml(EXAMPLE).unwrap();
-        let s = settings();
+        let s = settings("node-1");
         // client-1 (shop/client) runs on node-1.
         assert_eq!(
             authorize(&c, &s, Some("node-1"), &req("shop", "client")),
@@ -247,7 +238,7 @@ mod tests {
 
     #[test]
     fn callers_are_recognised_by_token_or_loopback() {
-        let s = settings();
+        let s = settings("node-1");
         let policy = CallerPolicy {
             tokens: CallerPolicy::parse_tokens("# node proxies\nnode-2 s3cret\nnode-3 other # c\n")
                 .unwrap(),

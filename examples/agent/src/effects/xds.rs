@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::desired::{RemoteReady, Settings, WorkloadView, workload_views};
+use crate::effects::next_event;
 use crate::metrics::Metrics;
 use crate::reconcile::Publisher;
 use crate::status::StatusWriter;
@@ -233,11 +234,7 @@ pub(crate) async fn follow_events(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => return,
-            e = events.recv() => e,
-        };
+    while let Some(event) = next_event(&mut events, &shutdown).await {
         match event {
             Ok(ServerEvent::Connected { stream, node_id }) => {
                 info!(stream, node = %node_id, "proxy subscribed to xDS");
@@ -268,8 +265,7 @@ pub(crate) async fn follow_events(
                 debug!(stream, %type_url, resources, removed, "xDS response sent");
             }
             Ok(other) => debug!(event = ?other, "xDS event"),
-            Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "missed xDS events"),
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(missed) => warn!(missed, "missed xDS events"),
         }
     }
 }
@@ -277,25 +273,16 @@ pub(crate) async fn follow_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads::tests::EXAMPLE;
+    use crate::workloads::tests::{EXAMPLE, settings};
     use meshwire_xds_workload::{AuthorizationPolicy, ConnectionInfo, evaluate};
     use std::net::IpAddr;
-
-    fn settings() -> Settings {
-        Settings {
-            node: "node-1".into(),
-            label_key: "io.cilium/mtls-enabled".into(),
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-        }
-    }
 
     #[test]
     fn workloads_convert_and_pass_the_checked_boundary() {
         let c = Cluster::from_yaml(EXAMPLE).unwrap();
         let views = workload_views(
             &c,
-            &settings(),
+            &settings("node-1"),
             &BTreeSet::from(["8d2f-1".to_owned()]),
             &RemoteReady::Ungated,
         );

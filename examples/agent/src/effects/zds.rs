@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::desired::LocalPod;
+use crate::effects::next_event;
 use crate::metrics::Metrics;
 use crate::reconcile::{Cause, EffectError, ProxyChannel};
 
@@ -53,11 +54,7 @@ impl ZdsChannel {
         wake: Arc<Notify>,
         shutdown: CancellationToken,
     ) {
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                e = events.recv() => e,
-            };
+        while let Some(event) = next_event(&mut events, &shutdown).await {
             match event {
                 Ok(ServerEvent::Connected { id }) => {
                     info!(connection = %id, "proxy connected over ZDS; sending it the snapshot");
@@ -118,9 +115,9 @@ impl ZdsChannel {
                     });
                 }
                 Ok(other) => info!(event = ?other, "ZDS event"),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
+                Err(missed) => {
                     warn!(
-                        missed = n,
+                        missed,
                         "missed ZDS events; re-checking the proxy on the next pass"
                     );
                     self.held_mut(|h| h.uids = None);
@@ -129,7 +126,6 @@ impl ZdsChannel {
                         .connected_proxies
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }

@@ -28,6 +28,7 @@ impl WorkloadsFile {
             .map_err(|e| anyhow::anyhow!("cannot read workloads file {}: {e}", path.display()))?;
         let cluster = Cluster::from_yaml(&text)
             .map_err(|e| anyhow::anyhow!("workloads file {}: {e}", path.display()))?;
+        log_version(path, &cluster, "workloads file loaded");
         Ok((
             Self {
                 path: path.to_owned(),
@@ -83,13 +84,7 @@ impl WorkloadsFile {
             match self.poll() {
                 Ok(None) => {}
                 Ok(Some(cluster)) => {
-                    info!(
-                        file = %self.path.display(),
-                        namespaces = cluster.namespaces.len(),
-                        pods = cluster.pods.len(),
-                        policies = cluster.policies.len(),
-                        "workloads file changed; reconciling"
-                    );
+                    log_version(&self.path, &cluster, "workloads file changed; reconciling");
                     metrics.workloads_reloads.inc();
                     tx.send_replace(Arc::new(cluster));
                 }
@@ -100,6 +95,17 @@ impl WorkloadsFile {
             }
         }
     }
+}
+
+/// Logs what a version of the file holds.
+fn log_version(path: &Path, cluster: &Cluster, message: &str) {
+    info!(
+        file = %path.display(),
+        namespaces = cluster.namespaces.len(),
+        pods = cluster.pods.len(),
+        policies = cluster.policies.len(),
+        "{message}"
+    );
 }
 
 #[cfg(test)]

@@ -1,4 +1,15 @@
 use super::*;
+use crate::desired::Settings;
+
+/// The settings of the agent on `node` that the tests of [`EXAMPLE`] use.
+pub(crate) fn settings(node: &str) -> Settings {
+    Settings {
+        node: node.into(),
+        label_key: "io.cilium/mtls-enabled".into(),
+        trust_domain: "cluster.local".into(),
+        cluster_id: "Kubernetes".into(),
+    }
+}
 
 pub(crate) const EXAMPLE: &str = r#"
 namespaces:
@@ -38,6 +49,17 @@ fn problems(text: &str) -> Vec<String> {
         Err(WorkloadsError::Invalid(p)) => p,
         other => panic!("expected validation problems, got {other:?}"),
     }
+}
+
+/// Checks that `problems` are exactly one per `expected` prefix.
+fn assert_problems(problems: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            problems.iter().any(|m| m.starts_with(e)),
+            "missing {e:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
 }
 
 #[test]
@@ -185,13 +207,7 @@ pods:
         "pods[9] (shop/i): node is empty",
         "pods[9] (shop/i): serviceAccount \"a/b\" contains '/'",
     ];
-    for e in expect {
-        assert!(
-            p.iter().any(|m| m.starts_with(e)),
-            "missing {e:?} in {p:#?}"
-        );
-    }
-    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    assert_problems(&p, &expect);
 }
 
 #[test]
@@ -222,13 +238,7 @@ policies:
         "policies[1] (shop/b): rules[1].to[0]: port 0",
         "policies[3] (shop/c): another policy has the same namespace and name",
     ];
-    for e in expect {
-        assert!(
-            p.iter().any(|m| m.starts_with(e)),
-            "missing {e:?} in {p:#?}"
-        );
-    }
-    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    assert_problems(&p, &expect);
 }
 
 #[test]
