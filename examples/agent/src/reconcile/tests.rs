@@ -151,6 +151,38 @@ fn publish(uids: &[&str]) -> Call {
     Call::Publish(uids.iter().map(|u| u.to_string()).collect())
 }
 
+fn add(uid: &str) -> Call {
+    Call::Add(uid.into())
+}
+
+fn del(uid: &str) -> Call {
+    Call::Del(uid.into())
+}
+
+fn install(uid: &str) -> Call {
+    Call::Install(uid.into())
+}
+
+fn install_failed(uid: &str) -> Call {
+    Call::InstallFailed(uid.into())
+}
+
+fn check(uid: &str) -> Call {
+    Call::Check(uid.into())
+}
+
+fn repair(uid: &str) -> Call {
+    Call::Repair(uid.into())
+}
+
+fn remove(uid: &str) -> Call {
+    Call::Remove(uid.into())
+}
+
+fn remove_failed(uid: &str) -> Call {
+    Call::RemoveFailed(uid.into())
+}
+
 fn stages<Z: ProxyChannel, R: RuleInstaller, P: Publisher>(
     r: &Reconciler<Z, R, P>,
 ) -> Vec<(String, Stage)> {
@@ -170,10 +202,10 @@ async fn enroll_order_is_add_then_rules_then_publish() {
     assert_eq!(
         fake.take_journal(),
         vec![
-            Call::Add("a".into()),
-            Call::Install("a".into()),
-            Call::Add("b".into()),
-            Call::Install("b".into()),
+            add("a"),
+            install("a"),
+            add("b"),
+            install("b"),
             publish(&["a", "b"]),
         ]
     );
@@ -196,12 +228,7 @@ async fn unenroll_order_is_unpublish_then_remove_rules_then_del() {
     let out = r.reconcile(C, &desired(&["b"]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&["b"]),
-            Call::Remove("a".into()),
-            Call::Del("a".into()),
-            publish(&["b"])
-        ]
+        vec![publish(&["b"]), remove("a"), del("a"), publish(&["b"])]
     );
     assert_eq!(out.unenrolled, vec!["a"]);
     assert_eq!(stages(&r), vec![("b".to_owned(), Stage::Published)]);
@@ -216,12 +243,7 @@ async fn del_is_sent_when_the_netns_is_already_gone() {
     let out = r.reconcile(C, &desired(&[]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&[]),
-            Call::Remove("a".into()),
-            Call::Del("a".into()),
-            publish(&[])
-        ]
+        vec![publish(&[]), remove("a"), del("a"), publish(&[])]
     );
     assert_eq!(out.unenrolled, vec!["a"]);
     assert!(r.tracked().next().is_none());
@@ -236,12 +258,7 @@ async fn failed_add_installs_no_rules_and_publishes_nothing() {
     let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            Call::Add("a".into()),
-            Call::Add("b".into()),
-            Call::Install("b".into()),
-            publish(&["b"]),
-        ]
+        vec![add("a"), add("b"), install("b"), publish(&["b"]),]
     );
     assert_eq!(out.failures.len(), 1);
     assert_eq!(out.failures[0].0, "a");
@@ -252,11 +269,7 @@ async fn failed_add_installs_no_rules_and_publishes_nothing() {
     let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            Call::Add("a".into()),
-            Call::Install("a".into()),
-            publish(&["a", "b"])
-        ]
+        vec![add("a"), install("a"), publish(&["a", "b"])]
     );
     assert_eq!(out.enrolled, vec!["a"]);
 }
@@ -272,10 +285,7 @@ async fn unacknowledged_pod_that_leaves_is_still_deleted() {
     assert!(r.with_rules().is_empty());
     fake.take_journal();
     let out = r.reconcile(C, &desired(&[]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![Call::Del("a".into()), publish(&[])]
-    );
+    assert_eq!(fake.take_journal(), vec![del("a"), publish(&[])]);
     assert_eq!(out.unenrolled, vec!["a"]);
     assert!(r.tracked().next().is_none());
 }
@@ -287,21 +297,14 @@ async fn failed_rule_install_is_retried_without_a_second_add() {
     let out = r.reconcile(C, &desired(&["a"]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            Call::Add("a".into()),
-            Call::InstallFailed("a".into()),
-            publish(&[])
-        ]
+        vec![add("a"), install_failed("a"), publish(&[])]
     );
     assert_eq!(out.failures[0].1.cause, Cause::RulesInstall);
     assert_eq!(stages(&r), vec![("a".to_owned(), Stage::HandedOver)]);
 
     fake.world().fail_install.clear();
     r.reconcile(C, &desired(&["a"]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![Call::Install("a".into()), publish(&["a"])]
-    );
+    assert_eq!(fake.take_journal(), vec![install("a"), publish(&["a"])]);
 }
 
 #[tokio::test]
@@ -311,10 +314,7 @@ async fn pod_that_never_got_rules_is_released_without_removal() {
     r.reconcile(C, &desired(&["a"]), false).await;
     fake.take_journal();
     r.reconcile(C, &desired(&[]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![Call::Del("a".into()), publish(&[])]
-    );
+    assert_eq!(fake.take_journal(), vec![del("a"), publish(&[])]);
 }
 
 #[tokio::test]
@@ -328,7 +328,7 @@ async fn failed_rule_removal_keeps_the_pod_at_the_proxy() {
     // No Del: the rules still redirect to the proxy's listeners.
     assert_eq!(
         fake.take_journal(),
-        vec![publish(&[]), Call::RemoveFailed("a".into()), publish(&[])]
+        vec![publish(&[]), remove_failed("a"), publish(&[])]
     );
     assert_eq!(out.failures[0].1.cause, Cause::RulesRemove);
     assert_eq!(stages(&r), vec![("a".to_owned(), Stage::RulesInstalled)]);
@@ -337,11 +337,7 @@ async fn failed_rule_removal_keeps_the_pod_at_the_proxy() {
     let out = r.reconcile(C, &desired(&[]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            Call::Remove("a".into()),
-            Call::Del("a".into()),
-            publish(&[])
-        ]
+        vec![remove("a"), del("a"), publish(&[])]
     );
     assert_eq!(out.unenrolled, vec!["a"]);
 }
@@ -355,20 +351,12 @@ async fn failed_del_is_retried_without_touching_rules_again() {
     r.reconcile(C, &desired(&[]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&[]),
-            Call::Remove("a".into()),
-            Call::Del("a".into()),
-            publish(&[])
-        ]
+        vec![publish(&[]), remove("a"), del("a"), publish(&[])]
     );
     assert_eq!(stages(&r), vec![("a".to_owned(), Stage::HandedOver)]);
     fake.world().fail_del.clear();
     r.reconcile(C, &desired(&[]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![Call::Del("a".into()), publish(&[])]
-    );
+    assert_eq!(fake.take_journal(), vec![del("a"), publish(&[])]);
     assert!(r.tracked().next().is_none());
 }
 
@@ -384,10 +372,10 @@ async fn changed_pod_is_unenrolled_then_enrolled_again() {
         fake.take_journal(),
         vec![
             publish(&[]),
-            Call::Remove("a".into()),
-            Call::Del("a".into()),
-            Call::Add("a".into()),
-            Call::Install("a".into()),
+            remove("a"),
+            del("a"),
+            add("a"),
+            install("a"),
             publish(&["a"]),
         ]
     );
@@ -414,11 +402,7 @@ async fn periodic_check_repairs_drift_and_resends_lost_pods() {
     let out = r.reconcile(C, &desired(&["a", "b"]), true).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&["a", "b"]),
-            Call::Check("a".into()),
-            Call::Check("b".into())
-        ]
+        vec![publish(&["a", "b"]), check("a"), check("b")]
     );
     assert_eq!(out, Outcome::default());
 
@@ -430,10 +414,10 @@ async fn periodic_check_repairs_drift_and_resends_lost_pods() {
         fake.take_journal(),
         vec![
             publish(&["a", "b"]),
-            Call::Check("a".into()),
-            Call::Repair("a".into()),
-            Call::Check("b".into()),
-            Call::Add("b".into()),
+            check("a"),
+            repair("a"),
+            check("b"),
+            add("b"),
         ]
     );
     assert_eq!(out.repaired, vec!["a"]);
@@ -444,11 +428,7 @@ async fn periodic_check_repairs_drift_and_resends_lost_pods() {
     r.reconcile(C, &desired(&["a", "b"]), true).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&["a", "b"]),
-            Call::Check("a".into()),
-            Call::Check("b".into())
-        ]
+        vec![publish(&["a", "b"]), check("a"), check("b")]
     );
 }
 
@@ -463,10 +443,7 @@ async fn lost_pods_are_resent_on_every_pass_rules_checked_only_periodically() {
     // wakes re-sends it at once, without touching the rules.
     fake.world().held.as_mut().unwrap().remove("b");
     let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![publish(&["a", "b"]), Call::Add("b".into())]
-    );
+    assert_eq!(fake.take_journal(), vec![publish(&["a", "b"]), add("b")]);
     assert_eq!(out.resent, vec!["b"]);
     let out = r.reconcile(C, &desired(&["a", "b"]), false).await;
     assert_eq!(fake.take_journal(), vec![publish(&["a", "b"])]);
@@ -492,10 +469,10 @@ async fn a_namespace_recreated_under_the_same_path_is_handed_over_then_gets_rule
         fake.take_journal(),
         vec![
             publish(&["a", "b"]),
-            Call::Add("a".into()),
-            Call::Check("a".into()),
-            Call::Repair("a".into()),
-            Call::Check("b".into()),
+            add("a"),
+            check("a"),
+            repair("a"),
+            check("b"),
         ]
     );
     assert_eq!(out.resent, vec!["a"]);
@@ -508,11 +485,7 @@ async fn a_namespace_recreated_under_the_same_path_is_handed_over_then_gets_rule
     let out = r.reconcile(C, &desired(&["a", "b"]), true).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&["a", "b"]),
-            Call::Check("a".into()),
-            Call::Add("b".into()),
-        ]
+        vec![publish(&["a", "b"]), check("a"), add("b"),]
     );
     assert_eq!(out.failures.len(), 1);
 }
@@ -526,10 +499,10 @@ async fn restored_pods_are_handed_over_again_or_cleaned_up() {
     assert_eq!(
         fake.take_journal(),
         vec![
-            Call::Remove("gone".into()),
-            Call::Del("gone".into()),
-            Call::Add("keep".into()),
-            Call::Install("keep".into()),
+            remove("gone"),
+            del("gone"),
+            add("keep"),
+            install("keep"),
             publish(&["keep"]),
         ]
     );
@@ -545,10 +518,7 @@ async fn restored_pods_stay_advertised_until_the_proxy_is_back() {
         .fail_add
         .insert("keep".into(), Cause::ProxyUnavailable);
     r.reconcile(C, &desired(&["keep"]), false).await;
-    assert_eq!(
-        fake.take_journal(),
-        vec![Call::Add("keep".into()), publish(&["keep"])]
-    );
+    assert_eq!(fake.take_journal(), vec![add("keep"), publish(&["keep"])]);
     assert_eq!(stages(&r), vec![("keep".to_owned(), Stage::Restored)]);
     assert_eq!(r.with_rules().len(), 1, "still remembered as having rules");
 
@@ -556,12 +526,7 @@ async fn restored_pods_stay_advertised_until_the_proxy_is_back() {
     r.reconcile(C, &desired(&[]), false).await;
     assert_eq!(
         fake.take_journal(),
-        vec![
-            publish(&[]),
-            Call::Remove("keep".into()),
-            Call::Del("keep".into()),
-            publish(&[])
-        ]
+        vec![publish(&[]), remove("keep"), del("keep"), publish(&[])]
     );
 }
 
@@ -596,8 +561,8 @@ async fn hbone_is_never_published_for_a_pod_without_rules() {
         r.reconcile(C, &desired(set), i % 3 == 0).await;
     }
     let journal = fake.take_journal();
-    assert!(journal.contains(&Call::InstallFailed("b".into())));
-    assert!(journal.contains(&Call::RemoveFailed("c".into())));
+    assert!(journal.contains(&install_failed("b")));
+    assert!(journal.contains(&remove_failed("c")));
     let mut rules: BTreeSet<String> = BTreeSet::new();
     let mut at_proxy: BTreeSet<String> = BTreeSet::new();
     let mut advertised: Vec<String> = Vec::new();
