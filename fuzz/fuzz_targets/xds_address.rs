@@ -4,12 +4,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{Address, NamespacedHostname, WorkloadStore};
+use meshwire_xds_workload::{Address, WorkloadStore};
+use meshwire_xds_workload::workload::NamespacedHostname;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     // The path the client takes for every resource.
-    let _ = meshwire_xds_workload::address_from_bytes(data);
+    let _ = meshwire_xds_workload::resource::address_from_bytes(data);
 
     let Ok(message) = pb::Address::decode(data) else {
         return;

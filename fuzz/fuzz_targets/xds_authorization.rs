@@ -4,11 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshwire_xds_workload::pb::istio::security as pb;
-use meshwire_xds_workload::{AuthorizationPolicy, ConnectionInfo, Identity, evaluate};
+use meshwire_xds_workload::Identity;
+use meshwire_xds_workload::authorization::{AuthorizationPolicy, ConnectionInfo, evaluate};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = meshwire_xds_workload::authorization_from_bytes(data);
+    let _ = meshwire_xds_workload::resource::authorization_from_bytes(data);
 
     let Ok(message) = pb::Authorization::decode(data) else {
         return;
@@ -42,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 let matched = policy.matches(&conn);
                 let denied = !alone.decision.is_allowed();
                 match policy.action {
-                    meshwire_xds_workload::PolicyAction::Deny => assert_eq!(denied, matched),
+                    meshwire_xds_workload::authorization::PolicyAction::Deny => assert_eq!(denied, matched),
                     _ => assert_eq!(denied, !matched),
                 }
             } else {

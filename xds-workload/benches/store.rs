@@ -12,7 +12,8 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use meshwire_xds_workload::{Address, NetworkAddress, StoreBatch, WorkloadStore};
+use meshwire_xds_workload::store::StoreBatch;
+use meshwire_xds_workload::{Address, NetworkAddress, WorkloadStore};
 
 const N: usize = 10_000;
 const ROUNDS: usize = 7;

@@ -1,34 +1,32 @@
 //! Workload xDS: the schema a node proxy learns its workloads, services and L4 policies
-//! from, a store to look them up in, authorization evaluation, and a Delta ADS client and
-//! server to move them.
+//! from, checked domain types, a store to look them up in, authorization evaluation, and
+//! a Delta ADS client and server to move them.
 //!
-//! # What is here
+//! # Modules
 //!
 //! * [`pb`]: generated protobuf types for `istio.workload` (`Address`, `Workload`,
 //!   `Service`, …), `istio.security` (`Authorization`), `google.rpc.Status`, and the
-//!   `envoy.service.discovery.v3` subset Delta ADS needs, with tonic client and server
-//!   stubs. Unknown fields sent by newer peers are skipped.
-//! * Checked domain types ([`Workload`], [`Service`], [`Address`],
-//!   [`AuthorizationPolicy`]), built from the generated ones at one [`TryFrom`]
-//!   boundary that fails per resource with [`AddressError`] or [`AuthorizationError`]
-//!   and fills in the defaults (trust domain [`DEFAULT_TRUST_DOMAIN`], service account
-//!   [`DEFAULT_SERVICE_ACCOUNT`], cluster [`DEFAULT_CLUSTER_ID`], capacity 1).
-//! * [`WorkloadStore`]: resources by xDS name, with lookups by workload uid, by
-//!   (network, IP), by service VIP, by (namespace, hostname), by node and by service
-//!   endpoint, plus the authorization policies that apply to a workload, and a listing of
-//!   everything it holds ([`WorkloadStore::snapshot`]).
-//! * [`WorkloadStore::resolve_upstream`]: where an outbound connection goes (a service
-//!   VIP's endpoint, taken in turn among the healthy ones, with the service port mapped to
-//!   the endpoint's target port; or the workload at the address), as an [`Upstream`];
-//!   [`WorkloadStore::resolve_service_host`]: the service and port a host-name HBONE
-//!   authority names on the receiving endpoint.
-//! * [`evaluate`] / [`WorkloadStore::authorize`]: L4 authorization (deny first, then
-//!   allow; dry-run policies only reported).
-//! * [`AdsServer`]: a Delta ADS server with per-subscriber state, usable as a tonic service
-//!   in the caller's own server or through [`AdsServer::serve_with_incoming`] /
-//!   [`AdsServer::serve_unix`].
-//! * [`AdsClient`]: a Delta ADS client over a caller-supplied tonic `Channel`, applying
-//!   into a [`WorkloadStore`] (through [`StoreHandler`]) or any [`DeltaHandler`].
+//!   `envoy.service.discovery.v3` subset Delta ADS needs, with transport-agnostic tonic
+//!   stubs.
+//! * [`workload`]: checked domain types ([`Workload`], [`Service`], [`Address`],
+//!   [`Identity`], [`Port`](workload::Port), …) built from the generated ones at one
+//!   [`TryFrom`] boundary that fails per resource with an
+//!   [`AddressError`](workload::AddressError), and converted back with [`From`].
+//! * [`authorization`]: L4 policies ([`AuthorizationPolicy`](authorization::AuthorizationPolicy))
+//!   and their evaluation ([`evaluate`](authorization::evaluate): deny first, then allow;
+//!   dry-run policies only reported).
+//! * [`store`]: the [`WorkloadStore`], with lookups by workload uid, by (network, IP), by
+//!   service VIP, by (namespace, hostname), by node and by service endpoint; the policies
+//!   that apply to a workload; and where an outbound connection goes
+//!   ([`Upstream`](store::Upstream)).
+//! * [`resource`]: the two type URLs and the decoding of received resources.
+//! * `ads` (features `client` and `server`): the Delta ADS client (`ads::client`), which
+//!   applies into a [`WorkloadStore`] or any handler, and server (`ads::server`), which
+//!   pushes versioned resources to every subscriber.
+//!
+//! The root holds only the types nearly every user touches; the rest is reached through
+//! its module. [`tonic`], [`prost`] and [`prost_types`] are re-exported because their types
+//! appear in this crate's public signatures.
 //!
 //! # What is not here
 //!
@@ -38,148 +36,73 @@
 //!
 //! # Example
 //!
-//! A server publishes one workload; a client on a loopback connection syncs it into a
-//! store.
+//! A control plane describes a workload with the domain types and encodes it; a node proxy
+//! decodes it at the checked boundary, stores it and authorizes a connection to it. (The
+//! `ads` module has an example that moves resources over gRPC.)
 //!
 //! ```
 //! use std::sync::Arc;
+//! use meshwire_xds_workload::authorization::ConnectionInfo;
 //! use meshwire_xds_workload::pb::istio::workload as pb;
-//! use meshwire_xds_workload::{
-//!     ADDRESS_TYPE_URL, AdsClient, AdsServer, ClientConfig, NetworkAddress, NodeInfo,
-//!     ResourceChange, ServerConfig, StoreHandler, WorkloadStore,
-//! };
+//! use meshwire_xds_workload::prost::Message;
+//! use meshwire_xds_workload::workload::TunnelProtocol;
+//! use meshwire_xds_workload::{Address, Identity, NetworkAddress, Workload, WorkloadStore, resource};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Server side: publish a workload.
-//! let server = AdsServer::new(ServerConfig::default());
-//! server.publish(
-//!     ADDRESS_TYPE_URL,
-//!     [ResourceChange::workload(pb::Workload {
-//!         uid: "cluster1//Pod/default/web-0".into(),
-//!         name: "web-0".into(),
-//!         namespace: "default".into(),
-//!         addresses: vec![vec![10, 0, 0, 7].into()],
-//!         tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
-//!         node: "node-a".into(),
-//!         ..Default::default()
-//!     })],
-//! );
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let addr = listener.local_addr()?;
-//! let serving = server.clone();
-//! tokio::spawn(async move {
-//!     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-//!     serving.serve_with_incoming(incoming, std::future::pending()).await
-//! });
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Control plane: a domain type to the wire.
+//! let mut web = Workload::new("cluster1//Pod/shop/web-0", "web-0", "shop");
+//! web.addresses = vec!["10.0.0.7".parse()?];
+//! web.protocol = TunnelProtocol::Hbone;
+//! web.node = "node-a".into();
+//! let address = Address::Workload(Arc::new(web));
+//! let bytes = pb::Address::from(&address).encode_to_vec();
 //!
-//! // Client side: sync into a store.
-//! let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-//! let store = Arc::new(WorkloadStore::new());
-//! let mut config = ClientConfig::default();
-//! config.node(NodeInfo::proxy("10.0.0.1".parse()?, "proxy-x", "mesh-system", "node-a"));
-//! let client = AdsClient::new(config, channel, StoreHandler::new(store.clone()))?;
-//! let mut synced = client.synced();
-//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let running = tokio::spawn(client.run(async { let _ = stopped.await; }));
-//! assert!(synced.wait().await);
+//! // Node proxy: the wire to a checked domain type, into the store.
+//! let received = resource::address_from_bytes(&bytes)?;
+//! assert_eq!(received, address);
+//! let store = WorkloadStore::new();
+//! store.insert_address(received.name(), received);
 //!
 //! let workload = store
 //!     .workload_by_address(&NetworkAddress::new("", "10.0.0.7".parse()?))
-//!     .expect("synced");
-//! assert_eq!(workload.name, "web-0");
-//! assert_eq!(workload.trust_domain, "cluster.local"); // the default
-//! assert_eq!(workload.service_account, "default"); // the default
-//! let _ = stop.send(());
-//! running.await?;
+//!     .ok_or("not found")?;
+//! assert_eq!(workload.identity(), Identity::new("cluster.local", "shop", "default"));
+//! // No policy applies to it, so any connection is allowed.
+//! let conn = ConnectionInfo::new("10.0.0.9".parse()?, "10.0.0.7:8080".parse()?, None);
+//! assert!(store.authorize(&conn, &workload).decision.is_allowed());
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! # Feature flags
 //!
-//! None.
+//! * `client` (default): the Delta ADS client, `ads::client`. Turns on tonic's `channel`.
+//! * `server` (default): the Delta ADS server, `ads::server`. Turns on tonic's `server`
+//!   and `router`.
+//! * `svid`: conversions between [`Identity`] and `meshwire_svid::SpiffeId` (both ways,
+//!   with [`TryFrom`]), through the core of `meshwire-svid` only.
+//!
+//! Without `client` and `server`, the schema, the domain types, the store and
+//! authorization build on their own.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod authorization;
-mod client;
-mod error;
-mod resource;
-mod server;
-mod store;
-mod upstream;
-mod workload;
+#[cfg(any(feature = "client", feature = "server"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "client", feature = "server"))))]
+pub mod ads;
+pub mod authorization;
+pub mod pb;
+pub mod resource;
+pub mod store;
+pub mod workload;
 
-/// Generated protobuf and gRPC types, one module per protobuf package.
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::use_self,
-    clippy::or_fun_call
-)]
-#[rustfmt::skip]
-pub mod pb {
-    /// `envoy.*`
-    pub mod envoy {
-        /// `envoy.service.*`
-        pub mod service {
-            /// `envoy.service.discovery.*`
-            pub mod discovery {
-                /// `envoy.service.discovery.v3`: Delta ADS messages and service.
-                pub mod v3 {
-                    include!("generated/envoy.service.discovery.v3.rs");
-                }
-            }
-        }
-    }
-    /// `google.*`
-    pub mod google {
-        /// `google.rpc`: the gRPC status message.
-        pub mod rpc {
-            include!("generated/google.rpc.rs");
-        }
-    }
-    /// `istio.*`
-    pub mod istio {
-        /// `istio.workload`: workloads and services.
-        pub mod workload {
-            include!("generated/istio.workload.rs");
-        }
-        /// `istio.security`: L4 authorization policies.
-        pub mod security {
-            include!("generated/istio.security.rs");
-        }
-    }
-}
+pub use prost;
+pub use prost_types;
+pub use tonic;
 
-pub use authorization::{
-    AuthorizationPolicy, AuthorizationResult, ConnectionInfo, Decision, DenyReason, DryRunMatch,
-    PolicyAction, PolicyClause, PolicyMatch, PolicyRule, PolicyScope, ServiceAccountMatch,
-    StringMatch, evaluate,
-};
-pub use client::{
-    AdsClient, ClientConfig, ClientEvent, DeltaHandler, DeltaUpdate, NodeInfo, Rejection,
-    StoreHandler, SyncedSignal, TokenSource,
-};
-pub use error::{AddressError, AuthorizationError, ClientConfigError, ResourceError, ServeError};
-pub use resource::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, address_from_bytes, authorization_from_bytes,
-    decode_address, decode_authorization,
-};
-pub use server::{
-    AcceptedIo, AdsServer, AdsService, DeltaResponseStream, ResourceChange, ServerConfig,
-    ServerEvent, ServerStats,
-};
-pub use store::{StoreBatch, StoreSnapshot, WorkloadStore};
-pub use upstream::{ServiceHostTarget, Upstream};
-pub use workload::{
-    Address, AppProtocol, ApplicationTunnel, ApplicationTunnelProtocol, DEFAULT_CLUSTER_ID,
-    DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, GatewayAddress, GatewayDestination,
-    HealthPolicy, HealthStatus, Identity, IdentityParseError, IpFamilies, LoadBalancing,
-    LoadBalancingMode, LoadBalancingScope, Locality, NamespacedHostname, NetworkAddress,
-    NetworkMode, Port, Service, ServiceVip, TunnelProtocol, Visibility, WeightedWaypoint, Workload,
-    WorkloadType,
-};
+pub use store::WorkloadStore;
+pub use workload::{Address, Identity, NetworkAddress, Service, Workload};
+
+#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "client", feature = "server"))]
+pub struct ReadmeDoctests;

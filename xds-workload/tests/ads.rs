@@ -14,15 +14,16 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
 
+use meshwire_xds_workload::ads::client::{
+    AdsClient, ClientConfig, ClientEvent, NodeInfo, StoreHandler, SyncedSignal, TokenSource,
+};
+use meshwire_xds_workload::ads::server::{AdsServer, ResourceChange, ServerConfig, ServerEvent};
 use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshwire_xds_workload::pb::istio::security as spb;
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsClient, AdsServer, ClientConfig, ClientEvent,
-    NetworkAddress, NodeInfo, ResourceChange, ServerConfig, ServerEvent, StoreHandler,
-    SyncedSignal, TokenSource, WorkloadStore,
-};
+use meshwire_xds_workload::resource::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use meshwire_xds_workload::{NetworkAddress, WorkloadStore};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -85,7 +86,7 @@ struct RunningClient {
 impl RunningClient {
     fn start(addr: SocketAddr, node: &str) -> Self {
         let mut config = ClientConfig::default();
-        config.node(NodeInfo::new(node));
+        config.node = NodeInfo::new(node);
         Self::start_with(channel(addr), config)
     }
 
@@ -618,11 +619,10 @@ async fn node_identity_and_headers_reach_the_server() {
         "worker-1",
     );
     let mut config = ClientConfig::default();
-    config
-        .node(node)
-        .token(Some(TokenSource::File(token.clone())))
-        .cluster_id(Some("cluster1".into()))
-        .header("x-extra", "yes");
+    config.node = node;
+    config.token = Some(TokenSource::File(token.clone()));
+    config.cluster_id = Some("cluster1".into());
+    config.headers.push(("x-extra".into(), "yes".into()));
     let mut client = RunningClient::start_with(channel(addr), config);
     client.wait_synced().await;
     let node_id = wait_event(&mut events, |e| match e {
@@ -693,7 +693,7 @@ async fn serves_over_a_unix_socket() {
         }),
     );
     let mut config = ClientConfig::default();
-    config.node(NodeInfo::new("node-unix"));
+    config.node = NodeInfo::new("node-unix");
     let mut client = RunningClient::start_with(channel, config);
     client.wait_synced().await;
     assert_eq!(client.store.workload_count(), 10);
@@ -783,26 +783,37 @@ async fn named_subscriptions_and_nonces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backoff_doubles_while_the_server_is_unreachable() {
+async fn backoff_doubles_with_jitter_while_the_server_is_unreachable() {
     // A port with nothing listening.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let mut config = ClientConfig::default();
-    config
-        .node(NodeInfo::new("node-down"))
-        .backoff(Duration::from_millis(5), Duration::from_millis(40));
+    config.node = NodeInfo::new("node-down");
+    config.initial_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(40);
     let mut client = RunningClient::start_with(channel(addr), config);
     let mut delays = Vec::new();
-    while delays.len() < 6 {
+    while delays.len() < 7 {
         let delay = wait_event(&mut client.events, |e| match e {
             ClientEvent::Disconnected { retry_in, .. } => Some(*retry_in),
             _ => None,
         })
         .await;
-        delays.push(delay.as_millis());
+        delays.push(delay);
     }
-    assert_eq!(delays, vec![5, 10, 20, 40, 40, 40]);
+    // Each delay is its step plus jitter of up to the step: in [step, 2 * step], with a
+    // little room for the floating-point arithmetic of the steps.
+    let steps_ms = [5.0, 10.0, 20.0, 40.0, 40.0, 40.0, 40.0];
+    for (delay, step) in delays.iter().zip(steps_ms) {
+        let ms = delay.as_secs_f64() * 1e3;
+        assert!(
+            ms >= step * 0.999 && ms <= 2.0 * step * 1.001,
+            "{delays:?}: {ms} ms for a step of {step} ms"
+        );
+    }
+    // The jitter is random: the four delays at the cap are not all equal.
+    assert!(delays[3..].windows(2).any(|w| w[0] != w[1]), "{delays:?}");
     assert!(!client.synced.is_synced());
     client.stop().await;
 }
@@ -835,16 +846,17 @@ async fn huge_backoff_does_not_overflow() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let mut config = ClientConfig::default();
-    config
-        .node(NodeInfo::new("node-patient"))
-        .backoff(Duration::MAX, Duration::MAX);
+    config.node = NodeInfo::new("node-patient");
+    config.initial_backoff = Duration::MAX;
+    config.max_backoff = Duration::MAX;
     let mut client = RunningClient::start_with(channel(addr), config);
     let delay = wait_event(&mut client.events, |e| match e {
         ClientEvent::Disconnected { retry_in, .. } => Some(*retry_in),
         _ => None,
     })
     .await;
-    assert_eq!(delay, Duration::MAX);
+    // Longer than any real wait (the back-off cuts steps to about 146 billion years).
+    assert!(delay >= Duration::from_secs(1 << 62), "{delay:?}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !client.task.is_finished(),
@@ -857,7 +869,7 @@ async fn huge_backoff_does_not_overflow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cannot_subscribe_to_unbounded_type_urls() {
     let mut config = ServerConfig::default();
-    config.max_type_urls_per_stream(2);
+    config.max_type_urls_per_stream = 2;
     let server = AdsServer::new(config);
     publish_workloads(&server, 0..3);
     let running = RunningServer::start(&server).await;
@@ -965,7 +977,7 @@ async fn serves_over_tls() {
         }),
     );
     let mut config = ClientConfig::default();
-    config.node(NodeInfo::new("node-tls"));
+    config.node = NodeInfo::new("node-tls");
     let mut client = RunningClient::start_with(channel, config);
     client.wait_synced().await;
     assert_eq!(client.store.workload_count(), 10);

@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use meshwire_xds_workload::pb::istio::security as spb;
-use meshwire_xds_workload::{
-    AuthorizationPolicy, ConnectionInfo, Decision, DenyReason, DryRunMatch, Identity, PolicyAction,
-    evaluate,
+use meshwire_xds_workload::Identity;
+use meshwire_xds_workload::authorization::{
+    AuthorizationPolicy, ConnectionInfo, Decision, DenyReason, DryRunMatch, PolicyAction, evaluate,
 };
+use meshwire_xds_workload::pb::istio::security as spb;
 
 use spb::string_match::MatchType;
 

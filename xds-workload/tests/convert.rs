@@ -8,15 +8,18 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use prost::Message;
 
+use meshwire_xds_workload::authorization::{
+    AuthorizationError, AuthorizationPolicy, PolicyAction, PolicyScope, StringMatch,
+};
 use meshwire_xds_workload::pb::envoy::service::discovery::v3::Resource;
 use meshwire_xds_workload::pb::istio::security as spb;
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{
-    Address, AddressError, AppProtocol, AuthorizationError, AuthorizationPolicy,
-    GatewayDestination, HealthStatus, IpFamilies, LoadBalancingMode, LoadBalancingScope,
-    NamespacedHostname, NetworkMode, PolicyAction, PolicyScope, ResourceError, Service,
-    StringMatch, TunnelProtocol, Visibility, Workload, WorkloadType, decode_address,
+use meshwire_xds_workload::resource::{ResourceError, decode_address};
+use meshwire_xds_workload::workload::{
+    AddressError, AppProtocol, GatewayDestination, HealthStatus, IpFamilies, LoadBalancingMode,
+    LoadBalancingScope, NamespacedHostname, NetworkMode, TunnelProtocol, Visibility, WorkloadType,
 };
+use meshwire_xds_workload::{Address, Service, Workload};
 
 fn workload_err(edit: impl FnOnce(&mut pb::Workload)) -> AddressError {
     let mut w = common::workload(1);
@@ -506,8 +509,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = meshwire_xds_workload::address_from_bytes(&bytes);
-        let _ = meshwire_xds_workload::authorization_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::resource::address_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::resource::authorization_from_bytes(&bytes);
     }
 
     #[test]
@@ -523,7 +526,7 @@ proptest! {
             let n = bytes.len();
             bytes[at % n] = value;
         }
-        let _ = meshwire_xds_workload::address_from_bytes(&bytes);
-        let _ = meshwire_xds_workload::authorization_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::resource::address_from_bytes(&bytes);
+        let _ = meshwire_xds_workload::resource::authorization_from_bytes(&bytes);
     }
 }

@@ -328,14 +328,17 @@ fn type_names_are_the_xds_type_urls() {
     use prost::Name;
     assert_eq!(
         pb::Address::type_url(),
-        meshwire_xds_workload::ADDRESS_TYPE_URL
+        meshwire_xds_workload::resource::ADDRESS_TYPE_URL
     );
     assert_eq!(
         spb::Authorization::type_url(),
-        meshwire_xds_workload::AUTHORIZATION_TYPE_URL
+        meshwire_xds_workload::resource::AUTHORIZATION_TYPE_URL
     );
     let any = prost_types::Any::from_msg(&spb::Authorization::default()).unwrap();
-    assert_eq!(any.type_url, meshwire_xds_workload::AUTHORIZATION_TYPE_URL);
+    assert_eq!(
+        any.type_url,
+        meshwire_xds_workload::resource::AUTHORIZATION_TYPE_URL
+    );
 }
 
 /// Appends unknown fields of every wire type.
@@ -396,19 +399,19 @@ fn unknown_fields_decode_cleanly() {
         Some(pb::address::Type::Workload(workload.clone()))
     );
     // ... and the domain conversion accepts it.
-    let domain = meshwire_xds_workload::address_from_bytes(&bytes).unwrap();
+    let domain = meshwire_xds_workload::resource::address_from_bytes(&bytes).unwrap();
     assert!(matches!(domain, meshwire_xds_workload::Address::Workload(w) if w.uid == "u"));
 
     // A discovery response with the unused tag 3 and newer fields.
     let response = xds::DeltaDiscoveryResponse {
         system_version_info: "1".into(),
-        type_url: meshwire_xds_workload::ADDRESS_TYPE_URL.into(),
+        type_url: meshwire_xds_workload::resource::ADDRESS_TYPE_URL.into(),
         nonce: "n".into(),
         resources: vec![xds::Resource {
             name: "u".into(),
             version: "v".into(),
             resource: Some(prost_types::Any {
-                type_url: meshwire_xds_workload::ADDRESS_TYPE_URL.into(),
+                type_url: meshwire_xds_workload::resource::ADDRESS_TYPE_URL.into(),
                 value: bytes,
             }),
             ..Default::default()
@@ -438,7 +441,7 @@ fn unknown_fields_decode_cleanly() {
     };
     let mut bytes = policy.encode_to_vec();
     append_unknown(&mut bytes, &[8, 9, 20]);
-    let decoded = meshwire_xds_workload::authorization_from_bytes(&bytes).unwrap();
+    let decoded = meshwire_xds_workload::resource::authorization_from_bytes(&bytes).unwrap();
     assert_eq!(decoded.rules.len(), 1);
     assert_eq!(
         decoded.rules[0].clauses[0].matches[0].destination_ports,

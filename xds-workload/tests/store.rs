@@ -6,12 +6,14 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use meshwire_xds_workload::authorization::{
+    AuthorizationPolicy, ConnectionInfo, Decision, DenyReason,
+};
 use meshwire_xds_workload::pb::istio::security as spb;
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{
-    Address, AuthorizationPolicy, ConnectionInfo, Decision, DenyReason, Identity,
-    NamespacedHostname, NetworkAddress, Service, StoreBatch, Workload, WorkloadStore,
-};
+use meshwire_xds_workload::store::StoreBatch;
+use meshwire_xds_workload::workload::NamespacedHostname;
+use meshwire_xds_workload::{Address, Identity, NetworkAddress, Service, Workload, WorkloadStore};
 
 fn workload(p: &pb::Workload) -> Address {
     Address::Workload(Arc::new(Workload::try_from(p).unwrap()))

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{
-    Address, NamespacedHostname, Service, ServiceHostTarget, Upstream, Workload, WorkloadStore,
-};
+use meshwire_xds_workload::store::{ServiceHostTarget, Upstream};
+use meshwire_xds_workload::workload::NamespacedHostname;
+use meshwire_xds_workload::{Address, Service, Workload, WorkloadStore};
 
 const WEB: &str = "shop/web.shop.svc.cluster.local";
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use meshwire_svid::{CertificateService, IdentityPolicy, TrustBundleSet, TrustDomain};
-use meshwire_xds_workload::AdsServer;
+use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tracing::error;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meshwire_svid::{CertificateService, TrustDomain};
-use meshwire_xds_workload::AdsServer;
+use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use meshwire_netns::{NetNs, RuleSet};
 use meshwire_svid::{CaClient, CaClientConfig, SpiffeId};
-use meshwire_xds_workload::{
-    AdsClient, ClientConfig, NodeInfo, StoreHandler, TunnelProtocol, WorkloadStore,
-};
+use meshwire_xds_workload::WorkloadStore;
+use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
+use meshwire_xds_workload::workload::TunnelProtocol;
 use meshwire_zds::Update;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;

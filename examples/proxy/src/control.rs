@@ -92,10 +92,10 @@ impl TokenValue {
         }
     }
 
-    pub(crate) fn for_xds(&self) -> meshwire_xds_workload::TokenSource {
+    pub(crate) fn for_xds(&self) -> meshwire_xds_workload::ads::client::TokenSource {
         match self {
-            Self::File(p) => meshwire_xds_workload::TokenSource::File(p.clone()),
-            Self::Literal(t) => meshwire_xds_workload::TokenSource::Static(t.clone()),
+            Self::File(p) => meshwire_xds_workload::ads::client::TokenSource::File(p.clone()),
+            Self::Literal(t) => meshwire_xds_workload::ads::client::TokenSource::Static(t.clone()),
         }
     }
 }
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(TokenValue::parse(None), None);
         assert!(matches!(
             TokenValue::Literal("t".into()).for_xds(),
-            meshwire_xds_workload::TokenSource::Static(t) if t == "t"
+            meshwire_xds_workload::ads::client::TokenSource::Static(t) if t == "t"
         ));
     }
 }

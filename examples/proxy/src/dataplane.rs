@@ -23,10 +23,10 @@ use meshwire_hbone::{
     ServerError, ServerTlsProvider, TraceParent, WorkloadBaggage, WorkloadKind,
 };
 use meshwire_svid::{IdentityPolicy, SpiffeId, TrustDomain};
-use meshwire_xds_workload::{
-    AuthorizationPolicy, ConnectionInfo, Decision, HealthStatus, Identity, Service, TunnelProtocol,
-    Upstream, Workload, WorkloadStore, WorkloadType,
-};
+use meshwire_xds_workload::authorization::{AuthorizationPolicy, ConnectionInfo, Decision};
+use meshwire_xds_workload::store::Upstream;
+use meshwire_xds_workload::workload::{HealthStatus, TunnelProtocol, WorkloadType};
+use meshwire_xds_workload::{Identity, Service, Workload, WorkloadStore};
 use prometheus_client::metrics::counter::Counter;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpStream;
@@ -146,7 +146,7 @@ impl DataPlane {
     pub(crate) fn find_local(&self, pod: &Pod) -> Option<Arc<Workload>> {
         let info = &pod.info;
         let sa = if info.service_account.is_empty() {
-            meshwire_xds_workload::DEFAULT_SERVICE_ACCOUNT
+            meshwire_xds_workload::workload::DEFAULT_SERVICE_ACCOUNT
         } else {
             info.service_account.as_str()
         };
@@ -701,7 +701,7 @@ impl DataPlane {
     }
 }
 
-fn ports_json(ports: &[meshwire_xds_workload::Port]) -> serde_json::Value {
+fn ports_json(ports: &[meshwire_xds_workload::workload::Port]) -> serde_json::Value {
     ports
         .iter()
         .map(|p| serde_json::json!({"service_port": p.service_port, "target_port": p.target_port}))
@@ -1129,9 +1129,10 @@ mod tests {
     use crate::certs::Managed;
     use crate::pods::{PodInfo, Supervisor};
     use meshwire_svid::CertificateAuthority;
+    use meshwire_xds_workload::Address;
+    use meshwire_xds_workload::authorization::AuthorizationPolicy;
     use meshwire_xds_workload::pb::istio::security as sec;
     use meshwire_xds_workload::pb::istio::workload as pbw;
-    use meshwire_xds_workload::{Address, AuthorizationPolicy};
     use std::collections::HashMap;
     use std::net::IpAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use meshwire_xds_workload::{AdsClient, NodeInfo, StoreHandler, WorkloadStore};
+use meshwire_xds_workload::WorkloadStore;
+use meshwire_xds_workload::ads::client::{AdsClient, NodeInfo, StoreHandler};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -125,7 +126,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let token = control::TokenValue::parse(config.auth_token.as_deref());
 
     let store = Arc::new(WorkloadStore::new());
-    let mut xds_config = meshwire_xds_workload::ClientConfig::default();
+    let mut xds_config = meshwire_xds_workload::ads::client::ClientConfig::default();
     xds_config.node = NodeInfo::proxy(
         config.instance_ip,
         &config.pod_name,
@@ -142,7 +143,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let mut xds_events = ads.events();
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
     tokio::spawn(async move {
-        use meshwire_xds_workload::ClientEvent;
+        use meshwire_xds_workload::ads::client::ClientEvent;
         while let Ok(event) = xds_events.recv().await {
             match event {
                 ClientEvent::Connected => tracing::info!("xDS stream connected"),

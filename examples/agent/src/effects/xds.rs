@@ -4,11 +4,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
+use meshwire_xds_workload::ads::server::{AdsServer, ResourceChange, ServerEvent};
 use meshwire_xds_workload::pb::istio::security as sec;
 use meshwire_xds_workload::pb::istio::workload as wl;
-use meshwire_xds_workload::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, AdsServer, ResourceChange, ServerEvent,
-};
+use meshwire_xds_workload::resource::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -274,7 +273,7 @@ pub(crate) async fn follow_events(
 mod tests {
     use super::*;
     use crate::workloads::tests::{EXAMPLE, settings};
-    use meshwire_xds_workload::{AuthorizationPolicy, ConnectionInfo, evaluate};
+    use meshwire_xds_workload::authorization::{AuthorizationPolicy, ConnectionInfo, evaluate};
     use std::net::IpAddr;
 
     #[test]
@@ -297,7 +296,7 @@ mod tests {
             assert_eq!(checked.trust_domain, "cluster.local");
             assert_eq!(checked.addresses, v.addresses);
             assert_eq!(
-                checked.protocol == meshwire_xds_workload::TunnelProtocol::Hbone,
+                checked.protocol == meshwire_xds_workload::workload::TunnelProtocol::Hbone,
                 v.hbone,
                 "{}",
                 v.uid

@@ -1,13 +1,57 @@
-//! L4 authorization policies: checked domain types and their evaluation.
+//! L4 authorization: checked [`AuthorizationPolicy`] domain types and their evaluation
+//! ([`evaluate`]; deny first, then allow).
+//!
+//! Policies are built from the generated [`pb::istio::security::Authorization`] at one
+//! [`TryFrom`] boundary that fails with an [`AuthorizationError`], and convert back with
+//! [`From`] (`From<&AuthorizationPolicy> for pb::istio::security::Authorization`).
+//!
+//! ```
+//! use meshwire_xds_workload::authorization::{
+//!     AuthorizationPolicy, ConnectionInfo, PolicyAction, PolicyClause, PolicyMatch,
+//!     PolicyRule, PolicyScope, StringMatch, evaluate,
+//! };
+//! use meshwire_xds_workload::Identity;
+//!
+//! // Deny everything from namespace "untrusted".
+//! let mut from_untrusted = PolicyMatch::default();
+//! from_untrusted.namespaces = vec![StringMatch::Exact("untrusted".into())];
+//! let mut policy =
+//!     AuthorizationPolicy::new("shop", "no-untrusted", PolicyScope::Namespace, PolicyAction::Deny);
+//! policy.rules = vec![PolicyRule::new(vec![PolicyClause::new(vec![from_untrusted])])];
+//!
+//! let peer = Identity::new("cluster.local", "untrusted", "default");
+//! let conn = ConnectionInfo::new(
+//!     "10.0.0.1".parse().unwrap(),
+//!     "10.0.0.2:8080".parse().unwrap(),
+//!     Some(peer),
+//! );
+//! assert!(!evaluate([&policy], &conn).decision.is_allowed());
+//! ```
+//!
+//! [`pb::istio::security::Authorization`]: crate::pb::istio::security::Authorization
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::error::AuthorizationError;
-use crate::pb::istio::security as pb;
-use crate::workload::{Identity, ip_from_bytes};
+use crate::workload::Identity;
+
+mod convert;
+
+/// Why an `istio.security.Authorization` resource was rejected at the [`TryFrom`] boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorizationError {
+    /// An enum field held a number this schema does not define.
+    #[error("{field}: unknown enum value {value}")]
+    UnknownEnumValue {
+        /// The proto field.
+        field: &'static str,
+        /// The number found.
+        value: i32,
+    },
+}
 
 /// Which workloads a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,6 +213,13 @@ pub struct PolicyClause {
     pub matches: Vec<PolicyMatch>,
 }
 
+impl PolicyClause {
+    /// A clause of these entries.
+    pub fn new(matches: Vec<PolicyMatch>) -> Self {
+        Self { matches }
+    }
+}
+
 /// A rule: matches when all of its clauses match.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -178,6 +229,11 @@ pub struct PolicyRule {
 }
 
 impl PolicyRule {
+    /// A rule of these clauses.
+    pub fn new(clauses: Vec<PolicyClause>) -> Self {
+        Self { clauses }
+    }
+
     /// Whether the rule matches `conn`.
     pub fn matches(&self, conn: &ConnectionInfo) -> bool {
         self.clauses
@@ -186,7 +242,8 @@ impl PolicyRule {
     }
 }
 
-/// An L4 authorization policy, built from [`pb::Authorization`] with [`TryFrom`].
+/// An L4 authorization policy, built from the generated
+/// [`Authorization`](crate::pb::istio::security::Authorization) with [`TryFrom`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuthorizationPolicy {
@@ -205,6 +262,24 @@ pub struct AuthorizationPolicy {
 }
 
 impl AuthorizationPolicy {
+    /// A policy `namespace/name` without rules (so it matches nothing until rules are
+    /// added), not in dry-run.
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        scope: PolicyScope,
+        action: PolicyAction,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            scope,
+            action,
+            rules: Vec::new(),
+            dry_run: false,
+        }
+    }
+
     /// The policy's key, `namespace/name`, as used in `Workload.authorization_policies`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -364,116 +439,5 @@ pub fn evaluate<'a>(
     AuthorizationResult {
         decision,
         dry_run_matches,
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// TryFrom boundary
-// ---------------------------------------------------------------------------------------
-
-fn string_matches(values: &[pb::StringMatch]) -> Vec<StringMatch> {
-    values
-        .iter()
-        .filter_map(|m| match &m.match_type {
-            Some(pb::string_match::MatchType::Exact(s)) => Some(StringMatch::Exact(s.clone())),
-            Some(pb::string_match::MatchType::Prefix(s)) => Some(StringMatch::Prefix(s.clone())),
-            Some(pb::string_match::MatchType::Suffix(s)) => Some(StringMatch::Suffix(s.clone())),
-            Some(pb::string_match::MatchType::Presence(_)) => Some(StringMatch::Presence),
-            None => None,
-        })
-        .collect()
-}
-
-fn prefixes(values: &[pb::Address]) -> Vec<IpNet> {
-    values
-        .iter()
-        .filter_map(|a| {
-            let ip = ip_from_bytes("address", &a.address).ok()?;
-            let len = u8::try_from(a.length).ok()?;
-            IpNet::new(ip, len).ok()
-        })
-        .collect()
-}
-
-fn service_accounts(values: &[pb::ServiceAccountMatch]) -> Vec<ServiceAccountMatch> {
-    values
-        .iter()
-        .map(|m| ServiceAccountMatch::new(&m.namespace, &m.service_account))
-        .collect()
-}
-
-impl From<&pb::Match> for PolicyMatch {
-    fn from(m: &pb::Match) -> Self {
-        Self {
-            namespaces: string_matches(&m.namespaces),
-            not_namespaces: string_matches(&m.not_namespaces),
-            principals: string_matches(&m.principals),
-            not_principals: string_matches(&m.not_principals),
-            source_ips: prefixes(&m.source_ips),
-            not_source_ips: prefixes(&m.not_source_ips),
-            destination_ips: prefixes(&m.destination_ips),
-            not_destination_ips: prefixes(&m.not_destination_ips),
-            destination_ports: m.destination_ports.clone(),
-            not_destination_ports: m.not_destination_ports.clone(),
-            service_accounts: service_accounts(&m.service_accounts),
-            not_service_accounts: service_accounts(&m.not_service_accounts),
-        }
-    }
-}
-
-impl TryFrom<&pb::Authorization> for AuthorizationPolicy {
-    type Error = AuthorizationError;
-
-    fn try_from(a: &pb::Authorization) -> Result<Self, Self::Error> {
-        let scope = match pb::Scope::try_from(a.scope) {
-            Ok(pb::Scope::Global) => PolicyScope::Global,
-            Ok(pb::Scope::Namespace) => PolicyScope::Namespace,
-            Ok(pb::Scope::WorkloadSelector) => PolicyScope::WorkloadSelector,
-            Err(_) => {
-                return Err(AuthorizationError::UnknownEnumValue {
-                    field: "scope",
-                    value: a.scope,
-                });
-            }
-        };
-        let action = match pb::Action::try_from(a.action) {
-            Ok(pb::Action::Allow) => PolicyAction::Allow,
-            Ok(pb::Action::Deny) => PolicyAction::Deny,
-            Err(_) => {
-                return Err(AuthorizationError::UnknownEnumValue {
-                    field: "action",
-                    value: a.action,
-                });
-            }
-        };
-        let rules = a
-            .rules
-            .iter()
-            .map(|r| PolicyRule {
-                clauses: r
-                    .clauses
-                    .iter()
-                    .map(|c| PolicyClause {
-                        matches: c.matches.iter().map(PolicyMatch::from).collect(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok(Self {
-            name: a.name.clone(),
-            namespace: a.namespace.clone(),
-            scope,
-            action,
-            rules,
-            dry_run: a.dry_run,
-        })
-    }
-}
-
-impl TryFrom<pb::Authorization> for AuthorizationPolicy {
-    type Error = AuthorizationError;
-
-    fn try_from(a: pb::Authorization) -> Result<Self, Self::Error> {
-        Self::try_from(&a)
     }
 }

@@ -1,4 +1,4 @@
-//! Typed errors of the conversion boundary, the client and the server.
+//! Why an `istio.workload.Address` resource was rejected.
 
 use std::net::IpAddr;
 
@@ -64,62 +64,4 @@ pub enum AddressError {
         /// The number found.
         value: u32,
     },
-}
-
-/// Why an `istio.security.Authorization` resource was rejected at the [`TryFrom`] boundary.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthorizationError {
-    /// An enum field held a number this schema does not define.
-    #[error("{field}: unknown enum value {value}")]
-    UnknownEnumValue {
-        /// The proto field.
-        field: &'static str,
-        /// The number found.
-        value: i32,
-    },
-}
-
-/// Why one xDS resource of a response could not be applied.
-///
-/// Rejection is per resource: the other resources of the same response are still applied.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResourceError {
-    /// The `Resource` carried no payload.
-    #[error("XDS payload without resource")]
-    MissingPayload,
-    /// The payload was not a valid protobuf encoding of the expected message.
-    #[error("decode: {0}")]
-    Decode(#[from] prost::DecodeError),
-    /// The payload decoded but is not a valid address.
-    #[error(transparent)]
-    Address(#[from] AddressError),
-    /// The payload decoded but is not a valid authorization policy.
-    #[error(transparent)]
-    Authorization(#[from] AuthorizationError),
-}
-
-/// A client configuration value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientConfigError {
-    /// A header name is not valid gRPC metadata.
-    #[error("invalid header name {0:?}")]
-    InvalidHeaderName(String),
-    /// A header value is not valid gRPC metadata.
-    #[error("invalid value for header {0:?}")]
-    InvalidHeaderValue(String),
-    /// No type URL is configured, so there is nothing to subscribe to.
-    #[error("no type URL to subscribe to")]
-    NoTypeUrls,
-}
-
-/// The convenience `serve` functions failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The gRPC transport failed.
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
