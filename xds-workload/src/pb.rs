@@ -2,8 +2,8 @@
 //!
 //! The code is generated from the vendored `proto/` folder and checked in, so building
 //! needs no `protoc`. Unknown fields sent by newer peers are skipped. The gRPC stubs
-//! (`aggregated_discovery_service_client` / `_server`) are transport-agnostic; the
-//! [`ads`](crate::ads) module puts them to work.
+//! (`aggregated_discovery_service_client` / `_server`) are transport-agnostic; the `ads`
+//! module (features `client` and `server`) puts them to work.
 //!
 //! The checked domain types of [`workload`](crate::workload) and
 //! [`authorization`](crate::authorization) convert from these with [`TryFrom`] and back

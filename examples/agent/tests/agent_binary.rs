@@ -196,12 +196,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 meshwire_svid::tls_channel("https://127.0.0.1:15012", Arc::new(tls), None).unwrap();
             let store = Arc::new(WorkloadStore::new());
             let mut config = ClientConfig::default();
-            config.node(NodeInfo::proxy(
-                "10.0.0.1".parse().unwrap(),
-                "proxy",
-                "mesh",
-                "n1",
-            ));
+            config.node = NodeInfo::proxy("10.0.0.1".parse().unwrap(), "proxy", "mesh", "n1");
             let ads =
                 AdsClient::new(config, channel.clone(), StoreHandler::new(store.clone())).unwrap();
             let mut synced = ads.synced();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::authorization::AuthorizationPolicy;
 use crate::workload::Address;
 
-/// A set of changes applied to a [`WorkloadStore`] under one lock, in order.
+/// A set of changes applied to a [`WorkloadStore`](super::WorkloadStore) under one lock, in order.
 ///
 /// Names are xDS resource names; address names and policy names are separate name spaces
 /// (they come from different type URLs).

@@ -161,9 +161,10 @@ pub struct Locality {
 
 /// A workload: one endpoint (a pod, a VM, or endpoints behind a hostname).
 ///
-/// Built from [`pb::Workload`] with [`TryFrom`]; empty `trust_domain`, `service_account` and
-/// `cluster_id` are replaced by [`DEFAULT_TRUST_DOMAIN`], [`DEFAULT_SERVICE_ACCOUNT`] and
-/// [`DEFAULT_CLUSTER_ID`], and a missing `capacity` by 1.
+/// Built from the generated [`Workload`](crate::pb::istio::workload::Workload) with
+/// [`TryFrom`]; empty `trust_domain`, `service_account` and `cluster_id` are replaced by
+/// [`DEFAULT_TRUST_DOMAIN`], [`DEFAULT_SERVICE_ACCOUNT`] and [`DEFAULT_CLUSTER_ID`], and a
+/// missing `capacity` by 1. [`Workload::new`] starts from the same defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Workload {

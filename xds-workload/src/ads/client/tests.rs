@@ -80,8 +80,10 @@ async fn invalid_headers_are_rejected() {
         err,
         ClientConfigError::InvalidHeaderName("bad header".into())
     );
-    let mut config = ClientConfig::default();
-    config.cluster_id = Some("bad\nvalue".into());
+    let config = ClientConfig {
+        cluster_id: Some("bad\nvalue".into()),
+        ..ClientConfig::default()
+    };
     let err = AdsClient::new(config, channel.clone(), |_: DeltaUpdate<'_>| Vec::new()).unwrap_err();
     assert_eq!(
         err,
