@@ -1,11 +1,12 @@
 //! Arbitrary bytes as an `istio.workload.Address` payload: decode, convert to the domain
-//! type, and index it in a store. Nothing may panic.
+//! type, convert back (which must give the same domain value), and index it in a store.
+//! Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use meshwire_xds_workload::pb::istio::workload as pb;
-use meshwire_xds_workload::{Address, WorkloadStore};
 use meshwire_xds_workload::workload::NamespacedHostname;
+use meshwire_xds_workload::{Address, WorkloadStore};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(address) = Address::try_from(&message) else {
         return;
     };
+    // The domain value converts back to a message that reads as the same value.
+    let back = pb::Address::from(&address);
+    assert_eq!(Address::try_from(&back).as_ref(), Ok(&address));
     let store = WorkloadStore::new();
     store.insert_address("fuzz", address.clone());
     match &address {

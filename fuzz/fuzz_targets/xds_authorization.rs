@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshwire_xds_workload::pb::istio::security as pb;
 use meshwire_xds_workload::Identity;
 use meshwire_xds_workload::authorization::{AuthorizationPolicy, ConnectionInfo, evaluate};
+use meshwire_xds_workload::pb::istio::security as pb;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = AuthorizationPolicy::try_from(&message) else {
         return;
     };
+    // The domain value converts back to a message that reads as the same value.
+    let back = pb::Authorization::from(&policy);
+    assert_eq!(AuthorizationPolicy::try_from(&back).as_ref(), Ok(&policy));
     let peers = [
         None,
         Some(Identity::new("cluster.local", "default", "default")),
@@ -43,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
                 let matched = policy.matches(&conn);
                 let denied = !alone.decision.is_allowed();
                 match policy.action {
-                    meshwire_xds_workload::authorization::PolicyAction::Deny => assert_eq!(denied, matched),
+                    meshwire_xds_workload::authorization::PolicyAction::Deny => {
+                        assert_eq!(denied, matched)
+                    }
                     _ => assert_eq!(denied, !matched),
                 }
             } else {
