@@ -46,12 +46,16 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cni;
 mod error;
+pub mod kube;
 mod namespace;
+pub mod peers;
 mod privileged;
 mod topology;
 
 pub use error::Error;
+pub use kube::KubeApiServer;
 pub use namespace::{NETNS_DIR, Namespace, Process, delete_own_namespaces};
 pub use privileged::{Privileged, SKIP_ENV, check_privileges, require_privileged};
 pub use topology::{Node, Pod, Testbed, TestbedOptions};
