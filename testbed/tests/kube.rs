@@ -1,6 +1,9 @@
 //! The test API server: a real etcd and kube-apiserver start, accept the admin token,
 //! store objects and enforce RBAC.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use testbed::KubeApiServer;
 
 #[test]

@@ -2,6 +2,9 @@
 //! as a container runtime runs them, inside a node namespace, for a pod namespace.
 //! A small listener on the agent's socket stands for the agent and records the events.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,8 @@
 //! `meshwire-cni install` / `uninstall` against a node's configuration directory.
 
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use serde_json::Value;
