@@ -162,12 +162,6 @@ impl Namespace {
         Ok(ns)
     }
 
-    /// Creates a namespace that belongs to no topology (loopback up, nothing else),
-    /// for tests that wire it themselves (for example through a CNI chain).
-    pub fn standalone() -> Result<Self, Error> {
-        Self::create('x')
-    }
-
     /// The name (as in `ip netns list`).
     pub fn name(&self) -> &str {
         &self.inner.name

@@ -92,8 +92,8 @@ struct Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("cni.sock");
-    let node = Namespace::standalone().unwrap();
-    let pod = Namespace::standalone().unwrap();
+    let node = Namespace::new().unwrap();
+    let pod = Namespace::new().unwrap();
     let runtime = CniRuntime::new(
         conflist(tmp.path(), &socket),
         vec![PathBuf::from(DEBIAN_PLUGIN_DIR), plugin_dir(tmp.path())],
