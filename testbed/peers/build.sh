@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the real peers the tests start, from the Go module proxy, pinned by the
+# go.mod/go.sum files beside this script:
+#   kube/  -> kube-apiserver (k8s.io/kubernetes v1.37.2) and etcd (go.etcd.io/etcd/server/v3)
+#   spire/ -> spire-server and spire-agent (github.com/spiffe/spire v1.13.3, cgo for sqlite)
+# Binaries go to <workspace>/target/peers/bin. A peer is rebuilt only when its go.mod or
+# go.sum changed since the last build (a stamp file records their hash).
+#
+# Usage: testbed/peers/build.sh [kube] [spire]   (no argument: both)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out="${MESHWIRE_PEERS_DIR:-$root/target/peers}"
+bin="$out/bin"
+mkdir -p "$bin"
+
+if ! command -v go >/dev/null 2>&1; then
+    echo "error: building the test peers needs Go 1.26 or newer on PATH" >&2
+    exit 1
+fi
+
+export GOFLAGS=-mod=readonly
+export GOTOOLCHAIN=local
+# The Go build cache lives with the binaries, under target/, so `cargo clean` clears both.
+export GOCACHE="$out/go-build"
+
+# build GROUP NAME=PACKAGE...: builds each package of the Go module in GROUP/ into bin/NAME.
+build() {
+    local group=$1
+    shift
+    local dir="$here/$group"
+    local stamp="$out/$group.stamp"
+    local want
+    want=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1)
+    local fresh=1 spec
+    for spec in "$@"; do [ -x "$bin/${spec%%=*}" ] || fresh=0; done
+    if [ "$fresh" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        echo "==> peers/$group: up to date"
+        return
+    fi
+    local t0=$SECONDS
+    for spec in "$@"; do
+        echo "==> peers/$group: building ${spec%%=*} (${spec#*=})"
+        (cd "$dir" && go build -trimpath -o "$bin/${spec%%=*}" "${spec#*=}")
+    done
+    echo "$want" >"$stamp"
+    echo "==> peers/$group: built in $((SECONDS - t0)) s"
+}
+
+want=("$@")
+[ "${#want[@]}" -gt 0 ] || want=(kube spire)
+for w in "${want[@]}"; do
+    case "$w" in
+    kube)
+        CGO_ENABLED=0 build kube kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver etcd=go.etcd.io/etcd/server/v3
+        ;;
+    spire)
+        if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
+            echo "error: SPIRE's sqlite datastore needs cgo; install gcc" >&2
+            exit 1
+        fi
+        CGO_ENABLED=1 build spire spire-server=github.com/spiffe/spire/cmd/spire-server spire-agent=github.com/spiffe/spire/cmd/spire-agent
+        ;;
+    *)
+        echo "error: unknown peer group '$w' (kube, spire)" >&2
+        exit 2
+        ;;
+    esac
+done
