@@ -24,14 +24,15 @@ export GOTOOLCHAIN=local
 # The Go build cache lives with the binaries, under target/, so `cargo clean` clears both.
 export GOCACHE="$out/go-build"
 
-# build GROUP NAME=PACKAGE...: builds each package of the Go module in GROUP/ into bin/NAME.
+# build GROUP LDFLAGS NAME=PACKAGE...: builds each package of the Go module in GROUP/
+# into bin/NAME, with LDFLAGS (the version stamps upstream's release builds set).
 build() {
-    local group=$1
-    shift
+    local group=$1 ldflags=$2
+    shift 2
     local dir="$here/$group"
     local stamp="$out/$group.stamp"
     local want
-    want=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1)
+    want=$( (cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags") | sha256sum | cut -d' ' -f1)
     local fresh=1 spec
     for spec in "$@"; do [ -x "$bin/${spec%%=*}" ] || fresh=0; done
     if [ "$fresh" = 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -41,7 +42,7 @@ build() {
     local t0=$SECONDS
     for spec in "$@"; do
         echo "==> peers/$group: building ${spec%%=*} (${spec#*=})"
-        (cd "$dir" && go build -trimpath -o "$bin/${spec%%=*}" "${spec#*=}")
+        (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/${spec%%=*}" "${spec#*=}")
     done
     echo "$want" >"$stamp"
     echo "==> peers/$group: built in $((SECONDS - t0)) s"
@@ -52,14 +53,19 @@ want=("$@")
 for w in "${want[@]}"; do
     case "$w" in
     kube)
-        CGO_ENABLED=0 build kube kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver etcd=go.etcd.io/etcd/server/v3
+        v=k8s.io/component-base/version
+        CGO_ENABLED=0 build kube "-X $v.gitVersion=v1.37.2 -X $v.gitMajor=1 -X $v.gitMinor=37 -X $v.gitTreeState=clean" \
+            kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+            etcd=go.etcd.io/etcd/server/v3
         ;;
     spire)
         if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
             echo "error: SPIRE's sqlite datastore needs cgo; install gcc" >&2
             exit 1
         fi
-        CGO_ENABLED=1 build spire spire-server=github.com/spiffe/spire/cmd/spire-server spire-agent=github.com/spiffe/spire/cmd/spire-agent
+        CGO_ENABLED=1 build spire "-X github.com/spiffe/spire/pkg/common/version.gittag=v1.13.3" \
+            spire-server=github.com/spiffe/spire/cmd/spire-server \
+            spire-agent=github.com/spiffe/spire/cmd/spire-agent
         ;;
     *)
         echo "error: unknown peer group '$w' (kube, spire)" >&2
