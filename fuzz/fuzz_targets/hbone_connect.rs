@@ -6,7 +6,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use meshwire_hbone::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use meshwire_hbone::{Authority, Baggage, ConnectRequest, Forwarded, TraceParent};
+use meshwire_hbone::{Authority, ConnectRequest};
+use meshwire_hbone::headers::{Baggage, Forwarded, TraceParent};
 
 #[derive(Arbitrary, Debug)]
 enum Header {

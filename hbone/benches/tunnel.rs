@@ -23,10 +23,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshwire_hbone::{
-    ClientConnection, ConnectRequest, Http2Config, IncomingTunnel, Pool, PoolConfig, PoolKey,
-    ServeConfig, Server, SvidClientTls, TcpConnector,
+use meshwire_hbone::client::{
+    ClientConnection, Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector,
 };
+use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
+use meshwire_hbone::{ConnectRequest, Http2Config};
 use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
 };
@@ -150,7 +151,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
         };
         app.set_nodelay(true).unwrap();
         if let Ok(tunnel) = t.accept() {
-            let _ = meshwire_hbone::copy_bidirectional(tunnel, app).await;
+            let _ = meshwire_hbone::tunnel::copy_bidirectional(tunnel, app).await;
         }
     };
     let server = Server::new(Arc::new(server_tls), handler, ServeConfig::default());
@@ -174,7 +175,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
             let (pool, key, request) = (pool.clone(), key.clone(), request.clone());
             async move {
                 let tunnel = pool.connect(&key, &request).await.unwrap();
-                let _ = meshwire_hbone::copy_bidirectional(tunnel, down).await;
+                let _ = meshwire_hbone::tunnel::copy_bidirectional(tunnel, down).await;
             }
         }
     })
@@ -200,7 +201,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
                 .unwrap();
             let tunnel = conn.open(&request).await.unwrap();
             drop(conn);
-            let _ = meshwire_hbone::copy_bidirectional(tunnel, down).await;
+            let _ = meshwire_hbone::tunnel::copy_bidirectional(tunnel, down).await;
         }
     })
     .await;

@@ -1,4 +1,4 @@
-//! HTTP/2, pool and server settings with their documented defaults.
+//! HTTP/2 settings shared by the client and the server, with their documented defaults.
 
 use std::time::Duration;
 
@@ -110,66 +110,6 @@ impl Default for Http2Config {
     }
 }
 
-/// Settings of the outbound connection [`Pool`](crate::Pool).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PoolConfig {
-    /// HTTP/2 settings of pooled connections. Default [`Http2Config::client`].
-    pub http2: Http2Config,
-    /// Most concurrent tunnels per connection; the peer's
-    /// SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Default 100.
-    pub max_streams_per_connection: usize,
-    /// A connection without tunnels for this long is closed. Default 5 min.
-    pub idle_timeout: Duration,
-    /// Limit for the TCP connect of the connector. Default 10 s.
-    pub connect_timeout: Duration,
-    /// Limit for the TLS and HTTP/2 handshakes. Default 10 s.
-    pub handshake_timeout: Duration,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            http2: Http2Config::client(),
-            max_streams_per_connection: 100,
-            idle_timeout: Duration::from_secs(300),
-            connect_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Settings of the inbound [`Server`](crate::Server).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServeConfig {
-    /// HTTP/2 settings. Default [`Http2Config::server`].
-    pub http2: Http2Config,
-    /// Limit for the TLS and HTTP/2 handshakes of an accepted connection. Default 10 s.
-    pub handshake_timeout: Duration,
-    /// After a drain starts (GOAWAY sent), connections still open after this long are
-    /// closed. Default 5 s.
-    pub drain_deadline: Duration,
-    /// How many connections may be in their TLS and HTTP/2 handshakes at once. Default 1024.
-    ///
-    /// Connections beyond the limit wait, unread, for a slot (their TCP connection stays
-    /// open); [`handshake_timeout`](Self::handshake_timeout) starts once a slot is taken. A
-    /// drain ends the wait. This bounds the CPU and memory that clients which never finish
-    /// their handshakes can hold. `0` is treated as `1`.
-    pub max_concurrent_handshakes: usize,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            http2: Http2Config::server(),
-            handshake_timeout: Duration::from_secs(10),
-            drain_deadline: Duration::from_secs(5),
-            max_concurrent_handshakes: 1024,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,14 +127,6 @@ mod tests {
         assert_eq!(s.max_header_list_size, 65_536);
         assert_eq!(s.max_concurrent_streams, Some(200));
         assert_eq!(s.max_send_buffer, 409_600);
-        let p = PoolConfig::default();
-        assert_eq!(p.max_streams_per_connection, 100);
-        assert_eq!(p.idle_timeout, Duration::from_secs(300));
-        assert_eq!(
-            ServeConfig::default().drain_deadline,
-            Duration::from_secs(5)
-        );
-        assert_eq!(ServeConfig::default().max_concurrent_handshakes, 1024);
         assert_eq!(clamp_frame(1), 16_384);
         assert_eq!(clamp_frame(u32::MAX), 16_777_215);
     }

@@ -2,52 +2,64 @@
 //! identities on both ends.
 //!
 //! This crate is the data path between two enrolled workloads: a client that opens
-//! tunnels through a connection [`Pool`], a [`Server`] that verifies the client's SPIFFE
-//! ID and hands each CONNECT request to a caller-supplied [`Handler`], and the
-//! [`Tunnel`] byte stream in between. It speaks the wire format of Istio's ztunnel
-//! (ALPN `h2`, no SNI, classic CONNECT with `:authority`, `forwarded`, `baggage` and
-//! `traceparent` headers, statuses 200/400/401/503).
+//! tunnels through a connection pool, a server that verifies the client's SPIFFE ID and
+//! hands each CONNECT request to a caller-supplied handler, and the [`Tunnel`] byte
+//! stream in between. It speaks the wire format of Istio's ztunnel (ALPN `h2`, no SNI,
+//! classic CONNECT with `:authority`, `forwarded`, `baggage` and `traceparent` headers,
+//! statuses 200/400/401/503).
 //!
 //! # Layout
 //!
-//! * **CONNECT rules (sans-IO):** [`ConnectRequest`], [`ConnectResponse`], [`Authority`],
-//!   [`Forwarded`], [`Baggage`] / [`WorkloadBaggage`], [`TraceParent`], [`Rejection`].
-//!   Parsing never panics and every header has a size limit.
-//! * **Client:** [`Pool`] keyed by [`PoolKey`] (source identity, expected server
-//!   identities, next hop, source address). The caller supplies a [`Connector`] (to
-//!   create sockets in a pod's network namespace with a mark) and a
-//!   [`ClientTlsProvider`] (the source SVID and the expected identities; see
-//!   [`SvidClientTls`]). [`Pool::close`] retires its connections (idle ones at once,
-//!   busy ones after their last tunnel). [`ClientConnection`] is a single unpooled
-//!   connection.
-//! * **Server:** [`Server`] takes accepted streams or a listener and a rustls server
-//!   configuration ([`ServerTlsProvider`]), requires a client certificate, and calls the
-//!   [`Handler`] with an [`IncomingTunnel`]: the peer's [`meshwire_svid::SpiffeId`], the parsed
-//!   request, and `accept`/`reject`. [`Server::shutdown`] drains with GOAWAY and a
-//!   deadline.
-//! * **Tunnel:** [`Tunnel`] implements `AsyncRead + AsyncWrite`; END_STREAM is a
+//! The root holds what both sides use: the request ([`ConnectRequest`], its target
+//! [`Authority`]), the refusal statuses ([`Rejection`]), the [`Tunnel`], and the HTTP/2
+//! settings ([`Http2Config`]). Everything else is in its module:
+//!
+//! * [`request`]: CONNECT request and response rules without I/O ([`ConnectRequest`],
+//!   [`request::ConnectResponse`], [`Authority`], [`Rejection`] ↔ 400/401/503). Parsing
+//!   never panics and every header has a size limit.
+//! * [`headers`]: the metadata headers, [`headers::Forwarded`], [`headers::Baggage`] /
+//!   [`headers::WorkloadBaggage`] and [`headers::TraceParent`].
+//! * [`client`]: [`client::Pool`] keyed by [`client::PoolKey`] (source identity, expected
+//!   server identities, next hop, source address). The caller supplies a
+//!   [`client::Connector`] (to create sockets in a pod's network namespace with a mark)
+//!   and a [`client::ClientTlsProvider`] (the source SVID and the expected identities;
+//!   see [`client::SvidClientTls`]). [`client::Pool::close`] retires its connections
+//!   (idle ones at once, busy ones after their last tunnel).
+//!   [`client::ClientConnection`] is a single unpooled connection.
+//! * [`server`]: [`server::Server`] takes accepted streams or a listener and a rustls
+//!   server configuration ([`server::ServerTlsProvider`]), requires a client certificate,
+//!   and calls the [`server::Handler`] with an [`server::IncomingTunnel`]: the peer's
+//!   SPIFFE ID, the parsed request, and `accept`/`reject`. [`server::Admission`] holds
+//!   the destination rules every HBONE server applies (the target is one of the
+//!   workload's own addresses, never one of the proxy's own ports).
+//!   [`server::Server::shutdown`] drains with GOAWAY and a deadline.
+//! * [`tunnel`]: [`Tunnel`] implements `AsyncRead + AsyncWrite`; END_STREAM is a
 //!   half-close, peer resets map to EOF or errors. Flow control is manual underneath
 //!   (capacity released as the application reads, writes wait for send capacity), so a
-//!   slow reader stops the writer instead of growing buffers. [`copy_bidirectional`]
-//!   splices a tunnel with a socket without intermediate copies;
-//!   [`copy_bidirectional_with`] also reports bytes as they pass to a [`CopyObserver`]
-//!   (such as [`CopyCounters`]) for live metrics.
-//! * **Settings:** [`Http2Config`], [`PoolConfig`], [`ServeConfig`], with the values
-//!   HBONE peers use as defaults (4 MiB stream window, 16 MiB connection window, 1 MiB
-//!   frames, PING every 10 s with a 20 s timeout).
+//!   slow reader stops the writer instead of growing buffers.
+//!   [`tunnel::copy_bidirectional`] splices a tunnel with a socket without intermediate
+//!   copies; [`tunnel::copy_bidirectional_with`] also reports bytes as they pass to a
+//!   [`tunnel::CopyObserver`] (such as [`tunnel::CopyCounters`]) for live metrics.
+//!
+//! Settings ([`Http2Config`], [`client::PoolConfig`], [`server::ServeConfig`]) are
+//! `#[non_exhaustive]` structs with public fields and the values HBONE peers use as
+//! defaults (4 MiB stream window, 16 MiB connection window, 1 MiB frames, PING every
+//! 10 s with a 20 s timeout): start from `Default` and set fields.
 //!
 //! Not here: workload lookup, authorization policy, network namespaces, certificate
-//! issuance (see the `svid` crate), PROXY protocol.
+//! issuance (see the `meshwire-svid` crate), PROXY protocol.
 //!
 //! # Example
 //!
-//! A server that echoes, and a pooled client, on loopback:
+//! A server that echoes, and a pooled client, on loopback (a longer version is the
+//! `echo` example: `cargo run -p meshwire-hbone --example echo`):
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
 //! use meshwire_hbone::svid::{self, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
-//! use meshwire_hbone::{ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig,
-//!             Server, SvidClientTls, TcpConnector};
+//! use meshwire_hbone::client::{Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
+//! use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
+//! use meshwire_hbone::{ConnectRequest, Rejection};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -110,49 +122,25 @@
 //! from the caller, built with an explicit provider.
 #![forbid(unsafe_code)]
 
-mod authority;
-mod baggage;
-mod client;
 mod config;
-mod driver;
-mod forwarded;
-mod pool;
-mod request;
-mod server;
+mod keepalive;
 #[cfg(test)]
 mod tests;
-mod traceparent;
-mod tunnel;
 
-pub use authority::{Authority, AuthorityError, HostPort, MAX_AUTHORITY_LEN};
-pub use baggage::{
-    BAGGAGE_CLUSTER, BAGGAGE_NAMESPACE, BAGGAGE_REGION, BAGGAGE_SERVICE_NAME,
-    BAGGAGE_SERVICE_VERSION, BAGGAGE_ZONE, Baggage, BaggageError, BaggageMember, MAX_BAGGAGE_LEN,
-    MAX_BAGGAGE_MEMBERS, WorkloadBaggage, WorkloadKind,
-};
-pub use client::{ClientConnection, ClientError};
-pub use config::{Http2Config, PoolConfig, ServeConfig};
-pub use forwarded::{
-    Forwarded, ForwardedElement, ForwardedError, MAX_FORWARDED_ELEMENTS, MAX_FORWARDED_LEN, Node,
-    NodeName, NodePort,
-};
-pub use pool::{
-    ClientTlsProvider, Connector, Pool, PoolKey, PoolStats, SvidClientTls, SvidClientTlsError,
-    TcpConnector,
-};
-pub use request::{
-    BAGGAGE, BuildError, ConnectRequest, ConnectResponse, FORWARDED, MAX_NETWORK_LEN, Rejection,
-    RequestError, TRACEPARENT, X_FORWARDED_NETWORK,
-};
-pub use server::{
-    ConnectionInfo, Handler, IncomingTunnel, Server, ServerError, ServerStats, ServerTlsProvider,
-};
-pub use traceparent::{MAX_TRACEPARENT_LEN, TraceParent, TraceParentError};
-pub use tunnel::{
-    CopyCounters, CopyDirection, CopyObserver, CopyStats, Tunnel, TunnelRecv, TunnelSend,
-    copy_bidirectional, copy_bidirectional_with,
-};
+pub mod client;
+pub mod headers;
+pub mod request;
+pub mod server;
+pub mod tunnel;
+
+pub use config::Http2Config;
+pub use request::{Authority, ConnectRequest, Rejection};
+pub use tunnel::Tunnel;
 
 /// Re-exports of crates whose types appear in this API.
 pub use meshwire_svid as svid;
 pub use {h2, http, rustls};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

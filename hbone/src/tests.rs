@@ -164,7 +164,7 @@ async fn keepalive_keeps_healthy_connection_and_drops_silent_one() {
     );
     assert!(matches!(
         conn.open(&request()).await,
-        Err(crate::ClientError::ConnectionClosed)
+        Err(crate::client::ClientError::ConnectionClosed)
     ));
 }
 

@@ -4,9 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use meshwire_hbone::{
-    Authority, Baggage, ConnectRequest, Forwarded, ForwardedElement, TraceParent,
-};
+use meshwire_hbone::headers::{Baggage, Forwarded, ForwardedElement, TraceParent};
+use meshwire_hbone::{Authority, ConnectRequest};
 use proptest::prelude::*;
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {

@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use meshwire_hbone::{PoolConfig, ServeConfig};
+use meshwire_hbone::client::PoolConfig;
+use meshwire_hbone::server::ServeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -16,7 +16,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwire_hbone::{ClientError, PoolConfig, PoolKey, Rejection};
+use meshwire_hbone::Rejection;
+use meshwire_hbone::client::{ClientError, PoolConfig, PoolKey};
 use meshwire_svid::IdentityPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -173,8 +174,8 @@ async fn our_client_tunnels_through_a_hyper_server() {
     let server_id = id("hyper", "server");
     let client_id = id("client-ns", "client");
     let addr = hyper_server(&pki, &server_id).await;
-    let pool = meshwire_hbone::Pool::new(
-        meshwire_hbone::TcpConnector::new(),
+    let pool = meshwire_hbone::client::Pool::new(
+        meshwire_hbone::client::TcpConnector::new(),
         pki.client_tls(&client_id),
         PoolConfig::default(),
     );

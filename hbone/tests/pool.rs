@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshwire_hbone::{ClientError, Connector, Pool, PoolConfig, PoolKey, ServeConfig, Server};
+use meshwire_hbone::client::{ClientError, Connector, Pool, PoolConfig, PoolKey};
+use meshwire_hbone::server::{ServeConfig, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -37,7 +38,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Opens `n` tunnels at once and holds them all open before closing any.
 async fn hold_concurrent(
-    pool: &Pool<meshwire_hbone::TcpConnector, meshwire_hbone::SvidClientTls>,
+    pool: &Pool<meshwire_hbone::client::TcpConnector, meshwire_hbone::client::SvidClientTls>,
     key: &PoolKey,
     n: usize,
 ) {
@@ -385,7 +386,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = listener.accept().await.unwrap();
-            let info = meshwire_hbone::ConnectionInfo::new(addr, peer);
+            let info = meshwire_hbone::server::ConnectionInfo::new(addr, peer);
             // New connections go to B once A drains.
             if a.is_draining() {
                 b.spawn_connection(tcp, info);
@@ -395,7 +396,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
         }
     });
     let pool = Pool::new(
-        meshwire_hbone::TcpConnector::new(),
+        meshwire_hbone::client::TcpConnector::new(),
         pki.client_tls(&client_id),
         PoolConfig::default(),
     );
@@ -625,7 +626,10 @@ async fn server_drops_client_that_stops_answering_pings() {
         let (tcp, peer) = listener.accept().await.unwrap();
         let start = Instant::now();
         let r = server
-            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(direct, peer))
+            .serve_connection(
+                tcp,
+                meshwire_hbone::server::ConnectionInfo::new(direct, peer),
+            )
             .await;
         (r, start.elapsed())
     });
@@ -647,7 +651,10 @@ async fn server_drops_client_that_stops_answering_pings() {
         .expect("server kept the silent connection")
         .unwrap();
     assert!(
-        matches!(r, Err(meshwire_hbone::ServerError::KeepaliveTimeout)),
+        matches!(
+            r,
+            Err(meshwire_hbone::server::ServerError::KeepaliveTimeout)
+        ),
         "{r:?}"
     );
     assert!(took >= Duration::from_millis(1500), "{took:?}");
@@ -658,7 +665,7 @@ async fn server_drops_client_that_stops_answering_pings() {
 /// each one ended, to see connections close from the server's side.
 struct Observed {
     addr: SocketAddr,
-    ended: Arc<std::sync::Mutex<Vec<Result<(), meshwire_hbone::ServerError>>>>,
+    ended: Arc<std::sync::Mutex<Vec<Result<(), meshwire_hbone::server::ServerError>>>>,
 }
 
 impl Observed {
@@ -673,7 +680,10 @@ impl Observed {
                 let (server, e) = (server.clone(), e.clone());
                 tokio::spawn(async move {
                     let r = server
-                        .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
+                        .serve_connection(
+                            tcp,
+                            meshwire_hbone::server::ConnectionInfo::new(addr, peer),
+                        )
                         .await;
                     e.lock().unwrap().push(r);
                 });
@@ -688,7 +698,8 @@ impl Observed {
     fn ended(&self) -> usize {
         let ended = self.ended.lock().unwrap();
         for r in ended.iter() {
-            let reset = matches!(r, Err(meshwire_hbone::ServerError::Http2(e)) if e.is_io());
+            let reset =
+                matches!(r, Err(meshwire_hbone::server::ServerError::Http2(e)) if e.is_io());
             assert!(r.is_ok() || reset, "connection ended with {r:?}");
         }
         ended.len()

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use meshwire_hbone::{
-    ClientConnection, ClientError, CopyCounters, CopyDirection, CopyObserver, Http2Config,
-    PoolConfig, PoolKey, Rejection, WorkloadBaggage,
-};
+use meshwire_hbone::client::{ClientConnection, ClientError, PoolConfig, PoolKey};
+use meshwire_hbone::headers::WorkloadBaggage;
+use meshwire_hbone::tunnel::{CopyCounters, CopyDirection, CopyObserver};
+use meshwire_hbone::{Http2Config, Rejection};
 use meshwire_svid::{PeerVerifyError, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,11 +54,13 @@ async fn response_baggage_and_request_headers_arrive() {
     let mut source = WorkloadBaggage::default();
     source.namespace = Some("client-ns".into());
     let req = Fixture::request(PORT_BAGGAGE)
-        .with_forwarded(meshwire_hbone::Forwarded::new(
-            meshwire_hbone::ForwardedElement::for_client("10.1.2.3:4567".parse().unwrap())
+        .with_forwarded(meshwire_hbone::headers::Forwarded::new(
+            meshwire_hbone::headers::ForwardedElement::for_client("10.1.2.3:4567".parse().unwrap())
                 .with_host("svc.ns.svc.cluster.local"),
         ))
-        .with_traceparent(meshwire_hbone::TraceParent::random(&mut rand::rng()))
+        .with_traceparent(meshwire_hbone::headers::TraceParent::random(
+            &mut rand::rng(),
+        ))
         .with_baggage(source.to_baggage());
     let t = pool.connect(&f.key(), &req).await.unwrap();
     let resp = t.response().unwrap();
@@ -270,7 +272,7 @@ async fn untrusted_client_certificate_is_refused() {
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         server
-            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
+            .serve_connection(tcp, meshwire_hbone::server::ConnectionInfo::new(addr, peer))
             .await
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -374,17 +376,17 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
         .with_single_cert(svid.cert_chain().to_vec(), svid.private_key())
         .unwrap();
     server_tls.alpn_protocols = vec![b"h2".to_vec()];
-    let server = meshwire_hbone::Server::new(
+    let server = meshwire_hbone::server::Server::new(
         Arc::new(server_tls),
         handler(f.state.clone()),
-        meshwire_hbone::ServeConfig::default(),
+        meshwire_hbone::server::ServeConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         server
-            .serve_connection(tcp, meshwire_hbone::ConnectionInfo::new(addr, peer))
+            .serve_connection(tcp, meshwire_hbone::server::ConnectionInfo::new(addr, peer))
             .await
     });
     // A client without a certificate.
@@ -410,7 +412,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
     assert!(result.is_err());
     let r = served.await.unwrap();
     assert!(
-        matches!(r, Err(meshwire_hbone::ServerError::NoPeerIdentity)),
+        matches!(r, Err(meshwire_hbone::server::ServerError::NoPeerIdentity)),
         "{r:?}"
     );
     assert_eq!(f.state.handled.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -419,7 +421,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
 #[tokio::test]
 async fn extreme_timer_settings_work_instead_of_panicking() {
     // "Never" spelled as the largest Duration, on both ends.
-    let mut sc = meshwire_hbone::ServeConfig::default();
+    let mut sc = meshwire_hbone::server::ServeConfig::default();
     sc.http2.keepalive_interval = Some(Duration::MAX);
     sc.http2.keepalive_timeout = Duration::MAX;
     sc.handshake_timeout = Duration::MAX;
@@ -512,7 +514,7 @@ async fn copy_reports_bytes_while_they_flow_and_keeps_half_closes() {
     let f = Fixture::start().await;
     let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
     let counters = Arc::new(CopyCounters::new());
-    let copy = tokio::spawn(meshwire_hbone::copy_bidirectional_with(
+    let copy = tokio::spawn(meshwire_hbone::tunnel::copy_bidirectional_with(
         t,
         io,
         counters.clone(),
@@ -572,7 +574,7 @@ async fn copy_reports_large_transfers_in_pieces_and_keeps_counts_after_an_error(
     let f = Fixture::start().await;
     let (t, mut far, mut app, io) = tunnel_and_socket_pair(&f).await;
     let recorder = Recorder::default();
-    let copy = meshwire_hbone::copy_bidirectional_with(t, io, &recorder);
+    let copy = meshwire_hbone::tunnel::copy_bidirectional_with(t, io, &recorder);
     let drive = async {
         let data = vec![9u8; LEN];
         let mut got = vec![0u8; LEN];

@@ -2,14 +2,15 @@
 //! when one side reaches end of stream, the write half of the other side is shut down and the
 //! opposite direction keeps flowing until it ends too.
 //!
-//! An HBONE tunnel is spliced with its socket by [`meshwire_hbone::copy_bidirectional_with`] (chunks go
+//! An HBONE tunnel is spliced with its socket by [`meshwire_hbone::tunnel::copy_bidirectional_with`] (chunks go
 //! between HTTP/2 frames and the socket without a copy through a proxy buffer), reporting into
 //! the same counters as the plain TCP ↔ TCP copy here.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshwire_hbone::{CopyDirection, CopyObserver, Tunnel};
+use meshwire_hbone::Tunnel;
+use meshwire_hbone::tunnel::{CopyDirection, CopyObserver};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,7 +64,7 @@ impl Ends {
                     transferred,
                     tunnel_is_upstream: true,
                 };
-                meshwire_hbone::copy_bidirectional_with(tunnel, socket, meter)
+                meshwire_hbone::tunnel::copy_bidirectional_with(tunnel, socket, meter)
                     .await
                     .map(drop)
             }
@@ -73,7 +74,7 @@ impl Ends {
                     transferred,
                     tunnel_is_upstream: false,
                 };
-                meshwire_hbone::copy_bidirectional_with(tunnel, socket, meter)
+                meshwire_hbone::tunnel::copy_bidirectional_with(tunnel, socket, meter)
                     .await
                     .map(drop)
             }

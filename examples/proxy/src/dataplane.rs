@@ -17,11 +17,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use meshwire_hbone::{
-    Authority, Baggage, ClientError, ClientTlsProvider, ConnectRequest, Connector, Forwarded,
-    ForwardedElement, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
-    ServerError, ServerTlsProvider, TraceParent, WorkloadBaggage, WorkloadKind,
+use meshwire_hbone::client::{
+    ClientError, ClientTlsProvider, Connector, Pool, PoolConfig, PoolKey,
 };
+use meshwire_hbone::headers::{
+    Baggage, Forwarded, ForwardedElement, TraceParent, WorkloadBaggage, WorkloadKind,
+};
+use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server, ServerError, ServerTlsProvider};
+use meshwire_hbone::{Authority, ConnectRequest, Rejection};
 use meshwire_svid::{IdentityPolicy, SpiffeId, TrustDomain};
 use meshwire_xds_workload::authorization::{AuthorizationPolicy, ConnectionInfo, Decision};
 use meshwire_xds_workload::store::Upstream;
@@ -426,7 +429,7 @@ impl DataPlane {
             Ok(a) => canonical(a),
             Err(_) => return,
         };
-        let info = meshwire_hbone::ConnectionInfo::new(local_addr, canonical(peer));
+        let info = meshwire_hbone::server::ConnectionInfo::new(local_addr, canonical(peer));
         match state.server.serve_connection(stream, info).await {
             Ok(()) => {}
             Err(e) => {
@@ -939,7 +942,7 @@ impl ServerTlsProvider for PodServerTls {
 
     async fn server_config(
         &self,
-        _info: &meshwire_hbone::ConnectionInfo,
+        _info: &meshwire_hbone::server::ConnectionInfo,
     ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
         {
             let local = self
@@ -985,7 +988,7 @@ struct InboundStreams {
     pod: Arc<Pod>,
 }
 
-impl meshwire_hbone::Handler for InboundStreams {
+impl meshwire_hbone::server::Handler for InboundStreams {
     fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send {
         let dp = self.dp.clone();
         let pod = self.pod.clone();
@@ -1564,7 +1567,7 @@ mod tests {
         id: &str,
         server: &str,
         hbone: SocketAddr,
-    ) -> Result<meshwire_hbone::ClientConnection, ClientError> {
+    ) -> Result<meshwire_hbone::client::ClientConnection, ClientError> {
         let own = ca
             .issue(&SpiffeId::new(id).unwrap(), Duration::from_secs(3600))
             .unwrap();
@@ -1578,7 +1581,7 @@ mod tests {
         )
         .unwrap();
         let tcp = TcpStream::connect(hbone).await.unwrap();
-        meshwire_hbone::ClientConnection::connect(
+        meshwire_hbone::client::ClientConnection::connect(
             tcp,
             Arc::new(tls),
             &meshwire_hbone::Http2Config::client(),

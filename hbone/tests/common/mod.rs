@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshwire_hbone::{
-    ConnectRequest, IncomingTunnel, Pool, PoolConfig, PoolKey, Rejection, ServeConfig, Server,
-    SvidClientTls, TcpConnector,
-};
+use meshwire_hbone::client::{Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
+use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
+use meshwire_hbone::{ConnectRequest, Rejection};
 use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid,
 };
@@ -169,7 +168,7 @@ pub fn handler(
                 }
                 port => {
                     let mut tunnel = if port == PORT_BAGGAGE {
-                        let mut b = meshwire_hbone::WorkloadBaggage::default();
+                        let mut b = meshwire_hbone::headers::WorkloadBaggage::default();
                         b.namespace = Some("server-ns".into());
                         t.accept_with_baggage(b.to_baggage()).unwrap()
                     } else {

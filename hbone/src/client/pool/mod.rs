@@ -1,179 +1,24 @@
 //! The outbound connection pool.
 
-use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, Weak};
 
-use bytes::Bytes;
-use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, X509Svid};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ClientError, h2_handshake, open_stream, tls_connect};
-use crate::config::PoolConfig;
-use crate::driver::{ClientExit, deadline_after};
+use super::{
+    ClientError, ClientTlsProvider, Connector, PoolConfig, PoolKey, h2_handshake, open_stream,
+    tls_connect,
+};
+use crate::keepalive::{ClientDriver, ClientExit, deadline_after};
 use crate::request::ConnectRequest;
 use crate::tunnel::Tunnel;
 
-/// What makes two tunnels share a connection: only tunnels with equal keys do.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct PoolKey {
-    /// The identity the client presents (source workload).
-    pub source: SpiffeId,
-    /// The server identities accepted for this hop (any one of them). The pool checks
-    /// the server certificate's SPIFFE ID against this set after the handshake, on top
-    /// of the TLS provider's verifier; an empty set skips that check.
-    pub expected: BTreeSet<SpiffeId>,
-    /// The next hop: `<ip>:15008` of the destination, waypoint or gateway.
-    pub next_hop: SocketAddr,
-    /// The local address to connect from, if the connector should bind one.
-    pub source_addr: Option<IpAddr>,
-}
+mod state;
 
-impl PoolKey {
-    /// A key from its parts.
-    pub fn new(
-        source: SpiffeId,
-        expected: impl IntoIterator<Item = SpiffeId>,
-        next_hop: SocketAddr,
-        source_addr: Option<IpAddr>,
-    ) -> Self {
-        Self {
-            source,
-            expected: expected.into_iter().collect(),
-            next_hop,
-            source_addr,
-        }
-    }
-
-    /// The server-identity policy for this hop: exactly the expected identities.
-    pub fn expected_policy(&self) -> IdentityPolicy {
-        IdentityPolicy::Exact(self.expected.clone())
-    }
-}
-
-/// Opens the transport connection to a pool key's next hop.
-///
-/// The proxy implements this to create sockets inside a pod's network namespace with a
-/// packet mark; [`TcpConnector`] is the plain version.
-pub trait Connector: Send + Sync + 'static {
-    /// The connected byte stream.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-
-    /// Connects to `key.next_hop` (from `key.source_addr` if the connector binds).
-    fn connect(&self, key: &PoolKey) -> impl Future<Output = io::Result<Self::Io>> + Send;
-}
-
-/// A [`Connector`] that opens a TCP connection from the current network namespace,
-/// binds `source_addr` when the key has one, and sets `TCP_NODELAY`.
-#[derive(Debug, Clone, Default)]
-pub struct TcpConnector {
-    _priv: (),
-}
-
-impl TcpConnector {
-    /// A new connector.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl Connector for TcpConnector {
-    type Io = TcpStream;
-
-    async fn connect(&self, key: &PoolKey) -> io::Result<TcpStream> {
-        let stream = match key.source_addr {
-            None => TcpStream::connect(key.next_hop).await?,
-            Some(src) => {
-                let socket = if key.next_hop.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.bind(SocketAddr::new(src, 0))?;
-                socket.connect(key.next_hop).await?
-            }
-        };
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
-}
-
-/// Supplies the rustls client configuration for a pool key: the source identity's SVID
-/// and a verifier for the key's expected identities.
-pub trait ClientTlsProvider: Send + Sync + 'static {
-    /// Why no configuration is available (for example no certificate yet).
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// The configuration for connections of `key`.
-    fn client_config(
-        &self,
-        key: &PoolKey,
-    ) -> impl Future<Output = Result<Arc<rustls::ClientConfig>, Self::Error>> + Send;
-}
-
-/// Why [`SvidClientTls`] could not make a configuration.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SvidClientTlsError {
-    /// The key asks for a source identity this provider does not hold.
-    #[error("no SVID for source identity {0}")]
-    UnknownSource(SpiffeId),
-    /// Building the configuration failed.
-    #[error(transparent)]
-    Config(#[from] meshwire_svid::TlsConfigError),
-}
-
-/// A [`ClientTlsProvider`] holding one SVID: builds [`meshwire_svid::client_config`] with the
-/// key's expected identities.
-#[derive(Debug, Clone)]
-pub struct SvidClientTls {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    svid: X509Svid,
-    roots: TrustBundleSet,
-}
-
-impl SvidClientTls {
-    /// A provider presenting `svid` and trusting `roots`.
-    pub fn new(
-        provider: Arc<rustls::crypto::CryptoProvider>,
-        svid: X509Svid,
-        roots: TrustBundleSet,
-    ) -> Self {
-        Self {
-            provider,
-            svid,
-            roots,
-        }
-    }
-}
-
-impl ClientTlsProvider for SvidClientTls {
-    type Error = SvidClientTlsError;
-
-    async fn client_config(
-        &self,
-        key: &PoolKey,
-    ) -> Result<Arc<rustls::ClientConfig>, SvidClientTlsError> {
-        if &key.source != self.svid.spiffe_id() {
-            return Err(SvidClientTlsError::UnknownSource(key.source.clone()));
-        }
-        Ok(Arc::new(meshwire_svid::client_config(
-            self.provider.clone(),
-            &self.svid,
-            &self.roots,
-            key.expected_policy(),
-        )?))
-    }
-}
+use state::{ConnShared, Dial, DialGuard, DialSlot, Next, PoolState, PooledConn, StreamGuard};
 
 /// Counters of a [`Pool`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -192,233 +37,6 @@ pub struct PoolStats {
     /// Connections currently open: the pooled ones, plus those that no longer take new
     /// tunnels (after a GOAWAY, or [`Pool::close`]) but still carry some.
     pub open: usize,
-}
-
-/// Per-connection state shared by the pool, its tunnels and the connection task.
-#[derive(Debug)]
-struct ConnShared {
-    id: u64,
-    active: AtomicUsize,
-    settings_known: AtomicBool,
-    /// Closed, or not to be used for new tunnels (GOAWAY, refused stream).
-    retired: AtomicBool,
-    last_used: Mutex<Instant>,
-}
-
-impl ConnShared {
-    fn last_used(&self) -> MutexGuard<'_, Instant> {
-        self.last_used
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Counts one tunnel against its connection's stream limit until dropped.
-#[derive(Debug)]
-pub(crate) struct StreamGuard {
-    conn: Arc<ConnShared>,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.conn.last_used() = Instant::now();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct PooledConn {
-    shared: Arc<ConnShared>,
-    send: h2::client::SendRequest<Bytes>,
-}
-
-impl PooledConn {
-    /// Not retired, and HTTP/2 still accepts new streams (no GOAWAY, no error).
-    fn usable(&self) -> bool {
-        if self.shared.retired.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut send = self.send.clone();
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(Err(_)) = send.poll_ready(&mut cx) {
-            self.shared.retired.store(true, Ordering::Release);
-            return false;
-        }
-        true
-    }
-
-    /// Takes one stream slot if the connection is below its limit: the configured
-    /// maximum, lowered by the server's SETTINGS_MAX_CONCURRENT_STREAMS. Until the
-    /// server's SETTINGS are known only the dialing request uses the connection.
-    fn try_reserve(&self, max: usize) -> bool {
-        let limit = if self.shared.settings_known.load(Ordering::Acquire) {
-            max.min(self.send.current_max_send_streams())
-        } else {
-            1
-        };
-        let mut cur = self.shared.active.load(Ordering::Acquire);
-        loop {
-            if cur >= limit {
-                return false;
-            }
-            match self.shared.active.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-    }
-}
-
-/// One connection attempt that others may wait for.
-#[derive(Debug, Default)]
-struct DialSlot {
-    notify: Arc<Notify>,
-    failed: OnceLock<ClientError>,
-}
-
-#[derive(Debug)]
-struct Dial {
-    slot: Arc<DialSlot>,
-    /// Set once the attempt produced a connection whose SETTINGS are still awaited.
-    conn_id: Option<u64>,
-}
-
-#[derive(Debug, Default)]
-struct KeyState {
-    conns: Vec<Arc<PooledConn>>,
-    dial: Option<Dial>,
-}
-
-impl KeyState {
-    fn is_empty(&self) -> bool {
-        self.conns.is_empty() && self.dial.is_none()
-    }
-
-    /// Ends the dial if it belongs to connection `id` and wakes its waiters.
-    fn finish_dial_of(&mut self, id: u64) {
-        if self.dial.as_ref().is_some_and(|d| d.conn_id == Some(id))
-            && let Some(d) = self.dial.take()
-        {
-            d.slot.notify.notify_waiters();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct PoolState {
-    keys: Mutex<HashMap<PoolKey, KeyState>>,
-    opened: AtomicU64,
-    reused: AtomicU64,
-    closed: AtomicU64,
-    dial_failures: AtomicU64,
-    next_id: AtomicU64,
-    /// Connections whose task is running.
-    open: AtomicUsize,
-    /// Signalled whenever `open` drops.
-    open_changed: Notify,
-    /// Cancelled by [`Pool::close`]; set under the `keys` lock.
-    closing: CancellationToken,
-}
-
-impl PoolState {
-    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, KeyState>> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The server's SETTINGS have been processed: the connection's real limit applies,
-    /// and requests waiting for this dial may look again.
-    fn settings_known(&self, key: &PoolKey, conn: &ConnShared) {
-        let mut keys = self.lock();
-        conn.settings_known.store(true, Ordering::Release);
-        if let Some(ks) = keys.get_mut(key) {
-            ks.finish_dial_of(conn.id);
-        }
-    }
-
-    /// Removes the connection if it has had no tunnels for `idle`. Returns whether it did.
-    fn evict_if_idle(&self, key: &PoolKey, conn: &ConnShared, idle: std::time::Duration) -> bool {
-        let mut keys = self.lock();
-        if conn.active.load(Ordering::Acquire) != 0 || conn.last_used().elapsed() < idle {
-            return false;
-        }
-        conn.retired.store(true, Ordering::Release);
-        Self::remove_conn(&mut keys, key, conn.id);
-        true
-    }
-
-    fn on_closed(&self, key: &PoolKey, conn: &ConnShared) {
-        conn.retired.store(true, Ordering::Release);
-        {
-            let mut keys = self.lock();
-            Self::remove_conn(&mut keys, key, conn.id);
-            self.closed.fetch_add(1, Ordering::Relaxed);
-            self.open.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.open_changed.notify_waiters();
-    }
-
-    fn remove_conn(keys: &mut HashMap<PoolKey, KeyState>, key: &PoolKey, id: u64) {
-        if let Some(ks) = keys.get_mut(key) {
-            ks.conns.retain(|c| c.shared.id != id);
-            ks.finish_dial_of(id);
-            if ks.is_empty() {
-                keys.remove(key);
-            }
-        }
-    }
-}
-
-/// Clears an unfinished dial if the dialing request is dropped or fails.
-struct DialGuard<'a> {
-    state: &'a PoolState,
-    key: &'a PoolKey,
-    slot: Arc<DialSlot>,
-    armed: bool,
-}
-
-impl DialGuard<'_> {
-    fn fail(mut self, e: &ClientError) {
-        let _ = self.slot.failed.set(e.clone());
-        self.state.dial_failures.fetch_add(1, Ordering::Relaxed);
-        self.clear();
-        self.armed = false;
-    }
-
-    fn clear(&self) {
-        let mut keys = self.state.lock();
-        if let Some(ks) = keys.get_mut(self.key) {
-            if ks
-                .dial
-                .as_ref()
-                .is_some_and(|d| Arc::ptr_eq(&d.slot, &self.slot))
-            {
-                ks.dial = None;
-            }
-            if ks.is_empty() {
-                keys.remove(self.key);
-            }
-        }
-        self.slot.notify.notify_waiters();
-    }
-}
-
-impl Drop for DialGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.clear();
-        }
-    }
-}
-
-enum Next {
-    Dial(Arc<DialSlot>),
-    Wait(Arc<DialSlot>, tokio::sync::futures::OwnedNotified),
 }
 
 struct PoolInner<C, T> {
@@ -590,10 +208,10 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         loop {
             let http = request.to_http()?;
             let conn = self.acquire(key).await?;
-            let guard = Arc::new(StreamGuard {
+            let slot = Arc::new(StreamGuard {
                 conn: conn.shared.clone(),
             });
-            match open_stream(conn.send.clone(), http, Some(guard)).await {
+            match open_stream(conn.send.clone(), http, Some(slot)).await {
                 Err(e) if e.is_retryable() && retries < 2 => {
                     tracing::debug!(error = %e, "retrying tunnel on another connection");
                     conn.shared.retired.store(true, Ordering::Release);
@@ -714,7 +332,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     ) -> Result<
         (
             Arc<PooledConn>,
-            crate::driver::ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
+            ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
         ),
         ClientError,
     > {
@@ -763,7 +381,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         &self,
         key: PoolKey,
         shared: Arc<ConnShared>,
-        mut driver: crate::driver::ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
+        mut driver: ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
     ) {
         let state: Weak<PoolState> = Arc::downgrade(&self.inner.state);
         let idle = self.inner.config.idle_timeout;

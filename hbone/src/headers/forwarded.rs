@@ -4,6 +4,8 @@
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
+use super::is_tchar;
+
 /// Longest `forwarded` value accepted (all header lines joined).
 pub const MAX_FORWARDED_LEN: usize = 4096;
 /// Most forwarded-elements accepted in one request.
@@ -307,28 +309,6 @@ impl std::str::FromStr for Forwarded {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
-}
-
-/// RFC 7230 `tchar`.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 struct Parser<'a> {

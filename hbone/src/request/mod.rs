@@ -1,26 +1,22 @@
-//! Sans-IO rules for the CONNECT request and its response.
+//! The CONNECT request and its response, without I/O: the target ([`Authority`]), the
+//! request and response heads ([`ConnectRequest`], [`ConnectResponse`]), and how refusals
+//! map to status codes ([`Rejection`]: 400, 401, 503).
+//!
+//! The optional metadata headers a request carries are in [`crate::headers`].
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri};
 
-use crate::authority::{Authority, AuthorityError};
-use crate::baggage::Baggage;
-use crate::forwarded::Forwarded;
-use crate::traceparent::TraceParent;
+use crate::headers::{
+    BAGGAGE, Baggage, FORWARDED, Forwarded, MAX_BAGGAGE_LEN, MAX_FORWARDED_LEN, MAX_NETWORK_LEN,
+    TRACEPARENT, TraceParent, X_FORWARDED_NETWORK, joined, single,
+};
 
-/// `baggage` header name.
-pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-/// `forwarded` header name.
-pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-/// `traceparent` header name.
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// `x-forwarded-network` header name (inner CONNECT of a double-HBONE hop).
-pub const X_FORWARDED_NETWORK: HeaderName = HeaderName::from_static("x-forwarded-network");
+mod authority;
 
-/// Longest `x-forwarded-network` value accepted.
-pub const MAX_NETWORK_LEN: usize = 253;
+pub use authority::{Authority, AuthorityError, HostPort, MAX_AUTHORITY_LEN};
 
 /// Why a received CONNECT request was refused. Every variant maps to status 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,9 +201,9 @@ impl ConnectRequest {
         let authority = Authority::parse(authority.as_str())?;
         Ok(Self {
             authority,
-            forwarded: joined(headers, &FORWARDED, crate::forwarded::MAX_FORWARDED_LEN)
+            forwarded: joined(headers, &FORWARDED, MAX_FORWARDED_LEN)
                 .and_then(|v| Forwarded::parse(&v).ok()),
-            baggage: joined(headers, &BAGGAGE, crate::baggage::MAX_BAGGAGE_LEN)
+            baggage: joined(headers, &BAGGAGE, MAX_BAGGAGE_LEN)
                 .and_then(|v| Baggage::parse(&v).ok())
                 .filter(|b| !b.is_empty()),
             traceparent: single(headers, &TRACEPARENT).and_then(|v| TraceParent::parse(v).ok()),
@@ -222,10 +218,13 @@ impl ConnectRequest {
         Self::from_parts(req.method(), req.uri(), req.headers())
     }
 
-    /// The destination check servers apply before dialing: an IP authority must name
-    /// `local_ip` (the address the connection arrived on; IPv4-mapped IPv6 addresses
-    /// compare equal to their IPv4 form). Host-name authorities always pass. Callers
-    /// that accept other destinations (application tunnels, waypoints) skip this.
+    /// The address rule alone: an IP authority must name `local_ip` (the address the
+    /// connection arrived on; IPv4-mapped IPv6 addresses compare equal to their IPv4
+    /// form). Host-name authorities always pass. Callers that accept other destinations
+    /// (application tunnels, waypoints) skip this.
+    ///
+    /// Servers want all destination rules at once, including the refusal of the proxy's
+    /// own ports: [`server::Admission`](crate::server::Admission).
     pub fn check_destination(&self, local_ip: IpAddr) -> Result<(), Rejection> {
         match &self.authority {
             Authority::Addr(a) if a.ip().to_canonical() != local_ip.to_canonical() => {
@@ -234,33 +233,6 @@ impl ConnectRequest {
             _ => Ok(()),
         }
     }
-}
-
-/// All values of a header joined with `,` (list syntax), if all are visible ASCII and the
-/// total fits `limit`.
-fn joined(headers: &HeaderMap, name: &HeaderName, limit: usize) -> Option<String> {
-    let mut out = String::new();
-    for v in headers.get_all(name) {
-        let s = v.to_str().ok()?;
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if out.len() + s.len() > limit {
-            return None;
-        }
-        out.push_str(s);
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-/// The header's value when it occurs exactly once and is visible ASCII.
-fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let mut it = headers.get_all(name).iter();
-    let v = it.next()?;
-    if it.next().is_some() {
-        return None;
-    }
-    v.to_str().ok()
 }
 
 /// The response to a CONNECT request.
@@ -303,7 +275,7 @@ impl ConnectResponse {
     pub fn from_parts(status: StatusCode, headers: &HeaderMap) -> Self {
         Self {
             status,
-            baggage: joined(headers, &BAGGAGE, crate::baggage::MAX_BAGGAGE_LEN)
+            baggage: joined(headers, &BAGGAGE, MAX_BAGGAGE_LEN)
                 .and_then(|v| Baggage::parse(&v).ok())
                 .filter(|b| !b.is_empty()),
         }
@@ -313,8 +285,7 @@ impl ConnectResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baggage::{WorkloadBaggage, WorkloadKind};
-    use crate::forwarded::ForwardedElement;
+    use crate::headers::{ForwardedElement, WorkloadBaggage, WorkloadKind};
 
     fn full_request() -> ConnectRequest {
         let wb = WorkloadBaggage {

@@ -1,10 +1,42 @@
-//! The inbound HBONE server.
+//! The inbound side: an HBONE [`Server`] that accepts mutual-TLS connections, requires a
+//! client certificate with a SPIFFE ID, and hands each CONNECT request to a [`Handler`]
+//! as an [`IncomingTunnel`].
+//!
+//! Before dialing anything for a request, a handler applies the destination rules every
+//! HBONE server needs: [`Admission`] (the target must be one of the workload's own
+//! addresses, never one of the proxy's own ports). Malformed requests (not CONNECT, no or
+//! a bad authority) never reach the handler: the server answers 400 itself.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use meshwire_hbone::Rejection;
+//! use meshwire_hbone::server::{Admission, IncomingTunnel, ServeConfig, Server, Target};
+//!
+//! # async fn run(tls: Arc<meshwire_hbone::rustls::ServerConfig>) -> std::io::Result<()> {
+//! let admission = Arc::new(Admission::default());
+//! let handler = move |incoming: IncomingTunnel| {
+//!     let admission = admission.clone();
+//!     async move {
+//!         let target = match admission.check(incoming.request(), incoming.connection()) {
+//!             Ok(Target::Addr(addr)) => addr,
+//!             // A service host name would be resolved by the caller here.
+//!             Ok(_) => return incoming.reject(Rejection::ServiceUnavailable),
+//!             Err(refused) => return incoming.reject(refused.rejection()),
+//!         };
+//!         let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+//!             return incoming.reject(Rejection::ServiceUnavailable);
+//!         };
+//!         if let Ok(tunnel) = incoming.accept() {
+//!             let _ = meshwire_hbone::tunnel::copy_bidirectional(tunnel, upstream).await;
+//!         }
+//!     }
+//! };
+//! let server = Server::new(tls, handler, ServeConfig::default());
+//! server.serve(tokio::net::TcpListener::bind("[::]:15008").await?).await
+//! # }
+//! ```
 
-use std::convert::Infallible;
-use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +46,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use http::HeaderMap;
 use meshwire_svid::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -22,112 +53,22 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::baggage::Baggage;
-use crate::config::ServeConfig;
-use crate::driver::Keepalive;
-use crate::request::{ConnectRequest, ConnectResponse, Rejection};
-use crate::tunnel::Tunnel;
+use crate::keepalive::Keepalive;
+use crate::request::{ConnectRequest, Rejection};
 
-/// Addresses of an accepted connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConnectionInfo {
-    /// Our address (the destination the client connected to).
-    pub local_addr: SocketAddr,
-    /// The client's address.
-    pub peer_addr: SocketAddr,
-}
+mod admission;
+mod config;
+mod error;
+mod incoming;
+mod tls;
 
-impl ConnectionInfo {
-    /// Connection addresses.
-    pub fn new(local_addr: SocketAddr, peer_addr: SocketAddr) -> Self {
-        Self {
-            local_addr,
-            peer_addr,
-        }
-    }
-}
+pub use admission::{Admission, AdmissionError, PROXY_PORTS, Target};
+pub use config::ServeConfig;
+pub use error::ServerError;
+pub use incoming::{ConnectionInfo, Handler, IncomingTunnel};
+pub use tls::ServerTlsProvider;
 
-/// Decides what happens to each well-formed CONNECT request.
-///
-/// Requests that are not CONNECT or whose authority does not parse never reach the
-/// handler: the server answers 400 itself. The handler must call
-/// [`IncomingTunnel::accept`] or [`IncomingTunnel::reject`]; dropping the tunnel
-/// unanswered sends 503. Each call runs in its own task.
-///
-/// Closures `Fn(IncomingTunnel) -> impl Future<Output = ()>` implement this trait.
-pub trait Handler: Send + Sync + 'static {
-    /// Handles one request.
-    fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send;
-}
-
-impl<F, Fut> Handler for F
-where
-    F: Fn(IncomingTunnel) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send {
-        self(tunnel)
-    }
-}
-
-/// Supplies the rustls server configuration for an accepted connection (so that
-/// certificates can rotate, or differ per listening address).
-///
-/// `Arc<rustls::ServerConfig>` implements it with a fixed configuration. Use
-/// [`meshwire_svid::server_config`]: it requires a client certificate from the trust domain.
-pub trait ServerTlsProvider: Send + Sync + 'static {
-    /// Why no configuration is available.
-    type Error: StdError + Send + Sync + 'static;
-
-    /// The configuration for the connection described by `info`.
-    fn server_config(
-        &self,
-        info: &ConnectionInfo,
-    ) -> impl Future<Output = Result<Arc<rustls::ServerConfig>, Self::Error>> + Send;
-}
-
-impl ServerTlsProvider for Arc<rustls::ServerConfig> {
-    type Error = Infallible;
-
-    async fn server_config(&self, _info: &ConnectionInfo) -> Result<Self, Infallible> {
-        Ok(self.clone())
-    }
-}
-
-/// Why a connection ended with an error.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The TLS configuration source failed.
-    #[error("no TLS server configuration: {0}")]
-    TlsConfig(#[source] Box<dyn StdError + Send + Sync>),
-    /// The TLS handshake failed (for example an untrusted client certificate).
-    #[error("TLS handshake failed: {0}")]
-    Tls(#[source] io::Error),
-    /// The TLS or HTTP/2 handshake took longer than the handshake timeout.
-    #[error("handshake timed out")]
-    HandshakeTimeout,
-    /// The client presented no certificate, or one without a SPIFFE ID.
-    #[error("client presented no SPIFFE identity")]
-    NoPeerIdentity,
-    /// HTTP/2 connection error.
-    #[error("HTTP/2: {0}")]
-    Http2(#[source] h2::Error),
-    /// A keepalive PING was not answered in time.
-    #[error("keepalive PING unanswered")]
-    KeepaliveTimeout,
-}
-
-impl ServerError {
-    /// The rustls error behind a failed handshake.
-    pub fn tls_error(&self) -> Option<&rustls::Error> {
-        match self {
-            Self::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
-            _ => None,
-        }
-    }
-}
+use incoming::send_status;
 
 /// Counters of a [`Server`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,83 +82,6 @@ pub struct ServerStats {
     pub requests: u64,
     /// Requests answered 400 by the server itself (not CONNECT, bad authority).
     pub malformed_requests: u64,
-}
-
-/// A CONNECT request waiting for the handler's decision.
-#[derive(Debug)]
-pub struct IncomingTunnel {
-    peer: SpiffeId,
-    info: ConnectionInfo,
-    request: ConnectRequest,
-    headers: HeaderMap,
-    respond: Option<SendResponse<Bytes>>,
-    recv: Option<RecvStream>,
-}
-
-impl IncomingTunnel {
-    /// The client's verified SPIFFE ID (from its certificate).
-    pub fn peer_identity(&self) -> &SpiffeId {
-        &self.peer
-    }
-
-    /// The connection's addresses.
-    pub fn connection(&self) -> &ConnectionInfo {
-        &self.info
-    }
-
-    /// The validated request.
-    pub fn request(&self) -> &ConnectRequest {
-        &self.request
-    }
-
-    /// All request headers as received.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    /// Answers 200 and returns the tunnel.
-    pub fn accept(self) -> io::Result<Tunnel> {
-        self.respond_ok(ConnectResponse::ok())
-    }
-
-    /// Answers 200 with `baggage` describing the destination workload.
-    pub fn accept_with_baggage(self, baggage: Baggage) -> io::Result<Tunnel> {
-        self.respond_ok(ConnectResponse::ok().with_baggage(baggage))
-    }
-
-    fn respond_ok(mut self, response: ConnectResponse) -> io::Result<Tunnel> {
-        let http = response
-            .to_http()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (Some(mut respond), Some(recv)) = (self.respond.take(), self.recv.take()) else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        let send = respond
-            .send_response(http, false)
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        Ok(Tunnel::new(recv, send, None, None))
-    }
-
-    /// Refuses the tunnel with the rejection's status (a headers-only response).
-    pub fn reject(mut self, rejection: Rejection) {
-        if let Some(respond) = self.respond.take() {
-            send_status(respond, rejection);
-        }
-    }
-}
-
-impl Drop for IncomingTunnel {
-    fn drop(&mut self) {
-        if let Some(respond) = self.respond.take() {
-            send_status(respond, Rejection::ServiceUnavailable);
-        }
-    }
-}
-
-fn send_status(mut respond: SendResponse<Bytes>, rejection: Rejection) {
-    if let Err(e) = respond.send_response(rejection.to_http(), true) {
-        tracing::debug!(error = %e, "could not send CONNECT refusal");
-    }
 }
 
 struct ServerInner<H, T> {
@@ -498,14 +362,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             }
         };
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        let tunnel = IncomingTunnel {
-            peer: peer.clone(),
-            info,
-            request,
-            headers: parts.headers,
-            respond: Some(respond),
-            recv: Some(recv),
-        };
+        let tunnel = IncomingTunnel::new(peer.clone(), info, request, parts.headers, respond, recv);
         let this = self.clone();
         tokio::spawn(async move { this.inner.handler.handle(tunnel).await });
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::forwarded::is_tchar;
+use super::is_tchar;
 
 /// Longest `baggage` value accepted (all header lines joined), per W3C Baggage.
 pub const MAX_BAGGAGE_LEN: usize = 8192;

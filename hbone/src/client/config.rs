@@ -1,0 +1,49 @@
+//! Settings of the connection pool.
+
+use std::time::Duration;
+
+use crate::Http2Config;
+
+/// Settings of the outbound connection [`Pool`](super::Pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// HTTP/2 settings of pooled connections. Default [`Http2Config::client`].
+    pub http2: Http2Config,
+    /// Most concurrent tunnels per connection; the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Default 100.
+    pub max_streams_per_connection: usize,
+    /// A connection without tunnels for this long is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// Limit for the TCP connect of the connector. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Limit for the TLS and HTTP/2 handshakes. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            http2: Http2Config::client(),
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let p = PoolConfig::default();
+        assert_eq!(p.http2, Http2Config::client());
+        assert_eq!(p.max_streams_per_connection, 100);
+        assert_eq!(p.idle_timeout, Duration::from_secs(300));
+        assert_eq!(p.connect_timeout, Duration::from_secs(10));
+        assert_eq!(p.handshake_timeout, Duration::from_secs(10));
+    }
+}
