@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshwire_zds::{Hello, Request, Response};
+use meshwire_zds::wire::{Hello, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, bytes)) = data.split_first() else {
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(response) = Response::decode(bytes, fds) {
         assert_eq!(fds, 0);
         let again = response.encode();
-        assert!(again.len() <= meshwire_zds::MAX_MESSAGE_SIZE);
+        assert!(again.len() <= meshwire_zds::wire::MAX_MESSAGE_SIZE);
         assert_eq!(Response::decode(&again, 0).as_ref(), Ok(&response));
     }
     if let Ok(hello) = Hello::decode(bytes, fds) {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // The generated types on their own.
     use prost::Message;
-    let _ = meshwire_zds::pb::WorkloadRequest::decode(bytes);
-    let _ = meshwire_zds::pb::WorkloadResponse::decode(bytes);
-    let _ = meshwire_zds::pb::ZdsHello::decode(bytes);
+    let _ = meshwire_zds::wire::pb::WorkloadRequest::decode(bytes);
+    let _ = meshwire_zds::wire::pb::WorkloadResponse::decode(bytes);
+    let _ = meshwire_zds::wire::pb::ZdsHello::decode(bytes);
 });

@@ -14,10 +14,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use meshwire_zds::{
-    AgentPhase, AgentSession, ProxyAction, ProxySession, ReadError, Request, Response,
-    SessionError, Update, Workload,
-};
+use meshwire_zds::{Update, Workload};
+use meshwire_zds::session::{AgentPhase, AgentSession, ProxyAction, ProxySession, SessionError};
+use meshwire_zds::wire::{ReadError, Request, Response};
 
 #[derive(Debug, Arbitrary)]
 enum Msg {
@@ -40,9 +39,9 @@ impl Msg {
             ),
             Self::AddWithoutInfo { uid: u } => {
                 use prost::Message;
-                let proto = meshwire_zds::pb::WorkloadRequest {
-                    payload: Some(meshwire_zds::pb::workload_request::Payload::Add(
-                        meshwire_zds::pb::AddWorkload {
+                let proto = meshwire_zds::wire::pb::WorkloadRequest {
+                    payload: Some(meshwire_zds::wire::pb::workload_request::Payload::Add(
+                        meshwire_zds::wire::pb::AddWorkload {
                             uid: uid(u),
                             workload_info: None,
                         },
@@ -104,7 +103,7 @@ fn drive(s: &mut ProxySession<u32>, failures: &mut u64, last_fd: u32) -> (Vec<Ve
     while let Some(action) = s.poll_action() {
         match action {
             ProxyAction::Transmit(bytes) => {
-                assert!(bytes.len() <= meshwire_zds::MAX_MESSAGE_SIZE);
+                assert!(bytes.len() <= meshwire_zds::wire::MAX_MESSAGE_SIZE);
                 sent.push(bytes);
             }
             ProxyAction::Apply(update) => {

@@ -9,23 +9,33 @@
 //! exactly one ack or NACK. This crate speaks both roles, byte-compatibly with the
 //! upstream implementations (messages of `package istio.workload.zds`).
 //!
-//! # Layers
+//! # Layout
 //!
-//! - **Messages**: the generated protobuf types in [`pb`], and the checked codec
-//!   ([`Hello`], [`Request`], [`Response`]) that applies the receive rules: at most
-//!   [`MAX_MESSAGE_SIZE`] bytes, exactly one fd with an add and none otherwise, a payload
-//!   present, `workload_info` present on an add.
-//! - **Sessions** without I/O: [`ProxySession`] (hello, snapshot bookkeeping,
-//!   reconciliation of stale workloads, one answer per request, protocol errors) and
-//!   [`AgentSession`] (sequencing and lock-step checks for the agent). Both can be
-//!   driven by tests and fuzzers with plain byte slices.
-//! - **Transport**: [`Connection`], one message per datagram, fds received as
+//! The root holds the two types both roles use, [`Workload`] (a pod as ZDS names it) and
+//! [`Update`] (what the proxy application applies), and [`DEFAULT_SOCKET_PATH`]. The rest
+//! is grouped by layer:
+//!
+//! - [`wire`]: the generated protobuf types ([`wire::pb`]) and the checked codec
+//!   ([`wire::Hello`], [`wire::Request`], [`wire::Response`]) that applies the receive
+//!   rules: at most [`wire::MAX_MESSAGE_SIZE`] bytes, exactly one fd with an add and none
+//!   otherwise, a payload present, `workload_info` present on an add.
+//! - [`session`]: the state machines, without I/O: [`session::ProxySession`] (hello,
+//!   snapshot bookkeeping, reconciliation of stale workloads, one answer per request,
+//!   protocol errors) and [`session::AgentSession`] (sequencing and lock-step checks for
+//!   the agent). Both can be driven by tests and fuzzers with plain byte slices.
+//! - [`transport`]: [`transport::Connection`], one message per datagram, fds received as
 //!   close-on-exec [`OwnedFd`](std::os::fd::OwnedFd)s, truncation detected, stray fds
-//!   closed; [`verify_netns`] and [`NetnsId`] for the descriptors.
-//! - **Roles**: [`Client`] for the proxy (connect with back-off, apply through a
-//!   [`Handler`], reconnect, readiness) and [`Server`] for the agent (socket setup,
-//!   snapshot per connection from its workload cache, adds to the newest connection,
-//!   deletes to all, ack timeouts, NACKs returned to the caller).
+//!   closed.
+//! - [`netns`]: [`netns::verify_netns`] and [`netns::NetnsId`] for the received
+//!   descriptors.
+//! - [`client`]: [`client::Client`] for the proxy (connect with back-off and jitter, apply
+//!   through a [`client::Handler`], reconnect, readiness).
+//! - [`server`]: [`server::Server`] for the agent (socket setup, snapshot per connection
+//!   from its workload cache, adds to the newest connection, deletes to all, ack timeouts,
+//!   NACKs returned to the caller).
+//!
+//! Settings ([`client::ClientConfig`], [`server::ServerConfig`]) are `#[non_exhaustive]`
+//! structs with public fields: start from `Default` and set the fields that differ.
 //!
 //! What it does not do: open listeners in a namespace, install redirection rules, or
 //! know anything about xDS. Those belong to the proxy and agent built on top.
@@ -34,28 +44,36 @@
 //!
 //! An agent and a proxy in one process. The agent hands the proxy its own network
 //! namespace; the proxy's handler sees it, and the agent's `add` returns once the proxy
-//! acknowledged it.
+//! acknowledged it. The `handoff` example does the same over a socket pair and explains
+//! each step: `cargo run -p meshwire-zds --example handoff`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::os::fd::OwnedFd;
-//! use meshwire_zds::{Client, ClientConfig, Server, ServerConfig, Update, Workload};
+//! use meshwire_zds::client::{Client, ClientConfig};
+//! use meshwire_zds::netns::NetnsId;
+//! use meshwire_zds::server::{Server, ServerConfig};
+//! use meshwire_zds::{Update, Workload};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("zds.sock");
 //!
 //! // Agent side.
-//! let server = Server::bind(ServerConfig::default().path(&path).clone()).await?;
+//! let mut config = ServerConfig::default();
+//! config.path = path.clone();
+//! let server = Server::bind(config).await?;
 //!
 //! // Proxy side: report every add on a channel.
 //! let (added, mut added_rx) = tokio::sync::mpsc::unbounded_channel();
-//! let client = Client::new(ClientConfig::default().path(&path).clone(), move |update| {
+//! let mut config = ClientConfig::default();
+//! config.path = path;
+//! let client = Client::new(config, move |update| {
 //!     let added = added.clone();
 //!     async move {
 //!         if let Update::Add { workload, netns } = update {
 //!             // A real proxy would keep `netns` and open its listeners inside.
-//!             let id = meshwire_zds::NetnsId::of(&netns)?;
+//!             let id = NetnsId::of(&netns)?;
 //!             let _ = added.send((workload.uid, id));
 //!         }
 //!         Ok::<(), std::io::Error>(())
@@ -66,7 +84,7 @@
 //! ready.wait_for(|ready| *ready).await?;
 //!
 //! let netns: OwnedFd = std::fs::File::open("/proc/self/ns/net")?.into();
-//! let expected = meshwire_zds::NetnsId::of(&netns)?;
+//! let expected = NetnsId::of(&netns)?;
 //! server
 //!     .add(Workload::new("6f1c0d7e", "web-0", "shop", "web"), netns)
 //!     .await?;
@@ -96,31 +114,20 @@
 //! None.
 #![forbid(unsafe_code)]
 
-mod client;
-mod codec;
-mod error;
-mod netns;
-mod server;
-mod session;
-mod transport;
-mod types;
+mod workload;
 
-/// The generated `istio.workload.zds` protobuf messages, exactly as on the wire.
-///
-/// Most code wants the checked types ([`Request`], [`Response`], [`Hello`]) instead.
-#[allow(missing_docs, clippy::all, unreachable_pub, unused_qualifications)]
-#[rustfmt::skip]
-pub mod pb {
-    include!("generated/istio.workload.zds.rs");
-}
+pub mod client;
+pub mod netns;
+pub mod server;
+pub mod session;
+pub mod transport;
+pub mod wire;
 
-pub use client::{Client, ClientConfig, DEFAULT_SOCKET_PATH, Handler};
-pub use codec::{
-    EncodeError, Hello, MAX_MESSAGE_SIZE, ProtocolError, ReadError, Request, RequestError, Response,
-};
-pub use error::{BindError, ClientError, ZdsError};
-pub use netns::{NetnsError, NetnsId, verify_netns};
-pub use server::{ConnectionId, PeerUids, Server, ServerConfig, ServerEvent};
-pub use session::{AgentPhase, AgentSession, CloseReason, ProxyAction, ProxySession, SessionError};
-pub use transport::{Connection, Datagram, RecvError, SendError};
-pub use types::{Update, Workload};
+pub use workload::{Update, Workload};
+
+/// Default path of the ZDS socket, where upstream agents listen and proxies connect.
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -8,7 +8,7 @@ use std::path::Path;
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 
-use crate::codec::{MAX_MESSAGE_SIZE, Request};
+use crate::wire::{MAX_MESSAGE_SIZE, Request};
 
 /// Most file descriptors one receive can hold. A peer sending more is caught by
 /// `MSG_CTRUNC` (the kernel closes the ones that did not fit); a peer sending between two
@@ -128,7 +128,7 @@ impl Connection {
             return Err(SendError::FdMismatch);
         }
         let bytes = request.encode().map_err(|e| match e {
-            crate::EncodeError::TooLarge { size } => SendError::TooLarge { size },
+            crate::wire::EncodeError::TooLarge { size } => SendError::TooLarge { size },
         })?;
         self.send(&bytes, netns).await
     }

@@ -11,9 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Event, next, quiet};
-use meshwire_zds::{
-    Client, ClientConfig, ClientError, NetnsId, ProtocolError, Request, Response, Workload,
-};
+use meshwire_zds::Workload;
+use meshwire_zds::client::{Client, ClientConfig, ClientError};
+use meshwire_zds::netns::NetnsId;
+use meshwire_zds::wire::{ProtocolError, Request, Response};
 use tokio::sync::mpsc;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
@@ -88,14 +89,14 @@ fn add(uid: &str) -> Request {
 fn recording_client(
     path: &Path,
 ) -> (
-    Client<impl meshwire_zds::Handler + use<>>,
+    Client<impl meshwire_zds::client::Handler + use<>>,
     mpsc::UnboundedReceiver<Event>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
-    config
-        .path(path)
-        .backoff(Duration::from_millis(5), Duration::from_millis(50));
+    config.path = path.to_owned();
+    config.initial_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(50);
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let tx = tx.clone();
         async move {
@@ -316,9 +317,8 @@ async fn failed_add_is_retried_and_readiness_follows() {
     let mut agent = FakeAgent::bind(&path);
     let (tx, mut attempts) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
-    config
-        .path(&path)
-        .retry_interval(Some(Duration::from_millis(50)));
+    config.path = path.clone();
+    config.retry_interval = Some(Duration::from_millis(50));
     // Fails the first two attempts for every uid.
     let mut failures = std::collections::HashMap::<String, u32>::new();
     let client = Client::new(config, move |update: meshwire_zds::Update| {
@@ -369,7 +369,8 @@ async fn verify_netns_rejects_a_non_namespace_fd() {
     let mut agent = FakeAgent::bind(&path);
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
-    config.path(&path).verify_netns(true);
+    config.path = path.clone();
+    config.verify_netns = true;
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let _ = tx.send(Event::of(&update));
         async { Ok::<(), std::io::Error>(()) }
@@ -407,7 +408,9 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     // cannot be doubled.
     let (_dir, path) = common::socket_dir();
     let mut config = ClientConfig::default();
-    config.path(&path).backoff(Duration::MAX, Duration::MAX);
+    config.path = path.clone();
+    config.initial_backoff = Duration::MAX;
+    config.max_backoff = Duration::MAX;
     let client = Client::new(config, |_: meshwire_zds::Update| async {
         Ok::<(), std::io::Error>(())
     });
@@ -419,7 +422,8 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     // Retry interval: a failed add with a retry interval too long to represent.
     let mut agent = FakeAgent::bind(&path);
     let mut config = ClientConfig::default();
-    config.path(&path).retry_interval(Some(Duration::MAX));
+    config.path = path.clone();
+    config.retry_interval = Some(Duration::MAX);
     let client = Client::new(config, |update: meshwire_zds::Update| {
         let outcome = match update {
             meshwire_zds::Update::Add { .. } => Err("no"),
@@ -448,9 +452,8 @@ async fn an_add_deleted_during_the_snapshot_is_not_retried() {
     let mut agent = FakeAgent::bind(&path);
     let (tx, mut attempts) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
-    config
-        .path(&path)
-        .retry_interval(Some(Duration::from_millis(20)));
+    config.path = path.clone();
+    config.retry_interval = Some(Duration::from_millis(20));
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let outcome = match &update {
             meshwire_zds::Update::Add { workload, .. } => {

@@ -13,9 +13,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshwire_zds::{
-    Client, ClientConfig, Server, ServerConfig, ServerEvent, Update, Workload, ZdsError,
-};
+use meshwire_zds::client::{Client, ClientConfig};
+use meshwire_zds::server::{Server, ServerConfig, ServerEvent, ZdsError};
+use meshwire_zds::{Update, Workload};
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 
@@ -38,16 +38,18 @@ async fn settle_to(expected: usize) -> usize {
 #[tokio::test]
 async fn no_fd_leak_over_a_thousand_cycles() {
     let (_dir, path) = common::socket_dir();
-    let server = Server::bind(ServerConfig::default().path(&path).clone())
-        .await
-        .unwrap();
+    let mut config = ServerConfig::default();
+    config.path = path.clone();
+    let server = Server::bind(config).await.unwrap();
     let mut events = server.subscribe();
 
     // The proxy holds each namespace until it is deleted, and fails every tenth add (which
     // leaves a duplicate kept for retries until the delete).
     let held: Arc<Mutex<HashMap<String, OwnedFd>>> = Arc::default();
     let proxy_held = held.clone();
-    let client = Client::new(ClientConfig::default().path(&path).clone(), move |update| {
+    let mut config = ClientConfig::default();
+    config.path = path.clone();
+    let client = Client::new(config, move |update| {
         let outcome = match update {
             Update::Add { workload, netns } => {
                 let n: usize = workload.uid.trim_start_matches("pod-").parse().unwrap_or(0);

@@ -3,9 +3,8 @@
 // Test helpers panic on purpose: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use meshwire_zds::{
-    Hello, ProtocolError, ReadError, Request, RequestError, Response, Workload, pb,
-};
+use meshwire_zds::Workload;
+use meshwire_zds::wire::{Hello, ProtocolError, ReadError, Request, RequestError, Response, pb};
 use prost::Message;
 
 #[test]
@@ -178,10 +177,10 @@ fn error_texts_match_the_wire() {
 #[test]
 fn oversized_requests_are_refused() {
     let add = Request::Add(Workload::new("u", "n".repeat(1100), "ns", "sa"));
-    assert!(add.encoded_len() > meshwire_zds::MAX_MESSAGE_SIZE);
+    assert!(add.encoded_len() > meshwire_zds::wire::MAX_MESSAGE_SIZE);
     assert_eq!(
         add.encode(),
-        Err(meshwire_zds::EncodeError::TooLarge {
+        Err(meshwire_zds::wire::EncodeError::TooLarge {
             size: add.encoded_len()
         })
     );
@@ -189,13 +188,16 @@ fn oversized_requests_are_refused() {
     // length) + 1018 bytes of uid.
     let uid = "u".repeat(1018);
     let del = Request::Del { uid };
-    assert_eq!(del.encoded_len(), meshwire_zds::MAX_MESSAGE_SIZE);
-    assert_eq!(del.encode().unwrap().len(), meshwire_zds::MAX_MESSAGE_SIZE);
+    assert_eq!(del.encoded_len(), meshwire_zds::wire::MAX_MESSAGE_SIZE);
+    assert_eq!(
+        del.encode().unwrap().len(),
+        meshwire_zds::wire::MAX_MESSAGE_SIZE
+    );
     let del = Request::Del {
         uid: "u".repeat(1019),
     };
     assert_eq!(
         del.encode(),
-        Err(meshwire_zds::EncodeError::TooLarge { size: 1025 })
+        Err(meshwire_zds::wire::EncodeError::TooLarge { size: 1025 })
     );
 }

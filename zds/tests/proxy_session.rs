@@ -3,10 +3,9 @@
 // Test helpers panic on purpose: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use meshwire_zds::{
-    CloseReason, ProtocolError, ProxyAction, ProxySession, ReadError, Request, Response,
-    SessionError, Update, Workload,
-};
+use meshwire_zds::session::{CloseReason, ProxyAction, ProxySession, SessionError};
+use meshwire_zds::wire::{ProtocolError, ReadError, Request, Response};
+use meshwire_zds::{Update, Workload};
 use proptest::prelude::*;
 
 const ACK: &[u8] = &[0x0a, 0x00];

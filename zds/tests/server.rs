@@ -11,10 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Event, next, quiet};
-use meshwire_zds::{
-    Client, ClientConfig, NetnsId, PeerUids, Response, Server, ServerConfig, ServerEvent, Workload,
-    ZdsError,
-};
+use meshwire_zds::Workload;
+use meshwire_zds::client::{Client, ClientConfig};
+use meshwire_zds::netns::NetnsId;
+use meshwire_zds::server::{PeerUids, Server, ServerConfig, ServerEvent, ZdsError};
+use meshwire_zds::wire::Response;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_seqpacket::UnixSeqpacket;
@@ -25,10 +26,9 @@ fn workload(uid: &str) -> Workload {
 
 fn server_config(path: &Path) -> ServerConfig {
     let mut config = ServerConfig::default();
-    config
-        .path(path)
-        .hello_timeout(Duration::from_secs(2))
-        .ack_timeout(Duration::from_secs(2));
+    config.path = path.to_owned();
+    config.hello_timeout = Duration::from_secs(2);
+    config.ack_timeout = Duration::from_secs(2);
     config
 }
 
@@ -41,10 +41,10 @@ fn start_client(
 ) -> (JoinHandle<()>, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut config = ClientConfig::default();
-    config
-        .path(path)
-        .backoff(Duration::from_millis(5), Duration::from_millis(40))
-        .retry_interval(None);
+    config.path = path.to_owned();
+    config.initial_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(40);
+    config.retry_interval = None;
     let mut failed = std::collections::HashSet::new();
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let event = Event::of(&update);
@@ -273,7 +273,7 @@ async fn agent_restart_snapshot_drops_stale_workloads() {
     // cannot be opened. The new server holds snapshots until it has loaded everything.
     server.shutdown().await;
     let mut config = server_config(&path);
-    config.wait_for_seed(true);
+    config.wait_for_seed = true;
     let server = Server::bind(config).await.unwrap();
     let mut events = server.subscribe();
     wait_event(&mut events, |e| matches!(e, ServerEvent::Connected { .. })).await;
@@ -397,7 +397,7 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     assert!(
         matches!(
             disconnected_with(&event),
-            Some(ZdsError::Read(meshwire_zds::ReadError::UnexpectedFd))
+            Some(ZdsError::Read(meshwire_zds::wire::ReadError::UnexpectedFd))
         ),
         "{event:?}"
     );
@@ -421,7 +421,7 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
         matches!(
             disconnected_with(&event),
             Some(ZdsError::Protocol(
-                meshwire_zds::ProtocolError::UnsolicitedMessage
+                meshwire_zds::wire::ProtocolError::UnsolicitedMessage
             ))
         ),
         "{event:?}"
@@ -446,8 +446,8 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     let odd = raw_proxy(&path).await;
     let first = raw_recv(&odd).await;
     assert_eq!(
-        meshwire_zds::Request::decode(&first, 1).unwrap(),
-        meshwire_zds::Request::Add(workload("a"))
+        meshwire_zds::wire::Request::decode(&first, 1).unwrap(),
+        meshwire_zds::wire::Request::Add(workload("a"))
     );
     let mut control = [0u8; 64];
     let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
@@ -527,7 +527,9 @@ async fn oversized_add_is_refused_and_not_recorded() {
     let netns: OwnedFd = common::own_netns();
     assert!(matches!(
         server.add(big, netns).await,
-        Err(ZdsError::Encode(meshwire_zds::EncodeError::TooLarge { .. }))
+        Err(ZdsError::Encode(
+            meshwire_zds::wire::EncodeError::TooLarge { .. }
+        ))
     ));
     assert!(server.workloads().await.is_empty());
 }
@@ -573,7 +575,7 @@ async fn a_peer_whose_uid_is_not_allowed_is_closed() {
     let (_dir, path) = common::socket_dir();
     let mut config = server_config(&path);
     // Allow only a uid that is not ours: this test process is then a refused peer.
-    config.peer_uids(PeerUids::Only(vec![own_uid().wrapping_add(1)]));
+    config.peer_uids = PeerUids::Only(vec![own_uid().wrapping_add(1)]);
     let server = Server::bind(config).await.unwrap();
     let mut events = server.subscribe();
 
@@ -613,7 +615,7 @@ async fn a_peer_whose_uid_is_not_allowed_is_closed() {
 async fn a_peer_on_the_allow_list_is_served() {
     let (_dir, path) = common::socket_dir();
     let mut config = server_config(&path);
-    config.peer_uids(PeerUids::Only(vec![own_uid()]));
+    config.peer_uids = PeerUids::Only(vec![own_uid()]);
     let server = Server::bind(config).await.unwrap();
     let mut events = server.subscribe();
     let (client, mut updates) = start_client(&path, &[]);

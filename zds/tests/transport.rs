@@ -10,9 +10,10 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use meshwire_zds::{
-    Connection, NetnsError, NetnsId, RecvError, Request, SendError, Workload, verify_netns,
-};
+use meshwire_zds::Workload;
+use meshwire_zds::netns::{NetnsError, NetnsId, verify_netns};
+use meshwire_zds::transport::{Connection, RecvError, SendError};
+use meshwire_zds::wire::Request;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_seqpacket::ancillary::AncillaryMessageWriter;
@@ -117,7 +118,7 @@ async fn send_enforces_size_and_fd_rules() {
     let (agent, proxy) = Connection::pair().unwrap();
     let netns = common::own_netns();
 
-    let big = vec![0u8; meshwire_zds::MAX_MESSAGE_SIZE + 1];
+    let big = vec![0u8; meshwire_zds::wire::MAX_MESSAGE_SIZE + 1];
     assert!(matches!(
         agent.send(&big, None).await,
         Err(SendError::TooLarge { size: 1025 })
@@ -144,7 +145,7 @@ async fn send_enforces_size_and_fd_rules() {
             .is_err()
     );
     // Exactly the limit goes through.
-    let max = vec![0u8; meshwire_zds::MAX_MESSAGE_SIZE];
+    let max = vec![0u8; meshwire_zds::wire::MAX_MESSAGE_SIZE];
     agent.send(&max, None).await.unwrap();
     assert_eq!(proxy.recv().await.unwrap().unwrap().bytes, max);
 }

@@ -171,14 +171,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     // ZDS: hold snapshots until the cache is seeded from the first pass, so a proxy that
     // reconnects to a restarted agent does not drop its pods.
-    let zds_server = meshwire_zds::Server::bind(
-        meshwire_zds::ServerConfig::default()
-            .path(&args.zds_socket)
-            .wait_for_seed(true)
-            .clone(),
-    )
-    .await
-    .context("starting the ZDS server")?;
+    let mut zds_config = meshwire_zds::server::ServerConfig::default();
+    zds_config.path = args.zds_socket.clone();
+    zds_config.wait_for_seed = true;
+    let zds_server = meshwire_zds::server::Server::bind(zds_config)
+        .await
+        .context("starting the ZDS server")?;
     let zds_server = Arc::new(zds_server);
     let zds = ZdsChannel::new(zds_server.clone());
     let wake = Arc::new(Notify::new());

@@ -233,53 +233,50 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             let handler_store = store.clone();
             let handler_paths = paths.clone();
             let handler_status = status_dir.clone();
-            let client = meshwire_zds::Client::new(
-                meshwire_zds::ClientConfig::default()
-                    .path(&zds_socket)
-                    .clone(),
-                move |u: Update| {
-                    let seen_tx = seen_tx.clone();
-                    let store = handler_store.clone();
-                    let paths = handler_paths.clone();
-                    let status_dir = handler_status.clone();
-                    async move {
-                        match u {
-                            Update::Add { workload, netns } => {
-                                let ns = NetNs::from_fd(netns).map_err(|e| e.to_string())?;
-                                let installed =
-                                    tokio::task::spawn_blocking(move || rules_installed(&ns))
-                                        .await
-                                        .unwrap();
-                                let advertised = store
-                                    .workload_by_uid(&workload.uid)
-                                    .is_some_and(|w| w.protocol == TunnelProtocol::Hbone)
-                                    || status_lists(&status_dir, "n1", &workload.uid);
-                                let _ = seen_tx.send(Seen::Add {
-                                    uid: workload.uid,
-                                    rules_installed: installed,
-                                    advertised,
-                                });
-                            }
-                            Update::Del { uid } => {
-                                let path = paths[&uid].clone();
-                                let installed = tokio::task::spawn_blocking(move || {
-                                    rules_installed(&NetNs::from_path(path).unwrap())
-                                })
-                                .await
-                                .unwrap();
-                                let listed = status_lists(&status_dir, "n1", &uid);
-                                let _ = seen_tx.send(Seen::Del {
-                                    uid,
-                                    rules_installed: installed,
-                                    listed,
-                                });
-                            }
-                            _ => {}
+            let mut zds_config = meshwire_zds::client::ClientConfig::default();
+            zds_config.path = zds_socket.clone();
+            let client = meshwire_zds::client::Client::new(zds_config, move |u: Update| {
+                let seen_tx = seen_tx.clone();
+                let store = handler_store.clone();
+                let paths = handler_paths.clone();
+                let status_dir = handler_status.clone();
+                async move {
+                    match u {
+                        Update::Add { workload, netns } => {
+                            let ns = NetNs::from_fd(netns).map_err(|e| e.to_string())?;
+                            let installed =
+                                tokio::task::spawn_blocking(move || rules_installed(&ns))
+                                    .await
+                                    .unwrap();
+                            let advertised = store
+                                .workload_by_uid(&workload.uid)
+                                .is_some_and(|w| w.protocol == TunnelProtocol::Hbone)
+                                || status_lists(&status_dir, "n1", &workload.uid);
+                            let _ = seen_tx.send(Seen::Add {
+                                uid: workload.uid,
+                                rules_installed: installed,
+                                advertised,
+                            });
                         }
-                        Ok::<(), String>(())
+                        Update::Del { uid } => {
+                            let path = paths[&uid].clone();
+                            let installed = tokio::task::spawn_blocking(move || {
+                                rules_installed(&NetNs::from_path(path).unwrap())
+                            })
+                            .await
+                            .unwrap();
+                            let listed = status_lists(&status_dir, "n1", &uid);
+                            let _ = seen_tx.send(Seen::Del {
+                                uid,
+                                rules_installed: installed,
+                                listed,
+                            });
+                        }
+                        _ => {}
                     }
-                },
-            );
+                    Ok::<(), String>(())
+                }
+            });
             let zds_task = tokio::spawn(client.run());
 
             // Enrollment: the add comes before any rule, the rules follow the ack, then HBONE.

@@ -290,16 +290,17 @@ async fn run_zds(
     supervisor: Arc<Supervisor>,
     readiness: Arc<Readiness>,
 ) {
-    let mut zds_config = meshwire_zds::ClientConfig::default();
-    zds_config.path(socket);
-    let client = meshwire_zds::Client::new(zds_config, move |update: meshwire_zds::Update| {
-        let supervisor = supervisor.clone();
-        async move {
-            apply_zds(&supervisor, mark, update)
-                .await
-                .map_err(|e| Nack(format!("{e:#}")))
-        }
-    });
+    let mut zds_config = meshwire_zds::client::ClientConfig::default();
+    zds_config.path = socket;
+    let client =
+        meshwire_zds::client::Client::new(zds_config, move |update: meshwire_zds::Update| {
+            let supervisor = supervisor.clone();
+            async move {
+                apply_zds(&supervisor, mark, update)
+                    .await
+                    .map_err(|e| Nack(format!("{e:#}")))
+            }
+        });
     let mut ready = client.readiness();
     tokio::spawn(async move {
         loop {

@@ -1,7 +1,7 @@
 //! The agent side of a ZDS connection.
 
 use super::SessionError;
-use crate::codec::{Hello, ProtocolError, Request, Response};
+use crate::wire::{Hello, ProtocolError, Request, Response};
 
 /// Where an [`AgentSession`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,7 +215,7 @@ mod tests {
         s.encode_request(&Request::SnapshotSent).unwrap();
         assert_eq!(
             s.handle_response(&[0x0a, 0x00], 1),
-            Err(crate::ReadError::UnexpectedFd.into())
+            Err(crate::wire::ReadError::UnexpectedFd.into())
         );
         assert_eq!(s.phase(), AgentPhase::Closed);
     }
@@ -225,7 +225,7 @@ mod tests {
         let mut s = AgentSession::new();
         assert_eq!(
             s.handle_hello(&[0x08, 0x01], 1),
-            Err(crate::ReadError::UnexpectedFd.into())
+            Err(crate::wire::ReadError::UnexpectedFd.into())
         );
         assert_eq!(s.phase(), AgentPhase::Closed);
     }

@@ -6,7 +6,7 @@ mod proxy;
 pub use agent::{AgentPhase, AgentSession};
 pub use proxy::{CloseReason, ProxyAction, ProxySession};
 
-use crate::codec::{EncodeError, ProtocolError, ReadError};
+use crate::wire::{EncodeError, ProtocolError, ReadError};
 
 /// An input a session cannot accept.
 ///

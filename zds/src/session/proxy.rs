@@ -4,11 +4,11 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 
 use super::SessionError;
-use crate::codec::{
+use crate::Update;
+use crate::wire::{
     Hello, ProtocolError, ReadError, Request, RequestError, Response, process_failure_text,
     protocol_failure_text, read_failure_text, start_failure_text,
 };
-use crate::types::Update;
 
 /// Something the driver of a [`ProxySession`] must do, in the order returned by
 /// [`ProxySession::poll_action`].

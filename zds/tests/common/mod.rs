@@ -4,7 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use meshwire_zds::{NetnsId, Update};
+use meshwire_zds::Update;
+use meshwire_zds::netns::NetnsId;
 use tokio::sync::mpsc;
 
 /// Whether privileged tests can run. Not root: fail loudly, unless the person running the

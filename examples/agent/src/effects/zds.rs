@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use meshwire_zds::{ConnectionId, Server, ServerEvent, Workload, ZdsError};
+use meshwire_zds::Workload;
+use meshwire_zds::server::{ConnectionId, Server, ServerEvent, ZdsError};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -22,7 +23,7 @@ struct Held {
     uids: Option<BTreeSet<String>>,
 }
 
-/// [`ProxyChannel`] backed by a [`meshwire_zds::Server`].
+/// [`ProxyChannel`] backed by a [`meshwire_zds::server::Server`].
 #[derive(Debug, Clone)]
 pub(crate) struct ZdsChannel {
     server: Arc<Server>,
@@ -213,18 +214,17 @@ mod tests {
         let ns = testbed::Namespace::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("zds.sock");
-        let server = Arc::new(
-            Server::bind(meshwire_zds::ServerConfig::default().path(&socket).clone())
-                .await
-                .unwrap(),
-        );
+        let mut config = meshwire_zds::server::ServerConfig::default();
+        config.path = socket.clone();
+        let server = Arc::new(Server::bind(config).await.unwrap());
         let channel = ZdsChannel::new(server.clone());
         // A stand-in proxy that acknowledges everything.
-        let mut config = meshwire_zds::ClientConfig::default();
-        config.path(&socket);
-        let client = meshwire_zds::Client::new(config, |_update: meshwire_zds::Update| async {
-            Ok::<(), std::io::Error>(())
-        });
+        let mut config = meshwire_zds::client::ClientConfig::default();
+        config.path = socket.clone();
+        let client =
+            meshwire_zds::client::Client::new(config, |_update: meshwire_zds::Update| async {
+                Ok::<(), std::io::Error>(())
+            });
         let proxy = tokio::spawn(client.run());
 
         let pod = LocalPod {

@@ -1,14 +1,14 @@
-//! Errors of the client and the server.
+//! Errors of the server.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::codec::{EncodeError, ProtocolError, ReadError};
 use crate::session::SessionError;
 use crate::transport::{RecvError, SendError};
+use crate::wire::{EncodeError, ProtocolError, ReadError};
 
-/// Why a [`Server`](crate::Server) request did not succeed.
+/// Why a [`Server`](super::Server) request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ZdsError {
@@ -85,17 +85,7 @@ impl From<RecvError> for ZdsError {
     }
 }
 
-/// Why a [`Client`](crate::Client) stopped for good.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The agent broke the protocol. The client sent a NACK and will not reconnect:
-    /// the agent is treated as incompatible.
-    #[error("ZDS protocol error from the agent: {0}")]
-    Protocol(#[from] ProtocolError),
-}
-
-/// Why [`Server::bind`](crate::Server::bind) failed.
+/// Why [`Server::bind`](super::Server::bind) failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {path}: {source}")]
 pub struct BindError {

@@ -46,8 +46,8 @@ impl fmt::Display for Workload {
 }
 
 /// A change the proxy application has to apply, handed out by
-/// [`ProxySession`](crate::ProxySession) and by the [`Client`](crate::Client) to its
-/// [`Handler`](crate::Handler).
+/// [`ProxySession`](crate::session::ProxySession) and by the [`Client`](crate::client::Client) to its
+/// [`Handler`](crate::client::Handler).
 ///
 /// `F` is the type of the netns handle: [`OwnedFd`] on a real socket; tests and fuzzers
 /// may use anything.
@@ -61,7 +61,7 @@ pub enum Update<F = OwnedFd> {
     ///
     /// The proxy owns `netns` from here on and keeps it open for as long as it serves
     /// the workload. A uid that is already served may arrive again: with the same
-    /// namespace (compare [`NetnsId`](crate::NetnsId)) it is a no-op, with a different
+    /// namespace (compare [`NetnsId`](crate::netns::NetnsId)) it is a no-op, with a different
     /// one the pod sandbox was recreated and the old instance must be replaced.
     Add {
         /// The pod.

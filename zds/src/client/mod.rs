@@ -1,178 +1,46 @@
 //! The proxy side over a real socket: connect, announce, apply, acknowledge, reconnect.
+//!
+//! [`Client`] keeps a connection to the agent up and hands every update to a
+//! [`Handler`]; [`ClientConfig`] holds its settings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::codec::ReadError;
-use crate::error::ClientError;
 use crate::netns::verify_netns;
 use crate::session::{CloseReason, ProxyAction, ProxySession};
 use crate::transport::{Connection, RecvError};
-use crate::types::{Update, Workload};
+use crate::wire::{ProtocolError, ReadError};
+use crate::{Update, Workload};
 
-/// Default path of the ZDS socket.
-pub const DEFAULT_SOCKET_PATH: &str = "/var/run/ztunnel/ztunnel.sock";
+mod backoff;
+mod config;
+mod error;
+mod handler;
 
-/// The application side of a [`Client`]: applies each update and reports the outcome.
-///
-/// `Ok(())` is acknowledged to the agent; an error is sent back as a NACK carrying the
-/// error's `Display` text. A failed add leaves the workload *pending* (the proxy is not
-/// ready) and is retried; any other failure makes the client reconnect, which brings a
-/// fresh snapshot.
-///
-/// Implemented for every `FnMut(Update) -> impl Future<Output = Result<(), E>>` closure,
-/// so a closure is usually enough:
-///
-/// ```
-/// # fn f() -> meshwire_zds::Client<impl meshwire_zds::Handler> {
-/// let client = meshwire_zds::Client::new(meshwire_zds::ClientConfig::default(), |update: meshwire_zds::Update| async move {
-///     match update {
-///         meshwire_zds::Update::Add { workload, netns } => { /* open listeners in netns */ }
-///         meshwire_zds::Update::Del { uid } => { /* drain the workload */ }
-///         _ => {}
-///     }
-///     Ok::<(), std::io::Error>(())
-/// });
-/// # client }
-/// ```
-///
-/// or, with state, a type implementing the trait with an `async fn`:
-///
-/// ```
-/// use std::collections::HashMap;
-/// use std::os::fd::OwnedFd;
-///
-/// #[derive(Default)]
-/// struct Proxies {
-///     running: HashMap<String, OwnedFd>,
-/// }
-///
-/// impl meshwire_zds::Handler for Proxies {
-///     type Error = std::io::Error;
-///
-///     async fn handle(&mut self, update: meshwire_zds::Update) -> Result<(), std::io::Error> {
-///         match update {
-///             meshwire_zds::Update::Add { workload, netns } => {
-///                 self.running.insert(workload.uid, netns);
-///             }
-///             meshwire_zds::Update::Del { uid } => {
-///                 self.running.remove(&uid);
-///             }
-///             _ => {}
-///         }
-///         Ok(())
-///     }
-/// }
-///
-/// let client = meshwire_zds::Client::new(meshwire_zds::ClientConfig::default(), Proxies::default());
-/// # drop(client);
-/// ```
-///
-/// Agents wait a few seconds (5 s upstream) for each answer and drop the connection past
-/// that, so a handler should finish well within that time.
-pub trait Handler: Send {
-    /// The error a failed update reports; its `Display` text becomes the NACK text.
-    type Error: fmt::Display + Send;
+pub use config::ClientConfig;
+pub use error::ClientError;
+pub use handler::Handler;
 
-    /// Applies one update.
-    fn handle(&mut self, update: Update) -> impl Future<Output = Result<(), Self::Error>> + Send;
-}
-
-impl<Func, Fut, E> Handler for Func
-where
-    Func: FnMut(Update) -> Fut + Send,
-    Fut: Future<Output = Result<(), E>> + Send,
-    E: fmt::Display + Send,
-{
-    type Error = E;
-
-    fn handle(&mut self, update: Update) -> impl Future<Output = Result<(), E>> + Send {
-        self(update)
-    }
-}
-
-/// Settings of a [`Client`].
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    path: PathBuf,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    retry_interval: Option<Duration>,
-    verify_netns: bool,
-}
-
-impl Default for ClientConfig {
-    /// `path` [`DEFAULT_SOCKET_PATH`], back-off from 10 ms doubling up to 15 s, pending
-    /// adds retried every 5 s, netns verification off.
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from(DEFAULT_SOCKET_PATH),
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_secs(15),
-            retry_interval: Some(Duration::from_secs(5)),
-            verify_netns: false,
-        }
-    }
-}
-
-impl ClientConfig {
-    /// The socket to connect to. Default [`DEFAULT_SOCKET_PATH`].
-    pub fn path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.path = path.into();
-        self
-    }
-
-    /// Back-off before reconnecting: starts at `initial`, doubles before each wait, is
-    /// capped at `max`, and restarts at `initial` once a connection became ready.
-    /// Default 10 ms and 15 s (so the first wait is 20 ms).
-    pub fn backoff(&mut self, initial: Duration, max: Duration) -> &mut Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max.max(initial);
-        self
-    }
-
-    /// How often adds the handler failed are offered to it again, with a duplicate of
-    /// the same netns fd; `None` disables retries (a failed add then stays pending until
-    /// the agent deletes or re-adds it, or the connection is replaced). Default 5 s.
-    pub fn retry_interval(&mut self, interval: Option<Duration>) -> &mut Self {
-        self.retry_interval = interval;
-        self
-    }
-
-    /// Whether to check every received netns fd with [`verify_netns`](crate::verify_netns)
-    /// before the handler sees it. An fd that fails is not handed out: the add is NACKed
-    /// as a start failure and stays pending. Default off.
-    pub fn verify_netns(&mut self, verify: bool) -> &mut Self {
-        self.verify_netns = verify;
-        self
-    }
-
-    /// The socket path.
-    pub fn socket_path(&self) -> &Path {
-        &self.path
-    }
-}
+use backoff::Backoff;
 
 /// Why a connection ended.
 enum Outcome {
     Reconnect,
-    Terminal(crate::ProtocolError),
+    Terminal(ProtocolError),
 }
 
 /// The proxy side of ZDS: connects to the agent's socket and keeps a connection up,
 /// handing every update to a [`Handler`].
 ///
 /// Behaviour:
-/// - connects with exponential back-off, forever, and sends the hello right away;
+/// - connects with exponential back-off and jitter, forever, and sends the hello right
+///   away;
 /// - hands each request to the handler in order and answers it with exactly one ack or
 ///   NACK, never sending anything else;
 /// - on `SnapshotSent`, first deletes (through the handler) every workload it handed out
@@ -224,13 +92,13 @@ impl<H: Handler> Client<H> {
     pub async fn run(mut self) -> Result<Infallible, ClientError> {
         let mut session = ProxySession::<OwnedFd>::new();
         let mut retries = BTreeMap::new();
-        let mut delay = self.config.initial_backoff;
+        let mut backoff = Backoff::new(&self.config);
         loop {
             let conn = match Connection::connect(&self.config.path).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     debug!(path = %self.config.path.display(), error = %e, "ZDS connect failed");
-                    delay = self.wait(delay).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -240,7 +108,7 @@ impl<H: Handler> Client<H> {
                 return Err(session
                     .terminated()
                     .cloned()
-                    .unwrap_or(crate::ProtocolError::UnsolicitedMessage)
+                    .unwrap_or(ProtocolError::UnsolicitedMessage)
                     .into());
             }
             info!(path = %self.config.path.display(), "ZDS connected");
@@ -258,19 +126,12 @@ impl<H: Handler> Client<H> {
                 }
                 Outcome::Reconnect => {
                     if was_ready {
-                        delay = self.config.initial_backoff;
+                        backoff.reset();
                     }
-                    delay = self.wait(delay).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
-    }
-
-    /// Doubles `delay` (capped), sleeps that long, and returns the new delay.
-    async fn wait(&self, delay: Duration) -> Duration {
-        let next = delay.saturating_mul(2).min(self.config.max_backoff);
-        tokio::time::sleep(next).await;
-        next
     }
 
     async fn serve(

@@ -6,8 +6,8 @@
 
 use prost::Message;
 
-use crate::pb;
-use crate::types::Workload;
+use super::pb;
+use crate::Workload;
 
 /// Largest datagram either side sends or accepts, in bytes.
 ///
