@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshwire_netns::{Family, RuleSet, SaveDump};
+use meshwire_netns::rules::{Family, RuleSet, SaveDump};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -6,33 +6,43 @@
 //! opens its listeners and outbound connections there. This crate provides those
 //! pieces:
 //!
-//! * **Namespace handles** ([`NetNs`]): open by path, pid or file descriptor (for
-//!   example one received over ZDS), compare by identity ([`NsId`]: device and
+//! The root holds the namespace handle [`NetNs`] and the [`Error`] of namespace and
+//! socket operations; the rest is in three modules:
+//!
+//! * [`ns`]: namespace handles ([`NetNs`]): open by path, pid or file descriptor (for
+//!   example one received over ZDS), compare by identity ([`ns::NsId`]: device and
 //!   inode), and run code inside: [`NetNs::run`] on the current thread with a
 //!   guaranteed switch back (also on panic), [`NetNs::run_on_thread`] and
 //!   [`NetNs::run_async`] on a dedicated short-lived thread so that no async worker
 //!   thread ever changes namespace.
-//! * **Proxy sockets**: [`bind_listener_in`] (`SO_MARK`, `SO_REUSEPORT`, optional
-//!   `IP_TRANSPARENT`), [`connect_in`] / [`socket_in`] (`SO_MARK`, optional source
-//!   binding), and [`original_dst`] (`SO_ORIGINAL_DST` for IPv4 and IPv6, falling
-//!   back to the local address when the connection was not NATed). Sockets keep the
-//!   namespace they were made in, so they are returned ready for tokio.
-//! * **Redirection rules as data** ([`RuleSet`]) with the Istio-style
-//!   ([`RuleSet::istio`], chains `ISTIO_*`) and Cilium-style ([`RuleSet::cilium`],
-//!   chains `CILIUM_*`) presets: rendered to `iptables-restore` input for IPv4 and
-//!   IPv6 ([`RuleSet::render`]), applied atomically and idempotently
-//!   ([`RuleSet::apply`]), verified against `iptables-save` with typed differences
-//!   ([`RuleSet::verify`], [`Drift`]), repaired ([`RuleSet::repair`]) and removed
-//!   completely, including the fwmark rule and the local route of the
-//!   policy-routing table ([`RuleSet::remove`]).
+//! * [`socket`]: proxy sockets. [`socket::bind_listener_in`] (`SO_MARK`,
+//!   `SO_REUSEPORT`, optional `IP_TRANSPARENT`), [`socket::connect_in`] /
+//!   [`socket::socket_in`] (`SO_MARK`, optional source binding), and
+//!   [`socket::original_dst`] (`SO_ORIGINAL_DST` for IPv4 and IPv6, falling back to the
+//!   local address when the connection was not NATed). Sockets keep the namespace they
+//!   were made in, so they are returned ready for tokio. Options are
+//!   [`socket::ListenerOptions`] and [`socket::SocketOptions`], structs with public
+//!   fields and `Default`.
+//! * [`rules`]: redirection rules as data ([`rules::RuleSet`]) with the Istio-style
+//!   ([`rules::RuleSet::istio`], chains `ISTIO_*`) and Cilium-style
+//!   ([`rules::RuleSet::cilium`], chains `CILIUM_*`) presets: rendered to
+//!   `iptables-restore` input for IPv4 and IPv6 ([`rules::RuleSet::render`]), applied
+//!   atomically and idempotently ([`rules::RuleSet::apply`]), verified against
+//!   `iptables-save` with typed differences ([`rules::RuleSet::verify`],
+//!   [`rules::Drift`]), repaired ([`rules::RuleSet::repair`]) and removed completely,
+//!   including the fwmark rule and the local route of the policy-routing table
+//!   ([`rules::RuleSet::remove`]).
 //!
 //! Programs (`iptables-save`, `iptables-restore`, `ip`) are run through the
-//! [`Executor`] trait, so rendering, parsing and the logic of every operation are
-//! testable without root. [`Netfilter::detect_backend`] tells nf_tables from legacy
-//! iptables, and a missing program is reported as [`RulesError::ToolMissing`].
+//! [`rules::Executor`] trait, so rendering, parsing and the logic of every operation are
+//! testable without root. [`rules::Netfilter::detect_backend`] tells nf_tables from
+//! legacy iptables, and a missing program is reported as
+//! [`rules::RulesError::ToolMissing`].
 //!
 //! This crate speaks no protocol and knows nothing about workloads: which pods get
-//! rules and which listeners are opened is for the caller to decide.
+//! rules and which listeners are opened is for the caller to decide. Its only `unsafe`
+//! code is one `ioctl(NS_GET_NSTYPE)` in a private module, with its safety argument
+//! written next to it.
 //!
 //! # Privileges
 //!
@@ -43,10 +53,11 @@
 //! # Example
 //!
 //! Render the Cilium-style rules and check that a dump holding exactly those rules
-//! shows no drift (no privileges needed):
+//! shows no drift (no privileges needed; the `rules` example does more:
+//! `cargo run -p meshwire-netns --example rules`):
 //!
 //! ```
-//! use meshwire_netns::{Family, RuleSet, SaveDump};
+//! use meshwire_netns::rules::{Family, RuleSet, SaveDump};
 //!
 //! let mut rules = RuleSet::cilium();
 //! rules.ipv6 = false;
@@ -64,7 +75,9 @@
 //! With privileges, inside a pod's namespace (not run here):
 //!
 //! ```no_run
-//! use meshwire_netns::{ListenerOptions, NetNs, RuleSet, SocketOptions};
+//! use meshwire_netns::NetNs;
+//! use meshwire_netns::rules::RuleSet;
+//! use meshwire_netns::socket::{self, ListenerOptions, SocketOptions};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let pod = NetNs::from_path("/var/run/netns/pod-a")?;
@@ -75,16 +88,18 @@
 //! assert!(rules.verify(&pod)?.is_clean());
 //!
 //! // Proxy: listen on the outbound capture port inside the pod.
-//! let mut opts = ListenerOptions::new();
-//! opts.mark(0x539).reuse_port(true).transparent(true);
-//! let listener = meshwire_netns::bind_listener_in(&pod, "[::]:15001".parse()?, opts).await?;
+//! let mut opts = ListenerOptions::default();
+//! opts.mark = Some(0x539);
+//! opts.reuse_port = true;
+//! opts.transparent = true;
+//! let listener = socket::bind_listener_in(&pod, "[::]:15001".parse()?, opts).await?;
 //! let (app, _) = listener.accept().await?;
-//! let target = meshwire_netns::original_dst(&app)?;
+//! let target = socket::original_dst(&app)?;
 //!
 //! // Proxy: connect onwards from the pod, exempt from redirection by the mark.
-//! let mut out = SocketOptions::new();
-//! out.mark(0x539);
-//! let upstream = meshwire_netns::connect_in(&pod, target, out).await?;
+//! let mut out = SocketOptions::default();
+//! out.mark = Some(0x539);
+//! let upstream = socket::connect_in(&pod, target, out).await?;
 //! # drop((app, upstream));
 //! rules.remove(&pod)?;
 //! # Ok(())
@@ -93,19 +108,15 @@
 #![deny(unsafe_code)]
 
 mod error;
-mod ns;
-mod rules;
-mod socket;
 mod sys;
 
+pub mod ns;
+pub mod rules;
+pub mod socket;
+
 pub use error::{Error, SocketOp};
-pub use ns::{NetNs, NsId};
-pub use rules::{
-    Backend, CommandOutput, Difference, Drift, Executor, Family, Invocation, MarkMask, Netfilter,
-    ParseError, ParseErrorKind, PolicyRouting, Ports, ProbeExemption, RuleSet, RulesError,
-    SaveDump, SavedChain, SavedRule, SavedTable, SystemExecutor, Table, Tools,
-};
-pub use socket::{
-    ListenerOptions, SocketOptions, bind_listener, bind_listener_in, connect_in, original_dst,
-    outbound_socket, socket_in,
-};
+pub use ns::NetNs;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

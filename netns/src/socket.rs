@@ -1,4 +1,6 @@
-//! Sockets with proxy options, made inside a network namespace.
+//! Sockets with proxy options, made inside a network namespace: listeners
+//! ([`bind_listener_in`]), outbound connections ([`connect_in`], [`socket_in`]), and the
+//! original destination of a redirected connection ([`original_dst`]).
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -12,20 +14,30 @@ use crate::ns::NetNs;
 /// Options for a listening TCP socket.
 ///
 /// Defaults: no mark, no `SO_REUSEPORT`, no `IP_TRANSPARENT`, backlog 128, and an
-/// IPv6 wildcard listener also accepts IPv4 (dual stack).
+/// IPv6 wildcard listener also accepts IPv4 (dual stack). Start from the default and set
+/// the fields that differ:
+///
+/// ```
+/// let mut opts = meshwire_netns::socket::ListenerOptions::default();
+/// opts.mark = Some(0x539);
+/// opts.reuse_port = true;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListenerOptions {
     /// `SO_MARK` for the listener and the sockets it accepts (needs `CAP_NET_ADMIN`).
+    /// Default none.
     pub mark: Option<u32>,
     /// `SO_REUSEPORT`, so a second process can hold the same port (for upgrades).
+    /// Default off.
     pub reuse_port: bool,
     /// `IP_TRANSPARENT` / `IPV6_TRANSPARENT` (needs `CAP_NET_ADMIN`); required to
-    /// accept connections delivered by `TPROXY`.
+    /// accept connections delivered by `TPROXY`. Default off.
     pub transparent: bool,
-    /// The `listen(2)` backlog.
+    /// The `listen(2)` backlog. Default 128.
     pub backlog: u32,
-    /// `IPV6_V6ONLY` for IPv6 addresses; `false` makes a dual-stack listener.
+    /// `IPV6_V6ONLY` for IPv6 addresses; `false` (the default) makes a dual-stack
+    /// listener.
     pub only_v6: bool,
 }
 
@@ -41,82 +53,21 @@ impl Default for ListenerOptions {
     }
 }
 
-impl ListenerOptions {
-    /// The defaults (see the type documentation).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets `SO_MARK`.
-    pub fn mark(&mut self, mark: u32) -> &mut Self {
-        self.mark = Some(mark);
-        self
-    }
-
-    /// Sets or clears `SO_REUSEPORT`.
-    pub fn reuse_port(&mut self, on: bool) -> &mut Self {
-        self.reuse_port = on;
-        self
-    }
-
-    /// Sets or clears `IP_TRANSPARENT`.
-    pub fn transparent(&mut self, on: bool) -> &mut Self {
-        self.transparent = on;
-        self
-    }
-
-    /// Sets the `listen(2)` backlog.
-    pub fn backlog(&mut self, backlog: u32) -> &mut Self {
-        self.backlog = backlog;
-        self
-    }
-
-    /// Sets or clears `IPV6_V6ONLY`.
-    pub fn only_v6(&mut self, on: bool) -> &mut Self {
-        self.only_v6 = on;
-        self
-    }
-}
-
 /// Options for an outbound TCP socket.
 ///
 /// Defaults: no mark, no source binding (the kernel picks address and port), no
-/// `IP_TRANSPARENT`.
+/// `IP_TRANSPARENT`. Start from the default and set the fields that differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SocketOptions {
-    /// `SO_MARK` (needs `CAP_NET_ADMIN`).
+    /// `SO_MARK` (needs `CAP_NET_ADMIN`). Default none.
     pub mark: Option<u32>,
-    /// Local address to bind before connecting; port 0 lets the kernel choose.
+    /// Local address to bind before connecting; port 0 lets the kernel choose. Default
+    /// none.
     pub source: Option<SocketAddr>,
     /// `IP_TRANSPARENT` / `IPV6_TRANSPARENT`, so `source` may be an address that is
-    /// not local (original-source spoofing; needs `CAP_NET_ADMIN`).
+    /// not local (original-source spoofing; needs `CAP_NET_ADMIN`). Default off.
     pub transparent: bool,
-}
-
-impl SocketOptions {
-    /// The defaults (see the type documentation).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets `SO_MARK`.
-    pub fn mark(&mut self, mark: u32) -> &mut Self {
-        self.mark = Some(mark);
-        self
-    }
-
-    /// Binds the socket to `source` before connecting.
-    pub fn source(&mut self, source: SocketAddr) -> &mut Self {
-        self.source = Some(source);
-        self
-    }
-
-    /// Sets or clears `IP_TRANSPARENT`.
-    pub fn transparent(&mut self, on: bool) -> &mut Self {
-        self.transparent = on;
-        self
-    }
 }
 
 fn op(op: SocketOp) -> impl FnOnce(io::Error) -> Error {
@@ -344,8 +295,8 @@ mod tests {
 
     #[test]
     fn mismatched_source_family_is_rejected() {
-        let mut opts = SocketOptions::new();
-        opts.source("[::1]:0".parse().unwrap());
+        let mut opts = SocketOptions::default();
+        opts.source = Some("[::1]:0".parse().unwrap());
         let err = outbound_socket("127.0.0.1:80".parse().unwrap(), &opts).unwrap_err();
         assert!(matches!(
             err,
@@ -362,8 +313,10 @@ mod tests {
         let Some(_p) = testbed::require_privileged("listener_options_are_applied") else {
             return;
         };
-        let mut opts = ListenerOptions::new();
-        opts.mark(0x539).reuse_port(true).transparent(true);
+        let mut opts = ListenerOptions::default();
+        opts.mark = Some(0x539);
+        opts.reuse_port = true;
+        opts.transparent = true;
         let l = bind_listener((Ipv4Addr::LOCALHOST, 0).into(), &opts).unwrap();
         let s = SockRef::from(&l);
         assert_eq!(s.mark().unwrap(), 0x539);
@@ -380,8 +333,9 @@ mod tests {
         let Some(_p) = testbed::require_privileged("outbound_socket_binds_source_and_marks") else {
             return;
         };
-        let mut opts = SocketOptions::new();
-        opts.mark(0x539).source("127.0.0.1:0".parse().unwrap());
+        let mut opts = SocketOptions::default();
+        opts.mark = Some(0x539);
+        opts.source = Some("127.0.0.1:0".parse().unwrap());
         let s = outbound_socket("127.0.0.1:9".parse().unwrap(), &opts).unwrap();
         let r = SockRef::from(&s);
         assert_eq!(r.mark().unwrap(), 0x539);

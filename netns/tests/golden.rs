@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use meshwire_netns::{Difference, Family, MarkMask, RuleSet, SaveDump, Table};
+use meshwire_netns::rules::{Difference, Family, MarkMask, RuleSet, SaveDump, Table};
 use proptest::prelude::*;
 
 fn istio_dns_vif() -> RuleSet {

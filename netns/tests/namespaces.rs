@@ -6,7 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
-use meshwire_netns::{ListenerOptions, NetNs, SocketOptions};
+use meshwire_netns::NetNs;
+use meshwire_netns::socket::{ListenerOptions, SocketOptions};
 use testbed::{Testbed, TestbedOptions, require_privileged};
 
 #[test]
@@ -102,9 +103,10 @@ async fn socket_made_in_a_pod_from_a_host_thread_leaves_the_thread_unchanged() {
 
     // The pod's address exists only in the pod: binding it proves where the socket is.
     let addr = SocketAddr::from((a.ipv4(), 7000));
-    let mut opts = ListenerOptions::new();
-    opts.mark(0x539).reuse_port(true);
-    let listener = meshwire_netns::bind_listener_in(&pod_a, addr, opts.clone())
+    let mut opts = ListenerOptions::default();
+    opts.mark = Some(0x539);
+    opts.reuse_port = true;
+    let listener = meshwire_netns::socket::bind_listener_in(&pod_a, addr, opts.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -114,24 +116,35 @@ async fn socket_made_in_a_pod_from_a_host_thread_leaves_the_thread_unchanged() {
     );
     assert_eq!(listener.local_addr().unwrap(), addr);
     assert!(
-        meshwire_netns::bind_listener(addr, &opts).is_err(),
+        meshwire_netns::socket::bind_listener(addr, &opts).is_err(),
         "pod address bindable on the host"
     );
 
     // Outbound from pod B to the listener in pod A, source bound to B's address.
-    let mut out = SocketOptions::new();
-    out.mark(0x539).source((b.ipv4(), 0).into());
-    let stream = meshwire_netns::connect_in(&pod_b, addr, out).await.unwrap();
+    let mut out = SocketOptions::default();
+    out.mark = Some(0x539);
+    out.source = Some((b.ipv4(), 0).into());
+    let stream = meshwire_netns::socket::connect_in(&pod_b, addr, out)
+        .await
+        .unwrap();
     assert_eq!(NetNs::current().unwrap(), home);
     let (accepted, peer) = listener.accept().await.unwrap();
     assert_eq!(peer, stream.local_addr().unwrap());
     assert_eq!(peer.ip(), b.ipv4());
-    assert_eq!(meshwire_netns::original_dst(&accepted).unwrap(), addr);
+    assert_eq!(
+        meshwire_netns::socket::original_dst(&accepted).unwrap(),
+        addr
+    );
     assert_eq!(socket2::SockRef::from(&stream).mark().unwrap(), 0x539);
 
     // The same from the current thread with `run`: the thread comes back too.
     let std_listener = pod_a
-        .run(|| meshwire_netns::bind_listener((a.ipv4(), 7001).into(), &ListenerOptions::new()))
+        .run(|| {
+            meshwire_netns::socket::bind_listener(
+                (a.ipv4(), 7001).into(),
+                &ListenerOptions::default(),
+            )
+        })
         .unwrap()
         .unwrap();
     assert_eq!(NetNs::current().unwrap(), home);

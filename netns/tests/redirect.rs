@@ -5,10 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use meshwire_netns::{
-    Difference, Family, ListenerOptions, NetNs, RuleSet, SaveDump, SocketOptions, Table,
-    original_dst,
-};
+use meshwire_netns::NetNs;
+use meshwire_netns::rules::{Difference, Family, RuleSet, SaveDump, Table};
+use meshwire_netns::socket::{ListenerOptions, SocketOptions, original_dst};
 use testbed::{Pod, Testbed, TestbedOptions, require_privileged};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +17,10 @@ const MARK: u32 = 0x539;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn proxy_listener_opts() -> ListenerOptions {
-    let mut o = ListenerOptions::new();
-    o.mark(MARK).reuse_port(true).transparent(true);
+    let mut o = ListenerOptions::default();
+    o.mark = Some(MARK);
+    o.reuse_port = true;
+    o.transparent = true;
     o
 }
 
@@ -48,7 +49,7 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 }
 
 async fn connect(ns: &NetNs, dst: SocketAddr, opts: SocketOptions) -> TcpStream {
-    timeout(WAIT, meshwire_netns::connect_in(ns, dst, opts))
+    timeout(WAIT, meshwire_netns::socket::connect_in(ns, dst, opts))
         .await
         .expect("connect timed out")
         .unwrap()
@@ -86,28 +87,30 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
 
     let any: SocketAddr = "[::]:0".parse().unwrap();
     let at = |port| SocketAddr::new(any.ip(), port);
-    let l15001 = meshwire_netns::bind_listener_in(&pod_a, at(15001), proxy_listener_opts())
+    let l15001 = meshwire_netns::socket::bind_listener_in(&pod_a, at(15001), proxy_listener_opts())
         .await
         .unwrap();
-    let l15006 = meshwire_netns::bind_listener_in(&pod_a, at(15006), proxy_listener_opts())
+    let l15006 = meshwire_netns::socket::bind_listener_in(&pod_a, at(15006), proxy_listener_opts())
         .await
         .unwrap();
-    let l15008 = meshwire_netns::bind_listener_in(&pod_a, at(15008), proxy_listener_opts())
+    let l15008 = meshwire_netns::socket::bind_listener_in(&pod_a, at(15008), proxy_listener_opts())
         .await
         .unwrap();
-    let server_b = meshwire_netns::bind_listener_in(&pod_b, at(8080), ListenerOptions::new())
-        .await
-        .unwrap();
-    let app_a = meshwire_netns::bind_listener_in(&pod_a, at(9090), ListenerOptions::new())
-        .await
-        .unwrap();
+    let server_b =
+        meshwire_netns::socket::bind_listener_in(&pod_b, at(8080), ListenerOptions::default())
+            .await
+            .unwrap();
+    let app_a =
+        meshwire_netns::socket::bind_listener_in(&pod_a, at(9090), ListenerOptions::default())
+            .await
+            .unwrap();
 
     for (ip_a, ip_b) in ips(a).into_iter().zip(ips(b)) {
         let target = SocketAddr::new(ip_b, 8080);
 
         // Outbound: the app's connect to a remote address lands on 15001, which
         // reports the real target.
-        let mut app = connect(&pod_a, target, SocketOptions::new()).await;
+        let mut app = connect(&pod_a, target, SocketOptions::default()).await;
         let (mut captured, peer) = accept(&l15001).await;
         assert_eq!(unmap(peer), app.local_addr().unwrap(), "{target}");
         assert_eq!(original_dst(&captured).unwrap(), target);
@@ -115,8 +118,8 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
         assert_idle(&server_b, "the remote server (outbound was not captured)").await;
 
         // A socket with the proxy mark bypasses redirection and reaches the server.
-        let mut opts = SocketOptions::new();
-        opts.mark(MARK);
+        let mut opts = SocketOptions::default();
+        opts.mark = Some(MARK);
         let mut direct = connect(&pod_a, target, opts).await;
         let (mut at_server, peer) = accept(&server_b).await;
         assert_eq!(unmap(peer), direct.local_addr().unwrap());
@@ -126,7 +129,7 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
 
         // Inbound plaintext to any port of the pod lands on 15006.
         let dst = SocketAddr::new(ip_a, 8080);
-        let mut client = connect(&pod_b, dst, SocketOptions::new()).await;
+        let mut client = connect(&pod_b, dst, SocketOptions::default()).await;
         let (mut inbound, peer) = accept(&l15006).await;
         assert_eq!(unmap(peer), client.local_addr().unwrap());
         assert_eq!(original_dst(&inbound).unwrap(), dst);
@@ -135,7 +138,7 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
         // Inbound to 15008 is not redirected: it reaches the HBONE listener itself,
         // and the original destination falls back to the local address.
         let hbone = SocketAddr::new(ip_a, 15008);
-        let mut client = connect(&pod_b, hbone, SocketOptions::new()).await;
+        let mut client = connect(&pod_b, hbone, SocketOptions::default()).await;
         let (mut at_hbone, _) = accept(&l15008).await;
         assert_eq!(original_dst(&at_hbone).unwrap(), hbone);
         exchange(&mut client, &mut at_hbone).await;
@@ -144,11 +147,10 @@ async fn traffic_lands_where_the_rules_say(rules: RuleSet) {
         // Spoofed delivery: the proxy connects to the app from B's address (mark +
         // transparent); the app's replies, addressed to B, come back to the proxy
         // through the connection mark and the table-100 local route.
-        let mut spoof = SocketOptions::new();
-        spoof
-            .mark(MARK)
-            .transparent(true)
-            .source(SocketAddr::new(ip_b, 0));
+        let mut spoof = SocketOptions::default();
+        spoof.mark = Some(MARK);
+        spoof.transparent = true;
+        spoof.source = Some(SocketAddr::new(ip_b, 0));
         let mut proxy_side = connect(&pod_a, SocketAddr::new(ip_a, 9090), spoof).await;
         let (mut app_side, peer) = accept(&app_a).await;
         assert_eq!(
@@ -413,12 +415,12 @@ fn backend_is_detected() {
     let Some(_p) = require_privileged("backend_is_detected") else {
         return;
     };
-    let nf = meshwire_netns::Netfilter::system();
+    let nf = meshwire_netns::rules::Netfilter::system();
     let backend = nf.detect_backend().unwrap();
     // The explicitly versioned tools of that backend exist and agree.
-    let versioned = meshwire_netns::Netfilter::new(
-        meshwire_netns::SystemExecutor,
-        meshwire_netns::Tools::for_backend(backend),
+    let versioned = meshwire_netns::rules::Netfilter::new(
+        meshwire_netns::rules::SystemExecutor,
+        meshwire_netns::rules::Tools::for_backend(backend),
     );
     assert_eq!(versioned.detect_backend().unwrap(), backend);
 }

@@ -154,10 +154,10 @@ pub(crate) enum RulesPreset {
 
 impl RulesPreset {
     /// The rule set of this preset.
-    pub(crate) fn rule_set(self) -> meshwire_netns::RuleSet {
+    pub(crate) fn rule_set(self) -> meshwire_netns::rules::RuleSet {
         match self {
-            Self::Istio => meshwire_netns::RuleSet::istio(),
-            Self::Cilium => meshwire_netns::RuleSet::cilium(),
+            Self::Istio => meshwire_netns::rules::RuleSet::istio(),
+            Self::Cilium => meshwire_netns::rules::RuleSet::cilium(),
         }
     }
 }

@@ -74,7 +74,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // Rules need iptables; say so at once rather than failing on every pod.
     let rules = args.rules.rule_set();
     let backend =
-        tokio::task::spawn_blocking(|| meshwire_netns::Netfilter::system().detect_backend())
+        tokio::task::spawn_blocking(|| meshwire_netns::rules::Netfilter::system().detect_backend())
             .await
             .context("iptables detection task")?
             .context("cannot manage in-pod redirection rules")?;

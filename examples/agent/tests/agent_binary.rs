@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshwire_netns::{NetNs, RuleSet};
+use meshwire_netns::NetNs;
+use meshwire_netns::rules::RuleSet;
 use meshwire_svid::{CaClient, CaClientConfig, SpiffeId};
 use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};

@@ -5,7 +5,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use futures_util::future::BoxFuture;
-use meshwire_netns::{ListenerOptions, NetNs, SocketOptions};
+use meshwire_netns::NetNs;
+use meshwire_netns::socket::{ListenerOptions, SocketOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::pods::PodNetwork;
@@ -35,13 +36,13 @@ impl PodNetwork for PodNamespace {
 
     fn listen(&self, port: u16) -> BoxFuture<'_, io::Result<TcpListener>> {
         Box::pin(async move {
-            let mut opts = ListenerOptions::new();
-            opts.mark(self.mark)
-                .reuse_port(true)
-                .backlog(128)
-                .only_v6(false);
+            let mut opts = ListenerOptions::default();
+            opts.mark = Some(self.mark);
+            opts.reuse_port = true;
+            opts.backlog = 128;
+            opts.only_v6 = false;
             let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-            match meshwire_netns::bind_listener_in(&self.ns, v6, opts.clone()).await {
+            match meshwire_netns::socket::bind_listener_in(&self.ns, v6, opts.clone()).await {
                 Ok(l) => Ok(l),
                 Err(meshwire_netns::Error::Socket { source, .. })
                     if matches!(
@@ -51,7 +52,7 @@ impl PodNetwork for PodNamespace {
                 {
                     // IPv6 disabled in this pod: IPv4 only.
                     let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-                    meshwire_netns::bind_listener_in(&self.ns, v4, opts)
+                    meshwire_netns::socket::bind_listener_in(&self.ns, v4, opts)
                         .await
                         .map_err(to_io)
                 }
@@ -62,9 +63,9 @@ impl PodNetwork for PodNamespace {
 
     fn connect(&self, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
         Box::pin(async move {
-            let mut opts = SocketOptions::new();
-            opts.mark(self.mark);
-            let stream = meshwire_netns::connect_in(&self.ns, dst, opts)
+            let mut opts = SocketOptions::default();
+            opts.mark = Some(self.mark);
+            let stream = meshwire_netns::socket::connect_in(&self.ns, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -74,11 +75,11 @@ impl PodNetwork for PodNamespace {
 
     fn connect_as(&self, source: IpAddr, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
         Box::pin(async move {
-            let mut opts = SocketOptions::new();
-            opts.mark(self.mark)
-                .source(SocketAddr::new(source, 0))
-                .transparent(true);
-            let stream = meshwire_netns::connect_in(&self.ns, dst, opts)
+            let mut opts = SocketOptions::default();
+            opts.mark = Some(self.mark);
+            opts.source = Some(SocketAddr::new(source, 0));
+            opts.transparent = true;
+            let stream = meshwire_netns::socket::connect_in(&self.ns, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -87,7 +88,7 @@ impl PodNetwork for PodNamespace {
     }
 
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
-        meshwire_netns::original_dst(stream)
+        meshwire_netns::socket::original_dst(stream)
     }
 }
 

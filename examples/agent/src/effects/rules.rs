@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use meshwire_netns::{Error as NsError, NetNs, RuleSet, RulesError};
+use meshwire_netns::rules::{RuleSet, RulesError};
+use meshwire_netns::{Error as NsError, NetNs};
 
 use crate::desired::LocalPod;
 use crate::reconcile::{Cause, EffectError, Removal, RuleCheck, RuleInstaller};

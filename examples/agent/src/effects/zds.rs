@@ -30,7 +30,7 @@ pub(crate) struct ZdsChannel {
     held: Arc<Mutex<Held>>,
     /// The namespace last handed over per uid (to notice a namespace recreated under the
     /// same path).
-    handed: Arc<Mutex<BTreeMap<String, meshwire_netns::NsId>>>,
+    handed: Arc<Mutex<BTreeMap<String, meshwire_netns::ns::NsId>>>,
 }
 
 impl ZdsChannel {
