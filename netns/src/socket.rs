@@ -295,8 +295,10 @@ mod tests {
 
     #[test]
     fn mismatched_source_family_is_rejected() {
-        let mut opts = SocketOptions::default();
-        opts.source = Some("[::1]:0".parse().unwrap());
+        let opts = SocketOptions {
+            source: Some("[::1]:0".parse().unwrap()),
+            ..SocketOptions::default()
+        };
         let err = outbound_socket("127.0.0.1:80".parse().unwrap(), &opts).unwrap_err();
         assert!(matches!(
             err,
@@ -313,10 +315,12 @@ mod tests {
         let Some(_p) = testbed::require_privileged("listener_options_are_applied") else {
             return;
         };
-        let mut opts = ListenerOptions::default();
-        opts.mark = Some(0x539);
-        opts.reuse_port = true;
-        opts.transparent = true;
+        let opts = ListenerOptions {
+            mark: Some(0x539),
+            reuse_port: true,
+            transparent: true,
+            ..ListenerOptions::default()
+        };
         let l = bind_listener((Ipv4Addr::LOCALHOST, 0).into(), &opts).unwrap();
         let s = SockRef::from(&l);
         assert_eq!(s.mark().unwrap(), 0x539);
@@ -333,9 +337,11 @@ mod tests {
         let Some(_p) = testbed::require_privileged("outbound_socket_binds_source_and_marks") else {
             return;
         };
-        let mut opts = SocketOptions::default();
-        opts.mark = Some(0x539);
-        opts.source = Some("127.0.0.1:0".parse().unwrap());
+        let opts = SocketOptions {
+            mark: Some(0x539),
+            source: Some("127.0.0.1:0".parse().unwrap()),
+            ..SocketOptions::default()
+        };
         let s = outbound_socket("127.0.0.1:9".parse().unwrap(), &opts).unwrap();
         let r = SockRef::from(&s);
         assert_eq!(r.mark().unwrap(), 0x539);

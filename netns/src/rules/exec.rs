@@ -84,7 +84,7 @@ impl CommandOutput {
 ///
 /// Programs run in the network namespace of the **calling thread** (a child process
 /// inherits the namespace of the thread that starts it), which is how
-/// [`RuleSet::apply`](crate::RuleSet::apply) targets a pod.
+/// [`RuleSet::apply`](crate::rules::RuleSet::apply) targets a pod.
 pub trait Executor {
     /// Runs `invocation` to completion. An `Err` of kind
     /// [`io::ErrorKind::NotFound`] means the program does not exist.

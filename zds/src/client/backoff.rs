@@ -51,10 +51,11 @@ mod tests {
     use super::*;
 
     fn config(initial_ms: u64, max_ms: u64) -> ClientConfig {
-        let mut c = ClientConfig::default();
-        c.initial_backoff = Duration::from_millis(initial_ms);
-        c.max_backoff = Duration::from_millis(max_ms);
-        c
+        ClientConfig {
+            initial_backoff: Duration::from_millis(initial_ms),
+            max_backoff: Duration::from_millis(max_ms),
+            ..ClientConfig::default()
+        }
     }
 
     /// Each wait lies in `[base, 2 * base)`, where the base doubles from the initial
@@ -102,10 +103,11 @@ mod tests {
 
     #[test]
     fn huge_waits_do_not_overflow() {
-        let mut c = ClientConfig::default();
-        c.initial_backoff = Duration::MAX;
-        c.max_backoff = Duration::MAX;
-        let mut b = Backoff::new(&c);
+        let mut b = Backoff::new(&ClientConfig {
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+            ..ClientConfig::default()
+        });
         for _ in 0..5 {
             let wait = b.next_delay();
             assert!(wait >= LONGEST && wait <= LONGEST * 2, "{wait:?}");

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use crate::Update;
 
-/// The application side of a [`Client`]: applies each update and reports the outcome.
+/// The application side of a [`Client`](super::Client): applies each update and reports the outcome.
 ///
 /// `Ok(())` is acknowledged to the agent; an error is sent back as a NACK carrying the
 /// error's `Display` text. A failed add leaves the workload *pending* (the proxy is not

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::DEFAULT_SOCKET_PATH;
 
-/// Which peers a [`Server`] serves, by the uid the kernel reports for the process that
+/// Which peers a [`Server`](super::Server) serves, by the uid the kernel reports for the process that
 /// connected (`SO_PEERCRED`, taken at `connect`). Refused peers are logged, reported as
-/// [`ServerEvent::Refused`] and closed before anything is read or sent.
+/// [`ServerEvent::Refused`](super::ServerEvent::Refused) and closed before anything is read or sent.
 ///
 /// This adds to the socket file's mode (0600, owner only), which processes with
 /// `CAP_DAC_OVERRIDE` or a mount of the socket elsewhere can get around.
@@ -34,7 +34,7 @@ impl PeerUids {
     }
 }
 
-/// Settings of a [`Server`].
+/// Settings of a [`Server`](super::Server).
 ///
 /// Start from [`ServerConfig::default`] and set the fields that differ:
 ///
@@ -58,11 +58,11 @@ pub struct ServerConfig {
     pub ack_timeout: Duration,
     /// Requests queued per connection before callers wait. Default 100; 0 counts as 1.
     pub queue_capacity: usize,
-    /// Hold the snapshot of every connection until [`Server::mark_seeded`] is called, so
+    /// Hold the snapshot of every connection until [`Server::mark_seeded`](super::Server::mark_seeded) is called, so
     /// that a proxy connecting while the agent is still loading its workloads does not
     /// get a partial snapshot (which would make it drop the rest). Default off.
     pub wait_for_seed: bool,
-    /// Events buffered per [`Server::subscribe`] receiver before it starts missing
+    /// Events buffered per [`Server::subscribe`](super::Server::subscribe) receiver before it starts missing
     /// them. Default 256; 0 counts as 1.
     pub event_capacity: usize,
 }

@@ -33,7 +33,7 @@ pub enum ServerEvent {
         /// Uids in the snapshot whose add or keep the proxy NACKed.
         nacked: Vec<String>,
     },
-    /// A proxy NACKed a request. Callers of [`Server::add`] and [`Server::del`] get the
+    /// A proxy NACKed a request. Callers of [`Server::add`](super::Server::add) and [`Server::del`](super::Server::del) get the
     /// text as their error as well; snapshot NACKs are reported only here.
     Nacked {
         /// The connection.
@@ -43,7 +43,7 @@ pub enum ServerEvent {
         /// The proxy's text.
         message: String,
     },
-    /// A peer was refused by [`ServerConfig::peer_uids`] and closed. It got no
+    /// A peer was refused by [`ServerConfig::peer_uids`](super::ServerConfig::peer_uids) and closed. It got no
     /// [`ConnectionId`] and no other event.
     Refused {
         /// The peer's uid, or `None` when the kernel did not report its credentials.
