@@ -7,16 +7,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use meshwire_hbone::client::{Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
+use meshwire_hbone::client::{Connector, Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
 use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 use meshwire_hbone::{ConnectRequest, Rejection};
 use meshwire_svid::{
     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub const TD: &str = "cluster.local";
 
@@ -302,5 +302,46 @@ impl Fixture {
 
     pub fn request(port: u16) -> ConnectRequest {
         ConnectRequest::new(format!("127.0.0.1:{port}").parse().unwrap())
+    }
+}
+
+pub async fn echo_once(t: &mut meshwire_hbone::Tunnel) {
+    t.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    t.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"x");
+}
+
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A connector that counts dials and can delay or fail them.
+#[derive(Clone, Default)]
+pub struct TestConnector {
+    pub calls: Arc<AtomicUsize>,
+    pub delay: Duration,
+    pub fail: bool,
+}
+
+impl Connector for TestConnector {
+    type Io = TcpStream;
+    async fn connect(&self, key: &PoolKey) -> std::io::Result<TcpStream> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        if self.fail {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "test refusal",
+            ));
+        }
+        TcpStream::connect(key.next_hop).await
     }
 }
