@@ -141,6 +141,28 @@ async fn add_and_del_reach_the_proxy_with_the_namespace() {
 }
 
 #[tokio::test]
+async fn zero_capacities_count_as_one() {
+    let (_dir, path) = common::socket_dir();
+    let mut config = server_config(&path);
+    config.queue_capacity = 0;
+    config.event_capacity = 0;
+    let server = Server::bind(config).await.unwrap();
+    // A subscriber that never reads: with room for one event it only misses events.
+    let _events = server.subscribe();
+    let (client, mut updates) = start_client(&path, &[]);
+    // The proxy sees the end of the snapshot once its connection is registered.
+    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+
+    let netns = common::own_netns();
+    let id = NetnsId::of(&netns).unwrap();
+    server.add(workload("a"), netns).await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
+    server.del("a").await.unwrap();
+    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
+    client.abort();
+}
+
+#[tokio::test]
 async fn a_created_namespace_reaches_the_proxy() {
     if !common::privileged("a_created_namespace_reaches_the_proxy") {
         return;

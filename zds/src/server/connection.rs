@@ -160,7 +160,7 @@ pub(super) fn start_connection(
         .iter()
         .map(|(uid, entry)| (uid.clone(), entry.clone()))
         .collect();
-    let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+    let (tx, rx) = mpsc::channel(shared.config.queue_capacity.max(1));
     state.conns.push(ConnHandle { id, tx });
     tokio::spawn(run_connection(
         shared.clone(),

@@ -66,7 +66,7 @@ impl Server {
         })?;
         info!(path = %path.display(), "ZDS server listening");
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (events, _) = broadcast::channel(config.event_capacity);
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let seeded = !config.wait_for_seed;
         let shared = Arc::new(Shared {
             config,
