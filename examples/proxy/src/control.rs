@@ -100,6 +100,37 @@ impl TokenValue {
     }
 }
 
+/// Logs what the xDS client reports (connects, disconnects, applied and rejected resources)
+/// until it stops.
+pub(crate) async fn log_xds_events(
+    mut events: tokio::sync::broadcast::Receiver<meshwire_xds_workload::ads::client::ClientEvent>,
+) {
+    use meshwire_xds_workload::ads::client::ClientEvent;
+    while let Ok(event) = events.recv().await {
+        match event {
+            ClientEvent::Connected => tracing::info!("xDS stream connected"),
+            ClientEvent::Disconnected {
+                reason, retry_in, ..
+            } => {
+                tracing::warn!(%reason, retry_in_ms = retry_in.as_millis() as u64, "xDS stream ended");
+            }
+            ClientEvent::Applied {
+                type_url,
+                resources,
+                removed,
+                rejected,
+                ..
+            } => {
+                tracing::debug!(%type_url, resources, removed, rejected = rejected.len(), "xDS response applied");
+                for r in rejected {
+                    tracing::warn!(rejection = ?r, "xDS resource rejected");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,10 @@
-//! The proxy's own HTTP endpoints: Prometheus metrics (15020), readiness (15021) and admin
-//! (127.0.0.1:15000).
+//! The HTTP server behind the proxy's own endpoints: Prometheus metrics (15020, served here),
+//! readiness (15021, [`crate::readiness`]) and admin (127.0.0.1:15000, [`crate::admin`]).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -13,49 +12,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::DumpFn;
 use crate::metrics::Metrics;
-
-/// What the readiness endpoint waits for.
-#[derive(Debug, Default)]
-pub(crate) struct Readiness {
-    xds_synced: AtomicBool,
-    zds_snapshot: AtomicBool,
-}
-
-impl Readiness {
-    pub(crate) fn set_xds_synced(&self, synced: bool) {
-        self.xds_synced.store(synced, Ordering::SeqCst);
-    }
-    pub(crate) fn set_zds_snapshot(&self, received: bool) {
-        self.zds_snapshot.store(received, Ordering::SeqCst);
-    }
-    pub(crate) fn xds_synced(&self) -> bool {
-        self.xds_synced.load(Ordering::SeqCst)
-    }
-    pub(crate) fn zds_snapshot(&self) -> bool {
-        self.zds_snapshot.load(Ordering::SeqCst)
-    }
-    /// `None` when ready, else what is still missing.
-    pub(crate) fn missing(&self) -> Option<String> {
-        let mut missing = Vec::new();
-        if !self.xds_synced() {
-            missing.push("xDS not synced");
-        }
-        if !self.zds_snapshot() {
-            missing.push("ZDS snapshot not received");
-        }
-        (!missing.is_empty()).then(|| missing.join(", "))
-    }
-}
-
-/// Produces the JSON document served on `/config_dump`.
-pub(crate) type DumpFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+use crate::readiness::Readiness;
 
 /// Which set of paths a listener serves.
 #[derive(Clone)]
@@ -78,9 +43,11 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-type Body = Full<Bytes>;
+/// Body of every response.
+pub(crate) type Body = Full<Bytes>;
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+/// A `text/plain` response.
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -107,33 +74,8 @@ impl Endpoint {
                 }
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             },
-            Self::Readiness(readiness) => match path {
-                "/healthz/ready" => match readiness.missing() {
-                    None => text(StatusCode::OK, "ready\n"),
-                    Some(missing) => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("not ready: {missing}\n"),
-                    ),
-                },
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
-            },
-            Self::Admin { dump, shutdown } => match (req.method(), path) {
-                (&Method::GET, "/config_dump") => {
-                    let body = serde_json::to_vec_pretty(&dump()).unwrap_or_default();
-                    let mut resp = text(StatusCode::OK, body);
-                    resp.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    resp
-                }
-                (&Method::POST, "/quitquitquit") => {
-                    tracing::info!("shutdown requested on /quitquitquit");
-                    shutdown.cancel();
-                    text(StatusCode::OK, "shutting down\n")
-                }
-                (_, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-                (_, "/") => text(StatusCode::OK, "GET /config_dump\nPOST /quitquitquit\n"),
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
-            },
+            Self::Readiness(readiness) => readiness.handle(req),
+            Self::Admin { dump, shutdown } => crate::admin::handle(req, dump, shutdown),
         }
     }
 }
@@ -203,12 +145,12 @@ pub(crate) async fn serve(listener: TcpListener, endpoint: Endpoint, stop: Cance
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    pub(crate) async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(
             format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
@@ -222,7 +164,7 @@ mod tests {
         (status, body)
     }
 
-    async fn start(
+    pub(crate) async fn start(
         endpoint: Endpoint,
     ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -230,29 +172,6 @@ mod tests {
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(l, endpoint, stop.clone()));
         (addr, stop, task)
-    }
-
-    #[tokio::test]
-    async fn readiness_needs_xds_and_zds() {
-        let readiness = Arc::new(Readiness::default());
-        let (addr, stop, task) = start(Endpoint::Readiness(readiness.clone())).await;
-        let (code, body) = request(addr, "GET", "/healthz/ready").await;
-        assert_eq!(code, 503);
-        assert!(
-            body.contains("xDS not synced") && body.contains("ZDS snapshot"),
-            "{body}"
-        );
-        readiness.set_xds_synced(true);
-        let (code, body) = request(addr, "GET", "/healthz/ready").await;
-        assert_eq!(code, 503);
-        assert!(!body.contains("xDS"), "{body}");
-        readiness.set_zds_snapshot(true);
-        assert_eq!(request(addr, "GET", "/healthz/ready").await.0, 200);
-        readiness.set_zds_snapshot(false);
-        assert_eq!(request(addr, "GET", "/healthz/ready").await.0, 503);
-        assert_eq!(request(addr, "GET", "/other").await.0, 404);
-        stop.cancel();
-        task.await.unwrap();
     }
 
     #[tokio::test]
@@ -265,27 +184,6 @@ mod tests {
             assert_eq!(code, 200);
             assert!(body.contains("meshwire_policy_denials_total 1"), "{body}");
         }
-        stop.cancel();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn admin_dump_and_quit() {
-        let shutdown = CancellationToken::new();
-        let dump: DumpFn = Arc::new(|| serde_json::json!({"pods": [{"uid": "u1"}]}));
-        let (addr, stop, task) = start(Endpoint::Admin {
-            dump,
-            shutdown: shutdown.clone(),
-        })
-        .await;
-        let (code, body) = request(addr, "GET", "/config_dump").await;
-        assert_eq!(code, 200);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["pods"][0]["uid"], "u1");
-        assert_eq!(request(addr, "GET", "/quitquitquit").await.0, 405);
-        assert!(!shutdown.is_cancelled());
-        assert_eq!(request(addr, "POST", "/quitquitquit").await.0, 200);
-        assert!(shutdown.is_cancelled());
         stop.cancel();
         task.await.unwrap();
     }

@@ -6,18 +6,22 @@
 //! identity from the CA, and carries pod-to-pod TCP in HBONE with SPIFFE identities checked on
 //! both ends. See `README.md` for flags, metrics and endpoints.
 
-mod certs;
+mod admin;
 mod config;
 mod control;
 mod copy;
 mod dataplane;
+mod enrollment;
 mod http;
 mod metrics;
 mod podnet;
 mod pods;
+mod readiness;
 mod routing;
+mod signals;
 #[cfg(test)]
 mod testutil;
+mod tls;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::dataplane::{DataPlane, DataPlaneConfig, Dispatch};
-use crate::http::{Endpoint, Readiness};
+use crate::http::Endpoint;
 use crate::metrics::Metrics;
-use crate::pods::{PodInfo, Supervisor};
+use crate::pods::Supervisor;
+use crate::readiness::Readiness;
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
@@ -79,7 +84,7 @@ fn init_tracing(json: bool) {
 
 async fn run(config: config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(signals::wait_for_signal(shutdown.clone()));
     tracing::info!(
         node = %config.node_name,
         zds = %config.zds_socket.display(),
@@ -89,7 +94,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         "proxy starting"
     );
 
-    check_privileges(config.packet_mark)?;
+    podnet::check_privileges(config.packet_mark)?;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let crypto = meshwire_svid::provider::ring();
@@ -140,34 +145,9 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let ads = AdsClient::new(xds_config, xds_channel, StoreHandler::new(store.clone()))
         .map_err(|e| anyhow::anyhow!("xDS client: {e}"))?;
     let mut synced = ads.synced();
-    let mut xds_events = ads.events();
+    let xds_events = ads.events();
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
-    tokio::spawn(async move {
-        use meshwire_xds_workload::ads::client::ClientEvent;
-        while let Ok(event) = xds_events.recv().await {
-            match event {
-                ClientEvent::Connected => tracing::info!("xDS stream connected"),
-                ClientEvent::Disconnected {
-                    reason, retry_in, ..
-                } => {
-                    tracing::warn!(%reason, retry_in_ms = retry_in.as_millis() as u64, "xDS stream ended");
-                }
-                ClientEvent::Applied {
-                    type_url,
-                    resources,
-                    removed,
-                    rejected,
-                    ..
-                } => {
-                    tracing::debug!(%type_url, resources, removed, rejected = rejected.len(), "xDS response applied");
-                    for r in rejected {
-                        tracing::warn!(rejection = ?r, "xDS resource rejected");
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
+    tokio::spawn(control::log_xds_events(xds_events));
 
     let ca_channel = control::channel(&config.ca_address, &ca_root, crypto.clone())?;
     let mut ca_config = meshwire_svid::CaClientConfig::default();
@@ -178,7 +158,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     if let Some(t) = &token {
         ca_config.token(t.for_ca());
     }
-    let certs = certs::Managed::new(
+    let certs = tls::certs::Managed::new(
         meshwire_svid::CaClient::new(ca_channel, ca_config),
         metrics.clone(),
     );
@@ -197,12 +177,12 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     );
     let supervisor = Supervisor::new(Arc::new(Dispatch(dataplane.clone())), metrics.clone());
 
-    let dump: http::DumpFn = {
+    let dump: admin::DumpFn = {
         let dataplane = dataplane.clone();
         let supervisor = supervisor.clone();
         let readiness = readiness.clone();
         Arc::new(move || {
-            let mut v = dataplane.dump(&supervisor.pods());
+            let mut v = admin::config_dump(&dataplane, &supervisor.pods());
             v["ready"] = serde_json::json!({
                 "xds_synced": readiness.xds_synced(),
                 "zds_snapshot": readiness.zds_snapshot(),
@@ -233,7 +213,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             }
             readiness.set_xds_synced(true);
             tracing::info!("xDS synced, connecting to ZDS");
-            run_zds(socket, mark, supervisor, readiness).await;
+            enrollment::run_zds(socket, mark, supervisor, readiness).await;
         })
     };
 
@@ -252,18 +232,6 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails early, with a clear message, when the proxy cannot mark sockets (it would otherwise
-/// accept pods and then fail every connection).
-fn check_privileges(mark: u32) -> anyhow::Result<()> {
-    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    probe.set_mark(mark).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot set SO_MARK on sockets ({e}); the proxy needs CAP_NET_ADMIN and \
-             CAP_SYS_ADMIN (run it as root)"
-        )
-    })
-}
-
 async fn stop_servers(
     stop: CancellationToken,
     mut servers: tokio::task::JoinSet<()>,
@@ -271,111 +239,4 @@ async fn stop_servers(
     stop.cancel();
     while servers.join_next().await.is_some() {}
     Ok(())
-}
-
-/// The NACK text of a failed ZDS update.
-#[derive(Debug)]
-struct Nack(String);
-
-impl std::fmt::Display for Nack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Runs the ZDS client: every add opens the pod's listeners before it is acknowledged.
-async fn run_zds(
-    socket: std::path::PathBuf,
-    mark: u32,
-    supervisor: Arc<Supervisor>,
-    readiness: Arc<Readiness>,
-) {
-    let mut zds_config = meshwire_zds::client::ClientConfig::default();
-    zds_config.path = socket;
-    let client =
-        meshwire_zds::client::Client::new(zds_config, move |update: meshwire_zds::Update| {
-            let supervisor = supervisor.clone();
-            async move {
-                apply_zds(&supervisor, mark, update)
-                    .await
-                    .map_err(|e| Nack(format!("{e:#}")))
-            }
-        });
-    let mut ready = client.readiness();
-    tokio::spawn(async move {
-        loop {
-            let now = *ready.borrow_and_update();
-            readiness.set_zds_snapshot(now);
-            if ready.changed().await.is_err() {
-                readiness.set_zds_snapshot(false);
-                break;
-            }
-        }
-    });
-    match client.run().await {
-        Ok(never) => match never {},
-        Err(e) => tracing::error!(
-            error = %e,
-            "ZDS client stopped for good: pods already held keep being served, but no pod is \
-             added or removed and the proxy stays not ready until it is restarted"
-        ),
-    }
-}
-
-async fn apply_zds(
-    supervisor: &Supervisor,
-    mark: u32,
-    update: meshwire_zds::Update,
-) -> anyhow::Result<()> {
-    match update {
-        meshwire_zds::Update::Add { workload, netns } => {
-            let ns = meshwire_netns::NetNs::from_fd(netns)?;
-            let info = PodInfo {
-                uid: workload.uid,
-                name: workload.name,
-                namespace: workload.namespace,
-                service_account: workload.service_account,
-            };
-            supervisor
-                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)))
-                .await
-        }
-        meshwire_zds::Update::Del { uid } => {
-            supervisor.remove(&uid);
-            Ok(())
-        }
-        meshwire_zds::Update::Keep { uid } => {
-            tracing::debug!(%uid, "ZDS keep");
-            Ok(())
-        }
-        meshwire_zds::Update::SnapshotSent => {
-            tracing::info!(pods = supervisor.pods().len(), "ZDS snapshot received");
-            Ok(())
-        }
-        other => {
-            tracing::debug!(update = ?other, "ignoring unknown ZDS update");
-            Ok(())
-        }
-    }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-        () = shutdown.cancelled() => return,
-    }
-    shutdown.cancel();
 }

@@ -92,6 +92,18 @@ impl PodNetwork for PodNamespace {
     }
 }
 
+/// Fails early, with a clear message, when the proxy cannot mark sockets (it would otherwise
+/// accept pods and then fail every connection).
+pub(crate) fn check_privileges(mark: u32) -> anyhow::Result<()> {
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    probe.set_mark(mark).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot set SO_MARK on sockets ({e}); the proxy needs CAP_NET_ADMIN and \
+             CAP_SYS_ADMIN (run it as root)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,195 @@
+//! Inbound HBONE (15008): mutual TLS with the pod's certificate, then one CONNECT stream per
+//! proxied connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use meshwire_hbone::Rejection;
+use meshwire_hbone::headers::Forwarded;
+use meshwire_hbone::server::{
+    ConnectionInfo as HboneConnection, Handler, IncomingTunnel, ServerError,
+};
+use meshwire_xds_workload::Identity;
+use meshwire_xds_workload::authorization::{ConnectionInfo, Decision};
+use tokio::net::TcpStream;
+
+use super::DataPlane;
+use super::connection::{ConnRecord, Failure};
+use super::workload::{canonical, peer_workload, workload_baggage};
+use crate::copy::Ends;
+use crate::metrics::{Direction, Security};
+use crate::pods::Pod;
+use crate::routing;
+
+impl DataPlane {
+    pub(super) async fn inbound_hbone(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let Some(state) = self.pod_state(&pod.info.uid) else {
+            return;
+        };
+        let local_addr = match stream.local_addr() {
+            Ok(a) => canonical(a),
+            Err(_) => return,
+        };
+        let info = HboneConnection::new(local_addr, canonical(peer));
+        match state.server.serve_connection(stream, info).await {
+            Ok(()) => {}
+            Err(e) => {
+                let handshake = matches!(
+                    e,
+                    ServerError::Tls(_)
+                        | ServerError::HandshakeTimeout
+                        | ServerError::NoPeerIdentity
+                );
+                if handshake {
+                    self.metrics.tls_handshake_failures.inc();
+                }
+                let reason = if handshake {
+                    "tls handshake failed"
+                } else if matches!(e, ServerError::TlsConfig(_)) {
+                    "no certificate"
+                } else {
+                    "hbone error"
+                };
+                if handshake || matches!(e, ServerError::TlsConfig(_)) {
+                    let rec = ConnRecord::new(
+                        Direction::Inbound,
+                        Security::Mtls,
+                        info.peer_addr,
+                        local_addr,
+                    );
+                    self.connection_failed(&rec, &Failure::new(reason, &e));
+                } else {
+                    tracing::debug!(uid = %pod.info.uid, peer = %info.peer_addr, error = %e, "HBONE connection ended");
+                }
+            }
+        }
+    }
+
+    /// One CONNECT stream on a pod's 15008.
+    pub(super) async fn inbound_stream(self: Arc<Self>, pod: Arc<Pod>, tunnel: IncomingTunnel) {
+        let info = *tunnel.connection();
+        let local_addr = canonical(info.local_addr);
+        let src = canonical(info.peer_addr);
+        let peer_id = tunnel.peer_identity().clone();
+        let authority = tunnel.request().authority.clone();
+        let mut rec = ConnRecord::new(
+            Direction::Inbound,
+            Security::Mtls,
+            tunnel
+                .request()
+                .forwarded
+                .as_ref()
+                .and_then(Forwarded::client_addr)
+                .map_or(src, canonical),
+            local_addr,
+        );
+        rec.peer_identity = peer_id.to_string();
+        rec.source_identity = peer_id.to_string();
+        rec.peer_workload = peer_workload(tunnel.request().baggage.as_ref());
+
+        let Some(local) = self.local_workload(&pod).await else {
+            tunnel.reject(Rejection::ServiceUnavailable);
+            return self.connection_failed(
+                &rec,
+                &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
+            );
+        };
+        rec.destination_identity = local.identity().to_string();
+        // An IP authority must name this pod's address, the one the connection arrived on.
+        if let Err(rejection) = tunnel.request().check_destination(local_addr.ip()) {
+            tunnel.reject(rejection);
+            if let Some(a) = authority.socket_addr() {
+                rec.dst = canonical(a);
+            }
+            return self.connection_failed(
+                &rec,
+                &Failure::new(
+                    "refused",
+                    "authority does not match the destination address",
+                ),
+            );
+        }
+        // The application is always at this pod's address. An IP authority gives the port; a
+        // host-name authority names a service this pod is an endpoint of, and its port is
+        // mapped like the service maps it.
+        let port = match (authority.socket_addr(), authority.host()) {
+            (Some(a), _) => a.port(),
+            (None, Some(host)) => {
+                match self
+                    .store
+                    .resolve_service_host(&local, host, authority.port())
+                {
+                    Some(target) => target.port,
+                    None => {
+                        tunnel.reject(Rejection::ServiceUnavailable);
+                        return self.connection_failed(
+                            &rec,
+                            &Failure::new(
+                                "refused",
+                                format!("{authority} is not a service port of this pod's workload"),
+                            ),
+                        );
+                    }
+                }
+            }
+            (None, None) => {
+                tunnel.reject(Rejection::BadRequest);
+                return self
+                    .connection_failed(&rec, &Failure::new("refused", "unusable authority"));
+            }
+        };
+        let target = SocketAddr::new(local_addr.ip(), port);
+        rec.dst = target;
+        if routing::is_illegal_port(port) {
+            tunnel.reject(Rejection::ServiceUnavailable);
+            return self.connection_failed(&rec, &Failure::new("refused", routing::RECURSION));
+        }
+        let peer_identity = Identity::from_str(&peer_id.to_string()).ok();
+        let conn = ConnectionInfo::new(src.ip(), target, peer_identity);
+        if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
+            tunnel.reject(Rejection::Unauthorized);
+            self.metrics.policy_denials.inc();
+            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+        }
+        let upstream = match self.connect_app(&pod, src, target).await {
+            Ok(s) => s,
+            Err(failure) => {
+                tunnel.reject(Rejection::ServiceUnavailable);
+                return self.connection_failed(&rec, &failure);
+            }
+        };
+        let tunnel = match tunnel.accept_with_baggage(workload_baggage(&local)) {
+            Ok(t) => t,
+            Err(e) => return self.connection_failed(&rec, &Failure::new("hbone error", e)),
+        };
+        self.splice(rec, Ends::TunnelToSocket(tunnel, upstream))
+            .await;
+    }
+}
+
+/// Hands each CONNECT stream of a pod's server to the data plane.
+pub(super) struct InboundStreams {
+    pub(super) dp: Arc<DataPlane>,
+    pub(super) pod: Arc<Pod>,
+}
+
+impl Handler for InboundStreams {
+    fn handle(&self, tunnel: IncomingTunnel) -> impl Future<Output = ()> + Send {
+        let dp = self.dp.clone();
+        let pod = self.pod.clone();
+        let kill = pod.killed().clone();
+        async move {
+            tokio::select! {
+                () = kill.cancelled() => {}
+                () = dp.inbound_stream(pod, tunnel) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Inbound plaintext (15006): connections to the pod from peers outside the mesh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshwire_xds_workload::authorization::{ConnectionInfo, Decision};
+use tokio::net::TcpStream;
+
+use super::DataPlane;
+use super::connection::{ConnRecord, Failure};
+use super::workload::canonical;
+use crate::copy::Ends;
+use crate::metrics::{Direction, Security};
+use crate::pods::Pod;
+use crate::routing;
+
+impl DataPlane {
+    pub(super) async fn inbound_plaintext(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let src = canonical(peer);
+        let orig = match pod.net.original_dst(&stream) {
+            Ok(d) => canonical(d),
+            Err(e) => {
+                self.metrics
+                    .connection_failed(Direction::Inbound, "no original destination");
+                tracing::info!(uid = %pod.info.uid, src = %src, error = %e, "inbound: no original destination");
+                return;
+            }
+        };
+        let mut rec = ConnRecord::new(Direction::Inbound, Security::Plaintext, src, orig);
+        let target = match routing::inbound_plaintext_target(orig) {
+            Ok(t) => t,
+            Err(reason) => return self.connection_failed(&rec, &Failure::new("refused", reason)),
+        };
+        let Some(local) = self.local_workload(&pod).await else {
+            return self.connection_failed(
+                &rec,
+                &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
+            );
+        };
+        rec.destination_identity = local.identity().to_string();
+        let conn = ConnectionInfo::new(src.ip(), target, None);
+        if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
+            self.metrics.policy_denials.inc();
+            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+        }
+        let upstream = match self.connect_app(&pod, src, target).await {
+            Ok(s) => s,
+            Err(failure) => return self.connection_failed(&rec, &failure),
+        };
+        self.splice(rec, Ends::Tcp(stream, upstream)).await;
+    }
+}

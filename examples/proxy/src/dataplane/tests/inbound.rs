@@ -1,0 +1,270 @@
+//! The inbound paths: plaintext (15006) and HBONE (15008) with its CONNECT checks,
+//! authorization and client certificates.
+
+use super::*;
+
+#[tokio::test]
+async fn plaintext_arrivals_are_authorized_and_forwarded() {
+    let mut env = Env::new().await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 31], true)
+        .await;
+    let app = echo_app([127, 0, 0, 31], "server-1:").await;
+    *env.nets["server-1"].original_dst.lock().unwrap() = Some(app);
+    let mut s = TcpStream::connect(env.listener("server-1", ListenerKind::InboundPlaintext))
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut s, b"plain").await, b"server-1:plain");
+    let line = format!(
+        "meshwire_connections_total{{direction=\"inbound\",security=\"plaintext\",source_identity=\"\",destination_identity=\"{SERVER_ID}\"}} 1"
+    );
+    assert!(
+        has_line(&env.metrics_text(), &line),
+        "{}",
+        env.metrics_text()
+    );
+
+    // An ALLOW policy for principals only: plaintext has no identity, so it is denied.
+    let policy = sec::Authorization {
+        name: "only-client".into(),
+        namespace: "shop".into(),
+        scope: sec::Scope::Namespace as i32,
+        action: sec::Action::Allow as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    principals: vec![sec::StringMatch {
+                        match_type: Some(sec::string_match::MatchType::Exact(
+                            "cluster.local/ns/shop/sa/client".into(),
+                        )),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    env.store.insert_policy(
+        "shop/only-client",
+        AuthorizationPolicy::try_from(policy).unwrap(),
+    );
+    let mut s = TcpStream::connect(env.listener("server-1", ListenerKind::InboundPlaintext))
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut s, b"plain").await, b"");
+    assert!(has_line(
+        &env.metrics_text(),
+        "meshwire_policy_denials_total 1"
+    ));
+
+    // The proxy's own ports are never a destination.
+    env.store.remove_policy("shop/only-client");
+    *env.nets["server-1"].original_dst.lock().unwrap() =
+        Some(SocketAddr::from(([127, 0, 0, 31], 15006)));
+    let mut s = TcpStream::connect(env.listener("server-1", ListenerKind::InboundPlaintext))
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut s, b"loop").await, b"");
+}
+
+#[tokio::test]
+async fn deny_policy_blocks_one_service_account_only() {
+    let mut env = Env::new().await;
+    env.pod("client-1", "shop", "client", [127, 0, 0, 41], true)
+        .await;
+    env.pod("intruder-1", "shop", "intruder", [127, 0, 0, 42], true)
+        .await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 43], true)
+        .await;
+    let app = echo_app([127, 0, 0, 43], "server-1:").await;
+    deny_principal(&env.store, "shop", "cluster.local/ns/shop/sa/intruder");
+
+    assert_eq!(env.outbound("intruder-1", app, b"let me in").await, b"");
+    assert_eq!(env.outbound("client-1", app, b"hi").await, b"server-1:hi");
+    let m = env.metrics_text();
+    assert!(has_line(&m, "meshwire_policy_denials_total 1"), "{m}");
+    assert!(
+        has_line(
+            &m,
+            "meshwire_connection_failures_total{direction=\"outbound\",reason=\"denied by peer\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(!m.contains("source_identity=\"spiffe://cluster.local/ns/shop/sa/intruder\",destination_identity=\"spiffe://cluster.local/ns/shop/sa/server\"} 1\nmeshwire_connections_total{direction=\"inbound\""));
+}
+
+#[tokio::test]
+async fn connect_checks_on_the_hbone_port() {
+    let mut env = Env::new().await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 51], true)
+        .await;
+    let app = echo_app([127, 0, 0, 51], "server-1:").await;
+    let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
+    let conn = raw_client(&env.ca, CLIENT_ID, SERVER_ID, hbone_addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.peer_identity().map(ToString::to_string).as_deref(),
+        Some(SERVER_ID)
+    );
+
+    let status = |r: Result<meshwire_hbone::Tunnel, ClientError>| {
+        r.err().and_then(|e| e.status()).map(|s| s.as_u16())
+    };
+    let req = |addr: SocketAddr| ConnectRequest::new(Authority::from_socket_addr(addr).unwrap());
+    // Another IP than the one the connection arrived on: 400.
+    assert_eq!(
+        status(
+            conn.open(&req(SocketAddr::from(([127, 0, 0, 99], app.port()))))
+                .await
+        ),
+        Some(400)
+    );
+    // The proxy's own ports: 503.
+    for port in [15001, 15006, 15008] {
+        assert_eq!(
+            status(
+                conn.open(&req(SocketAddr::from(([127, 0, 0, 51], port))))
+                    .await
+            ),
+            Some(503)
+        );
+    }
+    // Nothing listening: 503.
+    let closed = std::net::TcpListener::bind("127.0.0.51:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(status(conn.open(&req(closed)).await), Some(503));
+    // A host name of no service of this pod: 503.
+    let host =
+        ConnectRequest::new(Authority::from_host("server.shop.svc.cluster.local", 80).unwrap());
+    assert_eq!(status(conn.open(&host).await), Some(503));
+    // The right one: 200 and data flows.
+    let mut tunnel = conn.open(&req(app)).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tunnel.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"server-1:ok");
+}
+
+#[tokio::test]
+async fn host_name_authorities_reach_the_service_target_port() {
+    let mut env = Env::new().await;
+    let app = echo_app([127, 0, 0, 101], "web-0:").await;
+    let mut web = pb_workload("web-0", "shop", "web", [127, 0, 0, 101], true);
+    // Port 80 is mapped by the endpoint; 443 by the service; 9000 by nobody.
+    web.services.insert(
+        "shop/web.shop.svc.cluster.local".into(),
+        pbw::PortList {
+            ports: vec![
+                pbw::Port {
+                    service_port: 80,
+                    target_port: u32::from(app.port()),
+                    app_protocol: 0,
+                },
+                pbw::Port {
+                    service_port: 443,
+                    target_port: 0,
+                    app_protocol: 0,
+                },
+            ],
+        },
+    );
+    let service = pbw::Service {
+        name: "web".into(),
+        namespace: "shop".into(),
+        hostname: "web.shop.svc.cluster.local".into(),
+        ports: vec![
+            pbw::Port {
+                service_port: 443,
+                target_port: u32::from(app.port()),
+                app_protocol: 0,
+            },
+            pbw::Port {
+                service_port: 9000,
+                target_port: 0,
+                app_protocol: 0,
+            },
+            pbw::Port {
+                service_port: 15008,
+                target_port: 15008,
+                app_protocol: 0,
+            },
+        ],
+        ..Default::default()
+    };
+    env.store.insert_address(
+        "shop/web.shop.svc.cluster.local",
+        Address::Service(Arc::new(Service::try_from(service).unwrap())),
+    );
+    env.pod("web-0", "shop", "web", [127, 0, 0, 101], true)
+        .await;
+    // The pod's workload again, now as an endpoint of the service.
+    put_workload(&env.store, web);
+    let hbone_addr = env.listener("web-0", ListenerKind::InboundHbone);
+    let conn = raw_client(
+        &env.ca,
+        CLIENT_ID,
+        "spiffe://cluster.local/ns/shop/sa/web",
+        hbone_addr,
+    )
+    .await
+    .unwrap();
+    let to = |host: &str, port: u16| ConnectRequest::new(Authority::from_host(host, port).unwrap());
+    for port in [80, 443] {
+        let mut tunnel = conn
+            .open(&to("web.shop.svc.cluster.local", port))
+            .await
+            .unwrap();
+        tunnel.write_all(b"hi").await.unwrap();
+        tunnel.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tunnel.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"web-0:hi", "service port {port}");
+    }
+    let status = |r: Result<meshwire_hbone::Tunnel, ClientError>| {
+        r.err().and_then(|e| e.status()).map(|s| s.as_u16())
+    };
+    // No mapping for the port, another service, a proxy port: 503.
+    assert_eq!(
+        status(conn.open(&to("web.shop.svc.cluster.local", 9000)).await),
+        Some(503)
+    );
+    assert_eq!(
+        status(conn.open(&to("db.shop.svc.cluster.local", 80)).await),
+        Some(503)
+    );
+    assert_eq!(
+        status(conn.open(&to("web.shop.svc.cluster.local", 15008)).await),
+        Some(503)
+    );
+}
+
+#[tokio::test]
+async fn foreign_or_missing_client_certificates_fail_the_handshake() {
+    let mut env = Env::new().await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 61], true)
+        .await;
+    let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
+    // Another CA, same trust domain name: the chain does not verify.
+    let other = CertificateAuthority::generate_root(
+        &TrustDomain::new("cluster.local").unwrap(),
+        meshwire_svid::CaConfig::default(),
+    )
+    .unwrap();
+    let attempt = raw_client(&other, CLIENT_ID, SERVER_ID, hbone_addr).await;
+    assert!(
+        attempt.is_err(),
+        "a foreign client certificate was accepted"
+    );
+    // Another trust domain from the right CA is not issued; the CA refuses other domains,
+    // so a client of a foreign trust domain is covered by the chain check above.
+    wait_for(|| env.metrics.tls_handshake_failures.get() >= 1).await;
+    // Plain TCP junk on the HBONE port is a failed handshake as well.
+    let mut junk = TcpStream::connect(hbone_addr).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = junk.read_to_end(&mut sink).await;
+    wait_for(|| env.metrics.tls_handshake_failures.get() >= 2).await;
+}

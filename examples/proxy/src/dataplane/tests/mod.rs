@@ -1,0 +1,359 @@
+//! In-process data-plane tests: pods on loopback addresses with a real workload store, a
+//! local CA behind the real certificate manager, and the real HBONE pool and server.
+//!
+//! This module holds the fixtures; the tests are in its submodules, one per path.
+
+mod inbound;
+mod outbound;
+mod pods;
+
+use super::workload::peer_workload;
+use super::*;
+use crate::metrics::{Direction, Security, TrafficLabels};
+use crate::pods::{PodInfo, PodNetwork, Supervisor};
+use crate::routing::DestinationWorkload;
+use crate::tls::certs::Managed;
+use meshwire_hbone::client::{ClientConnection, ClientError};
+use meshwire_hbone::headers::{Baggage, Forwarded, WorkloadBaggage, WorkloadKind};
+use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
+use meshwire_hbone::{Authority, ConnectRequest};
+use meshwire_svid::{CertificateAuthority, IdentityPolicy, TrustDomain};
+use meshwire_xds_workload::authorization::AuthorizationPolicy;
+use meshwire_xds_workload::pb::istio::security as sec;
+use meshwire_xds_workload::pb::istio::workload as pbw;
+use meshwire_xds_workload::{Address, Service};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub(crate) const NODE: &str = "node-1";
+
+/// A pod "namespace" on a loopback address: listeners bind the pod IP on ephemeral ports,
+/// connects go through a translation table (so `<pod ip>:15008` reaches the ephemeral HBONE
+/// listener), and the original destination is set by the test.
+#[derive(Debug)]
+pub(crate) struct TestNet {
+    pub(crate) ip: IpAddr,
+    pub(crate) original_dst: Mutex<Option<SocketAddr>>,
+    pub(crate) routes: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
+}
+
+impl PodNetwork for TestNet {
+    fn id(&self) -> String {
+        format!("test:{}", self.ip)
+    }
+    fn listen(&self, port: u16) -> BoxFuture<'_, io::Result<TcpListener>> {
+        Box::pin(TcpListener::bind(SocketAddr::new(self.ip, port)))
+    }
+    fn connect(&self, dst: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        let dst = self
+            .routes
+            .lock()
+            .unwrap()
+            .get(&dst)
+            .copied()
+            .unwrap_or(dst);
+        let ip = self.ip;
+        Box::pin(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(dst).await
+        })
+    }
+    fn original_dst(&self, _stream: &TcpStream) -> io::Result<SocketAddr> {
+        self.original_dst
+            .lock()
+            .unwrap()
+            .ok_or_else(|| io::Error::other("no original destination"))
+    }
+}
+
+pub(crate) fn pb_workload(
+    name: &str,
+    ns: &str,
+    sa: &str,
+    ip: [u8; 4],
+    hbone: bool,
+) -> pbw::Workload {
+    pbw::Workload {
+        uid: format!("Kubernetes//Pod/{ns}/{name}"),
+        name: name.into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+        addresses: vec![ip.to_vec().into()],
+        tunnel_protocol: if hbone {
+            pbw::TunnelProtocol::Hbone as i32
+        } else {
+            pbw::TunnelProtocol::None as i32
+        },
+        node: NODE.into(),
+        workload_name: name.into(),
+        workload_type: pbw::WorkloadType::Pod as i32,
+        canonical_name: name.into(),
+        cluster_id: "Kubernetes".into(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn put_workload(store: &WorkloadStore, w: pbw::Workload) {
+    let name = w.uid.clone();
+    let w = Workload::try_from(w).unwrap();
+    store.insert_address(name, Address::Workload(Arc::new(w)));
+}
+
+pub(crate) fn deny_principal(store: &WorkloadStore, namespace: &str, principal: &str) {
+    let policy = sec::Authorization {
+        name: "deny-one".into(),
+        namespace: namespace.into(),
+        scope: sec::Scope::Namespace as i32,
+        action: sec::Action::Deny as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    principals: vec![sec::StringMatch {
+                        match_type: Some(sec::string_match::MatchType::Exact(principal.into())),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    let policy = AuthorizationPolicy::try_from(policy).unwrap();
+    store.insert_policy(format!("{namespace}/deny-one"), policy);
+}
+
+/// An application: echoes what it reads, prefixed with its name.
+pub(crate) async fn echo_app(ip: [u8; 4], name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.write_all(name.as_bytes()).await;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub(crate) struct Env {
+    pub(crate) ca: Arc<CertificateAuthority>,
+    pub(crate) dp: Arc<DataPlane>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) store: Arc<WorkloadStore>,
+    pub(crate) supervisor: Arc<Supervisor>,
+    pub(crate) routes: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
+    pub(crate) nets: HashMap<&'static str, Arc<TestNet>>,
+}
+
+impl Env {
+    pub(crate) async fn new() -> Self {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::generate_root(&td, meshwire_svid::CaConfig::default()).unwrap(),
+        );
+        let metrics = Metrics::new();
+        let store = Arc::new(WorkloadStore::new());
+        let certs = Managed::new(ca.clone(), metrics.clone());
+        let dp = DataPlane::new(
+            DataPlaneConfig {
+                node_name: NODE.into(),
+                local_lookup_timeout: Duration::from_millis(500),
+                connect_timeout: Duration::from_secs(2),
+                drain_deadline: Duration::from_millis(200),
+                original_source: true,
+            },
+            metrics.clone(),
+            store.clone(),
+            certs,
+            meshwire_svid::provider::ring(),
+        );
+        let supervisor =
+            Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
+        Self {
+            ca,
+            dp,
+            metrics,
+            store,
+            supervisor,
+            routes: Arc::new(Mutex::new(HashMap::new())),
+            nets: HashMap::new(),
+        }
+    }
+
+    /// Adds a pod (xDS workload and ZDS add) on `ip`.
+    pub(crate) async fn pod(
+        &mut self,
+        name: &'static str,
+        ns: &str,
+        sa: &str,
+        ip: [u8; 4],
+        hbone: bool,
+    ) {
+        put_workload(&self.store, pb_workload(name, ns, sa, ip, hbone));
+        let net = Arc::new(TestNet {
+            ip: IpAddr::from(ip),
+            original_dst: Mutex::new(None),
+            routes: self.routes.clone(),
+        });
+        self.supervisor
+            .add(
+                PodInfo {
+                    uid: format!("uid-{name}"),
+                    name: name.into(),
+                    namespace: ns.into(),
+                    service_account: sa.into(),
+                },
+                net.clone(),
+            )
+            .await
+            .unwrap();
+        let pod = self.supervisor.get(&format!("uid-{name}")).unwrap();
+        let hbone_addr = listener(&pod, ListenerKind::InboundHbone);
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(SocketAddr::new(IpAddr::from(ip), 15008), hbone_addr);
+        self.nets.insert(name, net);
+    }
+
+    pub(crate) fn listener(&self, pod: &str, kind: ListenerKind) -> SocketAddr {
+        listener(&self.supervisor.get(&format!("uid-{pod}")).unwrap(), kind)
+    }
+
+    /// Connects "from the app of `pod`" to `dst`: through the pod's 15001 with `dst` as
+    /// the original destination. Returns what came back after sending `payload`.
+    pub(crate) async fn outbound(&self, pod: &str, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        *self.nets[pod].original_dst.lock().unwrap() = Some(dst);
+        let mut s = TcpStream::connect(self.listener(pod, ListenerKind::Outbound))
+            .await
+            .unwrap();
+        exchange(&mut s, payload).await
+    }
+
+    pub(crate) fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    pub(crate) fn supervisor_dispatch(&self) -> Dispatch {
+        Dispatch(self.dp.clone())
+    }
+}
+
+pub(crate) fn listener(pod: &Pod, kind: ListenerKind) -> SocketAddr {
+    pod.listeners.iter().find(|(k, _)| *k == kind).unwrap().1
+}
+
+/// Writes `payload`, half-closes, reads everything back.
+pub(crate) async fn exchange(s: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+    s.write_all(payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("no answer within 10 s");
+    out
+}
+
+pub(crate) fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+pub(crate) const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
+pub(crate) const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
+
+pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached");
+}
+
+/// A raw HBONE client with an identity from `ca`, to send CONNECTs the proxy's own
+/// outbound path never sends.
+pub(crate) async fn raw_client(
+    ca: &CertificateAuthority,
+    id: &str,
+    server: &str,
+    hbone: SocketAddr,
+) -> Result<ClientConnection, ClientError> {
+    let own = ca
+        .issue(&SpiffeId::new(id).unwrap(), Duration::from_secs(3600))
+        .unwrap();
+    let mut roots = meshwire_svid::TrustBundleSet::new();
+    roots.insert(ca.bundle());
+    let tls = meshwire_svid::client_config(
+        meshwire_svid::provider::ring(),
+        &own,
+        &roots,
+        IdentityPolicy::exact([SpiffeId::new(server).unwrap()]),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(hbone).await.unwrap();
+    ClientConnection::connect(tcp, Arc::new(tls), &meshwire_hbone::Http2Config::client()).await
+}
+
+/// An HBONE server that is not one of our pods: it presents a certificate for
+/// `identity` from the test CA, is reached as `<ip>:15008` through the test routes,
+/// records each CONNECT request, answers 200 with `reply` as baggage and writes `fake:`.
+pub(crate) async fn fake_hbone_peer(
+    env: &Env,
+    ip: [u8; 4],
+    identity: &str,
+    reply: Baggage,
+) -> tokio::sync::mpsc::UnboundedReceiver<ConnectRequest> {
+    let own = env
+        .ca
+        .issue(&SpiffeId::new(identity).unwrap(), Duration::from_secs(3600))
+        .unwrap();
+    let mut roots = meshwire_svid::TrustBundleSet::new();
+    roots.insert(env.ca.bundle());
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let tls = meshwire_svid::server_config(
+        meshwire_svid::provider::ring(),
+        &own,
+        &roots,
+        IdentityPolicy::SameTrustDomain(td),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::new(
+        Arc::new(tls),
+        move |tunnel: IncomingTunnel| {
+            let _ = tx.send(tunnel.request().clone());
+            let reply = reply.clone();
+            async move {
+                if let Ok(mut t) = tunnel.accept_with_baggage(reply) {
+                    let _ = t.write_all(b"fake:").await;
+                    let _ = t.shutdown().await;
+                    let mut sink = Vec::new();
+                    let _ = t.read_to_end(&mut sink).await;
+                }
+            }
+        },
+        ServeConfig::default(),
+    );
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    env.routes.lock().unwrap().insert(
+        SocketAddr::new(IpAddr::from(ip), 15008),
+        listener.local_addr().unwrap(),
+    );
+    tokio::spawn(async move { server.serve(listener).await });
+    rx
+}

@@ -1,0 +1,94 @@
+//! Enrollment over ZDS: the node agent adds and removes pods; every add opens the pod's
+//! listeners before it is acknowledged.
+
+use std::sync::Arc;
+
+use crate::podnet;
+use crate::pods::{PodInfo, Supervisor};
+use crate::readiness::Readiness;
+
+/// The NACK text of a failed ZDS update.
+#[derive(Debug)]
+struct Nack(String);
+
+impl std::fmt::Display for Nack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs the ZDS client: every add opens the pod's listeners before it is acknowledged.
+pub(crate) async fn run_zds(
+    socket: std::path::PathBuf,
+    mark: u32,
+    supervisor: Arc<Supervisor>,
+    readiness: Arc<Readiness>,
+) {
+    let mut zds_config = meshwire_zds::client::ClientConfig::default();
+    zds_config.path = socket;
+    let client =
+        meshwire_zds::client::Client::new(zds_config, move |update: meshwire_zds::Update| {
+            let supervisor = supervisor.clone();
+            async move {
+                apply_zds(&supervisor, mark, update)
+                    .await
+                    .map_err(|e| Nack(format!("{e:#}")))
+            }
+        });
+    let mut ready = client.readiness();
+    tokio::spawn(async move {
+        loop {
+            let now = *ready.borrow_and_update();
+            readiness.set_zds_snapshot(now);
+            if ready.changed().await.is_err() {
+                readiness.set_zds_snapshot(false);
+                break;
+            }
+        }
+    });
+    match client.run().await {
+        Ok(never) => match never {},
+        Err(e) => tracing::error!(
+            error = %e,
+            "ZDS client stopped for good: pods already held keep being served, but no pod is \
+             added or removed and the proxy stays not ready until it is restarted"
+        ),
+    }
+}
+
+async fn apply_zds(
+    supervisor: &Supervisor,
+    mark: u32,
+    update: meshwire_zds::Update,
+) -> anyhow::Result<()> {
+    match update {
+        meshwire_zds::Update::Add { workload, netns } => {
+            let ns = meshwire_netns::NetNs::from_fd(netns)?;
+            let info = PodInfo {
+                uid: workload.uid,
+                name: workload.name,
+                namespace: workload.namespace,
+                service_account: workload.service_account,
+            };
+            supervisor
+                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)))
+                .await
+        }
+        meshwire_zds::Update::Del { uid } => {
+            supervisor.remove(&uid);
+            Ok(())
+        }
+        meshwire_zds::Update::Keep { uid } => {
+            tracing::debug!(%uid, "ZDS keep");
+            Ok(())
+        }
+        meshwire_zds::Update::SnapshotSent => {
+            tracing::info!(pods = supervisor.pods().len(), "ZDS snapshot received");
+            Ok(())
+        }
+        other => {
+            tracing::debug!(update = ?other, "ignoring unknown ZDS update");
+            Ok(())
+        }
+    }
+}
