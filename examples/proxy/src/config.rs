@@ -207,51 +207,15 @@ pub(crate) fn parse_orig_src(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Parses a duration such as `24h`, `90m`, `1h30m`, `10s`, `500ms` or a bare number of seconds.
+/// Parses a duration as the mesh's environment variables spell it: `24h`, `90m`, `1h30m`, `10s`,
+/// `500ms`, `2d` (units may also be separated by spaces, as `humantime` reads them), or a bare
+/// number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".to_owned());
-    }
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("{s:?}: expected a number before a unit"));
-        }
-        let (number, tail) = rest.split_at(digits);
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?}: number out of range"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let unit = match unit {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86400),
-            "" => return Err(format!("{s:?}: missing unit after {value}")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d)")),
-        };
-        let part = u32::try_from(value)
-            .ok()
-            .and_then(|v| unit.checked_mul(v))
-            .ok_or_else(|| format!("{s:?}: duration too large"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("{s:?}: duration too large"))?;
-        rest = tail;
-    }
-    Ok(total)
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -417,6 +381,8 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
         assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("10").is_ok());

@@ -19,8 +19,6 @@ mod pods;
 mod readiness;
 mod routing;
 mod signals;
-#[cfg(test)]
-mod testutil;
 mod tls;
 
 use std::process::ExitCode;

@@ -107,16 +107,17 @@ pub(crate) fn check_privileges(mark: u32) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{NamedNetns, privileged};
     use std::os::fd::OwnedFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn sockets_live_in_the_pod_namespace_and_carry_the_mark() {
-        if !privileged("podnet::sockets_live_in_the_pod_namespace") {
+        let Some(_privileged) =
+            testbed::require_privileged("podnet::sockets_live_in_the_pod_namespace")
+        else {
             return;
-        }
-        let netns = NamedNetns::create("podnet");
+        };
+        let netns = testbed::Namespace::new().unwrap();
         // As the agent sends it: a descriptor of the bind-mounted namespace file.
         let open = || {
             let fd = OwnedFd::from(std::fs::File::open(netns.path()).unwrap());
