@@ -147,11 +147,12 @@ fn policy_json(p: &AuthorizationPolicy) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::tests::{Env, deny_principal, pb_workload, put_workload};
+    use crate::dataplane::tests::{
+        Env, add_endpoint_of, deny_principal, pb_service, pb_workload, port, put_service,
+        put_workload,
+    };
     use crate::http::Endpoint;
     use crate::http::tests::{request, start};
-    use meshwire_xds_workload::Address;
-    use meshwire_xds_workload::pb::istio::workload as pbw;
 
     #[tokio::test]
     async fn admin_dump_and_quit() {
@@ -182,37 +183,10 @@ mod tests {
         // A workload on another node, endpoint of a service; a policy.
         let mut remote = pb_workload("remote-0", "shop", "db", [10, 1, 0, 7], true);
         remote.node = "node-2".into();
-        remote.services.insert(
-            "shop/db.shop.svc.cluster.local".into(),
-            pbw::PortList {
-                ports: vec![pbw::Port {
-                    service_port: 5432,
-                    target_port: 15432,
-                    app_protocol: 0,
-                }],
-            },
-        );
+        add_endpoint_of(&mut remote, "db", "shop", vec![port(5432, 15432)]);
         put_workload(&env.store, remote);
-        let service = pbw::Service {
-            name: "db".into(),
-            namespace: "shop".into(),
-            hostname: "db.shop.svc.cluster.local".into(),
-            addresses: vec![pbw::NetworkAddress {
-                network: String::new(),
-                address: vec![10, 96, 0, 20].into(),
-                length: None,
-            }],
-            ports: vec![pbw::Port {
-                service_port: 5432,
-                target_port: 0,
-                app_protocol: 0,
-            }],
-            ..Default::default()
-        };
-        env.store.insert_address(
-            "shop/db.shop.svc.cluster.local",
-            Address::Service(Arc::new(Service::try_from(service).unwrap())),
-        );
+        let service = pb_service("db", "shop", &[[10, 96, 0, 20]], vec![port(5432, 0)]);
+        put_service(&env.store, service);
         deny_principal(&env.store, "shop", "cluster.local/ns/shop/sa/bad");
 
         let dump = config_dump(&env.dp, &env.supervisor.pods());

@@ -21,22 +21,66 @@ const SMALL_BUFFER: usize = 16 * 1024;
 const LARGE_BUFFER: usize = 256 * 1024;
 const GROW_AFTER: u64 = 1024 * 1024;
 
-/// Bytes carried in each direction; readable while the copy runs and after it failed.
+/// Where the bytes of one connection are counted as they pass: per direction for the
+/// connection's log line (readable while the copy runs and after it failed), and into the
+/// metrics counters it was made with.
 #[derive(Debug, Default)]
-pub(crate) struct Transferred {
-    a_to_b: AtomicU64,
-    b_to_a: AtomicU64,
+pub(crate) struct Meter {
+    to_upstream: AtomicU64,
+    to_downstream: AtomicU64,
+    /// Both directions.
+    total: Counter,
+    /// Downstream → upstream only.
+    upstream_counter: Counter,
+    /// Upstream → downstream only.
+    downstream_counter: Counter,
 }
 
-impl Transferred {
-    /// Bytes read from the first stream and written to the second.
-    pub(crate) fn a_to_b(&self) -> u64 {
-        self.a_to_b.load(Ordering::Relaxed)
+impl Meter {
+    /// A meter adding every byte to `total`, and those going downstream → upstream to
+    /// `to_upstream`, those going back to `to_downstream`.
+    pub(crate) fn new(total: Counter, to_upstream: Counter, to_downstream: Counter) -> Self {
+        Self {
+            to_upstream: AtomicU64::new(0),
+            to_downstream: AtomicU64::new(0),
+            total,
+            upstream_counter: to_upstream,
+            downstream_counter: to_downstream,
+        }
     }
-    /// Bytes read from the second stream and written to the first.
-    pub(crate) fn b_to_a(&self) -> u64 {
-        self.b_to_a.load(Ordering::Relaxed)
+
+    /// Bytes read from the downstream end and written upstream.
+    pub(crate) fn to_upstream(&self) -> u64 {
+        self.to_upstream.load(Ordering::Relaxed)
     }
+
+    /// Bytes read from the upstream end and written downstream.
+    pub(crate) fn to_downstream(&self) -> u64 {
+        self.to_downstream.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, way: Way, bytes: u64) {
+        self.total.inc_by(bytes);
+        match way {
+            Way::ToUpstream => {
+                self.to_upstream.fetch_add(bytes, Ordering::Relaxed);
+                self.upstream_counter.inc_by(bytes);
+            }
+            Way::ToDownstream => {
+                self.to_downstream.fetch_add(bytes, Ordering::Relaxed);
+                self.downstream_counter.inc_by(bytes);
+            }
+        }
+    }
+}
+
+/// The direction of a piece of a connection's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// From the side that connected to the proxy towards the side the proxy connected to.
+    ToUpstream,
+    /// Back.
+    ToDownstream,
 }
 
 /// The two ends of a connection the proxy carries, downstream (the side that connected to the
@@ -53,15 +97,14 @@ pub(crate) enum Ends {
 
 impl Ends {
     /// Copies both ways until both directions reached end of stream, or one failed. Every
-    /// piece is added to `counter` as it passes (so long connections show up in metrics while
-    /// they run) and to `transferred` (downstream → upstream as `a_to_b`).
-    pub(crate) async fn copy(self, counter: &Counter, transferred: &Transferred) -> io::Result<()> {
+    /// piece is added to `meter` as it passes (so long connections show up in metrics while
+    /// they run).
+    pub(crate) async fn copy(self, meter: &Meter) -> io::Result<()> {
         match self {
-            Self::Tcp(a, b) => copy_bidirectional(a, b, counter, transferred).await,
+            Self::Tcp(a, b) => copy_bidirectional(a, b, meter).await,
             Self::SocketToTunnel(socket, tunnel) => {
                 let meter = TunnelMeter {
-                    counter,
-                    transferred,
+                    meter,
                     tunnel_is_upstream: true,
                 };
                 meshwire_hbone::tunnel::copy_bidirectional_with(tunnel, socket, meter)
@@ -70,8 +113,7 @@ impl Ends {
             }
             Self::TunnelToSocket(tunnel, socket) => {
                 let meter = TunnelMeter {
-                    counter,
-                    transferred,
+                    meter,
                     tunnel_is_upstream: false,
                 };
                 meshwire_hbone::tunnel::copy_bidirectional_with(tunnel, socket, meter)
@@ -82,57 +124,42 @@ impl Ends {
     }
 }
 
-/// Counts what hbone's splice reports into the proxy's counters, oriented downstream →
-/// upstream.
+/// Counts what hbone's splice reports into a [`Meter`], oriented downstream → upstream.
 struct TunnelMeter<'a> {
-    counter: &'a Counter,
-    transferred: &'a Transferred,
+    meter: &'a Meter,
     tunnel_is_upstream: bool,
 }
 
 impl CopyObserver for TunnelMeter<'_> {
     fn carried(&self, direction: CopyDirection, bytes: u64) {
-        self.counter.inc_by(bytes);
-        let downstream_to_upstream =
-            (direction == CopyDirection::ToTunnel) == self.tunnel_is_upstream;
-        let total = if downstream_to_upstream {
-            &self.transferred.a_to_b
+        let way = if (direction == CopyDirection::ToTunnel) == self.tunnel_is_upstream {
+            Way::ToUpstream
         } else {
-            &self.transferred.b_to_a
+            Way::ToDownstream
         };
-        total.fetch_add(bytes, Ordering::Relaxed);
+        self.meter.add(way, bytes);
     }
 }
 
 /// Copies `a → b` and `b → a` (plain byte streams; tunnels go through [`Ends`]) until both
 /// directions reached end of stream, or one failed.
 ///
-/// Every chunk is added to `counter` as it passes and to `transferred`. End of stream on one
-/// side shuts down the write half of the other side (TCP FIN) and the other direction
-/// continues. The first error ends both directions.
-async fn copy_bidirectional<A, B>(
-    a: A,
-    b: B,
-    counter: &Counter,
-    transferred: &Transferred,
-) -> io::Result<()>
+/// Every chunk is added to `meter` as it passes (`a → b` as [`Way::ToUpstream`]). End of
+/// stream on one side shuts down the write half of the other side (TCP FIN) and the other
+/// direction continues. The first error ends both directions.
+async fn copy_bidirectional<A, B>(a: A, b: B, meter: &Meter) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite,
     B: AsyncRead + AsyncWrite,
 {
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
-    let forward = copy_one_way(a_read, b_write, counter, &transferred.a_to_b);
-    let backward = copy_one_way(b_read, a_write, counter, &transferred.b_to_a);
+    let forward = copy_one_way(a_read, b_write, meter, Way::ToUpstream);
+    let backward = copy_one_way(b_read, a_write, meter, Way::ToDownstream);
     tokio::try_join!(forward, backward).map(|_| ())
 }
 
-async fn copy_one_way<R, W>(
-    mut reader: R,
-    mut writer: W,
-    counter: &Counter,
-    total: &AtomicU64,
-) -> io::Result<()>
+async fn copy_one_way<R, W>(mut reader: R, mut writer: W, meter: &Meter, way: Way) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -158,8 +185,7 @@ where
         writer.flush().await?;
         let n = n as u64;
         carried += n;
-        counter.inc_by(n);
-        total.fetch_add(n, Ordering::Relaxed);
+        meter.add(way, n);
         if carried >= GROW_AFTER && buf.len() < LARGE_BUFFER {
             buf.resize(LARGE_BUFFER, 0);
         }
@@ -178,12 +204,11 @@ mod tests {
         // client <-> (c1 | c2) proxy (s1 | s2) <-> server
         let (mut client, c2) = duplex(1024);
         let (s1, mut server) = duplex(1024);
-        let counter = Counter::default();
-        let stats = Arc::new(Transferred::default());
+        let (total, up, down) = (Counter::default(), Counter::default(), Counter::default());
+        let stats = Arc::new(Meter::new(total.clone(), up.clone(), down.clone()));
         let proxy = {
-            let counter = counter.clone();
             let stats = stats.clone();
-            tokio::spawn(async move { copy_bidirectional(c2, s1, &counter, &stats).await })
+            tokio::spawn(async move { copy_bidirectional(c2, s1, &stats).await })
         };
 
         let request = vec![7u8; 300_000];
@@ -204,27 +229,27 @@ mod tests {
         server.shutdown().await.unwrap();
         assert_eq!(client_task.await.unwrap(), b"thanks");
         proxy.await.unwrap().unwrap();
-        assert_eq!(stats.a_to_b(), 300_000);
-        assert_eq!(stats.b_to_a(), 6);
-        assert_eq!(counter.get(), 300_006);
+        assert_eq!(stats.to_upstream(), 300_000);
+        assert_eq!(stats.to_downstream(), 6);
+        assert_eq!((total.get(), up.get(), down.get()), (300_006, 300_000, 6));
     }
 
     /// client -> (TCP) -> `copy_bidirectional` -> (TCP) -> server, all on loopback.
     async fn tcp_relay() -> (
         TcpStream,
         TcpStream,
-        Arc<Transferred>,
+        Arc<Meter>,
         tokio::task::JoinHandle<io::Result<()>>,
     ) {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (front_addr, back_addr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
-        let stats = Arc::new(Transferred::default());
+        let stats = Arc::new(Meter::default());
         let s = stats.clone();
         let proxy = tokio::spawn(async move {
             let (inbound, _) = front.accept().await.unwrap();
             let outbound = TcpStream::connect(back_addr).await.unwrap();
-            copy_bidirectional(inbound, outbound, &Counter::default(), &s).await
+            copy_bidirectional(inbound, outbound, &s).await
         });
         let client = TcpStream::connect(front_addr).await.unwrap();
         let (server, _) = back.accept().await.unwrap();
@@ -245,7 +270,7 @@ mod tests {
         client.read_to_end(&mut buf).await.unwrap();
         assert_eq!(buf, b"pong");
         proxy.await.unwrap().unwrap();
-        assert_eq!((stats.a_to_b(), stats.b_to_a()), (4, 4));
+        assert_eq!((stats.to_upstream(), stats.to_downstream()), (4, 4));
     }
 
     #[tokio::test]
@@ -264,7 +289,7 @@ mod tests {
             .expect("copy must end when a side resets")
             .unwrap();
         assert!(result.is_err());
-        assert_eq!(stats.a_to_b(), 5);
+        assert_eq!(stats.to_upstream(), 5);
         // The client sees the connection end too.
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest).await;
@@ -273,27 +298,29 @@ mod tests {
 
     #[test]
     fn tunnel_reports_count_downstream_to_upstream() {
-        let counter = Counter::default();
-        let transferred = Transferred::default();
+        let total = Counter::default();
         // Outbound: the application (downstream) sends into the tunnel (upstream).
+        let (up, down) = (Counter::default(), Counter::default());
+        let meter = Meter::new(total.clone(), up.clone(), down.clone());
         let outbound = TunnelMeter {
-            counter: &counter,
-            transferred: &transferred,
+            meter: &meter,
             tunnel_is_upstream: true,
         };
         outbound.carried(CopyDirection::ToTunnel, 5);
         outbound.carried(CopyDirection::FromTunnel, 7);
-        assert_eq!((transferred.a_to_b(), transferred.b_to_a()), (5, 7));
+        assert_eq!((meter.to_upstream(), meter.to_downstream()), (5, 7));
+        assert_eq!((up.get(), down.get()), (5, 7));
         // Inbound: what comes out of the tunnel (downstream) goes to the application.
-        let transferred = Transferred::default();
+        let (up, down) = (Counter::default(), Counter::default());
+        let meter = Meter::new(total.clone(), up.clone(), down.clone());
         let inbound = TunnelMeter {
-            counter: &counter,
-            transferred: &transferred,
+            meter: &meter,
             tunnel_is_upstream: false,
         };
         inbound.carried(CopyDirection::FromTunnel, 11);
         inbound.carried(CopyDirection::ToTunnel, 13);
-        assert_eq!((transferred.a_to_b(), transferred.b_to_a()), (11, 13));
-        assert_eq!(counter.get(), 36);
+        assert_eq!((meter.to_upstream(), meter.to_downstream()), (11, 13));
+        assert_eq!((up.get(), down.get()), (11, 13));
+        assert_eq!(total.get(), 36);
     }
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 
 use super::DataPlane;
-use crate::copy::{Ends, Transferred};
+use crate::copy::{Ends, Meter};
+use crate::metrics::istio::{ResponseFlags, TcpConnection, TcpLabels};
 use crate::metrics::{ConnectionLabels, Direction, Security, TrafficLabels};
 
 /// Why a connection could not be carried; the reason label of `connection_failures`.
@@ -19,6 +20,9 @@ pub(super) struct Failure {
     pub(super) detail: String,
 }
 
+/// The reason of a connection refused by L4 authorization.
+pub(super) const DENIED_BY_POLICY: &str = "denied by policy";
+
 impl Failure {
     pub(super) fn new(reason: &'static str, detail: impl fmt::Display) -> Self {
         Self {
@@ -26,10 +30,29 @@ impl Failure {
             detail: detail.to_string(),
         }
     }
+
+    /// How the Istio metrics flag a connection that ended this way.
+    fn response_flags(&self) -> ResponseFlags {
+        if self.reason == DENIED_BY_POLICY {
+            ResponseFlags::Deny
+        } else {
+            ResponseFlags::Connect
+        }
+    }
 }
 
 impl DataPlane {
-    pub(super) fn connection_failed(&self, rec: &ConnRecord, failure: &Failure) {
+    /// Counts the connection in the Istio TCP metrics from now on (opened now, closed when
+    /// `rec` goes).
+    pub(super) fn open_tcp(&self, rec: &mut ConnRecord, labels: TcpLabels) {
+        rec.tcp = Some(self.metrics.istio.open(labels));
+    }
+
+    /// Counts and logs a connection that could not be carried.
+    pub(super) fn connection_failed(&self, mut rec: ConnRecord, failure: &Failure) {
+        if let Some(tcp) = &mut rec.tcp {
+            tcp.set_flags(failure.response_flags());
+        }
         self.metrics
             .connection_failed(rec.direction, failure.reason);
         tracing::info!(
@@ -65,22 +88,27 @@ impl DataPlane {
             .get_or_create_owned(&traffic);
         active.inc();
         let bytes: Counter = self.metrics.bytes.get_or_create_owned(&traffic);
-        let transferred = Arc::new(Transferred::default());
+        let (received, sent) = rec
+            .tcp
+            .as_ref()
+            .map(|t| (t.received.clone(), t.sent.clone()))
+            .unwrap_or_default();
+        let meter = Arc::new(Meter::new(bytes, received, sent));
         // Decrement the gauge and log also when the task is cancelled (pod removed, drain
         // period over).
         let _done = SpliceDone {
             rec,
-            transferred: transferred.clone(),
+            meter: meter.clone(),
             active,
         };
-        if let Err(e) = ends.copy(&bytes, &transferred).await {
+        if let Err(e) = ends.copy(&meter).await {
             tracing::debug!(error = %e, "copy ended with an error");
         }
     }
 }
 
 /// What the connection log line and the metrics say about one connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct ConnRecord {
     pub(super) direction: Direction,
     pub(super) security: Security,
@@ -92,6 +120,8 @@ pub(super) struct ConnRecord {
     /// The peer workload as its HBONE `baggage` names it (`namespace/name`), empty if none.
     pub(super) peer_workload: String,
     pub(super) started: Instant,
+    /// The connection as the Istio TCP metrics count it, once it is counted there.
+    pub(super) tcp: Option<TcpConnection>,
 }
 
 impl ConnRecord {
@@ -111,6 +141,7 @@ impl ConnRecord {
             peer_identity: String::new(),
             peer_workload: String::new(),
             started: Instant::now(),
+            tcp: None,
         }
     }
 
@@ -124,7 +155,7 @@ impl ConnRecord {
 /// Logs the connection line and releases the active gauge when a splice ends for any reason.
 struct SpliceDone {
     rec: ConnRecord,
-    transferred: Arc<Transferred>,
+    meter: Arc<Meter>,
     active: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -139,8 +170,8 @@ impl Drop for SpliceDone {
             dst = %r.dst,
             peer_identity = %r.peer_identity,
             peer_workload = %r.peer_workload,
-            bytes_sent = self.transferred.a_to_b(),
-            bytes_received = self.transferred.b_to_a(),
+            bytes_sent = self.meter.to_upstream(),
+            bytes_received = self.meter.to_downstream(),
             duration_ms = u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "connection closed"
         );

@@ -16,9 +16,11 @@ use meshwire_xds_workload::authorization::{ConnectionInfo, Decision};
 use tokio::net::TcpStream;
 
 use super::DataPlane;
-use super::connection::{ConnRecord, Failure};
+use super::connection::{ConnRecord, DENIED_BY_POLICY, Failure};
+use super::labels::{self, InboundClient};
 use super::workload::{canonical, peer_workload, workload_baggage};
 use crate::copy::Ends;
+use crate::metrics::istio::SecurityPolicy;
 use crate::metrics::{Direction, Security};
 use crate::pods::Pod;
 use crate::routing;
@@ -64,7 +66,7 @@ impl DataPlane {
                         info.peer_addr,
                         local_addr,
                     );
-                    self.connection_failed(&rec, &Failure::new(reason, &e));
+                    self.connection_failed(rec, &Failure::new(reason, &e));
                 } else {
                     tracing::debug!(uid = %pod.info.uid, peer = %info.peer_addr, error = %e, "HBONE connection ended");
                 }
@@ -97,7 +99,7 @@ impl DataPlane {
         let Some(local) = self.local_workload(&pod).await else {
             tunnel.reject(Rejection::ServiceUnavailable);
             return self.connection_failed(
-                &rec,
+                rec,
                 &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
             );
         };
@@ -109,7 +111,7 @@ impl DataPlane {
                 rec.dst = canonical(a);
             }
             return self.connection_failed(
-                &rec,
+                rec,
                 &Failure::new(
                     "refused",
                     "authority does not match the destination address",
@@ -130,7 +132,7 @@ impl DataPlane {
                     None => {
                         tunnel.reject(Rejection::ServiceUnavailable);
                         return self.connection_failed(
-                            &rec,
+                            rec,
                             &Failure::new(
                                 "refused",
                                 format!("{authority} is not a service port of this pod's workload"),
@@ -141,33 +143,49 @@ impl DataPlane {
             }
             (None, None) => {
                 tunnel.reject(Rejection::BadRequest);
-                return self
-                    .connection_failed(&rec, &Failure::new("refused", "unusable authority"));
+                return self.connection_failed(rec, &Failure::new("refused", "unusable authority"));
             }
         };
         let target = SocketAddr::new(local_addr.ip(), port);
         rec.dst = target;
         if routing::is_illegal_port(port) {
             tunnel.reject(Rejection::ServiceUnavailable);
-            return self.connection_failed(&rec, &Failure::new("refused", routing::RECURSION));
+            return self.connection_failed(rec, &Failure::new("refused", routing::RECURSION));
         }
+        let request = tunnel.request();
+        let client = InboundClient {
+            ip: Some(rec.src.ip()),
+            principal: Some(rec.peer_identity.clone()),
+            baggage: request.baggage.as_ref(),
+            host: authority
+                .host()
+                .or_else(|| request.forwarded.as_ref().and_then(Forwarded::host)),
+        };
+        let labels = labels::inbound(
+            &self.store,
+            &local,
+            port,
+            &client,
+            SecurityPolicy::MutualTls,
+        );
+        self.open_tcp(&mut rec, labels);
         let peer_identity = Identity::from_str(&peer_id.to_string()).ok();
         let conn = ConnectionInfo::new(src.ip(), target, peer_identity);
         if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
             tunnel.reject(Rejection::Unauthorized);
             self.metrics.policy_denials.inc();
-            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+            return self.connection_failed(rec, &Failure::new(DENIED_BY_POLICY, reason));
         }
         let upstream = match self.connect_app(&pod, src, target).await {
             Ok(s) => s,
             Err(failure) => {
                 tunnel.reject(Rejection::ServiceUnavailable);
-                return self.connection_failed(&rec, &failure);
+                return self.connection_failed(rec, &failure);
             }
         };
         let tunnel = match tunnel.accept_with_baggage(workload_baggage(&local)) {
             Ok(t) => t,
-            Err(e) => return self.connection_failed(&rec, &Failure::new("hbone error", e)),
+            Err(e) => return self.connection_failed(rec, &Failure::new("hbone error", e)),
         };
         self.splice(rec, Ends::TunnelToSocket(tunnel, upstream))
             .await;

@@ -7,9 +7,11 @@ use meshwire_xds_workload::authorization::{ConnectionInfo, Decision};
 use tokio::net::TcpStream;
 
 use super::DataPlane;
-use super::connection::{ConnRecord, Failure};
+use super::connection::{ConnRecord, DENIED_BY_POLICY, Failure};
+use super::labels::{self, InboundClient};
 use super::workload::canonical;
 use crate::copy::Ends;
+use crate::metrics::istio::SecurityPolicy;
 use crate::metrics::{Direction, Security};
 use crate::pods::Pod;
 use crate::routing;
@@ -34,23 +36,35 @@ impl DataPlane {
         let mut rec = ConnRecord::new(Direction::Inbound, Security::Plaintext, src, orig);
         let target = match routing::inbound_plaintext_target(orig) {
             Ok(t) => t,
-            Err(reason) => return self.connection_failed(&rec, &Failure::new("refused", reason)),
+            Err(reason) => return self.connection_failed(rec, &Failure::new("refused", reason)),
         };
         let Some(local) = self.local_workload(&pod).await else {
             return self.connection_failed(
-                &rec,
+                rec,
                 &Failure::new("unknown workload", "the pod's xDS workload is unknown"),
             );
         };
         rec.destination_identity = local.identity().to_string();
+        let client = InboundClient {
+            ip: Some(src.ip()),
+            ..InboundClient::default()
+        };
+        let labels = labels::inbound(
+            &self.store,
+            &local,
+            target.port(),
+            &client,
+            SecurityPolicy::Unknown,
+        );
+        self.open_tcp(&mut rec, labels);
         let conn = ConnectionInfo::new(src.ip(), target, None);
         if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
             self.metrics.policy_denials.inc();
-            return self.connection_failed(&rec, &Failure::new("denied by policy", reason));
+            return self.connection_failed(rec, &Failure::new(DENIED_BY_POLICY, reason));
         }
         let upstream = match self.connect_app(&pod, src, target).await {
             Ok(s) => s,
-            Err(failure) => return self.connection_failed(&rec, &failure),
+            Err(failure) => return self.connection_failed(rec, &failure),
         };
         self.splice(rec, Ends::Tcp(stream, upstream)).await;
     }

@@ -6,7 +6,8 @@
 //!   same trust domain), then per CONNECT stream: destination check, illegal ports, L4
 //!   authorization with the client's SPIFFE ID, dial the application, 200, splice.
 //! * [`inbound_plaintext`] (15006): authorization without identity, then forward.
-//! * [`connection`]: the record, log line and metrics of one carried connection.
+//! * [`connection`]: the record, log line and metrics of one carried connection;
+//!   [`labels`]: its labels in the Istio TCP metrics.
 //!
 //! This module holds what the three paths share: the per-pod HBONE state, workload lookups,
 //! dialling the application, and the supervisor's [`Handler`].
@@ -14,6 +15,7 @@
 mod connection;
 mod inbound_hbone;
 mod inbound_plaintext;
+mod labels;
 mod outbound;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -30,14 +32,12 @@ use futures_util::future::BoxFuture;
 use meshwire_hbone::client::{Pool, PoolConfig, PoolStats};
 use meshwire_hbone::server::{ServeConfig, Server};
 use meshwire_svid::SpiffeId;
-use meshwire_xds_workload::store::Upstream;
 use meshwire_xds_workload::{Workload, WorkloadStore};
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
 use crate::pods::{Handler, ListenerKind, Pod};
-use crate::routing::{Destination, ServiceTarget};
 use crate::tls::certs::Certificates;
 use crate::tls::{ClientTls, PodServerTls};
 
@@ -45,7 +45,6 @@ use self::connection::Failure;
 use self::inbound_hbone::InboundStreams;
 use self::outbound::PodConnector;
 pub(crate) use self::workload::spiffe_of;
-use self::workload::to_destination;
 
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
@@ -190,31 +189,6 @@ impl DataPlane {
                 Ok(Ok(())) => {}
                 _ => return None,
             }
-        }
-    }
-
-    /// What the store knows about an outbound destination, seen from `network`: a service
-    /// VIP resolves to one of its endpoints with the target port, a pod address to the pod.
-    fn destination(&self, dst: SocketAddr, network: &str) -> Destination {
-        match self.store.resolve_upstream(network, dst) {
-            Upstream::ServiceEndpoint {
-                service,
-                workload,
-                address,
-                ..
-            } => {
-                let service = ServiceTarget {
-                    hostname: service.hostname.clone(),
-                    subject_alt_names: service.subject_alt_names.clone(),
-                };
-                Destination::Workload(to_destination(&workload, address, Some(service)))
-            }
-            Upstream::Workload {
-                workload, address, ..
-            } => Destination::Workload(to_destination(&workload, address, None)),
-            Upstream::ServicePassthrough { .. } => Destination::Passthrough,
-            Upstream::NoEndpoint { .. } => Destination::ServiceWithoutEndpoints,
-            _ => Destination::Unknown,
         }
     }
 

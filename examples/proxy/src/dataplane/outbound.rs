@@ -12,10 +12,11 @@ use meshwire_svid::SpiffeId;
 use meshwire_xds_workload::Workload;
 use tokio::net::TcpStream;
 
-use super::DataPlane;
 use super::connection::{ConnRecord, Failure};
-use super::workload::{canonical, peer_workload, spiffe_of, workload_baggage};
+use super::workload::{canonical, destination_of, peer_workload, spiffe_of, workload_baggage};
+use super::{DataPlane, labels};
 use crate::copy::Ends;
+use crate::metrics::istio::SecurityPolicy;
 use crate::metrics::{Direction, Security};
 use crate::pods::{Pod, PodNetwork};
 use crate::routing::{self, OutboundRoute};
@@ -39,7 +40,8 @@ impl DataPlane {
         };
         let local = self.local_workload(&pod).await;
         let network = local.as_ref().map_or("", |w| w.network.as_str());
-        let destination = self.destination(orig, network);
+        let upstream = self.store.resolve_upstream(network, orig);
+        let destination = destination_of(&upstream);
         let src_identity = local
             .as_ref()
             .map(|w| w.identity().to_string())
@@ -47,11 +49,13 @@ impl DataPlane {
         match routing::outbound_route(orig, &destination) {
             OutboundRoute::Reject(reason) => {
                 let rec = ConnRecord::new(Direction::Outbound, Security::Plaintext, peer, orig);
-                self.connection_failed(&rec, &Failure::new("refused", reason));
+                self.connection_failed(rec, &Failure::new("refused", reason));
             }
             OutboundRoute::Passthrough { dst } => {
-                let rec = ConnRecord::new(Direction::Outbound, Security::Plaintext, peer, dst)
+                let mut rec = ConnRecord::new(Direction::Outbound, Security::Plaintext, peer, dst)
                     .identities(src_identity, String::new());
+                let labels = labels::outbound(local.as_deref(), &upstream, SecurityPolicy::Unknown);
+                self.open_tcp(&mut rec, labels);
                 self.passthrough(&pod, stream, dst, rec).await;
             }
             OutboundRoute::Hbone {
@@ -62,11 +66,11 @@ impl DataPlane {
             } => {
                 let identity = identities.first().cloned().unwrap_or_default();
                 let mut rec = ConnRecord::new(Direction::Outbound, Security::Mtls, peer, authority)
-                    .identities(src_identity, identity.clone());
+                    .identities(src_identity.clone(), identity.clone());
                 rec.peer_identity = identity;
                 let Some(local) = local else {
                     self.connection_failed(
-                        &rec,
+                        rec,
                         &Failure::new(
                             "unknown source workload",
                             "the pod's xDS workload is unknown",
@@ -74,6 +78,10 @@ impl DataPlane {
                     );
                     return;
                 };
+                // Our own identity is the one the peer will verify.
+                let labels = labels::outbound(Some(&local), &upstream, SecurityPolicy::MutualTls)
+                    .source_principal(src_identity);
+                self.open_tcp(&mut rec, labels);
                 let target = HboneTarget {
                     next_hop,
                     authority,
@@ -96,9 +104,9 @@ impl DataPlane {
             .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.connection_failed(&rec, &Failure::new("connect failed", e)),
+            Ok(Err(e)) => return self.connection_failed(rec, &Failure::new("connect failed", e)),
             Err(_) => {
-                return self.connection_failed(&rec, &Failure::new("connect failed", "timed out"));
+                return self.connection_failed(rec, &Failure::new("connect failed", "timed out"));
             }
         };
         self.splice(rec, Ends::Tcp(stream, upstream)).await;
@@ -113,14 +121,12 @@ impl DataPlane {
         mut rec: ConnRecord,
     ) {
         let Some(state) = self.pod_state(&pod.info.uid) else {
-            return self.connection_failed(
-                &rec,
-                &Failure::new("pod gone", "no HBONE state for the pod"),
-            );
+            return self
+                .connection_failed(rec, &Failure::new("pod gone", "no HBONE state for the pod"));
         };
         let source = match spiffe_of(&local.identity()) {
             Ok(s) => s,
-            Err(e) => return self.connection_failed(&rec, &Failure::new("bad identity", e)),
+            Err(e) => return self.connection_failed(rec, &Failure::new("bad identity", e)),
         };
         // The workload's own identity must be usable; a service's alternative name that is
         // not a SPIFFE ID only narrows what is accepted.
@@ -129,7 +135,7 @@ impl DataPlane {
             match SpiffeId::new(id) {
                 Ok(id) => expected.push(id),
                 Err(e) if i == 0 => {
-                    return self.connection_failed(&rec, &Failure::new("bad identity", e));
+                    return self.connection_failed(rec, &Failure::new("bad identity", e));
                 }
                 Err(e) => {
                     tracing::debug!(san = %id, error = %e, "ignoring a service subject_alt_name that is not a SPIFFE ID");
@@ -152,7 +158,7 @@ impl DataPlane {
                 .with_forwarded(Forwarded::new(forwarded))
                 .with_baggage(workload_baggage(local))
                 .with_traceparent(TraceParent::random(&mut rand::rng())),
-            Err(e) => return self.connection_failed(&rec, &Failure::new("bad authority", e)),
+            Err(e) => return self.connection_failed(rec, &Failure::new("bad authority", e)),
         };
         let tunnel = match state.pool.connect(&key, &request).await {
             Ok(t) => t,
@@ -180,7 +186,7 @@ impl DataPlane {
                     }
                     _ => "hbone error",
                 };
-                return self.connection_failed(&rec, &Failure::new(reason, e));
+                return self.connection_failed(rec, &Failure::new(reason, e));
             }
         };
         rec.peer_workload = peer_workload(tunnel.response().and_then(|r| r.baggage.as_ref()));

@@ -5,12 +5,38 @@ use std::net::SocketAddr;
 
 use meshwire_hbone::headers::{Baggage, WorkloadBaggage, WorkloadKind};
 use meshwire_svid::{SpiffeId, TrustDomain};
+use meshwire_xds_workload::store::Upstream;
 use meshwire_xds_workload::workload::{TunnelProtocol, WorkloadType};
 use meshwire_xds_workload::{Identity, Workload};
 
-use crate::routing::{DestinationWorkload, ServiceTarget};
+use crate::routing::{Destination, DestinationWorkload, ServiceTarget};
 
-pub(super) fn to_destination(
+/// What the store knows about an outbound destination, as routing takes it: a service VIP
+/// resolved to one of its endpoints with the target port, a pod address to the pod.
+pub(super) fn destination_of(upstream: &Upstream) -> Destination {
+    match upstream {
+        Upstream::ServiceEndpoint {
+            service,
+            workload,
+            address,
+            ..
+        } => {
+            let service = ServiceTarget {
+                hostname: service.hostname.clone(),
+                subject_alt_names: service.subject_alt_names.clone(),
+            };
+            Destination::Workload(to_destination(workload, *address, Some(service)))
+        }
+        Upstream::Workload {
+            workload, address, ..
+        } => Destination::Workload(to_destination(workload, *address, None)),
+        Upstream::ServicePassthrough { .. } => Destination::Passthrough,
+        Upstream::NoEndpoint { .. } => Destination::ServiceWithoutEndpoints,
+        _ => Destination::Unknown,
+    }
+}
+
+fn to_destination(
     w: &Workload,
     address: SocketAddr,
     service: Option<ServiceTarget>,

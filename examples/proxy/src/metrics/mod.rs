@@ -1,6 +1,9 @@
-//! Prometheus metrics of the proxy. The names are part of the e2e contract:
+//! Prometheus metrics of the proxy. The `meshwire_` names are part of the e2e contract:
 //! `meshwire_connections_total`, `meshwire_bytes_total`, `meshwire_tls_handshake_failures_total`,
-//! `meshwire_policy_denials_total`, `meshwire_certificate_expiry_seconds`.
+//! `meshwire_policy_denials_total`, `meshwire_certificate_expiry_seconds`. The standard Istio
+//! metrics ztunnel exports are in [`istio`].
+
+pub(crate) mod istio;
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +14,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use self::istio::{CertLabels, IstioMetrics};
 
 /// Which way a proxied connection goes, seen from the local pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,13 +120,16 @@ pub(crate) struct Metrics {
     pub(crate) connection_failures: Family<FailureLabels, Counter>,
     pub(crate) active_connections: Family<TrafficLabels, Gauge>,
     pub(crate) pods: Gauge,
+    /// The standard Istio metrics (`istio_` prefix).
+    pub(crate) istio: IstioMetrics,
     /// Tasks alive in the proxy's runtime, read at every scrape (a leak shows here).
     tasks_alive: Gauge,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("meshwire");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("meshwire");
         let connections = Family::<ConnectionLabels, Counter>::default();
         registry.register(
             "connections",
@@ -185,8 +193,11 @@ impl Metrics {
             "Tasks alive in the proxy's async runtime when the metrics were read",
             tasks_alive.clone(),
         );
+        let istio = IstioMetrics::default();
+        istio.register(root.sub_registry_with_prefix("istio"));
         Arc::new(Self {
-            registry,
+            registry: root,
+            istio,
             tasks_alive,
             connections,
             bytes,
@@ -214,7 +225,8 @@ impl Metrics {
         out
     }
 
-    /// Records the expiry of the certificate now held for `identity`.
+    /// Records the expiry of the certificate now held for `identity` (in
+    /// `meshwire_certificate_expiry_seconds` and `istio_cert_expiry_seconds`).
     pub(crate) fn set_certificate_expiry(&self, identity: &str, not_after: SystemTime) {
         let secs = not_after
             .duration_since(UNIX_EPOCH)
@@ -225,11 +237,20 @@ impl Metrics {
                 identity: identity.to_owned(),
             })
             .set(secs);
+        self.istio
+            .cert_expiry
+            .get_or_create(&CertLabels {
+                identity: identity.to_owned(),
+            })
+            .set(secs);
     }
 
     /// Forgets the certificate of `identity` (no pod on this node uses it any more).
     pub(crate) fn remove_certificate(&self, identity: &str) {
         self.certificate_expiry.remove(&IdentityLabels {
+            identity: identity.to_owned(),
+        });
+        self.istio.cert_expiry.remove(&CertLabels {
             identity: identity.to_owned(),
         });
     }
@@ -303,10 +324,19 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            has(
+                "istio_cert_expiry_seconds{identity=\"spiffe://cluster.local/ns/shop/sa/client\"} 1900000000"
+            ),
+            "{text}"
+        );
+        assert!(has("# UNIT istio_cert_expiry_seconds seconds"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
 
         m.remove_certificate("spiffe://cluster.local/ns/shop/sa/client");
-        assert!(!m.encode().contains("meshwire_certificate_expiry_seconds{"));
+        let text = m.encode();
+        assert!(!text.contains("meshwire_certificate_expiry_seconds{"));
+        assert!(!text.contains("istio_cert_expiry_seconds{"));
     }
 
     #[test]

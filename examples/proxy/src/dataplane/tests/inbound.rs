@@ -24,28 +24,12 @@ async fn plaintext_arrivals_are_authorized_and_forwarded() {
     );
 
     // An ALLOW policy for principals only: plaintext has no identity, so it is denied.
-    let policy = sec::Authorization {
-        name: "only-client".into(),
-        namespace: "shop".into(),
-        scope: sec::Scope::Namespace as i32,
-        action: sec::Action::Allow as i32,
-        rules: vec![sec::Rule {
-            clauses: vec![sec::Clause {
-                matches: vec![sec::Match {
-                    principals: vec![sec::StringMatch {
-                        match_type: Some(sec::string_match::MatchType::Exact(
-                            "cluster.local/ns/shop/sa/client".into(),
-                        )),
-                    }],
-                    ..Default::default()
-                }],
-            }],
-        }],
-        ..Default::default()
-    };
-    env.store.insert_policy(
-        "shop/only-client",
-        AuthorizationPolicy::try_from(policy).unwrap(),
+    principal_policy(
+        &env.store,
+        "shop",
+        "only-client",
+        sec::Action::Allow,
+        "cluster.local/ns/shop/sa/client",
     );
     let mut s = TcpStream::connect(env.listener("server-1", ListenerKind::InboundPlaintext))
         .await
@@ -154,50 +138,14 @@ async fn host_name_authorities_reach_the_service_target_port() {
     let app = echo_app([127, 0, 0, 101], "web-0:").await;
     let mut web = pb_workload("web-0", "shop", "web", [127, 0, 0, 101], true);
     // Port 80 is mapped by the endpoint; 443 by the service; 9000 by nobody.
-    web.services.insert(
-        "shop/web.shop.svc.cluster.local".into(),
-        pbw::PortList {
-            ports: vec![
-                pbw::Port {
-                    service_port: 80,
-                    target_port: u32::from(app.port()),
-                    app_protocol: 0,
-                },
-                pbw::Port {
-                    service_port: 443,
-                    target_port: 0,
-                    app_protocol: 0,
-                },
-            ],
-        },
+    add_endpoint_of(
+        &mut web,
+        "web",
+        "shop",
+        vec![port(80, app.port()), port(443, 0)],
     );
-    let service = pbw::Service {
-        name: "web".into(),
-        namespace: "shop".into(),
-        hostname: "web.shop.svc.cluster.local".into(),
-        ports: vec![
-            pbw::Port {
-                service_port: 443,
-                target_port: u32::from(app.port()),
-                app_protocol: 0,
-            },
-            pbw::Port {
-                service_port: 9000,
-                target_port: 0,
-                app_protocol: 0,
-            },
-            pbw::Port {
-                service_port: 15008,
-                target_port: 15008,
-                app_protocol: 0,
-            },
-        ],
-        ..Default::default()
-    };
-    env.store.insert_address(
-        "shop/web.shop.svc.cluster.local",
-        Address::Service(Arc::new(Service::try_from(service).unwrap())),
-    );
+    let ports = vec![port(443, app.port()), port(9000, 0), port(15008, 15008)];
+    put_service(&env.store, pb_service("web", "shop", &[], ports));
     env.pod("web-0", "shop", "web", [127, 0, 0, 101], true)
         .await;
     // The pod's workload again, now as an endpoint of the service.

@@ -4,14 +4,15 @@
 //! This module holds the fixtures; the tests are in its submodules, one per path.
 
 mod inbound;
+mod istio;
 mod outbound;
 mod pods;
 
-use super::workload::peer_workload;
+use super::workload::{destination_of, peer_workload};
 use super::*;
 use crate::metrics::{Direction, Security, TrafficLabels};
 use crate::pods::{PodInfo, PodNetwork, Supervisor};
-use crate::routing::DestinationWorkload;
+use crate::routing::{Destination, DestinationWorkload, ServiceTarget};
 use crate::tls::certs::Managed;
 use meshwire_hbone::client::{ClientConnection, ClientError};
 use meshwire_hbone::headers::{Baggage, Forwarded, WorkloadBaggage, WorkloadKind};
@@ -102,12 +103,67 @@ pub(crate) fn put_workload(store: &WorkloadStore, w: pbw::Workload) {
     store.insert_address(name, Address::Workload(Arc::new(w)));
 }
 
-pub(crate) fn deny_principal(store: &WorkloadStore, namespace: &str, principal: &str) {
+/// A port mapping (of a service, or of an endpoint for a service).
+pub(crate) fn port(service_port: u16, target_port: u16) -> pbw::Port {
+    pbw::Port {
+        service_port: u32::from(service_port),
+        target_port: u32::from(target_port),
+        app_protocol: 0,
+    }
+}
+
+/// Makes `w` an endpoint of the service `<name>.<ns>.svc.cluster.local` (of namespace `ns`),
+/// with its own port list.
+pub(crate) fn add_endpoint_of(w: &mut pbw::Workload, name: &str, ns: &str, ports: Vec<pbw::Port>) {
+    w.services.insert(
+        format!("{ns}/{name}.{ns}.svc.cluster.local"),
+        pbw::PortList { ports },
+    );
+}
+
+/// The service `<name>.<ns>.svc.cluster.local` with `vips` (default network) and `ports`.
+pub(crate) fn pb_service(
+    name: &str,
+    ns: &str,
+    vips: &[[u8; 4]],
+    ports: Vec<pbw::Port>,
+) -> pbw::Service {
+    pbw::Service {
+        name: name.into(),
+        namespace: ns.into(),
+        hostname: format!("{name}.{ns}.svc.cluster.local"),
+        addresses: vips
+            .iter()
+            .map(|ip| pbw::NetworkAddress {
+                network: String::new(),
+                address: ip.to_vec().into(),
+                length: None,
+            })
+            .collect(),
+        ports,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn put_service(store: &WorkloadStore, s: pbw::Service) {
+    let s = Service::try_from(s).unwrap();
+    store.insert_address(s.key().to_string(), Address::Service(Arc::new(s)));
+}
+
+/// Adds the namespace-wide policy `<namespace>/<name>` that allows (or denies) exactly
+/// `principal`.
+pub(crate) fn principal_policy(
+    store: &WorkloadStore,
+    namespace: &str,
+    name: &str,
+    action: sec::Action,
+    principal: &str,
+) {
     let policy = sec::Authorization {
-        name: "deny-one".into(),
+        name: name.into(),
         namespace: namespace.into(),
         scope: sec::Scope::Namespace as i32,
-        action: sec::Action::Deny as i32,
+        action: action as i32,
         rules: vec![sec::Rule {
             clauses: vec![sec::Clause {
                 matches: vec![sec::Match {
@@ -121,7 +177,12 @@ pub(crate) fn deny_principal(store: &WorkloadStore, namespace: &str, principal: 
         ..Default::default()
     };
     let policy = AuthorizationPolicy::try_from(policy).unwrap();
-    store.insert_policy(format!("{namespace}/deny-one"), policy);
+    store.insert_policy(format!("{namespace}/{name}"), policy);
+}
+
+/// Adds the policy `<namespace>/deny-one` that denies `principal`.
+pub(crate) fn deny_principal(store: &WorkloadStore, namespace: &str, principal: &str) {
+    principal_policy(store, namespace, "deny-one", sec::Action::Deny, principal);
 }
 
 /// An application: echoes what it reads, prefixed with its name.
@@ -247,10 +308,6 @@ impl Env {
     pub(crate) fn metrics_text(&self) -> String {
         self.metrics.encode()
     }
-
-    pub(crate) fn supervisor_dispatch(&self) -> Dispatch {
-        Dispatch(self.dp.clone())
-    }
 }
 
 pub(crate) fn listener(pod: &Pod, kind: ListenerKind) -> SocketAddr {
@@ -270,6 +327,35 @@ pub(crate) async fn exchange(s: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
 
 pub(crate) fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
+}
+
+/// The labels and value of each series of `name` in the exposition `text`.
+pub(crate) fn series(text: &str, name: &str) -> Vec<(HashMap<String, String>, u64)> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let labels = labels
+                .split("\",")
+                .filter_map(|kv| kv.split_once("=\""))
+                .map(|(k, v)| (k.to_owned(), v.trim_end_matches('"').to_owned()))
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of the series of `name` whose labels include every pair of `want`.
+pub(crate) fn value(text: &str, name: &str, want: &[(&str, &str)]) -> u64 {
+    series(text, name)
+        .into_iter()
+        .filter(|(labels, _)| {
+            want.iter()
+                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
 
 pub(crate) const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";

@@ -158,41 +158,14 @@ async fn service_subject_alt_names_are_accepted_only_through_the_service() {
     env.pod("client-1", "shop", "client", [127, 0, 0, 91], true)
         .await;
     let mut web = pb_workload("web-0", "shop", "web", [127, 0, 0, 92], true);
-    web.services.insert(
-        "shop/web.shop.svc.cluster.local".into(),
-        pbw::PortList {
-            ports: vec![pbw::Port {
-                service_port: 80,
-                target_port: 8080,
-                app_protocol: 0,
-            }],
-        },
-    );
+    add_endpoint_of(&mut web, "web", "shop", vec![port(80, 8080)]);
     put_workload(&env.store, web);
-    let service = pbw::Service {
-        name: "web".into(),
-        namespace: "shop".into(),
-        hostname: "web.shop.svc.cluster.local".into(),
-        addresses: vec![pbw::NetworkAddress {
-            network: String::new(),
-            address: vec![127, 0, 0, 93].into(),
-            length: None,
-        }],
-        ports: vec![pbw::Port {
-            service_port: 80,
-            target_port: 8080,
-            app_protocol: 0,
-        }],
-        subject_alt_names: vec![
-            "not a spiffe id".into(),
-            "spiffe://cluster.local/ns/shop/sa/web-canary".into(),
-        ],
-        ..Default::default()
-    };
-    env.store.insert_address(
-        "shop/web.shop.svc.cluster.local",
-        Address::Service(Arc::new(Service::try_from(service).unwrap())),
-    );
+    let mut service = pb_service("web", "shop", &[[127, 0, 0, 93]], vec![port(80, 8080)]);
+    service.subject_alt_names = vec![
+        "not a spiffe id".into(),
+        "spiffe://cluster.local/ns/shop/sa/web-canary".into(),
+    ];
+    put_service(&env.store, service);
     // The endpoint presents the service's alternative name, not its own identity.
     let mut requests = fake_hbone_peer(
         &env,
@@ -229,51 +202,18 @@ async fn service_subject_alt_names_are_accepted_only_through_the_service() {
 async fn store_answers_become_routing_destinations() {
     let env = Env::new().await;
     let mut web = pb_workload("web-0", "shop", "web", [10, 0, 0, 5], true);
-    web.services.insert(
-        "shop/web.shop.svc.cluster.local".into(),
-        pbw::PortList {
-            ports: vec![pbw::Port {
-                service_port: 80,
-                target_port: 8080,
-                app_protocol: 0,
-            }],
-        },
-    );
+    add_endpoint_of(&mut web, "web", "shop", vec![port(80, 8080)]);
     put_workload(&env.store, web);
-    let vip = |ip: [u8; 4]| pbw::NetworkAddress {
-        network: String::new(),
-        address: ip.to_vec().into(),
-        length: None,
-    };
-    let service = pbw::Service {
-        name: "web".into(),
-        namespace: "shop".into(),
-        hostname: "web.shop.svc.cluster.local".into(),
-        addresses: vec![vip([10, 96, 0, 10])],
-        ports: vec![pbw::Port {
-            service_port: 80,
-            target_port: 0,
-            app_protocol: 0,
-        }],
-        subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/web-svc".into()],
+    let mut service = pb_service("web", "shop", &[[10, 96, 0, 10]], vec![port(80, 0)]);
+    service.subject_alt_names = vec!["spiffe://cluster.local/ns/shop/sa/web-svc".into()];
+    let mut passthrough = pb_service("direct", "shop", &[[10, 96, 0, 11]], vec![port(80, 0)]);
+    passthrough.subject_alt_names = service.subject_alt_names.clone();
+    passthrough.load_balancing = Some(pbw::LoadBalancing {
+        mode: pbw::load_balancing::Mode::Passthrough as i32,
         ..Default::default()
-    };
-    let passthrough = pbw::Service {
-        name: "direct".into(),
-        hostname: "direct.shop.svc.cluster.local".into(),
-        addresses: vec![vip([10, 96, 0, 11])],
-        load_balancing: Some(pbw::LoadBalancing {
-            mode: pbw::load_balancing::Mode::Passthrough as i32,
-            ..Default::default()
-        }),
-        ..service.clone()
-    };
-    for s in [service, passthrough] {
-        let s = Service::try_from(s).unwrap();
-        env.store
-            .insert_address(s.key().to_string(), Address::Service(Arc::new(s)));
-    }
-    let Dispatch(dp) = env.supervisor_dispatch();
+    });
+    put_service(&env.store, service);
+    put_service(&env.store, passthrough);
     let web_at = |port: u16, service: Option<ServiceTarget>| {
         Destination::Workload(DestinationWorkload {
             ip: "10.0.0.5".parse().unwrap(),
@@ -288,29 +228,47 @@ async fn store_answers_become_routing_destinations() {
         subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/web-svc".into()],
     };
     assert_eq!(
-        dp.destination("10.96.0.10:80".parse().unwrap(), ""),
+        destination_of(
+            &env.store
+                .resolve_upstream("", "10.96.0.10:80".parse().unwrap())
+        ),
         web_at(8080, Some(via_web))
     );
     assert_eq!(
-        dp.destination("10.0.0.5:9000".parse().unwrap(), ""),
+        destination_of(
+            &env.store
+                .resolve_upstream("", "10.0.0.5:9000".parse().unwrap())
+        ),
         web_at(9000, None)
     );
     assert_eq!(
-        dp.destination("10.96.0.11:80".parse().unwrap(), ""),
+        destination_of(
+            &env.store
+                .resolve_upstream("", "10.96.0.11:80".parse().unwrap())
+        ),
         Destination::Passthrough
     );
     assert_eq!(
-        dp.destination("192.0.2.1:80".parse().unwrap(), ""),
+        destination_of(
+            &env.store
+                .resolve_upstream("", "192.0.2.1:80".parse().unwrap())
+        ),
         Destination::Unknown
     );
     assert_eq!(
-        dp.destination("10.96.0.10:80".parse().unwrap(), "other"),
+        destination_of(
+            &env.store
+                .resolve_upstream("other", "10.96.0.10:80".parse().unwrap())
+        ),
         Destination::Unknown
     );
     // No endpoint left.
     env.store.remove_address("Kubernetes//Pod/shop/web-0");
     assert_eq!(
-        dp.destination("10.96.0.10:80".parse().unwrap(), ""),
+        destination_of(
+            &env.store
+                .resolve_upstream("", "10.96.0.10:80".parse().unwrap())
+        ),
         Destination::ServiceWithoutEndpoints
     );
 }
