@@ -14,10 +14,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dataplane::DataPlane;
 use crate::http::{Body, text};
-use crate::pods::Pod;
+use crate::pods::{Pod, Supervisor};
+use crate::readiness::Readiness;
 
 /// Produces the JSON document served on `/config_dump`.
 pub(crate) type DumpFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The `/config_dump` of the running proxy: [`config_dump`] plus its readiness.
+pub(crate) fn dump_fn(
+    dataplane: Arc<DataPlane>,
+    supervisor: Arc<Supervisor>,
+    readiness: Arc<Readiness>,
+) -> DumpFn {
+    Arc::new(move || {
+        let mut v = config_dump(&dataplane, &supervisor.pods());
+        v["ready"] = serde_json::json!({
+            "xds_synced": readiness.xds_synced(),
+            "zds_snapshot": readiness.zds_snapshot(),
+        });
+        v
+    })
+}
 
 /// Answers one request on the admin port.
 pub(crate) fn handle(

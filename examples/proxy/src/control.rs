@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use meshwire_xds_workload::WorkloadStore;
+use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
 use rustls::crypto::CryptoProvider;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+use crate::config::Config;
 
 /// Reads root certificates in PEM: `value` names a file when such a file exists, otherwise it
 /// must be inline PEM.
@@ -59,6 +63,50 @@ pub(crate) fn channel(
         .context("control-plane TLS configuration")?;
     meshwire_svid::tls_channel(address, Arc::new(tls), None)
         .with_context(|| format!("control-plane channel to {address}"))
+}
+
+/// The workload xDS client of the proxy: announced with the configured node identity and
+/// cluster, feeding `store`, over TLS verified against `root_pem`.
+pub(crate) fn ads_client(
+    config: &Config,
+    root_pem: &[u8],
+    token: Option<&TokenValue>,
+    store: Arc<WorkloadStore>,
+    crypto: &Arc<CryptoProvider>,
+) -> anyhow::Result<AdsClient<StoreHandler>> {
+    let mut xds_config = ClientConfig::default();
+    xds_config.node = NodeInfo::proxy(
+        config.instance_ip,
+        &config.pod_name,
+        &config.pod_namespace,
+        &config.node_name,
+    )
+    .with_metadata("CLUSTER_ID", config.cluster_id.as_str());
+    xds_config.cluster_id = Some(config.cluster_id.clone());
+    xds_config.token = token.map(TokenValue::for_xds);
+    let xds_channel = channel(&config.xds_address, root_pem, crypto.clone())?;
+    AdsClient::new(xds_config, xds_channel, StoreHandler::new(store))
+        .map_err(|e| anyhow::anyhow!("xDS client: {e}"))
+}
+
+/// The certificate service client of the proxy: certificates of the configured lifetime for
+/// the identities of its pods (impersonation), over TLS verified against `root_pem`.
+pub(crate) fn ca_client(
+    config: &Config,
+    root_pem: &[u8],
+    token: Option<&TokenValue>,
+    crypto: &Arc<CryptoProvider>,
+) -> anyhow::Result<meshwire_svid::CaClient> {
+    let ca_channel = channel(&config.ca_address, root_pem, crypto.clone())?;
+    let mut ca_config = meshwire_svid::CaClientConfig::default();
+    ca_config
+        .cluster_id(config.cluster_id.clone())
+        .ttl(config.secret_ttl)
+        .impersonate(true);
+    if let Some(t) = token {
+        ca_config.token(t.for_ca());
+    }
+    Ok(meshwire_svid::CaClient::new(ca_channel, ca_config))
 }
 
 /// Where the bearer token comes from: `AUTH_TOKEN` names a file (read again for every

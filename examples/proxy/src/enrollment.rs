@@ -1,7 +1,10 @@
 //! Enrollment over ZDS: the node agent adds and removes pods; every add opens the pod's
 //! listeners before it is acknowledged.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::podnet;
 use crate::pods::{PodInfo, Supervisor};
@@ -17,9 +20,29 @@ impl std::fmt::Display for Nack {
     }
 }
 
+/// Waits for the first xDS sync (so no pod is accepted before its workload is known), marks
+/// xDS synced in `readiness`, then runs the ZDS client; returns at once when `shutdown`
+/// fires first or the xDS client stopped for good.
+pub(crate) async fn run_after_sync(
+    mut synced: meshwire_xds_workload::ads::client::SyncedSignal,
+    shutdown: CancellationToken,
+    socket: PathBuf,
+    mark: u32,
+    supervisor: Arc<Supervisor>,
+    readiness: Arc<Readiness>,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        ok = synced.wait() => if !ok { return },
+    }
+    readiness.set_xds_synced(true);
+    tracing::info!("xDS synced, connecting to ZDS");
+    run_zds(socket, mark, supervisor, readiness).await;
+}
+
 /// Runs the ZDS client: every add opens the pod's listeners before it is acknowledged.
-pub(crate) async fn run_zds(
-    socket: std::path::PathBuf,
+async fn run_zds(
+    socket: PathBuf,
     mark: u32,
     supervisor: Arc<Supervisor>,
     readiness: Arc<Readiness>,

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use clap::Parser;
 use meshwire_xds_workload::WorkloadStore;
-use meshwire_xds_workload::ads::client::{AdsClient, NodeInfo, StoreHandler};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -129,37 +128,14 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let token = control::TokenValue::parse(config.auth_token.as_deref());
 
     let store = Arc::new(WorkloadStore::new());
-    let mut xds_config = meshwire_xds_workload::ads::client::ClientConfig::default();
-    xds_config.node = NodeInfo::proxy(
-        config.instance_ip,
-        &config.pod_name,
-        &config.pod_namespace,
-        &config.node_name,
-    )
-    .with_metadata("CLUSTER_ID", config.cluster_id.as_str());
-    xds_config.cluster_id = Some(config.cluster_id.clone());
-    xds_config.token = token.as_ref().map(control::TokenValue::for_xds);
-    let xds_channel = control::channel(&config.xds_address, &xds_root, crypto.clone())?;
-    let ads = AdsClient::new(xds_config, xds_channel, StoreHandler::new(store.clone()))
-        .map_err(|e| anyhow::anyhow!("xDS client: {e}"))?;
-    let mut synced = ads.synced();
+    let ads = control::ads_client(&config, &xds_root, token.as_ref(), store.clone(), &crypto)?;
+    let synced = ads.synced();
     let xds_events = ads.events();
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
     tokio::spawn(control::log_xds_events(xds_events));
 
-    let ca_channel = control::channel(&config.ca_address, &ca_root, crypto.clone())?;
-    let mut ca_config = meshwire_svid::CaClientConfig::default();
-    ca_config
-        .cluster_id(config.cluster_id.clone())
-        .ttl(config.secret_ttl)
-        .impersonate(true);
-    if let Some(t) = &token {
-        ca_config.token(t.for_ca());
-    }
-    let certs = tls::certs::Managed::new(
-        meshwire_svid::CaClient::new(ca_channel, ca_config),
-        metrics.clone(),
-    );
+    let ca = control::ca_client(&config, &ca_root, token.as_ref(), &crypto)?;
+    let certs = tls::certs::Managed::new(ca, metrics.clone());
 
     let dataplane = DataPlane::new(
         DataPlaneConfig {
@@ -175,19 +151,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     );
     let supervisor = Supervisor::new(Arc::new(Dispatch(dataplane.clone())), metrics.clone());
 
-    let dump: admin::DumpFn = {
-        let dataplane = dataplane.clone();
-        let supervisor = supervisor.clone();
-        let readiness = readiness.clone();
-        Arc::new(move || {
-            let mut v = admin::config_dump(&dataplane, &supervisor.pods());
-            v["ready"] = serde_json::json!({
-                "xds_synced": readiness.xds_synced(),
-                "zds_snapshot": readiness.zds_snapshot(),
-            });
-            v
-        })
-    };
+    let dump = admin::dump_fn(dataplane.clone(), supervisor.clone(), readiness.clone());
     servers.spawn(http::serve(
         admin_listener,
         Endpoint::Admin {
@@ -198,22 +162,14 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     ));
 
     // ZDS only after the first xDS sync, so no pod is accepted before its workload is known.
-    let zds_task = {
-        let shutdown = shutdown.clone();
-        let readiness = readiness.clone();
-        let supervisor = supervisor.clone();
-        let socket = config.zds_socket.clone();
-        let mark = config.packet_mark;
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                ok = synced.wait() => if !ok { return },
-            }
-            readiness.set_xds_synced(true);
-            tracing::info!("xDS synced, connecting to ZDS");
-            enrollment::run_zds(socket, mark, supervisor, readiness).await;
-        })
-    };
+    let zds_task = tokio::spawn(enrollment::run_after_sync(
+        synced,
+        shutdown.clone(),
+        config.zds_socket.clone(),
+        config.packet_mark,
+        supervisor.clone(),
+        readiness.clone(),
+    ));
 
     shutdown.cancelled().await;
     tracing::info!(
