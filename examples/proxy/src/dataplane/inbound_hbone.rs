@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use meshwire_hbone::Rejection;
@@ -169,7 +168,7 @@ impl DataPlane {
             SecurityPolicy::MutualTls,
         );
         self.open_tcp(&mut rec, labels);
-        let peer_identity = Identity::from_str(&peer_id.to_string()).ok();
+        let peer_identity = Identity::try_from(&peer_id).ok();
         let conn = ConnectionInfo::new(src.ip(), target, peer_identity);
         if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
             tunnel.reject(Rejection::Unauthorized);

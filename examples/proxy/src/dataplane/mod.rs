@@ -44,7 +44,6 @@ use crate::tls::{ClientTls, PodServerTls};
 use self::connection::Failure;
 use self::inbound_hbone::InboundStreams;
 use self::outbound::PodConnector;
-pub(crate) use self::workload::spiffe_of;
 
 /// Settings of the data plane.
 #[derive(Debug, Clone)]
@@ -302,7 +301,7 @@ impl Handler for Dispatch {
                 return;
             }
             match found {
-                Some(w) => match spiffe_of(&w.identity()) {
+                Some(w) => match SpiffeId::try_from(w.identity()) {
                     Ok(id) => dp.certs.prefetch(&id),
                     Err(e) => {
                         tracing::warn!(uid = %pod.info.uid, error = %e, "workload identity is not a SPIFFE ID")

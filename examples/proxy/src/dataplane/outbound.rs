@@ -13,7 +13,7 @@ use meshwire_xds_workload::Workload;
 use tokio::net::TcpStream;
 
 use super::connection::{ConnRecord, Failure};
-use super::workload::{canonical, destination_of, peer_workload, spiffe_of, workload_baggage};
+use super::workload::{canonical, destination_of, peer_workload, workload_baggage};
 use super::{DataPlane, labels};
 use crate::copy::Ends;
 use crate::metrics::istio::SecurityPolicy;
@@ -124,7 +124,7 @@ impl DataPlane {
             return self
                 .connection_failed(rec, &Failure::new("pod gone", "no HBONE state for the pod"));
         };
-        let source = match spiffe_of(&local.identity()) {
+        let source = match SpiffeId::try_from(local.identity()) {
             Ok(s) => s,
             Err(e) => return self.connection_failed(rec, &Failure::new("bad identity", e)),
         };

@@ -1,13 +1,12 @@
-//! Conversions between the workload store's view of a pod and what the HBONE and TLS layers
-//! take: destinations, `baggage`, SPIFFE IDs, canonical addresses.
+//! Conversions between the workload store's view of a pod and what routing and the HBONE layer
+//! take: destinations, `baggage`, canonical addresses.
 
 use std::net::SocketAddr;
 
 use meshwire_hbone::headers::{Baggage, WorkloadBaggage, WorkloadKind};
-use meshwire_svid::{SpiffeId, TrustDomain};
+use meshwire_xds_workload::Workload;
 use meshwire_xds_workload::store::Upstream;
 use meshwire_xds_workload::workload::{TunnelProtocol, WorkloadType};
-use meshwire_xds_workload::{Identity, Workload};
 
 use crate::routing::{Destination, DestinationWorkload, ServiceTarget};
 
@@ -82,11 +81,6 @@ pub(super) fn peer_workload(baggage: Option<&Baggage>) -> String {
         (None, Some((_, name))) => name,
         (None, None) => String::new(),
     }
-}
-
-pub(crate) fn spiffe_of(id: &Identity) -> Result<SpiffeId, meshwire_svid::SpiffeIdError> {
-    let td = TrustDomain::new(&id.trust_domain)?;
-    SpiffeId::from_istio(&td, &id.namespace, &id.service_account)
 }
 
 pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use meshwire_hbone::client::{ClientTlsProvider, PoolKey};
 use meshwire_hbone::server::{ConnectionInfo, ServerTlsProvider};
-use meshwire_svid::IdentityPolicy;
+use meshwire_svid::{IdentityPolicy, SpiffeId};
 use rustls::crypto::CryptoProvider;
 
 use self::certs::{Certificates, Material};
-use crate::dataplane::{DataPlane, spiffe_of};
+use crate::dataplane::DataPlane;
 use crate::pods::Pod;
 
 /// TLS client configurations from the certificate of the key's source identity.
@@ -69,7 +69,8 @@ impl ServerTlsProvider for PodServerTls {
                 .local_workload(&self.pod)
                 .await
                 .ok_or_else(|| TlsSetupError("the pod's xDS workload is unknown".into()))?;
-            let id = spiffe_of(&local.identity()).map_err(|e| TlsSetupError(e.to_string()))?;
+            let id =
+                SpiffeId::try_from(local.identity()).map_err(|e| TlsSetupError(e.to_string()))?;
             let material = self
                 .dp
                 .certs()
