@@ -8,7 +8,7 @@ use std::sync::Arc;
 use meshwire_hbone::Rejection;
 use meshwire_hbone::headers::Forwarded;
 use meshwire_hbone::server::{
-    ConnectionInfo as HboneConnection, Handler, IncomingTunnel, ServerError,
+    ConnectionInfo as HboneConnection, Handler, IncomingTunnel, ServerError, Target,
 };
 use meshwire_xds_workload::Identity;
 use meshwire_xds_workload::authorization::{ConnectionInfo, Decision};
@@ -22,7 +22,6 @@ use crate::copy::Ends;
 use crate::metrics::istio::SecurityPolicy;
 use crate::metrics::{Direction, Security};
 use crate::pods::Pod;
-use crate::routing;
 
 impl DataPlane {
     pub(super) async fn inbound_hbone(
@@ -103,29 +102,27 @@ impl DataPlane {
             );
         };
         rec.destination_identity = local.identity().to_string();
-        // An IP authority must name this pod's address, the one the connection arrived on.
-        if let Err(rejection) = tunnel.request().check_destination(local_addr.ip()) {
-            tunnel.reject(rejection);
-            if let Some(a) = authority.socket_addr() {
-                rec.dst = canonical(a);
+        // The CONNECT destination rules: an IP authority must name this pod's address (the
+        // one the connection arrived on) and no port may be one of the proxy's own.
+        let admitted = match self.admission.check(tunnel.request(), &info) {
+            Ok(t) => t,
+            Err(e) => {
+                tunnel.reject(e.rejection());
+                if let Some(a) = authority.socket_addr() {
+                    rec.dst = canonical(a);
+                }
+                return self.connection_failed(rec, &Failure::new("refused", e));
             }
-            return self.connection_failed(
-                rec,
-                &Failure::new(
-                    "refused",
-                    "authority does not match the destination address",
-                ),
-            );
-        }
+        };
         // The application is always at this pod's address. An IP authority gives the port; a
         // host-name authority names a service this pod is an endpoint of, and its port is
         // mapped like the service maps it.
-        let port = match (authority.socket_addr(), authority.host()) {
-            (Some(a), _) => a.port(),
-            (None, Some(host)) => {
+        let port = match admitted {
+            Target::Addr(a) => a.port(),
+            Target::Host(host) => {
                 match self
                     .store
-                    .resolve_service_host(&local, host, authority.port())
+                    .resolve_service_host(&local, host.host(), host.port())
                 {
                     Some(target) => target.port,
                     None => {
@@ -140,16 +137,16 @@ impl DataPlane {
                     }
                 }
             }
-            (None, None) => {
+            _ => {
                 tunnel.reject(Rejection::BadRequest);
                 return self.connection_failed(rec, &Failure::new("refused", "unusable authority"));
             }
         };
         let target = SocketAddr::new(local_addr.ip(), port);
         rec.dst = target;
-        if routing::is_illegal_port(port) {
-            tunnel.reject(Rejection::ServiceUnavailable);
-            return self.connection_failed(rec, &Failure::new("refused", routing::RECURSION));
+        if let Err(e) = self.admission.check_port(port) {
+            tunnel.reject(e.rejection());
+            return self.connection_failed(rec, &Failure::new("refused", e));
         }
         let request = tunnel.request();
         let client = InboundClient {

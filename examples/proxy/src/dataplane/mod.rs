@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use meshwire_hbone::client::{Pool, PoolConfig, PoolStats};
-use meshwire_hbone::server::{ServeConfig, Server};
+use meshwire_hbone::server::{Admission, ServeConfig, Server};
 use meshwire_svid::SpiffeId;
 use meshwire_xds_workload::{Workload, WorkloadStore};
 use rustls::crypto::CryptoProvider;
@@ -96,6 +96,8 @@ pub(crate) struct DataPlane {
     store: Arc<WorkloadStore>,
     certs: Arc<dyn Certificates>,
     crypto: Arc<CryptoProvider>,
+    /// The CONNECT destination rules of every pod's 15008 (the proxy's own ports refused).
+    admission: Admission,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
 }
 
@@ -121,6 +123,7 @@ impl DataPlane {
             store,
             certs,
             crypto,
+            admission: Admission::default(),
             pods: Mutex::new(HashMap::new()),
         })
     }
