@@ -7,12 +7,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use meshwire_svid::ca::{CaConfig, CertificateAuthority};
 use meshwire_svid::pki_types::{ServerName, UnixTime};
-use meshwire_svid::rustls;
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, SpiffeServerVerifier, TrustBundleSet,
-    TrustDomain, make_csr, provider,
-};
+use meshwire_svid::service::client::make_csr;
+use meshwire_svid::verify::SpiffeServerVerifier;
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, provider, rustls, tls};
 
 fn time<T>(iters: u32, mut f: impl FnMut() -> T) -> Duration {
     for _ in 0..iters.min(10) {
@@ -40,7 +39,7 @@ fn main() {
         .unwrap();
     let csr = make_csr(&id).unwrap();
     let client = std::sync::Arc::new(
-        meshwire_svid::client_config(
+        tls::client_config(
             provider::default(),
             &svid,
             &roots,
@@ -49,7 +48,7 @@ fn main() {
         .unwrap(),
     );
     let server = std::sync::Arc::new(
-        meshwire_svid::server_config(
+        tls::server_config(
             provider::default(),
             &peer_svid,
             &roots,

@@ -6,7 +6,7 @@ use std::fmt;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use crate::id::TrustDomain;
-use crate::svid::{SvidError, cert_to_pem, certs_from_pem};
+use crate::x509::{SvidError, cert_to_pem, certs_from_pem};
 
 /// Why a trust bundle could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,32 +1,27 @@
 //! SPIFFE identities, X.509-SVIDs, rustls verifiers, a small CA and the Istio certificate
 //! service: the identity layer of a sidecar-less mTLS mesh.
 //!
-//! # What is here
+//! # Layout
 //!
-//! - **Identities**: [`SpiffeId`] and [`TrustDomain`], parsed strictly by the SPIFFE ID
-//!   standard (errors name the rule broken), with an Istio view
-//!   (`spiffe://<td>/ns/<namespace>/sa/<service account>`, [`SpiffeId::istio`]).
-//! - **Material**: [`TrustBundle`] / [`TrustBundleSet`] (roots per trust domain) and
-//!   [`X509Svid`] (leaf + intermediates + key, checked against the X.509-SVID rules, with
-//!   expiry and half-life refresh instant).
-//! - **TLS**: [`SpiffeServerVerifier`] and [`SpiffeClientVerifier`] (webpki chain validation
-//!   against the bundle of the peer's trust domain, then an [`IdentityPolicy`]), and
-//!   [`client_config`] / [`server_config`] for the HBONE data plane: TLS 1.3 only, AES-GCM
-//!   suites, ALPN `h2`, no SNI, no resumption. [`peer_spiffe_id`] reads the identity of an
-//!   established connection. Weaker verifiers live in [`dangerous`].
-//! - **CA**: [`CertificateAuthority`] generates or loads a root (optionally an
-//!   intermediate), signs PKCS#10 CSRs after verifying their self-signature, and issues
-//!   ECDSA P-256 SVIDs that carry only the approved identity.
-//! - **Certificate service** (`istio.v1.auth.IstioCertificateService/CreateCertificate`):
-//!   [`CertificateService`] (tonic server; an [`Authorizer`] decides per request, seeing the
-//!   caller's bearer token, client-certificate identity and `ImpersonatedIdentity`),
-//!   [`serve_tls`] / [`tls_incoming`] to run it over rustls, [`CaClient`] (key + CSR +
-//!   headers, checks the returned identity) and [`tls_channel`] for the control-plane
-//!   channel. Generated protobuf code is in [`pb`].
-//! - **Certificate manager**: [`CertificateManager`] keeps one certificate per identity for
-//!   all [`CertificateHandle`]s, refreshes at half-life, runs at most N fetches with
-//!   [`Priority`] (on-demand, prefetch, rotation), and retries with jittered exponential
-//!   back-off while the old certificate keeps serving. Any [`CertificateSource`] works.
+//! The types every user touches are at the root: [`SpiffeId`] and [`TrustDomain`] (parsed
+//! strictly by the SPIFFE ID standard; errors name the rule broken), [`X509Svid`] (leaf +
+//! intermediates + key, checked against the X.509-SVID rules, with expiry and half-life
+//! refresh instant), and [`TrustBundle`] / [`TrustBundleSet`] (roots per trust domain), with
+//! their error types. Everything else is reached through its module:
+//!
+//! | module | what | feature |
+//! |---|---|---|
+//! | [`id`] | SPIFFE IDs, trust domains, the Istio view `ns/<ns>/sa/<sa>` | core |
+//! | [`bundle`] | trust bundles | core |
+//! | [`x509`] | X.509-SVIDs, [`FetchedSvid`](x509::FetchedSvid), the PEM encoder | core |
+//! | [`verify`] | rustls verifiers that check the chain, then an [`IdentityPolicy`]; weaker ones in [`verify::dangerous`] | core |
+//! | [`tls`] | data-plane and control-plane rustls configurations, [`tls::peer_spiffe_id`]; the control-plane accept loop and channel | core; `service` |
+//! | [`provider`] | crypto providers restricted to the data-plane suites | core |
+//! | `ca` | the certificate authority | `ca` |
+//! | `service` | the Istio certificate service: gRPC `client`, `server`, generated `pb` | `service` |
+//! | `manager` | one certificate per identity, refreshed at half-life; a rustls resolver fed by it | `manager` |
+//! | `spiffe` | conversions with the `spiffe` crate | `spiffe` |
+//! | `test_util` | a throw-away test PKI | `test-util` |
 //!
 //! What it does **not** do: open data-plane sockets, read the environment or files it was
 //! not given, install a process-wide crypto provider, or talk to Kubernetes.
@@ -37,12 +32,12 @@
 //! authenticate each other by SPIFFE ID.
 //!
 //! ```
-//! use std::time::Duration;
-//! use meshwire_svid::{
-//!     CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
-//! };
-//!
+//! # #[cfg(feature = "ca")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use meshwire_svid::ca::{CaConfig, CertificateAuthority};
+//! use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, provider, tls};
+//!
 //! let td: TrustDomain = "cluster.local".parse()?;
 //! let ca = CertificateAuthority::generate_root(&td, CaConfig::default())?;
 //!
@@ -55,20 +50,20 @@
 //! let roots = TrustBundleSet::from(ca.bundle());
 //!
 //! // The client accepts exactly the identity it expects for this hop ...
-//! let client = meshwire_svid::client_config(
-//!     meshwire_svid::provider::default(),
+//! let client = tls::client_config(
+//!     provider::default(),
 //!     &client_svid,
 //!     &roots,
 //!     IdentityPolicy::exact([server_id.clone()]),
 //! )?;
 //! // ... and the server any client of its own trust domain.
-//! let server = meshwire_svid::server_config(
-//!     meshwire_svid::provider::default(),
+//! let server = tls::server_config(
+//!     provider::default(),
 //!     &server_svid,
 //!     &roots,
 //!     IdentityPolicy::SameTrustDomain(td.clone()),
 //! )?;
-//! assert_eq!(client.alpn_protocols, vec![b"h2".to_vec()]);
+//! assert_eq!(client.alpn_protocols, vec![tls::ALPN_H2.to_vec()]);
 //! assert!(!client.enable_sni);
 //!
 //! // Drive a handshake in memory.
@@ -85,73 +80,71 @@
 //!     c.read_tls(&mut buf.as_slice())?;
 //!     c.process_new_packets()?;
 //! }
-//! let seen_by_client = meshwire_svid::peer_spiffe_id(c.peer_certificates().unwrap_or_default())?;
-//! let seen_by_server = meshwire_svid::peer_spiffe_id(s.peer_certificates().unwrap_or_default())?;
+//! let seen_by_client = tls::peer_spiffe_id(c.peer_certificates().unwrap_or_default())?;
+//! let seen_by_server = tls::peer_spiffe_id(s.peer_certificates().unwrap_or_default())?;
 //! assert_eq!(seen_by_client, server_id);
 //! assert_eq!(seen_by_server, client_id);
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "ca"))]
+//! # fn main() {}
 //! ```
 //!
 //! # Feature flags
 //!
-//! - `ring` (default): rustls, webpki and tokio-rustls with the *ring* provider;
-//!   [`provider::ring`].
-//! - `aws-lc-rs`: additionally the *aws-lc-rs* provider; `provider::aws_lc_rs()`. Additive:
-//!   both may be on, and every TLS function takes the provider as an argument.
+//! The core (IDs, SVIDs, bundles, verifiers, rustls configurations) needs only rustls,
+//! rustls-webpki, rustls-pki-types, x509-parser and thiserror. Everything heavier is a
+//! feature; the default is `ring`, `ca`, `service` and `manager`.
 //!
-//! With neither feature the library still builds (without the `provider` constructors);
-//! pass any `CryptoProvider` of your own.
+//! - `ring` (default): the *ring* provider for rustls and webpki ([`provider::ring`]), and
+//!   for rcgen and x509-parser when `ca` is on.
+//! - `aws-lc-rs`: the *aws-lc-rs* provider (`provider::aws_lc_rs()`), for all of them.
+//!   Additive: both may be on, and every TLS function takes the provider as an argument. With
+//!   `default-features = false` and only `aws-lc-rs`, no ring is compiled anywhere.
+//! - `ca` (default): the `ca` module (rcgen). Needs `ring` or `aws-lc-rs`.
+//! - `service` (default): the `service` module (tonic, prost) and the tokio accept loop and
+//!   channel of [`tls`]. Implies `ca`.
+//! - `manager` (default): the `manager` module (tokio, backon).
+//! - `spiffe`: conversions with the `spiffe` crate (`spiffe` module).
+//! - `test-util`: a test PKI (`test_util` module) for other crates' tests. Implies `ca`.
 //!
-//! The CA and CSR code uses rcgen and x509-parser with *ring* regardless of the provider.
+//! With no provider feature the core still builds; pass any `CryptoProvider` of your own
+//! (an [`X509Svid`]'s key is then checked against its leaf by rustls when a configuration is
+//! built).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod bundle;
-mod ca;
-mod id;
-mod manager;
-pub mod pb;
+pub mod bundle;
+#[cfg(feature = "ca")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ca")))]
+pub mod ca;
+pub mod id;
+#[cfg(feature = "manager")]
+#[cfg_attr(docsrs, doc(cfg(feature = "manager")))]
+pub mod manager;
 pub mod provider;
-mod service;
-mod svid;
-mod tls;
-mod verifier;
-
-#[cfg(test)]
-mod tests;
+#[cfg(feature = "service")]
+#[cfg_attr(docsrs, doc(cfg(feature = "service")))]
+pub mod service;
+#[cfg(feature = "spiffe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spiffe")))]
+pub mod spiffe;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
+pub mod tls;
+pub mod verify;
+pub mod x509;
 
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
-pub use ca::{CaConfig, CaError, CertificateAuthority};
-pub use id::{
-    IstioIdentity, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
-};
-pub use manager::{
-    CertificateHandle, CertificateManager, CertificateSource, CertificateState, FetchError,
-    ManagerConfig, ManagerError, Priority,
-};
-pub use service::client::{
-    CaClient, CaClientConfig, CaClientError, CsrAndKey, FetchedSvid, Token, make_csr,
-    svid_from_response,
-};
-pub use service::server::{
-    AuthorizationRequest, Authorizer, CertificateService, CertificateServiceConfig, Denial,
-};
-pub use service::tls::{
-    ControlPlaneTlsError, PeerInfo, TlsConnection, TlsIncoming, TlsIncomingConfig,
-    control_plane_client_config, control_plane_server_config, serve_tls, tls_channel, tls_incoming,
-    tls_incoming_with,
-};
-pub use service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
-pub use svid::{SvidError, X509Svid, peer_spiffe_id};
-pub use tls::{
-    ALPN_H2, TlsConfigError, client_config, client_config_with_verifier, server_config,
-    server_config_with_verifier,
-};
-pub use verifier::{
-    IdentityPolicy, PeerVerifyError, SpiffeClientVerifier, SpiffeServerVerifier,
-    SpiffeVerifierBuilder, VerifierBuilderError, dangerous,
-};
+pub use id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use verify::IdentityPolicy;
+pub use x509::{SvidError, X509Svid};
 
 /// Re-exports of the rustls crates whose types appear in this API.
 pub use rustls;
 pub use rustls_pki_types as pki_types;
+
+#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "ca", feature = "manager"))]
+pub struct ReadmeDoctests;

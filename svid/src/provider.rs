@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use rustls::CipherSuite;
 use rustls::crypto::CryptoProvider;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::x509::SvidError;
 
 /// The TLS 1.3 suites allowed on the data plane, in preference order.
 pub const ALLOWED_SUITES: [CipherSuite; 2] = [
@@ -58,6 +61,35 @@ pub fn default() -> Arc<CryptoProvider> {
     {
         aws_lc_rs()
     }
+}
+
+/// The built-in provider's key loader: *ring*'s when the `ring` feature is on, else
+/// *aws-lc-rs*'s, else none.
+fn builtin_key_provider() -> Option<&'static dyn rustls::crypto::KeyProvider> {
+    #[cfg(feature = "ring")]
+    {
+        Some(rustls::crypto::ring::default_provider().key_provider)
+    }
+    #[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+    {
+        Some(rustls::crypto::aws_lc_rs::default_provider().key_provider)
+    }
+    #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+    {
+        None
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of `key`, as the built-in provider derives it; `None` when
+/// no provider is built in or it cannot tell.
+pub(crate) fn public_key_of(key: &PrivateKeyDer<'_>) -> Result<Option<Vec<u8>>, SvidError> {
+    let Some(keys) = builtin_key_provider() else {
+        return Ok(None);
+    };
+    let signing = keys
+        .load_private_key(key.clone_key())
+        .map_err(|e| SvidError::BadPrivateKey(e.to_string()))?;
+    Ok(signing.public_key().map(|spki| spki.as_ref().to_vec()))
 }
 
 #[cfg(all(test, any(feature = "ring", feature = "aws-lc-rs")))]

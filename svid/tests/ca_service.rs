@@ -7,14 +7,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshwire_svid::pb::IstioCertificateRequest;
-use meshwire_svid::pb::istio_certificate_service_client::IstioCertificateServiceClient;
-use meshwire_svid::{
-    AuthorizationRequest, CaClient, CaClientConfig, CaClientError, CaConfig, CertificateAuthority,
-    CertificateService, Denial, IdentityPolicy, SpiffeId, SpiffeServerVerifier, Token,
-    TrustBundleSet, TrustDomain, control_plane_client_config, control_plane_server_config,
-    make_csr, provider, serve_tls, tls_channel,
+use meshwire_svid::ca::{CaConfig, CertificateAuthority};
+use meshwire_svid::manager::{CertificateManager, ManagerConfig, ManagerError, Priority};
+use meshwire_svid::service::client::{CaClient, CaClientConfig, CaClientError, Token, make_csr};
+use meshwire_svid::service::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshwire_svid::service::pb::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
 };
+use meshwire_svid::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use meshwire_svid::service::server::{AuthorizationRequest, CertificateService, Denial, serve_tls};
+use meshwire_svid::tls::{self, control_plane_client_config, control_plane_server_config};
+use meshwire_svid::verify::SpiffeServerVerifier;
+use meshwire_svid::x509::pem_encode;
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid, provider};
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -89,10 +94,10 @@ async fn start() -> Harness {
     }
 }
 
-fn client(h: &Harness, config: CaClientConfig, own: Option<&meshwire_svid::X509Svid>) -> CaClient {
+fn client(h: &Harness, config: CaClientConfig, own: Option<&X509Svid>) -> CaClient {
     let tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), own).unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://127.0.0.1:{}", h.port),
         Arc::new(tls),
         None,
@@ -107,9 +112,9 @@ fn id(s: &str) -> SpiffeId {
 
 fn token_config() -> CaClientConfig {
     let mut c = CaClientConfig::default();
-    c.token(Token::Static(TOKEN.into()))
-        .cluster_id("cluster-1")
-        .ttl(Duration::from_secs(1800));
+    c.token = Token::Static(TOKEN.into());
+    c.cluster_id = "cluster-1".into();
+    c.ttl = Duration::from_secs(1800);
     c
 }
 
@@ -118,7 +123,7 @@ async fn client_gets_certificate_over_tls() {
     let h = start().await;
     let want = id("spiffe://cluster.local/ns/default/sa/reviews");
     let mut cfg = token_config();
-    cfg.impersonate(true);
+    cfg.impersonate = true;
     let got = client(&h, cfg, None).fetch(&want).await.unwrap();
     assert_eq!(got.svid.spiffe_id(), &want);
     assert_eq!(got.roots, vec![h.ca.root().clone()]);
@@ -179,7 +184,7 @@ async fn server_denials_become_grpc_codes() {
     };
     // Wrong token.
     let mut cfg = token_config();
-    cfg.token(Token::Static("wrong".into()));
+    cfg.token = Token::Static("wrong".into());
     let e = client(&h, cfg, None)
         .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
         .await
@@ -193,7 +198,7 @@ async fn server_denials_become_grpc_codes() {
     assert_eq!(status(e), Code::PermissionDenied);
     // Impersonation outside the allowed namespace.
     let mut cfg = token_config();
-    cfg.impersonate(true);
+    cfg.impersonate = true;
     let e = client(&h, cfg, None)
         .fetch(&id("spiffe://cluster.local/ns/other/sa/a"))
         .await
@@ -212,7 +217,7 @@ async fn server_rejects_malformed_requests() {
     let h = start().await;
     let tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://localhost:{}", h.port),
         Arc::new(tls),
         None,
@@ -286,7 +291,7 @@ async fn client_refuses_server_with_untrusted_certificate() {
     .unwrap();
     let tls = control_plane_client_config(provider::default(), other.root_pem().as_bytes(), None)
         .unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://127.0.0.1:{}", h.port),
         Arc::new(tls),
         None,
@@ -303,7 +308,7 @@ async fn client_refuses_server_with_untrusted_certificate() {
     // And a name the server certificate was not issued for.
     let tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://127.0.0.1:{}", h.port),
         Arc::new(tls),
         Some("not-istiod.example"),
@@ -320,7 +325,7 @@ async fn client_refuses_server_with_untrusted_certificate() {
     // The name override works for a name the certificate carries.
     let tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://127.0.0.1:{}", h.port),
         Arc::new(tls),
         Some("istiod.istio-system.svc"),
@@ -332,58 +337,26 @@ async fn client_refuses_server_with_untrusted_certificate() {
         .unwrap();
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    // Minimal base64 for the test, independent of the crate's encoder.
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in der.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        s.push(A[(n >> 18) as usize & 63] as char);
-        s.push(A[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            A[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            A[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    let body: Vec<String> = s
-        .as_bytes()
-        .chunks(64)
-        .map(|l| String::from_utf8(l.to_vec()).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        body.join("\n")
-    )
-}
-
 #[tokio::test]
 async fn manager_fetches_through_the_grpc_client() {
     let h = start().await;
     let mut cfg = token_config();
-    cfg.impersonate(true);
-    let mgr = meshwire_svid::CertificateManager::new(
+    cfg.impersonate = true;
+    let mgr = CertificateManager::new(
         client(&h, cfg, None),
-        meshwire_svid::ManagerConfig::default(),
+        ManagerConfig::default(),
     );
     let want = id("spiffe://cluster.local/ns/default/sa/productpage");
-    let handle = mgr.hold(&want, meshwire_svid::Priority::OnDemand);
+    let handle = mgr.hold(&want, Priority::OnDemand);
     let got = handle.get().await.unwrap();
     assert_eq!(got.svid.spiffe_id(), &want);
     assert_eq!(got.roots, vec![h.ca.root().clone()]);
     // A denied identity surfaces as a fetch failure.
     let denied = mgr.hold(
         &id("spiffe://cluster.local/ns/forbidden/sa/x"),
-        meshwire_svid::Priority::OnDemand,
+        Priority::OnDemand,
     );
-    let Err(meshwire_svid::ManagerError::FetchFailed { source, .. }) = denied.get().await else {
+    let Err(ManagerError::FetchFailed { source, .. }) = denied.get().await else {
         panic!("a denied identity must fail");
     };
     // The source's own error comes through, gRPC status included.
@@ -401,7 +374,7 @@ async fn token_file_is_read_before_every_request() {
     let path = dir.path().join("token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
     let mut cfg = token_config();
-    cfg.token(Token::File(path.clone()));
+    cfg.token = Token::File(path.clone());
     let client = client(&h, cfg, None);
     let want = id("spiffe://cluster.local/ns/default/sa/a");
     client.fetch(&want).await.unwrap();
@@ -450,11 +423,11 @@ struct Recording {
 }
 
 #[tonic::async_trait]
-impl meshwire_svid::pb::istio_certificate_service_server::IstioCertificateService for Recording {
+impl IstioCertificateService for Recording {
     async fn create_certificate(
         &self,
         request: tonic::Request<IstioCertificateRequest>,
-    ) -> Result<tonic::Response<meshwire_svid::pb::IstioCertificateResponse>, tonic::Status> {
+    ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
         self.seen.lock().unwrap().push(request.metadata().clone());
         let want = id("spiffe://cluster.local/ns/default/sa/a");
         let cert_chain = self
@@ -462,7 +435,7 @@ impl meshwire_svid::pb::istio_certificate_service_server::IstioCertificateServic
             .sign_csr(&request.get_ref().csr, &want, Duration::from_secs(60))
             .unwrap();
         Ok(tonic::Response::new(
-            meshwire_svid::pb::IstioCertificateResponse { cert_chain },
+            IstioCertificateResponse { cert_chain },
         ))
     }
 }
@@ -488,17 +461,18 @@ async fn client_sends_configured_headers() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                meshwire_svid::pb::istio_certificate_service_server::IstioCertificateServiceServer::new(
-                    service,
-                ),
+                IstioCertificateServiceServer::new(service),
             )
-            .serve_with_incoming(meshwire_svid::tls_incoming(listener, Arc::new(tls))),
+            .serve_with_incoming(tls::incoming(listener, Arc::new(tls))),
     );
     let mut cfg = token_config();
-    cfg.header("X-Ca-Extra", "one").header("x-other", "two");
+    cfg.extra_headers = vec![
+        ("X-Ca-Extra".into(), "one".into()),
+        ("x-other".into(), "two".into()),
+    ];
     let client_tls =
         control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls_channel(
+    let channel = tls::channel(
         &format!("https://127.0.0.1:{port}"),
         Arc::new(client_tls),
         None,

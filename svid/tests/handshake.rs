@@ -4,14 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use meshwire_svid::rustls;
 use meshwire_svid::rustls::pki_types::ServerName;
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
-    client_config, peer_spiffe_id, provider, server_config,
-};
+use meshwire_svid::test_util::TestPki;
+use meshwire_svid::tls::peer_spiffe_id;
+use meshwire_svid::verify::dangerous::AcceptAnySpiffeServer;
+use meshwire_svid::{IdentityPolicy, SpiffeId, provider, rustls, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -24,32 +22,15 @@ struct Setup {
 }
 
 fn setup(expected_server: &str) -> Setup {
-    let td = TrustDomain::new("cluster.local").unwrap();
-    let ca = CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap();
-    let client = SpiffeId::from_istio(&td, "default", "sleep").unwrap();
-    let server = SpiffeId::from_istio(&td, "default", "httpbin").unwrap();
-    let client_svid = ca.issue(&client, Duration::from_secs(3600)).unwrap();
-    let server_svid = ca.issue(&server, Duration::from_secs(3600)).unwrap();
-    let roots = TrustBundleSet::from(ca.bundle());
-    let client_cfg = client_config(
-        provider::default(),
-        &client_svid,
-        &roots,
-        IdentityPolicy::exact([SpiffeId::new(expected_server).unwrap()]),
-    )
-    .unwrap();
-    let server_cfg = server_config(
-        provider::default(),
-        &server_svid,
-        &roots,
-        IdentityPolicy::SameTrustDomain(td),
-    )
-    .unwrap();
+    let pki = TestPki::new("cluster.local");
+    let client = pki.istio_id("default", "sleep");
+    let server = pki.istio_id("default", "httpbin");
+    let expected = IdentityPolicy::exact([SpiffeId::new(expected_server).unwrap()]);
     Setup {
+        client_cfg: Arc::new(pki.client_config(&client, expected)),
+        server_cfg: Arc::new(pki.server_config(&server)),
         client,
         server,
-        client_cfg: Arc::new(client_cfg),
-        server_cfg: Arc::new(server_cfg),
     }
 }
 
@@ -122,17 +103,10 @@ async fn server_refuses_client_from_other_trust_domain() {
     let s = setup("spiffe://cluster.local/ns/default/sa/httpbin");
     // A client whose SVID comes from a different CA and trust domain; it accepts any server
     // so that only the server's check can fail.
-    let other_td = TrustDomain::new("other.org").unwrap();
-    let other = CertificateAuthority::generate_root(&other_td, CaConfig::default()).unwrap();
-    let stranger = other
-        .issue(
-            &SpiffeId::from_istio(&other_td, "x", "y").unwrap(),
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let verifier = meshwire_svid::dangerous::AcceptAnySpiffeServer::new(provider::default());
-    let cfg = meshwire_svid::client_config_with_verifier(provider::default(), &stranger, verifier)
-        .unwrap();
+    let other = TestPki::new("other.org");
+    let stranger = other.svid(&other.istio_id("x", "y"));
+    let verifier = AcceptAnySpiffeServer::new(provider::default());
+    let cfg = tls::client_config_with_verifier(provider::default(), &stranger, verifier).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, CertificateManager, CertificateSource, FetchedSvid,
-    ManagerConfig, ManagerError, Priority, SpiffeId, TrustDomain,
+use meshwire_svid::SpiffeId;
+use meshwire_svid::manager::{
+    CertificateManager, CertificateSource, ManagerConfig, ManagerError, Priority,
 };
+use meshwire_svid::test_util::TestPki;
+use meshwire_svid::x509::FetchedSvid;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -19,7 +21,7 @@ struct Down;
 
 /// Issues from a local CA with a fixed lifetime; can be switched off and gated.
 struct TestSource {
-    ca: CertificateAuthority,
+    pki: TestPki,
     ttl: Duration,
     down: AtomicBool,
     gate: Option<Semaphore>,
@@ -28,11 +30,8 @@ struct TestSource {
 
 impl TestSource {
     fn new(ttl: Duration) -> Self {
-        let mut cfg = CaConfig::default();
-        cfg.backdate(Duration::ZERO);
-        let td = TrustDomain::new("cluster.local").unwrap();
         Self {
-            ca: CertificateAuthority::generate_root(&td, cfg).unwrap(),
+            pki: TestPki::new("cluster.local"),
             ttl,
             down: AtomicBool::new(false),
             gate: None,
@@ -68,8 +67,8 @@ impl CertificateSource for TestSource {
         if self.down.load(Ordering::SeqCst) {
             return Err(Down);
         }
-        let svid = self.ca.issue(id, self.ttl).unwrap();
-        Ok(FetchedSvid::new(svid, vec![self.ca.root().clone()]))
+        let svid = self.pki.svid_for(id, self.ttl);
+        Ok(FetchedSvid::new(svid, vec![self.pki.ca().root().clone()]))
     }
 }
 
@@ -139,7 +138,7 @@ async fn ca_down_keeps_serving_old_certificate_then_recovers() {
     assert_eq!(serial(&h.get().await.unwrap()), serial(&first));
     assert!(h.state().last_error.is_some());
 
-    // Retries back off exponentially: gaps grow by about x2 (±20 %).
+    // Retries back off exponentially: the n-th delay is 2^n s stretched by 0-100 % jitter.
     tokio::time::sleep(Duration::from_secs(30)).await;
     settle().await;
     let times = source.call_times();
@@ -148,15 +147,11 @@ async fn ca_down_keeps_serving_old_certificate_then_recovers() {
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
     assert!(gaps.len() >= 4, "{gaps:?}");
-    assert!(
-        (0.8..=1.2).contains(&gaps[0]),
-        "first retry after ~1 s: {gaps:?}"
-    );
-    for w in gaps.windows(2) {
-        let ratio = w[1] / w[0];
+    for (n, gap) in gaps.iter().enumerate() {
+        let base = f64::from(1u32 << n);
         assert!(
-            (2.0 * 0.8 / 1.2 - 0.01..=2.0 * 1.2 / 0.8 + 0.01).contains(&ratio),
-            "{gaps:?}"
+            (base - 0.01..=2.0 * base + 0.01).contains(gap),
+            "retry {n} after {gap} s: {gaps:?}"
         );
     }
 
@@ -194,11 +189,12 @@ async fn backoff_is_capped() {
     ));
     tokio::time::sleep(Duration::from_secs(1500)).await;
     settle().await;
+    // The delay reaches the 150 s cap, stretched by at most 100 % jitter.
     let times = source.call_times();
     let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(max_gap <= Duration::from_secs(180), "{max_gap:?}");
+    assert!(max_gap <= Duration::from_secs(301), "{max_gap:?}");
     assert!(
-        max_gap >= Duration::from_secs(120),
+        max_gap >= Duration::from_secs(150),
         "reaches the cap: {max_gap:?}"
     );
 }
@@ -234,7 +230,7 @@ async fn bounded_concurrency_with_priorities() {
     src.gate = Some(Semaphore::new(0));
     let source = Arc::new(src);
     let mut cfg = ManagerConfig::default();
-    cfg.max_in_flight(1);
+    cfg.max_in_flight = 1;
     let mgr = CertificateManager::new(source.clone(), cfg);
 
     let first = mgr.hold(&id("first"), Priority::Prefetch);
@@ -283,11 +279,11 @@ async fn bounded_concurrency_with_priorities() {
 async fn extreme_settings_do_not_break_the_manager() {
     let source = Arc::new(TestSource::new(Duration::from_secs(100)));
     let mut cfg = ManagerConfig::default();
-    cfg.initial_backoff(Duration::MAX)
-        .max_backoff(Duration::MAX)
-        .min_refresh_delay(Duration::MAX);
-    // Public fields can bypass the setters' clamping.
-    cfg.jitter = f64::INFINITY;
+    cfg.initial_backoff = Duration::MAX;
+    cfg.max_backoff = Duration::MAX;
+    cfg.min_refresh_delay = Duration::MAX;
+    // Zero concurrency is read as one.
+    cfg.max_in_flight = 0;
     let mgr = CertificateManager::new(source.clone(), cfg);
     let limit = Duration::from_secs(5);
 
@@ -298,7 +294,7 @@ async fn extreme_settings_do_not_break_the_manager() {
         .expect("no answer");
     assert_eq!(got.unwrap().svid.spiffe_id(), &id("ok"));
 
-    // Failure path: the back-off is at its maximum, the jitter is not a number one can use.
+    // Failure path: the back-off is at its maximum, and the jitter stretches it further.
     source.down.store(true, Ordering::SeqCst);
     let failing = mgr.hold(&id("failing"), Priority::OnDemand);
     let got = tokio::time::timeout(limit, failing.get())
@@ -310,11 +306,11 @@ async fn extreme_settings_do_not_break_the_manager() {
     );
     assert_eq!(mgr.in_flight(), 0);
 
-    // A NaN jitter is no better.
+    // Without jitter the first retry comes after exactly the initial back-off.
     let mut cfg = ManagerConfig::default();
-    cfg.jitter = f64::NAN;
+    cfg.jitter = false;
     let mgr = CertificateManager::new(source.clone(), cfg);
-    let h = mgr.hold(&id("nan"), Priority::OnDemand);
+    let h = mgr.hold(&id("steady"), Priority::OnDemand);
     let got = tokio::time::timeout(limit, h.get())
         .await
         .expect("no answer");
@@ -323,9 +319,12 @@ async fn extreme_settings_do_not_break_the_manager() {
         "{got:?}"
     );
     source.down.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed_at = *source.call_times().last().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     settle().await;
-    assert!(h.current().is_some(), "retried after about a second");
+    assert!(h.current().is_some(), "retried after a second");
+    let retried_at = *source.call_times().last().unwrap();
+    assert_eq!(retried_at - failed_at, Duration::from_secs(1));
 }
 
 /// Panics on its first call, then issues normally.
@@ -351,7 +350,7 @@ async fn a_panicking_source_counts_as_a_failed_fetch() {
         panicked: AtomicBool::new(false),
     };
     let mut cfg = ManagerConfig::default();
-    cfg.max_in_flight(1);
+    cfg.max_in_flight = 1;
     let mgr = CertificateManager::new(source, cfg);
     let h = mgr.hold(&id("a"), Priority::OnDemand);
     let got = tokio::time::timeout(Duration::from_secs(5), h.get())

@@ -1,4 +1,4 @@
-//! `tls_incoming_with`: clients that never send a ClientHello hold at most
+//! `tls::incoming_with`: clients that never send a ClientHello hold at most
 //! `max_concurrent_handshakes` slots; a real client waits for a free slot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, TlsIncoming, TlsIncomingConfig, TrustDomain,
-    control_plane_client_config, control_plane_server_config, provider, tls_incoming_with,
+use meshwire_svid::provider;
+use meshwire_svid::test_util::TestPki;
+use meshwire_svid::tls::{
+    Incoming, IncomingConfig, control_plane_client_config, control_plane_server_config,
+    incoming_with,
 };
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +20,7 @@ use tokio_stream::StreamExt;
 
 struct Setup {
     addr: SocketAddr,
-    incoming: TlsIncoming,
+    incoming: Incoming,
     connector: tokio_rustls::TlsConnector,
     /// Connected, silent clients.
     idle: Vec<TcpStream>,
@@ -26,8 +28,8 @@ struct Setup {
 
 /// A listener with `limit` handshake slots and two connected clients that never send a byte.
 async fn stalled(limit: usize) -> Setup {
-    let td = TrustDomain::new("cluster.local").unwrap();
-    let ca = CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap();
+    let pki = TestPki::new("cluster.local");
+    let ca = pki.ca();
     let (chain, key) = ca
         .issue_server_cert(
             &[],
@@ -40,10 +42,10 @@ async fn stalled(limit: usize) -> Setup {
         control_plane_client_config(provider::default(), ca.root_pem().as_bytes(), None).unwrap();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut limits = TlsIncomingConfig::default();
+    let mut limits = IncomingConfig::default();
     limits.max_concurrent_handshakes = limit;
     limits.handshake_timeout = Duration::from_secs(60);
-    let incoming = tls_incoming_with(listener, Arc::new(server), limits);
+    let incoming = incoming_with(listener, Arc::new(server), limits);
     let mut idle = Vec::new();
     for _ in 0..2 {
         idle.push(TcpStream::connect(addr).await.unwrap());
@@ -73,7 +75,7 @@ fn client(s: &Setup) -> tokio::task::JoinHandle<()> {
 }
 
 /// The next accepted connection answers the client's byte.
-async fn answer_one(incoming: &mut TlsIncoming, within: Duration) -> Option<()> {
+async fn answer_one(incoming: &mut Incoming, within: Duration) -> Option<()> {
     let mut conn = tokio::time::timeout(within, incoming.next())
         .await
         .ok()?
@@ -126,7 +128,7 @@ async fn a_free_slot_lets_a_client_through_despite_stalled_handshakes() {
 
 #[test]
 fn documented_defaults() {
-    let d = TlsIncomingConfig::default();
+    let d = IncomingConfig::default();
     assert_eq!(d.handshake_timeout, Duration::from_secs(10));
     assert_eq!(d.max_concurrent_handshakes, 256);
 }

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::PrivateKeyDer;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::id::SpiffeId;
-use crate::pb::IstioCertificateRequest;
-use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use crate::service::pb::IstioCertificateRequest;
+use crate::service::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
-use crate::svid::{SvidError, X509Svid, certs_from_pem};
+use crate::x509::{FetchedSvid, SvidError, X509Svid, certs_from_pem, pem_encode};
 
 /// Where the bearer token sent in the `authorization` header comes from.
 #[derive(Clone, Default)]
@@ -89,39 +89,6 @@ impl fmt::Debug for CaClientConfig {
     }
 }
 
-impl CaClientConfig {
-    /// Sets [`CaClientConfig::cluster_id`].
-    pub fn cluster_id(&mut self, id: impl Into<String>) -> &mut Self {
-        self.cluster_id = id.into();
-        self
-    }
-    /// Sets [`CaClientConfig::token`].
-    pub fn token(&mut self, token: Token) -> &mut Self {
-        self.token = token;
-        self
-    }
-    /// Sets [`CaClientConfig::ttl`].
-    pub fn ttl(&mut self, ttl: Duration) -> &mut Self {
-        self.ttl = ttl;
-        self
-    }
-    /// Sets [`CaClientConfig::impersonate`].
-    pub fn impersonate(&mut self, on: bool) -> &mut Self {
-        self.impersonate = on;
-        self
-    }
-    /// Adds one of [`CaClientConfig::extra_headers`].
-    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.extra_headers.push((name.into(), value.into()));
-        self
-    }
-    /// Sets [`CaClientConfig::timeout`].
-    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.timeout = timeout;
-        self
-    }
-}
-
 /// Why fetching a certificate failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -160,24 +127,6 @@ impl From<tonic::Status> for CaClientError {
     }
 }
 
-/// A certificate obtained from a CA, with the roots the CA returned.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct FetchedSvid {
-    /// The SVID (leaf, intermediates, our private key).
-    pub svid: X509Svid,
-    /// The roots of the last chain element (several roots are allowed). Empty when the CA
-    /// returned a single certificate.
-    pub roots: Vec<CertificateDer<'static>>,
-}
-
-impl FetchedSvid {
-    /// Wraps an SVID and its roots.
-    pub fn new(svid: X509Svid, roots: Vec<CertificateDer<'static>>) -> Self {
-        Self { svid, roots }
-    }
-}
-
 /// A key and CSR for one identity, as sent to the CA.
 pub struct CsrAndKey {
     /// The PEM `CERTIFICATE REQUEST`: empty subject, one (critical) URI SAN.
@@ -204,11 +153,8 @@ pub fn make_csr(id: &SpiffeId) -> Result<CsrAndKey, CaClientError> {
     params.distinguished_name = DistinguishedName::new();
     let uri = Ia5String::try_from(id.to_string()).map_err(|e| CaClientError::Csr(e.to_string()))?;
     params.subject_alt_names = vec![SanType::URI(uri)];
-    let csr_pem = params
-        .serialize_request(&key)
-        .map_err(err)?
-        .pem()
-        .map_err(err)?;
+    let csr = params.serialize_request(&key).map_err(err)?;
+    let csr_pem = pem_encode("CERTIFICATE REQUEST", csr.der());
     Ok(CsrAndKey {
         csr_pem,
         key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -262,7 +208,7 @@ pub struct CaClient {
 }
 
 impl CaClient {
-    /// A client over `channel` (see [`tls_channel`](crate::tls_channel)).
+    /// A client over `channel` (see [`tls::channel`](crate::tls::channel)).
     pub fn new(channel: Channel, config: CaClientConfig) -> Self {
         Self {
             inner: IstioCertificateServiceClient::new(channel),
@@ -328,5 +274,18 @@ impl CaClient {
         }
         let response = self.inner.clone().create_certificate(request).await?;
         svid_from_response(id, &response.into_inner().cert_chain, csr.key)
+    }
+}
+
+#[cfg(feature = "manager")]
+impl crate::manager::CertificateSource for CaClient {
+    type Error = CaClientError;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
+        let this = self.clone();
+        let id = id.clone();
+        async move { Self::fetch(&this, &id).await }
     }
 }

@@ -1,6 +1,6 @@
 //! The certificate service: a tonic implementation of
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate` backed by a
-//! [`CertificateAuthority`] and an [`Authorizer`].
+//! [`CertificateAuthority`] and an [`Authorizer`], and [`serve_tls`] to run it alone.
 
 use std::fmt;
 use std::future::Future;
@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{CaError, CertificateAuthority, verify_csr};
 use crate::id::SpiffeId;
-use crate::pb::istio_certificate_service_server::{
+use crate::service::pb::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
-use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::service::tls::PeerInfo;
+use crate::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
+use crate::tls::PeerInfo;
 
 /// Everything known about a certificate request when the authorizer is asked.
 #[derive(Clone)]
@@ -37,7 +38,7 @@ pub struct AuthorizationRequest {
     /// The `clusterid` header, if any.
     pub cluster_id: Option<String>,
     /// The caller's address, when the connection was accepted through
-    /// [`tls_incoming`](crate::tls_incoming) or plain TCP.
+    /// [`tls::incoming`](crate::tls::incoming) or plain TCP.
     pub remote_addr: Option<SocketAddr>,
     /// The lifetime the caller asked for (`validity_duration`), before the CA's cap.
     pub requested_ttl: Option<Duration>,
@@ -110,7 +111,7 @@ where
 #[non_exhaustive]
 pub struct CertificateServiceConfig {
     /// Lifetime used when a request has no positive `validity_duration`. The CA's
-    /// [`max_ttl`](crate::CaConfig::max_ttl) still caps it. Default: 24 hours.
+    /// [`max_ttl`](crate::ca::CaConfig::max_ttl) still caps it. Default: 24 hours.
     pub default_ttl: Duration,
 }
 
@@ -124,7 +125,7 @@ impl Default for CertificateServiceConfig {
 
 /// The certificate service. Turn it into a tonic service with
 /// [`CertificateService::into_server`] and add it to a router (beside an xDS service, for
-/// example), or run it alone with [`serve_tls`](crate::serve_tls).
+/// example), or run it alone with [`serve_tls`].
 ///
 /// Per request it verifies the CSR's self-signature, takes the requested identity from the
 /// CSR's single URI SAN, checks it against the `ImpersonatedIdentity` metadata, asks the
@@ -279,4 +280,18 @@ impl<A: Authorizer> IstioCertificateService for CertificateService<A> {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         self.handle(request).await.map(Response::new)
     }
+}
+
+/// Runs `service` alone over TLS on `listener` (through [`tls::incoming`](crate::tls::incoming))
+/// until `shutdown` completes.
+pub async fn serve_tls<A: Authorizer>(
+    service: CertificateService<A>,
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, config), shutdown)
+        .await
 }

@@ -15,7 +15,7 @@
 
 #[rustfmt::skip]
 mod generated {
-    include!("generated/istio.v1.auth.rs");
+    include!("../generated/istio.v1.auth.rs");
 }
 
 pub use generated::*;

@@ -1,23 +1,30 @@
 //! The certificate manager: one certificate per identity, shared by every holder, refreshed
-//! at half-life, fetched with bounded concurrency and priorities, retried with back-off.
+//! at half-life, fetched with bounded concurrency and priorities, retried with back-off; and
+//! a rustls certificate resolver that always presents the current certificate
+//! ([`CertificateResolver`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use futures_util::FutureExt as _;
+use backon::ExponentialBackoff;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::ca::CertificateAuthority;
 use crate::id::SpiffeId;
-use crate::service::client::{CaClient, CaClientError, FetchedSvid};
+use crate::x509::FetchedSvid;
 
-/// Where certificates come from: the gRPC [`CaClient`], a local [`CertificateAuthority`], or
-/// anything else (a SPIRE agent, a test double).
+mod driver;
+mod resolver;
+
+pub use resolver::CertificateResolver;
+
+/// Where certificates come from: the gRPC `service::client::CaClient` (feature `service`), a
+/// local `ca::CertificateAuthority` (feature `ca`), or anything else (a SPIRE agent, a test
+/// double).
 pub trait CertificateSource: Send + Sync + 'static {
     /// Why a fetch failed.
     type Error: std::error::Error + Send + Sync + 'static;
@@ -25,32 +32,6 @@ pub trait CertificateSource: Send + Sync + 'static {
     /// Obtains a fresh certificate for `id`.
     fn fetch(&self, id: &SpiffeId)
     -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send;
-}
-
-impl CertificateSource for CaClient {
-    type Error = CaClientError;
-    fn fetch(
-        &self,
-        id: &SpiffeId,
-    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
-        let this = self.clone();
-        let id = id.clone();
-        async move { Self::fetch(&this, &id).await }
-    }
-}
-
-/// Issues locally with the CA's [`max_ttl`](crate::CaConfig::max_ttl).
-impl CertificateSource for CertificateAuthority {
-    type Error = crate::ca::CaError;
-    fn fetch(
-        &self,
-        id: &SpiffeId,
-    ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
-        let result = self
-            .issue(id, self.config().max_ttl)
-            .map(|svid| FetchedSvid::new(svid, vec![self.root().clone()]));
-        std::future::ready(result)
-    }
 }
 
 impl<T: CertificateSource> CertificateSource for Arc<T> {
@@ -87,9 +68,10 @@ pub struct ManagerConfig {
     pub initial_backoff: Duration,
     /// Longest retry delay. Default: 150 seconds.
     pub max_backoff: Duration,
-    /// Random spread of each retry delay, as a fraction (0.2 = ±20 %). Default: 0.2. The
-    /// manager clamps it to `0..=1` and reads a non-finite value as 0.
-    pub jitter: f64,
+    /// Stretch each retry delay by a random 0–100 % (the jitter of backon's
+    /// `ExponentialBuilder`), so that many clients of one CA do not retry in step. Default:
+    /// `true`.
+    pub jitter: bool,
     /// Shortest delay before a refresh, so a certificate whose half-life is already past
     /// does not cause a tight loop. Default: 1 second.
     pub min_refresh_delay: Duration,
@@ -101,37 +83,9 @@ impl Default for ManagerConfig {
             max_in_flight: 8,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(150),
-            jitter: 0.2,
+            jitter: true,
             min_refresh_delay: Duration::from_secs(1),
         }
-    }
-}
-
-impl ManagerConfig {
-    /// Sets [`ManagerConfig::max_in_flight`] (at least 1).
-    pub fn max_in_flight(&mut self, n: usize) -> &mut Self {
-        self.max_in_flight = n.max(1);
-        self
-    }
-    /// Sets [`ManagerConfig::initial_backoff`].
-    pub fn initial_backoff(&mut self, d: Duration) -> &mut Self {
-        self.initial_backoff = d;
-        self
-    }
-    /// Sets [`ManagerConfig::max_backoff`].
-    pub fn max_backoff(&mut self, d: Duration) -> &mut Self {
-        self.max_backoff = d;
-        self
-    }
-    /// Sets [`ManagerConfig::jitter`] (clamped to 0..=1).
-    pub fn jitter(&mut self, fraction: f64) -> &mut Self {
-        self.jitter = fraction.clamp(0.0, 1.0);
-        self
-    }
-    /// Sets [`ManagerConfig::min_refresh_delay`].
-    pub fn min_refresh_delay(&mut self, d: Duration) -> &mut Self {
-        self.min_refresh_delay = d;
-        self
     }
 }
 
@@ -183,8 +137,8 @@ struct Entry {
     task: Option<AbortHandle>,
     /// The next refresh or retry, and its priority.
     scheduled: Option<(Instant, Priority)>,
-    /// Current back-off delay (before jitter), after consecutive failures.
-    backoff: Option<Duration>,
+    /// The retry delays after consecutive failures; reset by a success.
+    backoff: Option<ExponentialBackoff>,
     /// When the held certificate expires.
     expires: Option<Instant>,
     generation: u64,
@@ -243,9 +197,10 @@ impl<S> Shared<S> {
 /// - A certificate is refreshed at half-life ([`X509Svid::refresh_at`](crate::X509Svid::refresh_at))
 ///   with [`Priority::Rotation`]. At most [`ManagerConfig::max_in_flight`] fetches run at
 ///   once; queued fetches start by priority.
-/// - A failed fetch is retried after an exponential back-off with jitter (from
-///   [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
-///   [`max_backoff`](ManagerConfig::max_backoff)), never later than the expiry of the
+/// - A failed fetch is retried after an exponential back-off (backon's `ExponentialBuilder`:
+///   from [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
+///   [`max_backoff`](ManagerConfig::max_backoff), each delay stretched by a random 0–100 %
+///   when [`jitter`](ManagerConfig::jitter) is on), never later than the expiry of the
 ///   certificate still held. That certificate keeps being served until it expires.
 ///
 /// Timers use `tokio::time`, so tests can run under paused time. Create it inside a tokio
@@ -279,12 +234,6 @@ impl<S: CertificateSource> CertificateManager<S> {
     pub fn new(source: S, config: ManagerConfig) -> Self {
         let mut config = config;
         config.max_in_flight = config.max_in_flight.max(1);
-        // The fields are public: apply the setters' rules to values set directly.
-        config.jitter = if config.jitter.is_finite() {
-            config.jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
         let shared = Arc::new(Shared {
             source: Arc::new(source),
             config,
@@ -292,7 +241,7 @@ impl<S: CertificateSource> CertificateManager<S> {
             wake: Arc::new(Notify::new()),
             driver: Mutex::new(None),
         });
-        let task = tokio::spawn(drive(Arc::downgrade(&shared), shared.wake.clone()));
+        let task = tokio::spawn(driver::drive(Arc::downgrade(&shared), shared.wake.clone()));
         if let Ok(mut d) = shared.driver.lock() {
             *d = Some(task.abort_handle());
         }
@@ -490,167 +439,4 @@ impl Drop for CertificateHandle {
     fn drop(&mut self) {
         self.manager.release(&self.id);
     }
-}
-
-/// `d` spread by up to ±`jitter` (a fraction in `0..=1`); `d` itself if the product does
-/// not fit a `Duration`.
-fn jittered(d: Duration, jitter: f64) -> Duration {
-    let r: f64 = rand::random();
-    let factor = (1.0 + jitter * (2.0 * r - 1.0)).max(0.0);
-    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(d)
-}
-
-/// `now + d`, or about 30 years from now when that does not fit an `Instant` (the settings
-/// are the caller's; a huge delay means "not in the lifetime of this process").
-fn after(now: Instant, d: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
-    now.checked_add(d)
-        .or_else(|| now.checked_add(FAR))
-        .unwrap_or(now)
-}
-
-/// Time from now until `t` (zero if past).
-fn until(t: SystemTime) -> Duration {
-    t.duration_since(SystemTime::now()).unwrap_or_default()
-}
-
-async fn drive<S: CertificateSource>(weak: Weak<Shared<S>>, wake: Arc<Notify>) {
-    loop {
-        let Some(shared) = weak.upgrade() else {
-            return;
-        };
-        let next = step(&shared);
-        drop(shared);
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep_until(at) => {}
-                }
-            }
-            None => wake.notified().await,
-        }
-    }
-}
-
-/// One pass of the scheduler: expire, move due timers to the queue, start fetches. Returns
-/// the next instant something is due.
-fn step<S: CertificateSource>(shared: &Arc<Shared<S>>) -> Option<Instant> {
-    let now = Instant::now();
-    let mut st = shared.lock();
-    let mut seq = st.seq;
-    for (id, e) in st.entries.iter_mut() {
-        if let Some(exp) = e.expires
-            && exp <= now
-        {
-            e.expires = None;
-            tracing::warn!(identity = %id, "certificate expired without a replacement");
-            e.state.send_modify(|s| s.certificate = None);
-        }
-        if let Some((at, p)) = e.scheduled
-            && at <= now
-            && e.task.is_none()
-        {
-            e.scheduled = None;
-            seq += 1;
-            e.queued = Some(match e.queued {
-                Some((q, s)) => (q.max(p), s),
-                None => (p, seq),
-            });
-        }
-    }
-    st.seq = seq;
-    let max = shared.config.max_in_flight;
-    while st.in_flight < max {
-        let best = st
-            .entries
-            .iter()
-            .filter(|(_, e)| e.task.is_none())
-            .filter_map(|(id, e)| e.queued.map(|(p, s)| (p, std::cmp::Reverse(s), id)))
-            .max()
-            .map(|(_, _, id)| id.clone());
-        let Some(id) = best else { break };
-        let Some(e) = st.entries.get_mut(&id) else {
-            break;
-        };
-        let priority = e.queued.take().map(|(p, _)| p);
-        let generation = e.generation;
-        tracing::debug!(identity = %id, ?priority, "fetching certificate");
-        let task = tokio::spawn(fetch_one(shared.clone(), id, generation));
-        e.task = Some(task.abort_handle());
-        st.in_flight += 1;
-    }
-    st.entries
-        .values()
-        .flat_map(|e| [e.expires, e.scheduled.map(|(t, _)| t)])
-        .flatten()
-        .min()
-}
-
-async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, generation: u64) {
-    // A panicking source must not leave the identity stuck with a fetch that never ends.
-    let result: Result<FetchedSvid, FetchError> =
-        match std::panic::AssertUnwindSafe(shared.source.fetch(&id))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(fetched)) => Ok(fetched),
-            Ok(Err(e)) => Err(Arc::new(e)),
-            Err(_) => Err(Arc::new(SourcePanicked)),
-        };
-    let cfg = &shared.config;
-    let mut st = shared.lock();
-    let st = &mut *st;
-    let Some(e) = st
-        .entries
-        .get_mut(&id)
-        .filter(|e| e.generation == generation)
-    else {
-        // Forgotten meanwhile; the slot was released then.
-        return;
-    };
-    e.task = None;
-    st.in_flight = st.in_flight.saturating_sub(1);
-    let now = Instant::now();
-    match result {
-        Ok(fetched) => {
-            let refresh_in = until(fetched.svid.refresh_at()).max(cfg.min_refresh_delay);
-            let expires_in = until(fetched.svid.not_after());
-            e.expires = Some(after(now, expires_in));
-            e.scheduled = Some((after(now, refresh_in), Priority::Rotation));
-            e.backoff = None;
-            tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
-            e.state.send_modify(|s| {
-                s.certificate = Some(Arc::new(fetched));
-                s.last_error = None;
-                s.attempts += 1;
-            });
-        }
-        Err(err) => {
-            let backoff = e.backoff.map_or(cfg.initial_backoff, |b| {
-                b.saturating_mul(2).min(cfg.max_backoff)
-            });
-            e.backoff = Some(backoff);
-            let mut at = after(now, jittered(backoff, cfg.jitter));
-            if let Some(exp) = e.expires {
-                at = at.min(exp);
-            }
-            let has_cert = e.state.borrow().certificate.is_some();
-            let priority = if has_cert {
-                Priority::Rotation
-            } else {
-                Priority::Prefetch
-            };
-            // A holder asking on demand meanwhile keeps that priority for the retry.
-            let priority = e.queued.map_or(priority, |(p, _)| p.max(priority));
-            e.queued = None;
-            e.scheduled = Some((at, priority));
-            tracing::warn!(identity = %id, error = %err, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
-            e.state.send_modify(|s| {
-                s.last_error = Some(err);
-                s.attempts += 1;
-            });
-        }
-    }
-    shared.wake.notify_one();
 }

@@ -1,4 +1,9 @@
-//! A small certificate authority that issues X.509-SVIDs.
+//! A small certificate authority that issues X.509-SVIDs: [`CertificateAuthority`] generates
+//! or loads a root (optionally an intermediate), signs PKCS#10 CSRs after verifying their
+//! self-signature, and issues ECDSA P-256 SVIDs and control-plane serving certificates.
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("the `ca` feature of meshwire-svid needs a crypto provider: enable `ring` or `aws-lc-rs`");
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,7 +23,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::bundle::TrustBundle;
 use crate::id::{SpiffeId, TrustDomain};
-use crate::svid::{SvidError, X509Svid, cert_to_pem, certs_from_pem, pem_encode};
+use crate::x509::{SvidError, X509Svid, cert_to_pem, certs_from_pem, pem_encode};
 
 /// Settings of a [`CertificateAuthority`].
 #[derive(Debug, Clone)]
@@ -45,29 +50,6 @@ impl Default for CaConfig {
             ca_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
             trust_domain: TrustDomain("cluster.local".to_owned()),
         }
-    }
-}
-
-impl CaConfig {
-    /// Sets [`CaConfig::max_ttl`].
-    pub fn max_ttl(&mut self, ttl: Duration) -> &mut Self {
-        self.max_ttl = ttl;
-        self
-    }
-    /// Sets [`CaConfig::backdate`].
-    pub fn backdate(&mut self, backdate: Duration) -> &mut Self {
-        self.backdate = backdate;
-        self
-    }
-    /// Sets [`CaConfig::ca_ttl`].
-    pub fn ca_ttl(&mut self, ttl: Duration) -> &mut Self {
-        self.ca_ttl = ttl;
-        self
-    }
-    /// Sets [`CaConfig::trust_domain`].
-    pub fn trust_domain(&mut self, td: TrustDomain) -> &mut Self {
-        self.trust_domain = td;
-        self
     }
 }
 
@@ -523,7 +505,8 @@ impl CertificateAuthority {
         self.sign_params(&params)
     }
 
-    /// Signs arbitrary parameters with a fresh P-256 key (tests craft odd leaves with this).
+    /// Signs arbitrary parameters with a fresh P-256 key (the test PKI crafts odd leaves with
+    /// this).
     pub(crate) fn sign_params(
         &self,
         params: &CertificateParams,
@@ -579,4 +562,20 @@ pub(crate) fn verify_csr(der: &[u8]) -> Result<CsrRequest, CaError> {
         uris,
         spki: csr.certification_request_info.subject_pki.raw.to_vec(),
     })
+}
+
+/// Issues locally with the CA's [`max_ttl`](CaConfig::max_ttl).
+#[cfg(feature = "manager")]
+impl crate::manager::CertificateSource for CertificateAuthority {
+    type Error = CaError;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<crate::x509::FetchedSvid, Self::Error>> + Send
+    {
+        let result = self
+            .issue(id, self.config().max_ttl)
+            .map(|svid| crate::x509::FetchedSvid::new(svid, vec![self.root().clone()]));
+        std::future::ready(result)
+    }
 }

@@ -1,4 +1,6 @@
-//! X.509-SVIDs: certificate chains whose leaf carries one SPIFFE ID, with their private key.
+//! X.509-SVIDs: certificate chains whose leaf carries one SPIFFE ID, with their private key;
+//! the SVID a certificate source hands out ([`FetchedSvid`]); and the PEM encoder of the
+//! crate ([`pem_encode`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -87,10 +89,11 @@ pub(crate) struct LeafInfo {
     pub(crate) spiffe_id: SpiffeId,
     pub(crate) not_before: SystemTime,
     pub(crate) not_after: SystemTime,
+    /// The DER SubjectPublicKeyInfo.
     pub(crate) public_key: Vec<u8>,
 }
 
-fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, SvidError> {
+pub(crate) fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, SvidError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SvidError::BadCertificate {
@@ -122,7 +125,7 @@ fn unix_to_system(ts: i64) -> SystemTime {
 }
 
 /// All URI SANs of a parsed certificate.
-fn uri_sans<'a>(cert: &'a X509Certificate<'_>, index: usize) -> Result<Vec<&'a str>, SvidError> {
+pub(crate) fn uri_sans<'a>(cert: &'a X509Certificate<'_>, index: usize) -> Result<Vec<&'a str>, SvidError> {
     let san = cert.subject_alternative_name().map_err(|e| bad(index, e))?;
     Ok(san
         .map(|san| {
@@ -180,22 +183,8 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
         spiffe_id,
         not_before,
         not_after,
-        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        public_key: cert.public_key().raw.to_vec(),
     })
-}
-
-/// Identity of the peer of an established connection: the first URI SAN of the leaf
-/// (`peer_certs[0]`) that is a valid SPIFFE ID. Other SAN types are ignored.
-///
-/// This only reads the certificate; the chain must already have been verified (for example by
-/// [`SpiffeServerVerifier`](crate::SpiffeServerVerifier) during the handshake).
-pub fn peer_spiffe_id(peer_certs: &[CertificateDer<'_>]) -> Result<SpiffeId, SvidError> {
-    let leaf = peer_certs.first().ok_or(SvidError::EmptyChain)?;
-    let cert = parse_cert(leaf, 0)?;
-    let uris = uri_sans(&cert, 0)?;
-    uris.into_iter()
-        .find_map(|u| SpiffeId::new(u).ok())
-        .ok_or(SvidError::NoSpiffeId)
 }
 
 /// Parses every `CERTIFICATE` block of a PEM document.
@@ -210,7 +199,14 @@ pub(crate) fn cert_to_pem(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)
 }
 
-pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+/// Encodes DER bytes as one PEM block with `label` (`CERTIFICATE`, `PRIVATE KEY`,
+/// `CERTIFICATE REQUEST` …): base64 in lines of 64 characters, each line ending in `\n`.
+///
+/// ```
+/// let pem = meshwire_svid::x509::pem_encode("CERTIFICATE", b"\x30\x03\x02\x01\x01");
+/// assert_eq!(pem, "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n");
+/// ```
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
@@ -270,6 +266,10 @@ impl X509Svid {
     /// Builds an SVID from DER certificates (leaf first, then intermediates; a trailing
     /// self-signed root is dropped) and the leaf's private key, checking validity at the
     /// current system time.
+    ///
+    /// The key is checked against the leaf with the built-in provider (`ring` or `aws-lc-rs`
+    /// feature); in a build with neither, rustls makes the same check when a configuration
+    /// is built from the SVID.
     pub fn from_der(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
@@ -300,9 +300,11 @@ impl X509Svid {
         if drop_last {
             chain.pop();
         }
-        let pair =
-            rcgen::KeyPair::try_from(&key).map_err(|e| SvidError::BadPrivateKey(e.to_string()))?;
-        if rcgen::PublicKeyData::der_bytes(&pair) != info.public_key.as_slice() {
+        // Without a built-in provider the check is left to rustls, which refuses a key that
+        // does not match when a configuration is built.
+        if let Some(spki) = crate::provider::public_key_of(&key)?
+            && spki != info.public_key
+        {
             return Err(SvidError::KeyMismatch);
         }
         if now > info.not_after {
@@ -380,5 +382,43 @@ impl fmt::Debug for X509Svid {
             .field("not_after", &self.not_after)
             .field("private_key", &"<redacted>")
             .finish()
+    }
+}
+
+/// An SVID obtained from a certificate source (a CA, the certificate service, SPIRE …), with
+/// the roots the source returned beside it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchedSvid {
+    /// The SVID (leaf, intermediates, private key).
+    pub svid: X509Svid,
+    /// The roots the source returned (several are allowed). Empty when it returned none.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl FetchedSvid {
+    /// Wraps an SVID and its roots.
+    pub fn new(svid: X509Svid, roots: Vec<CertificateDer<'static>>) -> Self {
+        Self { svid, roots }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_encoding_decodes_for_every_padding() {
+        for len in 0..70 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let pem = pem_encode("CERTIFICATE", &data);
+            assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+            let back = certs_from_pem(pem.as_bytes()).unwrap_or_default();
+            if len == 0 {
+                assert!(back.is_empty() || back[0].is_empty());
+            } else {
+                assert_eq!(back[0].as_ref(), data.as_slice(), "len {len}");
+            }
+        }
     }
 }

@@ -1,5 +1,9 @@
 //! rustls certificate verifiers for SPIFFE peers: chain validation with webpki against the
-//! trust bundle of the peer's trust domain, then an identity policy.
+//! trust bundle of the peer's trust domain, then an [`IdentityPolicy`].
+//!
+//! [`SpiffeServerVerifier`] checks servers (the client side of a connection),
+//! [`SpiffeClientVerifier`] checks clients; both are built with [`SpiffeVerifierBuilder`],
+//! which requires trust bundles and a policy. Weaker verifiers live in [`dangerous`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -15,7 +19,9 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::bundle::TrustBundleSet;
 use crate::id::{SpiffeId, TrustDomain};
-use crate::svid::{SvidError, inspect_leaf};
+use crate::x509::{SvidError, inspect_leaf};
+
+pub mod dangerous;
 
 /// Which peer identities a verifier accepts once the chain is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,16 +399,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.verify_peer(end_entity, intermediates, now) {
-            Ok(id) => {
-                tracing::trace!(peer = %id, "server identity verified");
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "server certificate rejected");
-                Err(e.into())
-            }
-        }
+        self.verify_peer(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -478,16 +476,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.verify_peer(end_entity, intermediates, now) {
-            Ok(id) => {
-                tracing::trace!(peer = %id, "client identity verified");
-                Ok(ClientCertVerified::assertion())
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "client certificate rejected");
-                Err(e.into())
-            }
-        }
+        self.verify_peer(end_entity, intermediates, now)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn client_auth_mandatory(&self) -> bool {
@@ -514,76 +504,5 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.core.schemes()
-    }
-}
-
-/// Verifiers weaker than the defaults. Nothing here validates a certificate chain; use only in
-/// tests or for diagnostics.
-pub mod dangerous {
-    use super::*;
-
-    /// Accepts any server certificate whose leaf carries a SPIFFE ID, **without** validating
-    /// the chain, the validity window or the identity. Handshake signatures are still checked,
-    /// so the peer must hold the leaf's key.
-    #[derive(Debug)]
-    pub struct AcceptAnySpiffeServer {
-        provider: Arc<CryptoProvider>,
-    }
-
-    impl AcceptAnySpiffeServer {
-        /// A verifier that trusts every server.
-        pub fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
-            Arc::new(Self { provider })
-        }
-    }
-
-    impl ServerCertVerifier for AcceptAnySpiffeServer {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            crate::svid::peer_spiffe_id(std::slice::from_ref(end_entity)).map_err(|e| {
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-            })?;
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
     }
 }

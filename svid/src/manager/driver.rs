@@ -1,0 +1,186 @@
+//! The manager's scheduler: one driver task that expires certificates, queues due refreshes
+//! and retries, and starts fetches by priority within the concurrency limit.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
+use futures_util::FutureExt as _;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked,
+};
+use crate::id::SpiffeId;
+use crate::x509::FetchedSvid;
+
+/// The retry delays of one identity after consecutive failures.
+fn backoff(config: &ManagerConfig) -> ExponentialBackoff {
+    let builder = ExponentialBuilder::new()
+        .with_min_delay(config.initial_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_factor(2.0)
+        .without_max_times();
+    if config.jitter {
+        builder.with_jitter().build()
+    } else {
+        builder.build()
+    }
+}
+
+/// `now + d`, or about 30 years from now when that does not fit an `Instant` (the settings
+/// are the caller's; a huge delay means "not in the lifetime of this process").
+fn after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+/// Time from now until `t` (zero if past).
+fn until(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+pub(super) async fn drive<S: CertificateSource>(weak: Weak<Shared<S>>, wake: Arc<Notify>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let next = step(&shared);
+        drop(shared);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// One pass of the scheduler: expire, move due timers to the queue, start fetches. Returns
+/// the next instant something is due.
+fn step<S: CertificateSource>(shared: &Arc<Shared<S>>) -> Option<Instant> {
+    let now = Instant::now();
+    let mut st = shared.lock();
+    let mut seq = st.seq;
+    for (id, e) in st.entries.iter_mut() {
+        if let Some(exp) = e.expires
+            && exp <= now
+        {
+            e.expires = None;
+            tracing::warn!(identity = %id, "certificate expired without a replacement");
+            e.state.send_modify(|s| s.certificate = None);
+        }
+        if let Some((at, p)) = e.scheduled
+            && at <= now
+            && e.task.is_none()
+        {
+            e.scheduled = None;
+            seq += 1;
+            e.queued = Some(match e.queued {
+                Some((q, s)) => (q.max(p), s),
+                None => (p, seq),
+            });
+        }
+    }
+    st.seq = seq;
+    let max = shared.config.max_in_flight;
+    while st.in_flight < max {
+        let best = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.task.is_none())
+            .filter_map(|(id, e)| e.queued.map(|(p, s)| (p, std::cmp::Reverse(s), id)))
+            .max()
+            .map(|(_, _, id)| id.clone());
+        let Some(id) = best else { break };
+        let Some(e) = st.entries.get_mut(&id) else {
+            break;
+        };
+        let priority = e.queued.take().map(|(p, _)| p);
+        let generation = e.generation;
+        tracing::debug!(identity = %id, ?priority, "fetching certificate");
+        let task = tokio::spawn(fetch_one(shared.clone(), id, generation));
+        e.task = Some(task.abort_handle());
+        st.in_flight += 1;
+    }
+    st.entries
+        .values()
+        .flat_map(|e| [e.expires, e.scheduled.map(|(t, _)| t)])
+        .flatten()
+        .min()
+}
+
+async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, generation: u64) {
+    // A panicking source must not leave the identity stuck with a fetch that never ends.
+    let result: Result<FetchedSvid, FetchError> =
+        match std::panic::AssertUnwindSafe(shared.source.fetch(&id))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(fetched)) => Ok(fetched),
+            Ok(Err(e)) => Err(Arc::new(e)),
+            Err(_) => Err(Arc::new(SourcePanicked)),
+        };
+    let cfg = &shared.config;
+    let mut st = shared.lock();
+    let st = &mut *st;
+    let Some(e) = st
+        .entries
+        .get_mut(&id)
+        .filter(|e| e.generation == generation)
+    else {
+        // Forgotten meanwhile; the slot was released then.
+        return;
+    };
+    e.task = None;
+    st.in_flight = st.in_flight.saturating_sub(1);
+    let now = Instant::now();
+    match result {
+        Ok(fetched) => {
+            let refresh_in = until(fetched.svid.refresh_at()).max(cfg.min_refresh_delay);
+            let expires_in = until(fetched.svid.not_after());
+            e.expires = Some(after(now, expires_in));
+            e.scheduled = Some((after(now, refresh_in), Priority::Rotation));
+            e.backoff = None;
+            tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
+            e.state.send_modify(|s| {
+                s.certificate = Some(Arc::new(fetched));
+                s.last_error = None;
+                s.attempts += 1;
+            });
+        }
+        Err(err) => {
+            let delay = e
+                .backoff
+                .get_or_insert_with(|| backoff(cfg))
+                .next()
+                .unwrap_or(cfg.max_backoff);
+            let mut at = after(now, delay);
+            if let Some(exp) = e.expires {
+                at = at.min(exp);
+            }
+            let has_cert = e.state.borrow().certificate.is_some();
+            let priority = if has_cert {
+                Priority::Rotation
+            } else {
+                Priority::Prefetch
+            };
+            // A holder asking on demand meanwhile keeps that priority for the retry.
+            let priority = e.queued.map_or(priority, |(p, _)| p.max(priority));
+            e.queued = None;
+            e.scheduled = Some((at, priority));
+            tracing::warn!(identity = %id, error = %err, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
+            e.state.send_modify(|s| {
+                s.last_error = Some(err);
+                s.attempts += 1;
+            });
+        }
+    }
+    shared.wake.notify_one();
+}
