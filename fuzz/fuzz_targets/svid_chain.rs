@@ -16,10 +16,12 @@ use meshwire_svid::pki_types::pem::PemObject;
 use meshwire_svid::pki_types::{
     CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime,
 };
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, SpiffeServerVerifier, TrustBundleSet,
-    TrustDomain, X509Svid, peer_spiffe_id, provider,
-};
+use meshwire_svid::ca::{CaConfig, CertificateAuthority};
+use meshwire_svid::service::client::make_csr;
+use meshwire_svid::tls::peer_spiffe_id;
+use meshwire_svid::verify::SpiffeServerVerifier;
+use meshwire_svid::x509::pem_encode;
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid, provider};
 
 /// Byte edits to a valid DER object: (position, value to XOR in), plus an optional cut.
 #[derive(Debug, Arbitrary)]
@@ -104,7 +106,7 @@ fn fixture() -> &'static Fixture {
             .policy(IdentityPolicy::SameTrustDomain(td))
             .build_server_verifier()
             .expect("verifier");
-        let csr_pem = meshwire_svid::make_csr(&approved).expect("csr").csr_pem;
+        let csr_pem = make_csr(&approved).expect("csr").csr_pem;
         let csr = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .expect("csr pem")
             .as_ref()
@@ -118,23 +120,6 @@ fn fixture() -> &'static Fixture {
             approved,
         }
     })
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for c in der.chunks(3) {
-        let get = |i: usize| u32::from(c.get(i).copied().unwrap_or(0));
-        let n = (get(0) << 16) | (get(1) << 8) | get(2);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= c.len() {
-                b64.push(char::from(A[((n >> shift) & 63) as usize]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
 }
 
 fuzz_target!(|input: Input| {
@@ -181,7 +166,7 @@ fuzz_target!(|input: Input| {
 
     let csr = match &input.csr {
         Csr::Raw(s) => s.clone(),
-        Csr::Edited(edits) => pem("CERTIFICATE REQUEST", &edits.apply(&f.csr)),
+        Csr::Edited(edits) => pem_encode("CERTIFICATE REQUEST", &edits.apply(&f.csr)),
     };
     if let Ok(pems) = f.ca.sign_csr(&csr, &f.approved, Duration::from_secs(60)) {
         // Whatever was signed carries only the approved identity.

@@ -28,9 +28,8 @@ use meshwire_hbone::client::{
 };
 use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 use meshwire_hbone::{ConnectRequest, Http2Config};
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain,
-};
+use meshwire_svid::ca::{CaConfig, CertificateAuthority};
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -133,7 +132,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
     let client_id = SpiffeId::new("spiffe://cluster.local/ns/bench/sa/client").unwrap();
     let provider = meshwire_svid::provider::default();
     let day = Duration::from_secs(86_400);
-    let server_tls = meshwire_svid::server_config(
+    let server_tls = meshwire_svid::tls::server_config(
         provider.clone(),
         &ca.issue(&server_id, day).unwrap(),
         &roots,
@@ -183,7 +182,7 @@ async fn hbone_paths(app: SocketAddr) -> Hbone {
 
     // Client proxy with a fresh TCP + TLS + HTTP/2 connection per tunnel.
     let client_tls = Arc::new(
-        meshwire_svid::client_config(
+        meshwire_svid::tls::client_config(
             provider,
             &client_svid,
             &roots,

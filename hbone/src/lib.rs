@@ -56,7 +56,8 @@
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
-//! use meshwire_hbone::svid::{self, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
+//! use meshwire_hbone::svid::{IdentityPolicy, SpiffeId, TrustBundleSet};
+//! use meshwire_svid::ca::CertificateAuthority;
 //! use meshwire_hbone::client::{Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
 //! use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 //! use meshwire_hbone::{ConnectRequest, Rejection};
@@ -74,7 +75,7 @@
 //! let hour = Duration::from_secs(3600);
 //!
 //! // Server: only port 7 is served, with an echo.
-//! let tls = meshwire_svid::server_config(provider.clone(), &ca.issue(&server_id, hour)?, &roots,
+//! let tls = meshwire_svid::tls::server_config(provider.clone(), &ca.issue(&server_id, hour)?, &roots,
 //!                               IdentityPolicy::SameTrustDomain(td))?;
 //! let handler = |incoming: IncomingTunnel| async move {
 //!     if incoming.request().authority.port() != 7 {

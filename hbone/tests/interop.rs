@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A hyper HTTP/2 client connection over rustls to `addr`.
 async fn hyper_client(f: &Fixture) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,

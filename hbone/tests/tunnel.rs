@@ -14,7 +14,8 @@ use meshwire_hbone::client::{ClientConnection, ClientError, PoolConfig, PoolKey}
 use meshwire_hbone::headers::WorkloadBaggage;
 use meshwire_hbone::tunnel::{CopyCounters, CopyDirection, CopyObserver};
 use meshwire_hbone::{Http2Config, Rejection};
-use meshwire_svid::{PeerVerifyError, SpiffeId};
+use meshwire_svid::SpiffeId;
+use meshwire_svid::verify::PeerVerifyError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -258,7 +259,7 @@ async fn untrusted_client_certificate_is_refused() {
     let f = Fixture::start().await;
     // Same trust domain and identity, but signed by a CA the server does not trust.
     let rogue = Pki::new();
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         provider(),
         &rogue.svid(&f.client_id),
         &f.pki.roots,
@@ -307,13 +308,11 @@ async fn client_from_other_trust_domain_is_refused() {
     let f = Fixture::start().await;
     // Trusted root set includes the other domain's CA on the client side only; the
     // server accepts only its own trust domain.
-    let td: meshwire_svid::TrustDomain = "other.example".parse().unwrap();
-    let other_ca =
-        meshwire_svid::CertificateAuthority::generate_root(&td, Default::default()).unwrap();
+    let other = meshwire_svid::test_util::TestPki::new("other.example");
     let other_id = SpiffeId::new("spiffe://other.example/ns/a/sa/b").unwrap();
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         provider(),
-        &other_ca.issue(&other_id, Duration::from_secs(60)).unwrap(),
+        &other.svid(&other_id),
         &f.pki.roots,
         meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
     )
@@ -344,7 +343,7 @@ async fn client_from_other_trust_domain_is_refused() {
 #[tokio::test]
 async fn unpooled_connection_reports_peer_identity() {
     let f = Fixture::start().await;
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,
@@ -390,7 +389,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
             .await
     });
     // A client without a certificate.
-    let verifier = meshwire_svid::SpiffeServerVerifier::builder(provider.clone())
+    let verifier = meshwire_svid::verify::SpiffeServerVerifier::builder(provider.clone())
         .roots(f.pki.roots.clone())
         .expect_ids([f.server_id.clone()])
         .build_server_verifier()
@@ -449,7 +448,7 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     let s = pool.stats();
     assert_eq!((s.opened, s.reused, s.closed), (1, 1, 0), "{s:?}");
     // Keepalive without a timeout bound on an unpooled connection too.
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         provider(),
         &f.pki.svid(&f.client_id),
         &f.pki.roots,

@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let id = SpiffeId::from_istio(&td, "default", "reviews")?;
 
     let svid = ca.issue(&id, Duration::from_secs(3600))?;
-    println!("issued {} (refresh at {:?})", svid.spiffe_id(), svid.refresh_at());
+    println!(
+        "issued {} (refresh at {:?})",
+        svid.spiffe_id(),
+        svid.refresh_at()
+    );
     print!("{}", svid.cert_chain_pem());
 
     let verifier = SpiffeServerVerifier::builder(provider::default())

@@ -128,26 +128,41 @@ impl TestPki {
     /// # Panics
     /// If `id` is outside the trust domain or `ttl` is zero.
     pub fn svid_for(&self, id: &SpiffeId, ttl: Duration) -> X509Svid {
-        self.ca.issue(id, ttl).expect("an SVID for the test identity")
+        self.ca
+            .issue(id, ttl)
+            .expect("an SVID for the test identity")
     }
 
     /// A chain for `id` that expired an hour ago (valid for the hour before).
     pub fn expired(&self, id: &SpiffeId) -> Chain {
         let now = SystemTime::now();
-        self.valid_between(id, now - Duration::from_secs(7200), now - Duration::from_secs(3600))
+        self.valid_between(
+            id,
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
     }
 
     /// A chain for `id` that becomes valid in an hour (for an hour).
     pub fn not_yet_valid(&self, id: &SpiffeId) -> Chain {
         let now = SystemTime::now();
-        self.valid_between(id, now + Duration::from_secs(3600), now + Duration::from_secs(7200))
+        self.valid_between(
+            id,
+            now + Duration::from_secs(3600),
+            now + Duration::from_secs(7200),
+        )
     }
 
     /// A chain for `id` valid between the two instants (to the second).
     ///
     /// # Panics
     /// If a bound lies outside what X.509 can express.
-    pub fn valid_between(&self, id: &SpiffeId, not_before: SystemTime, not_after: SystemTime) -> Chain {
+    pub fn valid_between(
+        &self,
+        id: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Chain {
         self.ca
             .issue_with_validity(id, not_before, not_after)
             .expect("a chain with the given validity")
@@ -164,16 +179,26 @@ impl TestPki {
     /// A data-plane client configuration ([`crate::tls::client_config`], the default provider)
     /// presenting a fresh SVID for `id` and accepting servers that satisfy `expected`.
     pub fn client_config(&self, id: &SpiffeId, expected: IdentityPolicy) -> rustls::ClientConfig {
-        crate::tls::client_config(crate::provider::default(), &self.svid(id), &self.roots, expected)
-            .expect("a data-plane client configuration")
+        crate::tls::client_config(
+            crate::provider::default(),
+            &self.svid(id),
+            &self.roots,
+            expected,
+        )
+        .expect("a data-plane client configuration")
     }
 
     /// A data-plane server configuration ([`crate::tls::server_config`], the default provider)
     /// presenting a fresh SVID for `id` and accepting clients of this trust domain.
     pub fn server_config(&self, id: &SpiffeId) -> rustls::ServerConfig {
         let clients = IdentityPolicy::SameTrustDomain(self.trust_domain().clone());
-        crate::tls::server_config(crate::provider::default(), &self.svid(id), &self.roots, clients)
-            .expect("a data-plane server configuration")
+        crate::tls::server_config(
+            crate::provider::default(),
+            &self.svid(id),
+            &self.roots,
+            clients,
+        )
+        .expect("a data-plane server configuration")
     }
 }
 

@@ -125,7 +125,10 @@ fn unix_to_system(ts: i64) -> SystemTime {
 }
 
 /// All URI SANs of a parsed certificate.
-pub(crate) fn uri_sans<'a>(cert: &'a X509Certificate<'_>, index: usize) -> Result<Vec<&'a str>, SvidError> {
+pub(crate) fn uri_sans<'a>(
+    cert: &'a X509Certificate<'_>,
+    index: usize,
+) -> Result<Vec<&'a str>, SvidError> {
     let san = cert.subject_alternative_name().map_err(|e| bad(index, e))?;
     Ok(san
         .map(|san| {

@@ -18,7 +18,9 @@ use meshwire_svid::{IdentityPolicy, SpiffeId, SvidError, TrustDomain, provider, 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+};
 use x509_parser::prelude::FromDer;
 
 const ALICE: &str = "spiffe://cluster.local/ns/default/sa/alice";
@@ -270,7 +272,13 @@ fn issued_keys_and_signatures_are_ecdsa_p256() {
         let cert = parse(der);
         let spki = cert.public_key();
         assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
-        let curve = spki.algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap();
         assert_eq!(curve, OID_EC_P256);
         assert_eq!(
             cert.signature_algorithm.algorithm,
@@ -283,7 +291,13 @@ fn issued_keys_and_signatures_are_ecdsa_p256() {
     let (_, parsed) = X509CertificationRequest::from_der(der.as_ref()).unwrap();
     let spki = &parsed.certification_request_info.subject_pki;
     assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
-    let curve = spki.algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .unwrap()
+        .as_oid()
+        .unwrap();
     assert_eq!(curve, OID_EC_P256);
 }
 

@@ -342,10 +342,7 @@ async fn manager_fetches_through_the_grpc_client() {
     let h = start().await;
     let mut cfg = token_config();
     cfg.impersonate = true;
-    let mgr = CertificateManager::new(
-        client(&h, cfg, None),
-        ManagerConfig::default(),
-    );
+    let mgr = CertificateManager::new(client(&h, cfg, None), ManagerConfig::default());
     let want = id("spiffe://cluster.local/ns/default/sa/productpage");
     let handle = mgr.hold(&want, Priority::OnDemand);
     let got = handle.get().await.unwrap();
@@ -434,9 +431,9 @@ impl IstioCertificateService for Recording {
             .ca
             .sign_csr(&request.get_ref().csr, &want, Duration::from_secs(60))
             .unwrap();
-        Ok(tonic::Response::new(
-            IstioCertificateResponse { cert_chain },
-        ))
+        Ok(tonic::Response::new(IstioCertificateResponse {
+            cert_chain,
+        }))
     }
 }
 
@@ -460,9 +457,7 @@ async fn client_sends_configured_headers() {
     };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
-                IstioCertificateServiceServer::new(service),
-            )
+            .add_service(IstioCertificateServiceServer::new(service))
             .serve_with_incoming(tls::incoming(listener, Arc::new(tls))),
     );
     let mut cfg = token_config();

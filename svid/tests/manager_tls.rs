@@ -93,7 +93,10 @@ async fn no_certificate_yet_fails_the_handshake() {
     let server_id = pki.istio_id("default", "server");
     // A source that never answers: the identity never gets a certificate.
     let mgr = CertificateManager::new(Never, ManagerConfig::default());
-    let resolver = CertificateResolver::new(mgr.hold(&server_id, Priority::OnDemand), provider::default());
+    let resolver = CertificateResolver::new(
+        mgr.hold(&server_id, Priority::OnDemand),
+        provider::default(),
+    );
     assert!(resolver.current().is_none());
     let policy = IdentityPolicy::SameTrustDomain(pki.trust_domain().clone());
     let server = Arc::new(resolver.server_config(pki.roots(), policy).unwrap());
@@ -120,7 +123,10 @@ where
         &self,
         id: &meshwire_svid::SpiffeId,
     ) -> Result<meshwire_svid::x509::FetchedSvid, Unreachable> {
-        Ok(meshwire_svid::x509::FetchedSvid::new((self.0)(id), Vec::new()))
+        Ok(meshwire_svid::x509::FetchedSvid::new(
+            (self.0)(id),
+            Vec::new(),
+        ))
     }
 }
 

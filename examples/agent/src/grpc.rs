@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshwire_svid::{CertificateService, IdentityPolicy, TrustBundleSet, TrustDomain};
+use meshwire_svid::service::server::CertificateService;
+use meshwire_svid::{IdentityPolicy, TrustBundleSet, TrustDomain};
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ pub(crate) fn tls_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     let mut client_roots = TrustBundleSet::default();
     client_roots.insert(ca.ca.bundle());
-    meshwire_svid::control_plane_server_config(
+    meshwire_svid::tls::control_plane_server_config(
         meshwire_svid::provider::ring(),
         ca.serving_chain.clone(),
         ca.serving_key.clone_key(),
@@ -43,7 +44,7 @@ pub(crate) async fn serve_tls(
     certificates: CertificateService<NodeAuthorizer>,
     shutdown: CancellationToken,
 ) {
-    let incoming = meshwire_svid::tls_incoming(listener, Arc::new(tls));
+    let incoming = meshwire_svid::tls::incoming(listener, Arc::new(tls));
     let stop = {
         let ads = ads.clone();
         async move {

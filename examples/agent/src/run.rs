@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshwire_svid::{CertificateService, TrustDomain};
+use meshwire_svid::TrustDomain;
+use meshwire_svid::service::server::CertificateService;
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use meshwire_netns::NetNs;
 use meshwire_netns::rules::RuleSet;
-use meshwire_svid::{CaClient, CaClientConfig, SpiffeId};
+use meshwire_svid::SpiffeId;
+use meshwire_svid::service::client::{CaClient, CaClientConfig};
 use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
 use meshwire_xds_workload::workload::TunnelProtocol;
@@ -187,14 +188,15 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             let root_pem = std::fs::read(&root).unwrap();
 
             // xDS client.
-            let tls = meshwire_svid::control_plane_client_config(
+            let tls = meshwire_svid::tls::control_plane_client_config(
                 meshwire_svid::provider::ring(),
                 &root_pem,
                 None,
             )
             .unwrap();
             let channel =
-                meshwire_svid::tls_channel("https://127.0.0.1:15012", Arc::new(tls), None).unwrap();
+                meshwire_svid::tls::channel("https://127.0.0.1:15012", Arc::new(tls), None)
+                    .unwrap();
             let store = Arc::new(WorkloadStore::new());
             let mut config = ClientConfig::default();
             config.node = NodeInfo::proxy("10.0.0.1".parse().unwrap(), "proxy", "mesh", "n1");
@@ -317,7 +319,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
 
             // Certificates: only identities of enrolled pods on this node.
             let mut ca_config = CaClientConfig::default();
-            ca_config.impersonate(true);
+            ca_config.impersonate = true;
             let ca = CaClient::new(channel.clone(), ca_config);
             let id = |s: &str| SpiffeId::new(s).unwrap();
             let ok = ca
@@ -334,7 +336,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 "spiffe://cluster.local/ns/shop/sa/nobody", // no such pod
             ] {
                 match ca.fetch(&id(refused)).await {
-                    Err(meshwire_svid::CaClientError::Status(s)) => {
+                    Err(meshwire_svid::service::client::CaClientError::Status(s)) => {
                         assert_eq!(s.code(), tonic::Code::PermissionDenied, "{refused}: {s}");
                     }
                     other => panic!("{refused}: expected a refusal, got {other:?}"),

@@ -59,9 +59,9 @@ pub(crate) fn channel(
     root_pem: &[u8],
     crypto: Arc<CryptoProvider>,
 ) -> anyhow::Result<Channel> {
-    let tls = meshwire_svid::control_plane_client_config(crypto, root_pem, None)
+    let tls = meshwire_svid::tls::control_plane_client_config(crypto, root_pem, None)
         .context("control-plane TLS configuration")?;
-    meshwire_svid::tls_channel(address, Arc::new(tls), None)
+    meshwire_svid::tls::channel(address, Arc::new(tls), None)
         .with_context(|| format!("control-plane channel to {address}"))
 }
 
@@ -96,17 +96,18 @@ pub(crate) fn ca_client(
     root_pem: &[u8],
     token: Option<&TokenValue>,
     crypto: &Arc<CryptoProvider>,
-) -> anyhow::Result<meshwire_svid::CaClient> {
+) -> anyhow::Result<meshwire_svid::service::client::CaClient> {
     let ca_channel = channel(&config.ca_address, root_pem, crypto.clone())?;
-    let mut ca_config = meshwire_svid::CaClientConfig::default();
-    ca_config
-        .cluster_id(config.cluster_id.clone())
-        .ttl(config.secret_ttl)
-        .impersonate(true);
+    let mut ca_config = meshwire_svid::service::client::CaClientConfig::default();
+    ca_config.cluster_id = config.cluster_id.clone();
+    ca_config.ttl = config.secret_ttl;
+    ca_config.impersonate = true;
     if let Some(t) = token {
-        ca_config.token(t.for_ca());
+        ca_config.token = t.for_ca();
     }
-    Ok(meshwire_svid::CaClient::new(ca_channel, ca_config))
+    Ok(meshwire_svid::service::client::CaClient::new(
+        ca_channel, ca_config,
+    ))
 }
 
 /// Where the bearer token comes from: `AUTH_TOKEN` names a file (read again for every
@@ -133,10 +134,10 @@ impl TokenValue {
         })
     }
 
-    pub(crate) fn for_ca(&self) -> meshwire_svid::Token {
+    pub(crate) fn for_ca(&self) -> meshwire_svid::service::client::Token {
         match self {
-            Self::File(p) => meshwire_svid::Token::File(p.clone()),
-            Self::Literal(t) => meshwire_svid::Token::Static(t.clone()),
+            Self::File(p) => meshwire_svid::service::client::Token::File(p.clone()),
+            Self::Literal(t) => meshwire_svid::service::client::Token::Static(t.clone()),
         }
     }
 
@@ -185,9 +186,12 @@ mod tests {
 
     fn root_pem() -> String {
         let td = meshwire_svid::TrustDomain::new("cluster.local").unwrap();
-        meshwire_svid::CertificateAuthority::generate_root(&td, meshwire_svid::CaConfig::default())
-            .unwrap()
-            .root_pem()
+        meshwire_svid::ca::CertificateAuthority::generate_root(
+            &td,
+            meshwire_svid::ca::CaConfig::default(),
+        )
+        .unwrap()
+        .root_pem()
     }
 
     #[test]

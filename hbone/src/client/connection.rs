@@ -37,7 +37,7 @@ where
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| meshwire_svid::peer_spiffe_id(c).ok());
+        .and_then(|c| meshwire_svid::tls::peer_spiffe_id(c).ok());
     Ok((stream, peer))
 }
 
@@ -98,7 +98,7 @@ pub struct ClientConnection {
 impl ClientConnection {
     /// TLS handshake over `io` (any connected byte stream), then HTTP/2.
     ///
-    /// `tls` should come from [`meshwire_svid::client_config`], which verifies the server's
+    /// `tls` should come from [`meshwire_svid::tls::client_config`], which verifies the server's
     /// identity against the expected ones; the handshake fails if it does not match.
     pub async fn connect<T>(
         io: T,

@@ -29,10 +29,10 @@ pub enum SvidClientTlsError {
     UnknownSource(SpiffeId),
     /// Building the configuration failed.
     #[error(transparent)]
-    Config(#[from] meshwire_svid::TlsConfigError),
+    Config(#[from] meshwire_svid::tls::TlsConfigError),
 }
 
-/// A [`ClientTlsProvider`] holding one SVID: builds [`meshwire_svid::client_config`] with the
+/// A [`ClientTlsProvider`] holding one SVID: builds [`meshwire_svid::tls::client_config`] with the
 /// key's expected identities.
 #[derive(Debug, Clone)]
 pub struct SvidClientTls {
@@ -66,7 +66,7 @@ impl ClientTlsProvider for SvidClientTls {
         if &key.source != self.svid.spiffe_id() {
             return Err(SvidClientTlsError::UnknownSource(key.source.clone()));
         }
-        Ok(Arc::new(meshwire_svid::client_config(
+        Ok(Arc::new(meshwire_svid::tls::client_config(
             self.provider.clone(),
             &self.svid,
             &self.roots,

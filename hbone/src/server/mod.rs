@@ -270,7 +270,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             .1
             .peer_certificates()
             .filter(|c| !c.is_empty())
-            .and_then(|c| meshwire_svid::peer_spiffe_id(c).ok())
+            .and_then(|c| meshwire_svid::tls::peer_spiffe_id(c).ok())
             .ok_or(ServerError::NoPeerIdentity)?;
         let conn = self
             .inner

@@ -11,7 +11,7 @@ use super::ConnectionInfo;
 /// certificates can rotate, or differ per listening address).
 ///
 /// `Arc<rustls::ServerConfig>` implements it with a fixed configuration. Use
-/// [`meshwire_svid::server_config`]: it requires a client certificate from the trust domain.
+/// [`meshwire_svid::tls::server_config`]: it requires a client certificate from the trust domain.
 pub trait ServerTlsProvider: Send + Sync + 'static {
     /// Why no configuration is available.
     type Error: StdError + Send + Sync + 'static;

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use meshwire_hbone::client::{Connector, Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
 use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 use meshwire_hbone::{ConnectRequest, Rejection};
-use meshwire_svid::{
-    CaConfig, CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, X509Svid,
-};
+use meshwire_svid::test_util::TestPki;
+use meshwire_svid::{SpiffeId, TrustBundleSet, X509Svid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,34 +43,23 @@ pub fn id(ns: &str, sa: &str) -> SpiffeId {
 }
 
 pub struct Pki {
-    pub ca: CertificateAuthority,
+    pub pki: TestPki,
     pub roots: TrustBundleSet,
 }
 
 impl Pki {
     pub fn new() -> Self {
-        let td: TrustDomain = TD.parse().unwrap();
-        let ca = CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap();
-        let mut roots = TrustBundleSet::new();
-        roots.insert(ca.bundle());
-        Self { ca, roots }
+        let pki = TestPki::new(TD);
+        let roots = pki.roots().clone();
+        Self { pki, roots }
     }
 
     pub fn svid(&self, id: &SpiffeId) -> X509Svid {
-        self.ca.issue(id, Duration::from_secs(3600)).unwrap()
+        self.pki.svid(id)
     }
 
     pub fn server_tls(&self, id: &SpiffeId) -> Arc<rustls::ServerConfig> {
-        let td: TrustDomain = TD.parse().unwrap();
-        Arc::new(
-            meshwire_svid::server_config(
-                provider(),
-                &self.svid(id),
-                &self.roots,
-                IdentityPolicy::SameTrustDomain(td),
-            )
-            .unwrap(),
-        )
+        Arc::new(self.pki.server_config(id))
     }
 
     pub fn client_tls(&self, id: &SpiffeId) -> SvidClientTls {

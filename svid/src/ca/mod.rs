@@ -3,7 +3,9 @@
 //! self-signature, and issues ECDSA P-256 SVIDs and control-plane serving certificates.
 
 #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
-compile_error!("the `ca` feature of meshwire-svid needs a crypto provider: enable `ring` or `aws-lc-rs`");
+compile_error!(
+    "the `ca` feature of meshwire-svid needs a crypto provider: enable `ring` or `aws-lc-rs`"
+);
 
 use std::fmt;
 use std::net::IpAddr;
@@ -571,8 +573,7 @@ impl crate::manager::CertificateSource for CertificateAuthority {
     fn fetch(
         &self,
         id: &SpiffeId,
-    ) -> impl Future<Output = Result<crate::x509::FetchedSvid, Self::Error>> + Send
-    {
+    ) -> impl Future<Output = Result<crate::x509::FetchedSvid, Self::Error>> + Send {
         let result = self
             .issue(id, self.config().max_ttl)
             .map(|svid| crate::x509::FetchedSvid::new(svid, vec![self.root().clone()]));

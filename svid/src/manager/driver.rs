@@ -9,9 +9,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{
-    CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked,
-};
+use super::{CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked};
 use crate::id::SpiffeId;
 use crate::x509::FetchedSvid;
 

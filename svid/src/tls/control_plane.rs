@@ -91,4 +91,3 @@ pub fn control_plane_client_config(
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(cfg)
 }
-

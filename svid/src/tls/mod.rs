@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
+use rustls::ConfigBuilder;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption, WantsClientCert};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WantsServerCert};
-use rustls::ConfigBuilder;
 use rustls_pki_types::CertificateDer;
 
 use crate::bundle::TrustBundleSet;

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use meshwire_svid::TrustDomain;
+use meshwire_svid::ca::{CaConfig, CertificateAuthority};
 use meshwire_svid::pki_types::{CertificateDer, PrivateKeyDer};
-use meshwire_svid::{CaConfig, CertificateAuthority, TrustDomain};
 use tracing::info;
 
 /// Longest workload certificate the CA signs (the proxy asks for 24 h by default).
@@ -63,9 +64,8 @@ fn load_or_create_waiting(
         _ => bail!("--ca-cert and --ca-key must be given together"),
     };
     let mut config = CaConfig::default();
-    config
-        .trust_domain(trust_domain.clone())
-        .max_ttl(MAX_WORKLOAD_TTL);
+    config.trust_domain = trust_domain.clone();
+    config.max_ttl = MAX_WORKLOAD_TTL;
     let (cert_pem, key_pem) = read_or_generate(&cert, &key, trust_domain, &config, race_wait)?;
     let ca =
         CertificateAuthority::from_pem(&cert_pem, &key_pem, config.clone()).with_context(|| {
@@ -84,7 +84,7 @@ fn load_or_create_waiting(
         );
     }
     let mut serving_config = config;
-    serving_config.max_ttl(SERVING_TTL);
+    serving_config.max_ttl = SERVING_TTL;
     let serving_ca = CertificateAuthority::from_pem(&cert_pem, &key_pem, serving_config)?;
     let (serving_chain, serving_key) = serving_ca
         .issue_server_cert(SERVING_DNS, SERVING_IPS, SERVING_TTL)

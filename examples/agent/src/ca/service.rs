@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use meshwire_svid::{AuthorizationRequest, Denial};
+use meshwire_svid::service::server::{AuthorizationRequest, Denial};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -72,7 +72,7 @@ impl NodeAuthorizer {
     }
 }
 
-impl meshwire_svid::Authorizer for NodeAuthorizer {
+impl meshwire_svid::service::server::Authorizer for NodeAuthorizer {
     fn authorize(
         &self,
         request: &AuthorizationRequest,

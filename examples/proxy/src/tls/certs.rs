@@ -64,15 +64,15 @@ pub(crate) trait Certificates: Send + Sync + 'static {
 /// CA in tests): one handle per identity a pod here needs, refreshed at half-life by the
 /// manager; the expiry metric follows every refresh.
 pub(crate) struct Managed<S> {
-    manager: meshwire_svid::CertificateManager<S>,
+    manager: meshwire_svid::manager::CertificateManager<S>,
     metrics: Arc<crate::metrics::Metrics>,
     held: std::sync::Mutex<std::collections::HashMap<SpiffeId, Held>>,
 }
 
 struct Held {
-    handle: meshwire_svid::CertificateHandle,
+    handle: meshwire_svid::manager::CertificateHandle,
     /// Material built from the manager's current certificate (rebuilt when it changes).
-    material: Option<(Arc<meshwire_svid::FetchedSvid>, Arc<Material>)>,
+    material: Option<(Arc<meshwire_svid::x509::FetchedSvid>, Arc<Material>)>,
 }
 
 impl<S> std::fmt::Debug for Managed<S> {
@@ -81,12 +81,12 @@ impl<S> std::fmt::Debug for Managed<S> {
     }
 }
 
-impl<S: meshwire_svid::CertificateSource> Managed<S> {
+impl<S: meshwire_svid::manager::CertificateSource> Managed<S> {
     pub(crate) fn new(source: S, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            manager: meshwire_svid::CertificateManager::new(
+            manager: meshwire_svid::manager::CertificateManager::new(
                 source,
-                meshwire_svid::ManagerConfig::default(),
+                meshwire_svid::manager::ManagerConfig::default(),
             ),
             metrics,
             held: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -101,7 +101,7 @@ impl<S: meshwire_svid::CertificateSource> Managed<S> {
 
     /// Holds `id` (at `priority`) if it is not held yet, and follows its certificate for the
     /// expiry metric and the log.
-    fn ensure_held(&self, id: &SpiffeId, priority: meshwire_svid::Priority) {
+    fn ensure_held(&self, id: &SpiffeId, priority: meshwire_svid::manager::Priority) {
         let mut held = self.lock();
         if held.contains_key(id) {
             return;
@@ -146,7 +146,7 @@ impl<S: meshwire_svid::CertificateSource> Managed<S> {
     fn material(
         &self,
         id: &SpiffeId,
-        fetched: Arc<meshwire_svid::FetchedSvid>,
+        fetched: Arc<meshwire_svid::x509::FetchedSvid>,
     ) -> anyhow::Result<Arc<Material>> {
         let mut held = self.lock();
         if let Some(h) = held.get(id)
@@ -173,11 +173,13 @@ impl<S: meshwire_svid::CertificateSource> Managed<S> {
     }
 }
 
-impl<S: meshwire_svid::CertificateSource> Certificates for Managed<S> {
+impl<S: meshwire_svid::manager::CertificateSource> Certificates for Managed<S> {
     fn fetch(&self, id: &SpiffeId) -> BoxFuture<'_, anyhow::Result<Arc<Material>>> {
-        self.ensure_held(id, meshwire_svid::Priority::OnDemand);
+        self.ensure_held(id, meshwire_svid::manager::Priority::OnDemand);
         // A share of our own for the wait (released when done).
-        let handle = self.manager.hold(id, meshwire_svid::Priority::OnDemand);
+        let handle = self
+            .manager
+            .hold(id, meshwire_svid::manager::Priority::OnDemand);
         let id = id.clone();
         Box::pin(async move {
             let fetched = handle.get().await?;
@@ -186,7 +188,7 @@ impl<S: meshwire_svid::CertificateSource> Certificates for Managed<S> {
     }
 
     fn prefetch(&self, id: &SpiffeId) {
-        self.ensure_held(id, meshwire_svid::Priority::Prefetch);
+        self.ensure_held(id, meshwire_svid::manager::Priority::Prefetch);
     }
 
     fn forget(&self, id: &SpiffeId) {

@@ -42,7 +42,7 @@ impl ClientTlsProvider for ClientTls {
                 .fetch(&source)
                 .await
                 .map_err(|e| TlsSetupError(format!("certificate for {source}: {e:#}")))?;
-            meshwire_svid::client_config(crypto, &m.svid, &m.roots, policy)
+            meshwire_svid::tls::client_config(crypto, &m.svid, &m.roots, policy)
                 .map(Arc::new)
                 .map_err(|e| TlsSetupError(e.to_string()))
         }
@@ -87,7 +87,7 @@ impl ServerTlsProvider for PodServerTls {
             }
             let policy = IdentityPolicy::SameTrustDomain(id.trust_domain().clone());
             let cfg = Arc::new(
-                meshwire_svid::server_config(
+                meshwire_svid::tls::server_config(
                     self.dp.crypto().clone(),
                     &material.svid,
                     &material.roots,

@@ -198,7 +198,7 @@ async fn foreign_or_missing_client_certificates_fail_the_handshake() {
     // Another CA, same trust domain name: the chain does not verify.
     let other = CertificateAuthority::generate_root(
         &TrustDomain::new("cluster.local").unwrap(),
-        meshwire_svid::CaConfig::default(),
+        meshwire_svid::ca::CaConfig::default(),
     )
     .unwrap();
     let attempt = raw_client(&other, CLIENT_ID, SERVER_ID, hbone_addr).await;

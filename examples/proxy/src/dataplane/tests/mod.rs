@@ -18,7 +18,8 @@ use meshwire_hbone::client::{ClientConnection, ClientError};
 use meshwire_hbone::headers::{Baggage, Forwarded, WorkloadBaggage, WorkloadKind};
 use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 use meshwire_hbone::{Authority, ConnectRequest};
-use meshwire_svid::{CertificateAuthority, IdentityPolicy, TrustDomain};
+use meshwire_svid::ca::CertificateAuthority;
+use meshwire_svid::{IdentityPolicy, TrustDomain};
 use meshwire_xds_workload::authorization::AuthorizationPolicy;
 use meshwire_xds_workload::pb::istio::security as sec;
 use meshwire_xds_workload::pb::istio::workload as pbw;
@@ -224,7 +225,7 @@ impl Env {
     pub(crate) async fn new() -> Self {
         let td = TrustDomain::new("cluster.local").unwrap();
         let ca = Arc::new(
-            CertificateAuthority::generate_root(&td, meshwire_svid::CaConfig::default()).unwrap(),
+            CertificateAuthority::generate_root(&td, meshwire_svid::ca::CaConfig::default()).unwrap(),
         );
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
@@ -384,7 +385,7 @@ pub(crate) async fn raw_client(
         .unwrap();
     let mut roots = meshwire_svid::TrustBundleSet::new();
     roots.insert(ca.bundle());
-    let tls = meshwire_svid::client_config(
+    let tls = meshwire_svid::tls::client_config(
         meshwire_svid::provider::ring(),
         &own,
         &roots,
@@ -411,7 +412,7 @@ pub(crate) async fn fake_hbone_peer(
     let mut roots = meshwire_svid::TrustBundleSet::new();
     roots.insert(env.ca.bundle());
     let td = TrustDomain::new("cluster.local").unwrap();
-    let tls = meshwire_svid::server_config(
+    let tls = meshwire_svid::tls::server_config(
         meshwire_svid::provider::ring(),
         &own,
         &roots,
