@@ -96,7 +96,7 @@
 //! rustls-webpki, rustls-pki-types, x509-parser and thiserror. Everything heavier is a
 //! feature; the default is `ring`, `ca`, `service` and `manager`.
 //!
-//! - `ring` (default): the *ring* provider for rustls and webpki ([`provider::ring`]), and
+//! - `ring` (default): the *ring* provider for rustls and webpki (`provider::ring()`), and
 //!   for rcgen and x509-parser when `ca` is on.
 //! - `aws-lc-rs`: the *aws-lc-rs* provider (`provider::aws_lc_rs()`), for all of them.
 //!   Additive: both may be on, and every TLS function takes the provider as an argument. With

@@ -1,4 +1,4 @@
-//! Conversions with the [`spiffe`](::spiffe) crate, so that users of `spiffe`,
+//! Conversions with the [`spiffe`] crate, so that users of `spiffe`,
 //! `spiffe-rustls` or `spire-api` can hand their identities, SVIDs and bundles to this crate
 //! and take ours back.
 //!

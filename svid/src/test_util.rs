@@ -58,8 +58,10 @@ impl TestPki {
     /// If `trust_domain` is not a valid trust domain name.
     pub fn new(trust_domain: &str) -> Self {
         let td = TrustDomain::new(trust_domain).expect("a valid trust domain name");
-        let mut config = CaConfig::default();
-        config.backdate = Duration::ZERO;
+        let config = CaConfig {
+            backdate: Duration::ZERO,
+            ..CaConfig::default()
+        };
         let ca = CertificateAuthority::generate_root(&td, config).expect("a test root CA");
         let roots = TrustBundleSet::from(ca.bundle());
         Self { ca, roots }

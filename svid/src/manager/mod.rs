@@ -99,7 +99,7 @@ pub enum ManagerError {
         /// The identity.
         id: SpiffeId,
         /// The source's error (downcast it to the [`CertificateSource::Error`] type, for
-        /// example to read the gRPC status of a [`CaClientError`]).
+        /// example to read the gRPC status of a `service::client::CaClientError`).
         #[source]
         source: FetchError,
     },

@@ -3,8 +3,8 @@
 //! [`control_plane_client_config`]), and reading the peer's identity ([`peer_spiffe_id`]).
 //!
 //! With the `service` feature it also holds the tokio side of the control plane: an accept
-//! loop that hands tonic connections carrying the client's identity ([`incoming`]) and a
-//! tonic channel over rustls ([`channel`]).
+//! loop that hands tonic connections carrying the client's identity (`incoming`) and a
+//! tonic channel over rustls (`channel`).
 
 use std::sync::Arc;
 
