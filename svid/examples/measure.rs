@@ -1,6 +1,6 @@
 //! Rough costs of the identity operations, as ratios to one ECDSA P-256 key generation
 //! measured in the same run. Run in release mode:
-//! `cargo run --release -p meshwire-svid --example measure`.
+//! `cargo run --release -p meshwire-svid --features test-util --example measure`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,10 +8,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use meshwire_svid::ca::{CaConfig, CertificateAuthority};
-use meshwire_svid::pki_types::{ServerName, UnixTime};
+use meshwire_svid::pki_types::UnixTime;
 use meshwire_svid::service::client::make_csr;
+use meshwire_svid::test_util::handshake;
 use meshwire_svid::verify::SpiffeServerVerifier;
-use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, provider, rustls, tls};
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, TrustDomain, provider, tls};
 
 fn time<T>(iters: u32, mut f: impl FnMut() -> T) -> Duration {
     for _ in 0..iters.min(10) {
@@ -89,7 +90,7 @@ fn main() {
         ),
         (
             "mutual TLS 1.3 handshake (in memory)",
-            time(500, || handshake(&client, &server)),
+            time(500, || handshake(&client, &server).unwrap()),
         ),
     ];
     println!(
@@ -102,25 +103,5 @@ fn main() {
             d.as_secs_f64() * 1e6,
             d.as_secs_f64() / baseline.as_secs_f64()
         );
-    }
-}
-
-fn handshake(
-    client: &std::sync::Arc<rustls::ClientConfig>,
-    server: &std::sync::Arc<rustls::ServerConfig>,
-) {
-    let name = ServerName::try_from("0.0.0.0").unwrap();
-    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
-    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
-    let mut buf = Vec::with_capacity(8192);
-    while c.is_handshaking() || s.is_handshaking() {
-        buf.clear();
-        c.write_tls(&mut buf).unwrap();
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        buf.clear();
-        s.write_tls(&mut buf).unwrap();
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
     }
 }

@@ -31,7 +31,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyUsagePurpose, SanType,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::bundle::{TrustBundle, TrustBundleSet};
 use crate::ca::{CaConfig, CertificateAuthority};
@@ -201,6 +203,37 @@ impl TestPki {
             clients,
         )
         .expect("a data-plane server configuration")
+    }
+}
+
+/// Runs a TLS handshake between `client` and `server` in memory, then carries whatever the
+/// two sides still have to say (session tickets, alerts) until both are quiet, and returns
+/// both connections. The client connects to `0.0.0.0` (the data plane checks no server
+/// name). The error is the first one either side reports.
+pub fn handshake(
+    client: &Arc<rustls::ClientConfig>,
+    server: &Arc<rustls::ServerConfig>,
+) -> Result<(rustls::ClientConnection, rustls::ServerConnection), rustls::Error> {
+    let name = ServerName::try_from("0.0.0.0").expect("an IP address is a server name");
+    let mut c = rustls::ClientConnection::new(client.clone(), name)?;
+    let mut s = rustls::ServerConnection::new(server.clone())?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        c.write_tls(&mut buf).expect("writing to memory");
+        let client_spoke = !buf.is_empty();
+        s.read_tls(&mut buf.as_slice())
+            .expect("reading from memory");
+        s.process_new_packets()?;
+        buf.clear();
+        s.write_tls(&mut buf).expect("writing to memory");
+        let server_spoke = !buf.is_empty();
+        c.read_tls(&mut buf.as_slice())
+            .expect("reading from memory");
+        c.process_new_packets()?;
+        if !client_spoke && !server_spoke {
+            return Ok((c, s));
+        }
     }
 }
 

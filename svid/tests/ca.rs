@@ -22,6 +22,7 @@ use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
 };
 use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 const ALICE: &str = "spiffe://cluster.local/ns/default/sa/alice";
 const BOB: &str = "spiffe://cluster.local/ns/default/sa/bob";
@@ -270,16 +271,7 @@ fn issued_keys_and_signatures_are_ecdsa_p256() {
     let csr_leaf = certs(&from_csr[0]);
     for der in [svid.leaf(), &csr_leaf[0], ca.root()] {
         let cert = parse(der);
-        let spki = cert.public_key();
-        assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .unwrap()
-            .as_oid()
-            .unwrap();
-        assert_eq!(curve, OID_EC_P256);
+        assert_p256(cert.public_key());
         assert_eq!(
             cert.signature_algorithm.algorithm,
             OID_SIG_ECDSA_WITH_SHA256
@@ -289,16 +281,13 @@ fn issued_keys_and_signatures_are_ecdsa_p256() {
     let pem = csr(ALICE);
     let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
     let (_, parsed) = X509CertificationRequest::from_der(der.as_ref()).unwrap();
-    let spki = &parsed.certification_request_info.subject_pki;
+    assert_p256(&parsed.certification_request_info.subject_pki);
+}
+
+fn assert_p256(spki: &SubjectPublicKeyInfo<'_>) {
     assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .unwrap()
-        .as_oid()
-        .unwrap();
-    assert_eq!(curve, OID_EC_P256);
+    let params = spki.algorithm.parameters.as_ref().unwrap();
+    assert_eq!(params.as_oid().unwrap(), OID_EC_P256);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshwire_svid::manager::{CertificateManager, CertificateResolver, ManagerConfig, Priority};
-use meshwire_svid::pki_types::{CertificateDer, ServerName};
-use meshwire_svid::test_util::TestPki;
+use meshwire_svid::pki_types::CertificateDer;
+use meshwire_svid::test_util::{self, TestPki};
 use meshwire_svid::{IdentityPolicy, provider, rustls};
 
 /// Runs an in-memory handshake; returns the leaves each side saw from the other
@@ -17,19 +17,7 @@ fn handshake(
     client: &Arc<rustls::ClientConfig>,
     server: &Arc<rustls::ServerConfig>,
 ) -> Result<(CertificateDer<'static>, CertificateDer<'static>), rustls::Error> {
-    let name = ServerName::try_from("0.0.0.0").unwrap();
-    let mut c = rustls::ClientConnection::new(client.clone(), name)?;
-    let mut s = rustls::ServerConnection::new(server.clone())?;
-    for _ in 0..4 {
-        let mut buf = Vec::new();
-        c.write_tls(&mut buf).unwrap();
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets()?;
-        buf.clear();
-        s.write_tls(&mut buf).unwrap();
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets()?;
-    }
+    let (c, s) = test_util::handshake(client, server)?;
     assert!(!c.is_handshaking() && !s.is_handshaking());
     let leaf = |certs: Option<&[CertificateDer<'static>]>| certs.unwrap()[0].clone();
     Ok((leaf(c.peer_certificates()), leaf(s.peer_certificates())))

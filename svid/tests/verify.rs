@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshwire_svid::pki_types::{CertificateDer, ServerName, UnixTime};
-use meshwire_svid::test_util::{TestLeaf, TestPki};
+use meshwire_svid::test_util::{TestLeaf, TestPki, handshake};
 use meshwire_svid::verify::{
     PeerVerifyError, SpiffeClientVerifier, SpiffeServerVerifier, VerifierBuilderError,
 };
@@ -365,25 +365,12 @@ fn trust_domains_policy_accepts_listed_domains_only() {
     );
 }
 
-/// Runs a handshake in memory and returns how it went on the client side.
+/// How an in-memory handshake went on the client side.
 fn handshake_kind(
     client: &Arc<rustls::ClientConfig>,
     server: &Arc<rustls::ServerConfig>,
 ) -> Option<rustls::HandshakeKind> {
-    let name = ServerName::try_from("0.0.0.0").unwrap();
-    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
-    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
-    // A few extra rounds let the server's session tickets (if any) reach the client.
-    for _ in 0..6 {
-        let mut buf = Vec::new();
-        c.write_tls(&mut buf).unwrap();
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        buf.clear();
-        s.write_tls(&mut buf).unwrap();
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
-    }
+    let (c, s) = handshake(client, server).unwrap();
     assert!(!c.is_handshaking() && !s.is_handshaking());
     c.handshake_kind()
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
@@ -151,6 +151,60 @@ impl From<PeerVerifyError> for rustls::Error {
     }
 }
 
+/// The handshake-signature methods of a rustls verifier, checked with the algorithms of the
+/// provider at `self.<path>`; shared by every verifier of this module.
+macro_rules! handshake_signatures {
+    ($($provider:ident).+) => {
+        handshake_signatures!(@check verify_tls12_signature, $($provider).+);
+        handshake_signatures!(@check verify_tls13_signature, $($provider).+);
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.$($provider).+
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+    // The trait methods share their names with the rustls functions that implement them.
+    (@check $method:ident, $($provider:ident).+) => {
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.$($provider).+.signature_verification_algorithms;
+            rustls::crypto::$method(message, cert, dss, algorithms)
+        }
+    };
+}
+use handshake_signatures;
+
+/// The inherent methods of both verifiers; `$usage` names the webpki key usage checked.
+macro_rules! verifier_methods {
+    ($usage:ident) => {
+        /// Starts a builder.
+        pub fn builder(provider: Arc<CryptoProvider>) -> SpiffeVerifierBuilder {
+            SpiffeVerifierBuilder::new(provider)
+        }
+
+        /// Runs the full check outside of a handshake and returns the peer's identity.
+        pub fn verify_peer(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<SpiffeId, PeerVerifyError> {
+            let usage = webpki::KeyUsage::$usage();
+            self.core.verify(end_entity, intermediates, now, usage)
+        }
+
+        /// The identity policy.
+        pub fn policy(&self) -> &IdentityPolicy {
+            &self.core.policy
+        }
+    };
+}
+
 /// The chain + identity check shared by both verifiers.
 #[derive(Clone)]
 struct Core {
@@ -190,40 +244,6 @@ impl Core {
             });
         }
         Ok(id)
-    }
-
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -364,30 +384,7 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
-    /// Starts a builder.
-    pub fn builder(provider: Arc<CryptoProvider>) -> SpiffeVerifierBuilder {
-        SpiffeVerifierBuilder::new(provider)
-    }
-
-    /// Runs the full check outside of a handshake and returns the peer's identity.
-    pub fn verify_peer(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<SpiffeId, PeerVerifyError> {
-        self.core.verify(
-            end_entity,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-        )
-    }
-
-    /// The identity policy.
-    pub fn policy(&self) -> &IdentityPolicy {
-        &self.core.policy
-    }
+    verifier_methods!(server_auth);
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -403,27 +400,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.schemes()
-    }
+    handshake_signatures!(core.provider);
 }
 
 /// Verifies a client's X.509-SVID: the leaf follows the SVID rules, the chain
@@ -439,30 +416,7 @@ pub struct SpiffeClientVerifier {
 }
 
 impl SpiffeClientVerifier {
-    /// Starts a builder.
-    pub fn builder(provider: Arc<CryptoProvider>) -> SpiffeVerifierBuilder {
-        SpiffeVerifierBuilder::new(provider)
-    }
-
-    /// Runs the full check outside of a handshake and returns the peer's identity.
-    pub fn verify_peer(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<SpiffeId, PeerVerifyError> {
-        self.core.verify(
-            end_entity,
-            intermediates,
-            now,
-            webpki::KeyUsage::client_auth(),
-        )
-    }
-
-    /// The identity policy.
-    pub fn policy(&self) -> &IdentityPolicy {
-        &self.core.policy
-    }
+    verifier_methods!(client_auth);
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -484,25 +438,5 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.mandatory
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.schemes()
-    }
+    handshake_signatures!(core.provider);
 }
