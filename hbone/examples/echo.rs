@@ -14,8 +14,9 @@ use std::time::Duration;
 use meshwire_hbone::client::{Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
 use meshwire_hbone::headers::WorkloadBaggage;
 use meshwire_hbone::server::{Admission, IncomingTunnel, ServeConfig, Server, Target};
-use meshwire_hbone::svid::{CertificateAuthority, IdentityPolicy, SpiffeId, TrustBundleSet};
+use meshwire_hbone::svid::{IdentityPolicy, SpiffeId, TrustBundleSet};
 use meshwire_hbone::{Authority, ConnectRequest, Rejection};
+use meshwire_svid::ca::CertificateAuthority;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The port of the echo "application" behind the server.
@@ -35,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lifetime = Duration::from_secs(3600);
 
     // 2. The server: mutual TLS that accepts clients of the same trust domain.
-    let server_tls = meshwire_hbone::svid::server_config(
+    let server_tls = meshwire_hbone::svid::tls::server_config(
         provider.clone(),
         &ca.issue(&server_id, lifetime)?,
         &roots,
