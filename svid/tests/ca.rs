@@ -27,16 +27,18 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 const ALICE: &str = "spiffe://cluster.local/ns/default/sa/alice";
 const BOB: &str = "spiffe://cluster.local/ns/default/sa/bob";
 
-fn td(s: &str) -> TrustDomain {
-    TrustDomain::new(s).unwrap()
+/// The trust domain of most tests.
+fn cluster_local() -> TrustDomain {
+    TrustDomain::new("cluster.local").unwrap()
+}
+
+fn ca(trust_domain: &str) -> CertificateAuthority {
+    let td = TrustDomain::new(trust_domain).unwrap();
+    CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap()
 }
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::new(s).unwrap()
-}
-
-fn ca(trust_domain: &str) -> CertificateAuthority {
-    CertificateAuthority::generate_root(&td(trust_domain), CaConfig::default()).unwrap()
 }
 
 fn csr(san: &str) -> String {
@@ -58,7 +60,7 @@ fn ttl_is_capped() {
     let mut cfg = CaConfig::default();
     cfg.max_ttl = Duration::from_secs(600);
     cfg.backdate = Duration::ZERO;
-    let ca = CertificateAuthority::generate_root(&td("cluster.local"), cfg).unwrap();
+    let ca = CertificateAuthority::generate_root(&cluster_local(), cfg).unwrap();
     let svid = ca.issue(&id(ALICE), Duration::from_secs(86400)).unwrap();
     let life = svid.not_after().duration_since(svid.not_before()).unwrap();
     assert!(life <= Duration::from_secs(601), "{life:?}");
@@ -167,14 +169,19 @@ fn ca_persists_and_reloads() {
         CaConfig::default(),
     )
     .unwrap();
-    assert_eq!(loaded.trust_domain(), &td("example.org"));
+    assert_eq!(
+        loaded.trust_domain(),
+        &TrustDomain::new("example.org").unwrap()
+    );
     assert_eq!(loaded.root(), ca.root());
     let svid = loaded
         .issue(&id("spiffe://example.org/w"), Duration::from_secs(60))
         .unwrap();
     let v = SpiffeServerVerifier::builder(provider::default())
         .roots(meshwire_svid::TrustBundleSet::from(ca.bundle()))
-        .policy(IdentityPolicy::SameTrustDomain(td("example.org")))
+        .policy(IdentityPolicy::SameTrustDomain(
+            loaded.trust_domain().clone(),
+        ))
         .build_server_verifier()
         .unwrap();
     assert!(v.verify_peer(svid.leaf(), &[], UnixTime::now()).is_ok());
@@ -221,7 +228,7 @@ fn extreme_lifetimes_are_cut_or_refused_without_panicking() {
     let mut cfg = CaConfig::default();
     cfg.max_ttl = Duration::MAX;
     cfg.ca_ttl = Duration::MAX;
-    let ca = CertificateAuthority::generate_root(&td("cluster.local"), cfg).unwrap();
+    let ca = CertificateAuthority::generate_root(&cluster_local(), cfg).unwrap();
     let end_of_x509 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
     for ttl in [Duration::from_secs(20_000 * 365 * 86_400), Duration::MAX] {
         let svid = ca.issue(&id(ALICE), ttl).unwrap();
@@ -252,7 +259,7 @@ fn extreme_lifetimes_are_cut_or_refused_without_panicking() {
     let mut cfg = CaConfig::default();
     cfg.backdate = Duration::MAX;
     assert_eq!(
-        CertificateAuthority::generate_root(&td("cluster.local"), cfg.clone()).unwrap_err(),
+        CertificateAuthority::generate_root(&cluster_local(), cfg.clone()).unwrap_err(),
         CaError::ValidityOutOfRange
     );
     assert_eq!(
