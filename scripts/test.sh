@@ -13,6 +13,7 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 if [ "${#need[@]}" -gt 0 ] && [ "${MESHWIRE_SKIP_PRIVILEGED:-0}" != 1 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "error: the tests need ${need[*]} and root; run this script as root (or set MESHWIRE_SKIP_PRIVILEGED=1 to skip the privileged tests)" >&2

@@ -225,7 +225,8 @@ impl Env {
     pub(crate) async fn new() -> Self {
         let td = TrustDomain::new("cluster.local").unwrap();
         let ca = Arc::new(
-            CertificateAuthority::generate_root(&td, meshwire_svid::ca::CaConfig::default()).unwrap(),
+            CertificateAuthority::generate_root(&td, meshwire_svid::ca::CaConfig::default())
+                .unwrap(),
         );
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
