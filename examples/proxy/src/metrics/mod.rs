@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy. The `meshwire_` names are part of the e2e contract:
 //! `meshwire_connections_total`, `meshwire_bytes_total`, `meshwire_tls_handshake_failures_total`,
-//! `meshwire_policy_denials_total`, `meshwire_certificate_expiry_seconds`. The standard Istio
+//! `meshwire_policy_denials_total`, `meshwire_certificate_expiry_timestamp_seconds`. The standard Istio
 //! metrics ztunnel exports are in [`istio`].
 
 pub(crate) mod istio;
@@ -95,7 +95,7 @@ pub(crate) struct TrafficLabels {
     pub(crate) security: Security,
 }
 
-/// Labels of `meshwire_certificate_expiry_seconds`.
+/// Labels of `meshwire_certificate_expiry_timestamp_seconds`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct IdentityLabels {
     pub(crate) identity: String,
@@ -156,7 +156,7 @@ impl Metrics {
         );
         let certificate_expiry = Family::<IdentityLabels, Gauge>::default();
         registry.register(
-            "certificate_expiry_seconds",
+            "certificate_expiry_timestamp_seconds",
             "Expiry (unix time, seconds) of the workload certificate held for each identity",
             certificate_expiry.clone(),
         );
@@ -226,7 +226,7 @@ impl Metrics {
     }
 
     /// Records the expiry of the certificate now held for `identity` (in
-    /// `meshwire_certificate_expiry_seconds` and `istio_cert_expiry_seconds`).
+    /// `meshwire_certificate_expiry_timestamp_seconds` and `istio_cert_expiry_seconds`).
     pub(crate) fn set_certificate_expiry(&self, identity: &str, not_after: SystemTime) {
         let secs = not_after
             .duration_since(UNIX_EPOCH)
@@ -320,7 +320,7 @@ mod tests {
         assert!(has("meshwire_policy_denials_total 2"), "{text}");
         assert!(
             has(
-                "meshwire_certificate_expiry_seconds{identity=\"spiffe://cluster.local/ns/shop/sa/client\"} 1900000000"
+                "meshwire_certificate_expiry_timestamp_seconds{identity=\"spiffe://cluster.local/ns/shop/sa/client\"} 1900000000"
             ),
             "{text}"
         );
@@ -335,7 +335,7 @@ mod tests {
 
         m.remove_certificate("spiffe://cluster.local/ns/shop/sa/client");
         let text = m.encode();
-        assert!(!text.contains("meshwire_certificate_expiry_seconds{"));
+        assert!(!text.contains("meshwire_certificate_expiry_timestamp_seconds{"));
         assert!(!text.contains("istio_cert_expiry_seconds{"));
     }
 

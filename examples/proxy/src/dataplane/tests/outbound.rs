@@ -49,7 +49,7 @@ async fn enrolled_to_enrolled_goes_over_mtls() {
     for id in [CLIENT_ID, SERVER_ID] {
         assert!(
             m2.contains(&format!(
-                "meshwire_certificate_expiry_seconds{{identity=\"{id}\"}}"
+                "meshwire_certificate_expiry_timestamp_seconds{{identity=\"{id}\"}}"
             )),
             "{m2}"
         );
