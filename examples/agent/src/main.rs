@@ -12,6 +12,7 @@ mod grpc;
 mod metrics;
 mod reconcile;
 mod run;
+mod safe_file;
 mod state;
 mod status;
 mod workloads;

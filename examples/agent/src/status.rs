@@ -3,7 +3,9 @@
 //! pod of another node is advertised as HBONE only once its own node can receive HBONE.
 //!
 //! One JSON file per node, `<dir>/<node>.json`: `{"node": "<node>", "pods": ["<uid>", …]}`,
-//! replaced atomically (written to a hidden temporary file, then renamed).
+//! replaced atomically (written to a new hidden temporary file, then renamed; a symbolic
+//! link planted at either name is not followed) and read only if it is a regular file of at
+//! most [`MAX_STATUS_FILE_BYTES`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,10 @@ use tracing::{info, warn};
 
 use crate::desired::RemoteReady;
 use crate::file_watch::{Stamp, Wakeups};
+use crate::safe_file;
+
+/// Largest pod status file read or written (about 20,000 pod uids).
+pub(crate) const MAX_STATUS_FILE_BYTES: u64 = 1 << 20;
 
 /// The content of one node's status file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +84,7 @@ impl StatusWriter {
     }
 
     /// Replaces the file with `pods` (atomically, by rename) unless it already holds them.
-    /// Returns whether it was written.
+    /// Returns whether it was written. A symbolic link at the path is replaced, not followed.
     pub(crate) fn store(&mut self, pods: &BTreeSet<String>) -> std::io::Result<bool> {
         if self.last.as_ref() == Some(pods) {
             return Ok(false);
@@ -89,11 +95,28 @@ impl StatusWriter {
             pods: pods.clone(),
         };
         let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{}.json.tmp", self.node));
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, self.path())?;
+        if json.len() as u64 > MAX_STATUS_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{} pods make a pod status file of {} bytes, over the limit of {MAX_STATUS_FILE_BYTES} bytes",
+                pods.len(),
+                json.len()
+            )));
+        }
+        safe_file::replace(&self.path(), &json, 0o644)?;
         self.last = Some(pods.clone());
         Ok(true)
+    }
+}
+
+/// The pods listed in `node`'s status file at `path`: a regular file (not a symbolic link) of
+/// at most [`MAX_STATUS_FILE_BYTES`] that names `node`.
+fn read_status(path: &Path, node: &str) -> Result<BTreeSet<String>, String> {
+    let bytes = safe_file::read_bounded(path, MAX_STATUS_FILE_BYTES).map_err(|e| e.to_string())?;
+    let status = serde_json::from_slice::<NodeStatus>(&bytes).map_err(|e| e.to_string())?;
+    if status.node == node {
+        Ok(status.pods)
+    } else {
+        Err(format!("it names node {:?}", status.node))
     }
 }
 
@@ -176,16 +199,7 @@ impl StatusReader {
         if self.files.get(node).is_some_and(|s| s.stamp == stamp) {
             return;
         }
-        let parsed = std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<NodeStatus>(&b).map_err(|e| e.to_string()))
-            .and_then(|s| {
-                if s.node == node {
-                    Ok(s.pods)
-                } else {
-                    Err(format!("it names node {:?}", s.node))
-                }
-            });
+        let parsed = read_status(path, node);
         let previous = self.files.remove(node).and_then(|s| s.pods);
         let pods = match parsed {
             Ok(pods) => Some(pods),
@@ -306,6 +320,55 @@ mod tests {
         assert!(n2.store(&set(&["c"])).unwrap());
         let mut fresh = StatusReader::new(&dir);
         assert_eq!(fresh.poll(), Some(gated(&[("node-2", &["c"])])));
+    }
+
+    #[test]
+    fn links_are_not_followed_and_oversized_files_not_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s");
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = root.path().join("victim.json");
+        let victim_text = r#"{"node": "node-3", "pods": ["planted"]}"#;
+        std::fs::write(&victim, victim_text).unwrap();
+        // At this writer's file, and at the temporary name an earlier version always used.
+        std::os::unix::fs::symlink(&victim, dir.join("node-1.json")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".node-1.json.tmp")).unwrap();
+        // Another node's file is a link to a valid status naming that node.
+        std::os::unix::fs::symlink(&victim, dir.join("node-3.json")).unwrap();
+        // Valid JSON, padded past the limit.
+        let mut big = br#"{"node": "node-4", "pods": ["huge"]}"#.to_vec();
+        big.resize(usize::try_from(MAX_STATUS_FILE_BYTES).unwrap() + 1, b' ');
+        std::fs::write(dir.join("node-4.json"), &big).unwrap();
+
+        let mut reader = StatusReader::new(&dir);
+        reader.poll();
+        assert_eq!(
+            reader.current(),
+            gated(&[]),
+            "neither the link nor the oversized file is read"
+        );
+        let e = read_status(&dir.join("node-4.json"), "node-4").unwrap_err();
+        assert!(
+            e.contains(&format!("limit of {MAX_STATUS_FILE_BYTES} bytes")),
+            "{e}"
+        );
+        assert!(
+            read_status(&dir.join("node-3.json"), "node-3")
+                .unwrap_err()
+                .contains("symbolic link")
+        );
+
+        let mut writer = StatusWriter::new(&dir, "node-1");
+        assert!(writer.store(&set(&["a"])).unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), victim_text);
+        assert!(
+            std::fs::symlink_metadata(writer.path())
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        reader.poll();
+        assert_eq!(reader.current(), gated(&[("node-1", &["a"])]));
     }
 
     #[tokio::test]

@@ -1,10 +1,7 @@
 //! Loading or creating the CA material, and writing the root file proxies trust.
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,6 +9,8 @@ use meshwire_svid::TrustDomain;
 use meshwire_svid::ca::{CaConfig, CertificateAuthority};
 use meshwire_svid::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::info;
+
+use crate::safe_file;
 
 /// Longest workload certificate the CA signs (the proxy asks for 24 h by default).
 pub(crate) const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -91,7 +90,7 @@ fn load_or_create_waiting(
         .context("issuing the gRPC serving certificate")?;
 
     let root_file = state_dir.join("root-cert.pem");
-    write_atomic(&root_file, ca.root_pem().as_bytes(), 0o644)
+    safe_file::replace(&root_file, ca.root_pem().as_bytes(), 0o644)
         .with_context(|| format!("writing {}", root_file.display()))?;
     info!(root = %root_file.display(), trust_domain = %trust_domain, "CA ready; root certificate written");
     Ok(CaMaterial {
@@ -145,8 +144,8 @@ fn publish_exclusive(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<bool
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = tmp_path(path);
-    write_file(&tmp, data, mode).with_context(|| format!("writing {}", tmp.display()))?;
+    let tmp = safe_file::write_temp(path, data, mode)
+        .with_context(|| format!("writing a temporary file next to {}", path.display()))?;
     let r = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match r {
@@ -154,32 +153,6 @@ fn publish_exclusive(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<bool
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
     }
-}
-
-/// Replaces `path` with `data` atomically.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
-    write_file(&tmp, data, mode)?;
-    std::fs::rename(&tmp, path)
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    name.push(format!(".tmp.{}.{n}", std::process::id()));
-    path.with_file_name(name)
-}
-
-fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[cfg(test)]
