@@ -46,7 +46,8 @@ pub(crate) struct Args {
     )]
     pub(crate) xds_address: SocketAddr,
 
-    /// Also serve workload xDS (plaintext gRPC, no CA) on this unix socket.
+    /// Also serve workload xDS (plaintext gRPC, no CA) on this unix socket, created with mode
+    /// 0600: only its owner (the agent's user) can connect.
     #[arg(long, env = "XDS_UNIX_SOCKET", value_name = "PATH")]
     pub(crate) xds_unix_socket: Option<PathBuf>,
 
@@ -89,11 +90,12 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub(crate) cluster_id: String,
 
-    /// Bearer tokens of node proxies for the CA: one `<node-name> <token>` per line.
+    /// Bearer tokens of node proxies, for the CA and xDS: one `<node-name> <token>` per line.
     #[arg(long, env = "PROXY_TOKENS_FILE", value_name = "FILE")]
     pub(crate) proxy_tokens: Option<PathBuf>,
 
-    /// Take any CA caller on this netns's loopback to be this node's proxy (demo mode).
+    /// Take any caller on this netns's loopback to be this node's proxy, for the CA and xDS
+    /// (demo mode).
     #[arg(long, env = "CA_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub(crate) ca_trust_loopback: bool,
 

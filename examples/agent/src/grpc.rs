@@ -1,7 +1,13 @@
 //! The agent's gRPC endpoints: workload xDS and the certificate service on one TLS port, and
 //! optionally xDS in plaintext on a unix socket.
+//!
+//! Both endpoints admit only node proxies. On the TLS port an xDS stream must come from a
+//! caller the CA recognises ([`XdsGate`]: a node client certificate, a proxy token, or, in
+//! demo mode, this node's loopback); the unix socket is created with mode 0600, so only its
+//! owner (root) can connect.
 
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +17,62 @@ use meshwire_svid::{IdentityPolicy, TrustBundleSet, TrustDomain};
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{debug, error, warn};
 
+use crate::ca::auth::{CallerInfo, CallerPolicy};
 use crate::ca::files::CaMaterial;
 use crate::ca::service::NodeAuthorizer;
+use crate::desired::Settings;
+use crate::metrics::Metrics;
+
+/// Mode of the plaintext xDS unix socket: only its owner may connect.
+pub(crate) const XDS_SOCKET_MODE: u32 = 0o600;
+
+/// Admits an xDS stream on the TLS port only from a caller the CA recognises as a node
+/// proxy, by the same rules ([`CallerPolicy::caller_node`]); any other caller gets
+/// `UNAUTHENTICATED` before a single workload is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct XdsGate {
+    callers: Arc<CallerPolicy>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+impl XdsGate {
+    pub(crate) fn new(callers: CallerPolicy, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            callers: Arc::new(callers),
+            settings: Arc::new(settings),
+            metrics,
+        }
+    }
+}
+
+impl tonic::service::Interceptor for XdsGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let caller = CallerInfo::of_request(&request);
+        match self.callers.caller_node(&caller, &self.settings) {
+            Some(node) => {
+                debug!(%node, caller = ?caller.remote, "xDS stream admitted");
+                Ok(request)
+            }
+            None => {
+                self.metrics.failure("xds_denied");
+                warn!(
+                    caller = ?caller.remote,
+                    token = caller.bearer_token.is_some(),
+                    certificate = ?caller.client_identity,
+                    "xDS stream refused: caller is not recognised as a node proxy"
+                );
+                Err(tonic::Status::unauthenticated(
+                    "caller is not recognised as a node proxy: present a node client \
+                     certificate or a proxy token",
+                ))
+            }
+        }
+    }
+}
 
 /// The TLS configuration of the gRPC port: the serving certificate issued by the agent's CA,
 /// and client certificates of the trust domain accepted (not required).
@@ -36,11 +94,13 @@ pub(crate) fn tls_config(
     .context("building the gRPC TLS configuration")
 }
 
-/// Serves xDS and the certificate service over TLS on `listener` until `shutdown`.
+/// Serves xDS (to the callers `gate` admits) and the certificate service over TLS on
+/// `listener` until `shutdown`.
 pub(crate) async fn serve_tls(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     ads: AdsServer,
+    gate: XdsGate,
     certificates: CertificateService<NodeAuthorizer>,
     shutdown: CancellationToken,
 ) {
@@ -57,7 +117,7 @@ pub(crate) async fn serve_tls(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ads.service())
+        .add_service(InterceptedService::new(ads.service(), gate))
         .add_service(certificates.into_server())
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
@@ -77,12 +137,20 @@ pub(crate) async fn serve_unix(
     }
 }
 
-/// Binds the plaintext xDS socket, creating its directory and replacing a stale socket (but
-/// nothing else) at `path`.
+/// Binds the plaintext xDS socket with mode [`XDS_SOCKET_MODE`], creating its directory and
+/// replacing a stale socket (but nothing else) at `path`.
+///
+/// There is no moment at which another user can connect: the socket is bound inside a new
+/// directory only its owner can enter, given its mode there, and only then linked at `path`
+/// (a link fails rather than replace whatever appeared at `path` meanwhile).
 pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.to_owned()
+        }
+        None => PathBuf::from("."),
+    };
     match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
             std::fs::remove_file(path)
@@ -91,26 +159,33 @@ pub(crate) fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
         Ok(_) => bail!("{} exists and is not a socket", path.display()),
         Err(_) => {}
     }
-    UnixListener::bind(path)
-        .with_context(|| format!("binding the xDS unix socket {}", path.display()))
+    let private = dir.join(format!(
+        ".{}.{}.bind",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    // A leftover of an earlier run of this process id (the agent was killed mid-way).
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = bind_private(&private, path);
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
+/// Binds in the private directory `private`, sets the mode, links the socket at `path`.
+fn bind_private(private: &Path, path: &Path) -> anyhow::Result<UnixListener> {
+    let inner = private.join("xds.sock");
+    let listener = UnixListener::bind(&inner)
+        .with_context(|| format!("binding the xDS unix socket {}", path.display()))?;
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(XDS_SOCKET_MODE))
+        .with_context(|| format!("setting the mode of {}", inner.display()))?;
+    std::fs::hard_link(&inner, path)
+        .with_context(|| format!("placing the xDS unix socket at {}", path.display()))?;
+    Ok(listener)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_stale_socket_is_replaced_and_other_files_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("xds.sock");
-        let first = bind_unix(&path).unwrap();
-        drop(first);
-        let _second = bind_unix(&path).expect("stale socket replaced");
-
-        let file = dir.path().join("file");
-        std::fs::write(&file, "keep").unwrap();
-        let e = bind_unix(&file).unwrap_err().to_string();
-        assert!(e.contains("is not a socket"), "{e}");
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
-    }
-}
+mod tests;

@@ -144,6 +144,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let grpc_listener = TcpListener::bind(args.xds_address)
         .await
         .with_context(|| format!("binding the xDS/CA address {}", args.xds_address))?;
+    // xDS admits the callers the CA recognises as node proxies.
+    let gate = grpc::XdsGate::new(callers.clone(), settings.clone(), metrics.clone());
     let authorizer = NodeAuthorizer {
         cluster: cluster_rx.clone(),
         settings: settings.clone(),
@@ -156,12 +158,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         grpc_listener,
         tls,
         ads.clone(),
+        gate,
         cert_service,
         shutdown.clone(),
     ));
     if let Some(path) = &args.xds_unix_socket {
         let listener = grpc::bind_unix(path)?;
-        info!(path = %path.display(), "serving xDS on a unix socket (plaintext)");
+        info!(path = %path.display(), "serving xDS on a unix socket (plaintext, mode 0600: its owner only)");
         tasks.spawn(grpc::serve_unix(listener, ads.clone(), shutdown.clone()));
     }
     tasks.spawn(xds_effects::follow_events(

@@ -22,6 +22,32 @@ pub(crate) struct CallerInfo {
     pub(crate) client_identity: Option<String>,
 }
 
+impl CallerInfo {
+    /// What a gRPC request on the TLS port tells about its caller: the connection's address
+    /// and verified client certificate, and its `authorization: Bearer` token.
+    pub(crate) fn of_request<T>(request: &tonic::Request<T>) -> Self {
+        let peer = request.extensions().get::<meshwire_svid::tls::PeerInfo>();
+        let bearer_token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_owned());
+        Self {
+            remote: peer
+                .map(|p| p.remote_addr)
+                .or_else(|| request.remote_addr()),
+            bearer_token,
+            client_identity: peer
+                .and_then(|p| p.peer_identity.as_ref())
+                .map(ToString::to_string),
+        }
+    }
+}
+
 /// How callers are recognised as the proxy of a node.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CallerPolicy {

@@ -1,0 +1,142 @@
+use super::*;
+
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use tokio_stream::StreamExt as _;
+
+use crate::ca::files;
+use crate::workloads::Cluster;
+use crate::workloads::tests::{EXAMPLE, settings};
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_other_files_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("xds.sock");
+    let first = bind_unix(&path).unwrap();
+    drop(first);
+    let _second = bind_unix(&path).expect("stale socket replaced");
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    let e = bind_unix(&file).unwrap_err().to_string();
+    assert!(e.contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+#[tokio::test]
+async fn the_xds_socket_is_for_its_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xds.sock");
+    let listener = bind_unix(&path).unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    assert_eq!(meta.permissions().mode() & 0o7777, XDS_SOCKET_MODE);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["xds.sock"], "the private bind directory is gone");
+    // The listener is reachable at the final path.
+    let (accepted, connected) =
+        tokio::join!(listener.accept(), tokio::net::UnixStream::connect(&path));
+    accepted.unwrap();
+    connected.unwrap();
+}
+
+/// Serves xDS and the CA over TLS on a loopback port with `callers`; returns a channel to it.
+async fn serve(callers: CallerPolicy, shutdown: &CancellationToken) -> tonic::transport::Channel {
+    let state = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let ca = files::load_or_create(None, None, state.path(), &td).unwrap();
+    let root = ca.ca.root_pem();
+    let tls = tls_config(&ca, &td).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let metrics = Arc::new(Metrics::new());
+    let s = settings("node-1");
+    let (_, cluster) = tokio::sync::watch::channel(Arc::new(Cluster::from_yaml(EXAMPLE).unwrap()));
+    let authorizer = NodeAuthorizer {
+        cluster,
+        settings: s.clone(),
+        callers: callers.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(serve_tls(
+        listener,
+        tls,
+        AdsServer::default(),
+        XdsGate::new(callers, s, metrics),
+        CertificateService::new(Arc::new(ca.ca), authorizer),
+        shutdown.clone(),
+    ));
+    let client = meshwire_svid::tls::control_plane_client_config(
+        meshwire_svid::provider::ring(),
+        root.as_bytes(),
+        None,
+    )
+    .unwrap();
+    meshwire_svid::tls::channel(&format!("https://127.0.0.1:{port}"), Arc::new(client), None)
+        .unwrap()
+}
+
+/// Opens a Delta ADS stream (with `authorization: Bearer <token>` if given); `Ok` once the
+/// server accepted it.
+async fn open_xds(
+    channel: &tonic::transport::Channel,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let first = DeltaDiscoveryRequest {
+        type_url: meshwire_xds_workload::resource::ADDRESS_TYPE_URL.to_owned(),
+        ..Default::default()
+    };
+    // Keep the request stream open, as a proxy does.
+    let requests = tokio_stream::once(first).chain(tokio_stream::pending());
+    let mut request = tonic::Request::new(requests);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.delta_aggregated_resources(request),
+    )
+    .await
+    .expect("the server answers")
+    .map(drop)
+}
+
+#[tokio::test]
+async fn xds_admits_only_callers_the_ca_recognises() {
+    let shutdown = CancellationToken::new();
+    // Tokens required: the loopback is not trusted.
+    let strict = CallerPolicy {
+        tokens: CallerPolicy::parse_tokens("node-1 s3cret\n").unwrap(),
+        trust_loopback: false,
+    };
+    let channel = serve(strict, &shutdown).await;
+    for token in [None, Some("wrong")] {
+        let refused = open_xds(&channel, token).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "token {token:?}: {refused}"
+        );
+        assert!(refused.message().contains("not recognised as a node proxy"));
+    }
+    open_xds(&channel, Some("s3cret"))
+        .await
+        .expect("a proxy token is admitted");
+
+    // Demo mode: this node's loopback is its proxy, as for the CA.
+    let demo = CallerPolicy {
+        trust_loopback: true,
+        ..CallerPolicy::default()
+    };
+    let channel = serve(demo, &shutdown).await;
+    open_xds(&channel, None)
+        .await
+        .expect("a loopback caller is admitted in demo mode");
+    shutdown.cancel();
+}
