@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::workloads::Cluster;
+use crate::workloads::{Cluster, Pod};
 
 /// What the agent needs to know about itself to read the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,17 @@ pub(crate) struct LocalPod {
 }
 
 impl LocalPod {
+    /// The pod `pod` of the workloads file, whose network namespace is at `netns`.
+    pub(crate) fn of(pod: &Pod, netns: &Path) -> Self {
+        Self {
+            uid: pod.uid.clone(),
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            netns: netns.to_owned(),
+        }
+    }
+
     /// `namespace/name`, for logs.
     pub(crate) fn display_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -64,16 +75,7 @@ pub(crate) fn local_desired(cluster: &Cluster, settings: &Settings) -> LocalDesi
             ));
             continue;
         };
-        out.pods.insert(
-            pod.uid.clone(),
-            LocalPod {
-                uid: pod.uid.clone(),
-                name: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                service_account: pod.service_account.clone(),
-                netns: netns.clone(),
-            },
-        );
+        out.pods.insert(pod.uid.clone(), LocalPod::of(pod, netns));
     }
     out
 }

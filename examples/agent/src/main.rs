@@ -9,6 +9,7 @@ mod driver;
 mod effects;
 mod file_watch;
 mod grpc;
+mod leftovers;
 mod metrics;
 mod reconcile;
 mod run;

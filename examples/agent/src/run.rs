@@ -23,6 +23,7 @@ use crate::effects::rules::NetnsRules;
 use crate::effects::xds::{self as xds_effects, XdsPublisher};
 use crate::effects::zds::ZdsChannel;
 use crate::grpc;
+use crate::leftovers;
 use crate::metrics::{self, Metrics};
 use crate::reconcile::Reconciler;
 use crate::state::PodStateFile;
@@ -191,11 +192,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let mut reconciler = Reconciler::new(
-        zds,
-        NetnsRules::new(rules),
-        XdsPublisher::new(ads, settings.clone(), remote_rx.clone(), status_writer),
-    );
+    let netns_rules = NetnsRules::new(rules);
     let mut state_file = PodStateFile::new(&args.state_dir);
     let restored = state_file.load();
     if !restored.is_empty() {
@@ -204,7 +201,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "restoring pods enrolled by a previous run"
         );
     }
-    reconciler.restore(restored);
+    // Pods that kept rules the state file does not know of (it was lost): the first pass
+    // removes them, before any proxy gets its snapshot.
+    let leftovers = {
+        let cluster = cluster_rx.borrow().clone();
+        leftovers::find(&cluster, &settings, &restored, &netns_rules).await
+    };
+    let mut reconciler = Reconciler::new(
+        zds,
+        netns_rules,
+        XdsPublisher::new(ads, settings.clone(), remote_rx.clone(), status_writer),
+    );
+    reconciler.restore(restored.into_iter().chain(leftovers));
 
     let mut driver = Driver::new(
         reconciler,
