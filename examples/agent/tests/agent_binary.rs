@@ -23,6 +23,9 @@ use meshwire_zds::Update;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod common;
+use common::workloads;
+
 /// What the stand-in proxy saw.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
@@ -61,45 +64,6 @@ fn rules_installed(ns: &NetNs) -> bool {
         .verify(ns)
         .expect("iptables-save in the pod")
         .is_clean()
-}
-
-fn workloads(labelled: bool, pods: &[(&str, &Path)]) -> String {
-    let label = if labelled {
-        r#"{ io.cilium/mtls-enabled: "true" }"#
-    } else {
-        "{}"
-    };
-    format!(
-        r#"
-namespaces:
-  - name: shop
-    labels: {label}
-  - name: legacy
-    labels: {{}}
-pods:
-  - name: client-1
-    namespace: shop
-    serviceAccount: client
-    uid: uid-client
-    ip: 10.10.1.2
-    node: n1
-    netns: {}
-  - name: old-1
-    namespace: legacy
-    uid: uid-old
-    ip: 10.10.1.3
-    node: n1
-    netns: {}
-  - name: server-1
-    namespace: shop
-    serviceAccount: server
-    uid: uid-server
-    ip: 10.10.2.2
-    node: n2
-"#,
-        pods[0].1.display(),
-        pods[1].1.display()
-    )
 }
 
 fn write_atomic(path: &Path, text: &str) {

@@ -6,12 +6,13 @@
 //! `MESHWIRE_SKIP_PRIVILEGED=1` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshwire_netns::NetNs;
 use meshwire_netns::rules::RuleSet;
+
+mod common;
 
 /// Whether anything of the istio preset is in `ns`: one of its chains in any table (IPv4 or
 /// IPv6), or its fwmark routing rule.
@@ -33,33 +34,6 @@ fn any_of_our_rules(ns: &NetNs) -> bool {
     .unwrap()
 }
 
-fn workloads(enrolled: &Path, unenrolled: &Path) -> String {
-    format!(
-        r#"
-namespaces:
-  - name: shop
-    labels: {{ io.cilium/mtls-enabled: "true" }}
-  - name: legacy
-    labels: {{}}
-pods:
-  - name: client-1
-    namespace: shop
-    uid: uid-client
-    ip: 10.10.1.2
-    node: n1
-    netns: {}
-  - name: old-1
-    namespace: legacy
-    uid: uid-old
-    ip: 10.10.1.3
-    node: n1
-    netns: {}
-"#,
-        enrolled.display(),
-        unenrolled.display()
-    )
-}
-
 #[test]
 fn rules_left_in_an_unenrolled_pod_are_removed_at_start_up_without_a_state_file() {
     let Some(_privileged) = testbed::require_privileged("leftover_rules") else {
@@ -79,7 +53,9 @@ fn rules_left_in_an_unenrolled_pod_are_removed_at_start_up_without_a_state_file(
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("workloads.yaml");
-    std::fs::write(&file, workloads(enrolled.path(), unenrolled.path())).unwrap();
+    // `shop` (client-1) is enrolled, `legacy` (old-1) is not.
+    let pods = [("client", enrolled.path()), ("old", unenrolled.path())];
+    std::fs::write(&file, common::workloads(true, &pods)).unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("agent.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));

@@ -27,15 +27,14 @@ impl CallerInfo {
     /// and verified client certificate, and its `authorization: Bearer` token.
     pub(crate) fn of_request<T>(request: &tonic::Request<T>) -> Self {
         let peer = request.extensions().get::<meshwire_svid::tls::PeerInfo>();
+        // `authorization: Bearer <token>`; the scheme is case-insensitive (RFC 6750).
         let bearer_token = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|t| t.trim().to_owned());
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned());
         Self {
             remote: peer
                 .map(|p| p.remote_addr)
