@@ -12,7 +12,8 @@ async fn removed_pod_stops_serving_and_forgets_its_certificate() {
     let app = echo_app([127, 0, 0, 72], "server-1:").await;
     assert_eq!(env.outbound("client-1", app, b"1").await, b"server-1:1");
     assert!(env.supervisor.remove("uid-server-1"));
-    let expiry = |id: &str| format!("meshwire_certificate_expiry_timestamp_seconds{{identity=\"{id}\"}}");
+    let expiry =
+        |id: &str| format!("meshwire_certificate_expiry_timestamp_seconds{{identity=\"{id}\"}}");
     wait_for(|| !env.metrics_text().contains(&expiry(SERVER_ID))).await;
     // The destination is still HBONE in xDS but nobody serves it: the connection fails.
     assert_eq!(env.outbound("client-1", app, b"2").await, b"");
