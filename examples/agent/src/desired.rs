@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use meshwire_xds_workload::workload::{NamespacedHostname, Port};
 use serde::{Deserialize, Serialize};
 
 use crate::workloads::{Cluster, Pod};
@@ -93,6 +94,10 @@ pub(crate) struct WorkloadView {
     pub(crate) cluster_id: String,
     /// Advertise HBONE (peers tunnel to it on 15008); otherwise peers send plain TCP.
     pub(crate) hbone: bool,
+    /// The services it is an endpoint of, with its ports for each.
+    pub(crate) services: BTreeMap<NamespacedHostname, Vec<Port>>,
+    /// Keys of the policies whose selector it matches.
+    pub(crate) policies: Vec<String>,
 }
 
 /// Which pods of other nodes their own agents report as fully enrolled.
@@ -148,6 +153,8 @@ pub(crate) fn workload_views(
                 trust_domain: settings.trust_domain.clone(),
                 cluster_id: settings.cluster_id.clone(),
                 hbone,
+                services: pod.services.clone(),
+                policies: cluster.selected_policies(pod),
             }
         })
         .collect()
@@ -257,6 +264,43 @@ mod tests {
             );
         }
         assert!(local_desired(&c, &s).pods.is_empty());
+    }
+
+    #[test]
+    fn views_carry_service_membership_and_selected_policies() {
+        use crate::workloads::{Policy, PolicyAction, PolicyScope};
+        let mut c = Cluster::from_yaml(EXAMPLE).unwrap();
+        let key = NamespacedHostname::new("shop", "web.shop.svc.cluster.local");
+        c.pods[0].labels.insert("app".into(), "web".into());
+        c.pods[0]
+            .services
+            .insert(key.clone(), vec![Port::new(80, 8080)]);
+        let policy = |name: &str, scope| Policy {
+            name: name.into(),
+            namespace: "shop".into(),
+            scope,
+            action: PolicyAction::Allow,
+            rules: Vec::new(),
+        };
+        let web = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let db = BTreeMap::from([("app".to_owned(), "db".to_owned())]);
+        c.policies = vec![
+            policy("web-only", PolicyScope::Selector(web)),
+            policy("db-only", PolicyScope::Selector(db)),
+            policy("all", PolicyScope::Namespace),
+        ];
+        let views = workload_views(
+            &c,
+            &settings("node-1"),
+            &BTreeSet::new(),
+            &RemoteReady::Ungated,
+        );
+        let client = views.iter().find(|v| v.uid == "8d2f-1").unwrap();
+        assert_eq!(client.services[&key], vec![Port::new(80, 8080)]);
+        assert_eq!(client.policies, vec!["shop/web-only".to_owned()]);
+        let server = views.iter().find(|v| v.uid == "shop/server-1").unwrap();
+        assert!(server.services.is_empty());
+        assert!(server.policies.is_empty(), "no labels: no selector matches");
     }
 
     fn hbone_of(views: &[WorkloadView]) -> BTreeMap<String, bool> {

@@ -1,17 +1,22 @@
-//! The cluster-wide workloads file: namespaces with labels, pods, authorization policies.
+//! The cluster model every workload source fills: namespaces with labels, pods, services and
+//! authorization policies.
 //!
-//! The file is parsed into raw serde types, then checked as a whole into a [`Cluster`]; every
-//! problem found is reported at once, each naming the entry it is about.
+//! The YAML workloads file is parsed into raw serde types, then checked as a whole into a
+//! [`Cluster`]; every problem found is reported at once, each naming the entry it is about.
+//! The Kubernetes source (`crate::kube`) builds the same [`Cluster`] from the API server.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use meshwire_xds_workload::workload::{NamespacedHostname, Port, Service};
 use serde::Deserialize;
 
-/// A validated workloads file.
+/// The cluster as a workload source sees it (a validated workloads file, or the API server's
+/// objects).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Cluster {
     /// Namespaces by name.
@@ -20,6 +25,9 @@ pub(crate) struct Cluster {
     pub(crate) pods: Vec<Pod>,
     /// Authorization policies, sorted by (namespace, name).
     pub(crate) policies: Vec<Policy>,
+    /// Services, published over xDS as they are, sorted by (namespace, hostname); the file
+    /// source has none.
+    pub(crate) services: Vec<Arc<Service>>,
 }
 
 /// A namespace and its labels.
@@ -41,15 +49,31 @@ pub(crate) struct Pod {
     pub(crate) node: String,
     /// Network namespace path, needed only on the pod's own node.
     pub(crate) netns: Option<PathBuf>,
+    /// Labels (policies with a selector match them); the file source has none.
+    pub(crate) labels: BTreeMap<String, String>,
+    /// The services this pod is an endpoint of, with its ports for each.
+    pub(crate) services: BTreeMap<NamespacedHostname, Vec<Port>>,
 }
 
-/// An L4 authorization policy scoped to one namespace.
+/// An L4 authorization policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Policy {
     pub(crate) name: String,
     pub(crate) namespace: String,
+    pub(crate) scope: PolicyScope,
     pub(crate) action: PolicyAction,
     pub(crate) rules: Vec<PolicyRule>,
+}
+
+/// Which pods a policy applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PolicyScope {
+    /// Every pod of the policy's namespace (the only scope of the workloads file).
+    Namespace,
+    /// Every pod of the mesh (a Kubernetes policy without selector in the root namespace).
+    Global,
+    /// The pods of the policy's namespace that carry all these labels.
+    Selector(BTreeMap<String, String>),
 }
 
 /// What a matching policy does.
@@ -77,6 +101,9 @@ pub(crate) struct Source {
     pub(crate) not_namespaces: Vec<String>,
     pub(crate) ip_blocks: Vec<IpNet>,
     pub(crate) not_ip_blocks: Vec<IpNet>,
+    /// `(namespace, service account)` pairs (Kubernetes `serviceAccounts`).
+    pub(crate) service_accounts: Vec<(String, String)>,
+    pub(crate) not_service_accounts: Vec<(String, String)>,
 }
 
 /// Destination conditions of a rule; every populated field must match.
@@ -93,6 +120,21 @@ impl Cluster {
             .get(namespace)
             .and_then(|ns| ns.labels.get(label_key))
             .is_some_and(|v| v == "true")
+    }
+
+    /// The keys (`namespace/name`) of the policies with a selector that `pod` matches.
+    pub(crate) fn selected_policies(&self, pod: &Pod) -> Vec<String> {
+        self.policies
+            .iter()
+            .filter(|p| p.namespace == pod.namespace)
+            .filter(|p| match &p.scope {
+                PolicyScope::Selector(labels) => labels
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k).is_some_and(|have| have == v)),
+                PolicyScope::Namespace | PolicyScope::Global => false,
+            })
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
     }
 
     /// Parses and validates the YAML text of a workloads file.

@@ -193,6 +193,7 @@ const C: &Cluster = &Cluster {
     namespaces: BTreeMap::new(),
     pods: Vec::new(),
     policies: Vec::new(),
+    services: Vec::new(),
 };
 
 #[tokio::test]

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Cluster, Destination, Namespace, Pod, Policy, PolicyAction, PolicyRule, Source, WorkloadsError,
+    Cluster, Destination, Namespace, Pod, Policy, PolicyAction, PolicyRule, PolicyScope, Source,
+    WorkloadsError,
 };
 
 /// Parses and validates the YAML text of a workloads file.
@@ -275,6 +276,8 @@ impl RawFile {
                 ips,
                 node: p.node,
                 netns: p.netns,
+                labels: BTreeMap::new(),
+                services: BTreeMap::new(),
             });
         }
         pods.sort_by(|a, b| a.uid.cmp(&b.uid));
@@ -318,6 +321,7 @@ impl RawFile {
                         not_principals: src.not_principals,
                         namespaces: src.namespaces,
                         not_namespaces: src.not_namespaces,
+                        ..Source::default()
                     };
                     if source == Source::default() {
                         problems.push(format!("{here}: is empty (an empty source never matches)"));
@@ -369,6 +373,7 @@ impl RawFile {
             policies.push(Policy {
                 name: p.name,
                 namespace: p.namespace,
+                scope: PolicyScope::Namespace,
                 action: p.action,
                 rules,
             });
@@ -380,6 +385,7 @@ impl RawFile {
                 namespaces,
                 pods,
                 policies,
+                services: Vec::new(),
             })
         } else {
             Err(WorkloadsError::Invalid(problems))
