@@ -9,6 +9,7 @@ mod driver;
 mod effects;
 mod file_watch;
 mod grpc;
+mod kube;
 mod leftovers;
 mod metrics;
 mod reconcile;
