@@ -40,6 +40,7 @@ pub struct KubeApiServer {
     port: u16,
     token: String,
     ca_pem: String,
+    etcd_url: String,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -108,7 +109,6 @@ impl KubeApiServer {
     /// API server is ready.
     pub fn start() -> Result<Self, Error> {
         let etcd_bin = peer_binary(PeerGroup::Kube, "etcd")?;
-        let apiserver_bin = peer_binary(PeerGroup::Kube, "kube-apiserver")?;
         let dir = std::env::temp_dir().join(format!(
             "meshwire-kube-{}-{}",
             std::process::id(),
@@ -122,6 +122,7 @@ impl KubeApiServer {
             port: 0,
             token: format!("admin-{:016x}", rand_u64()),
             ca_pem: String::new(),
+            etcd_url: String::new(),
         };
         let pki = write_pki(&dir)?;
         server.ca_pem = pki.ca_pem;
@@ -153,12 +154,23 @@ impl KubeApiServer {
         );
 
         server.port = free_port()?;
+        server.etcd_url = etcd_url;
+        server.spawn_apiserver()?;
+        server.write_kubeconfig()?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Starts the API server process (etcd must run).
+    fn spawn_apiserver(&mut self) -> Result<(), Error> {
+        let apiserver_bin = peer_binary(PeerGroup::Kube, "kube-apiserver")?;
+        let dir = self.dir.clone();
         let p = |name: &str| dir.join(name).display().to_string();
-        let apiserver_log = log_file(&dir, "kube-apiserver.log")?;
-        server.apiserver = Some(
+        let apiserver_log = append_log(&dir, "kube-apiserver.log")?;
+        self.apiserver = Some(
             Command::new(&apiserver_bin)
-                .arg(format!("--etcd-servers={etcd_url}"))
-                .arg(format!("--secure-port={}", server.port))
+                .arg(format!("--etcd-servers={}", self.etcd_url))
+                .arg(format!("--secure-port={}", self.port))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--cert-dir={}", p("certs")))
                 .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
@@ -184,9 +196,24 @@ impl KubeApiServer {
                 .spawn()
                 .map_err(io_err(format!("starting {}", apiserver_bin.display())))?,
         );
-        server.write_kubeconfig()?;
-        server.wait_ready()?;
-        Ok(server)
+        Ok(())
+    }
+
+    /// Stops the API server process, as in an outage: clients lose their connections and
+    /// nothing answers on its port; etcd keeps the objects.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut child) = self.apiserver.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the API server again on the same port (after [`Self::stop_apiserver`]) and
+    /// waits until it is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        self.stop_apiserver();
+        self.spawn_apiserver()?;
+        self.wait_ready()
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -357,6 +384,15 @@ impl Drop for KubeApiServer {
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, Error> {
     std::fs::File::create(dir.join(name)).map_err(io_err(format!("creating {name}")))
+}
+
+/// The log file `name` in `dir`, appended to (a restarted process keeps the earlier lines).
+fn append_log(dir: &Path, name: &str) -> Result<std::fs::File, Error> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .map_err(io_err(format!("opening {name}")))
 }
 
 fn rand_u64() -> u64 {

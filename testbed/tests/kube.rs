@@ -1,5 +1,5 @@
 //! The test API server: a real etcd and kube-apiserver start, accept the admin token,
-//! store objects and enforce RBAC.
+//! store objects and enforce RBAC, and the API server can be stopped and restarted.
 
 // Helpers outside #[test] functions: a failed step should abort the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,7 +8,7 @@ use testbed::KubeApiServer;
 
 #[test]
 fn api_server_stores_objects_and_enforces_rbac() {
-    let kube = KubeApiServer::start().unwrap();
+    let mut kube = KubeApiServer::start().unwrap();
 
     let (status, body) = kube.request("GET", "/version", None).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -73,4 +73,16 @@ fn api_server_stores_objects_and_enforces_rbac() {
         )
         .unwrap();
     assert!(!body.contains("\"authenticated\":true"), "{body}");
+
+    // An outage: nothing answers; after the restart the objects are still there.
+    kube.stop_apiserver();
+    assert!(
+        kube.request("GET", "/api/v1/namespaces/shop", None)
+            .is_err()
+    );
+    kube.start_apiserver().unwrap();
+    let (status, body) = kube
+        .request("GET", "/api/v1/namespaces/shop", None)
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
 }

@@ -12,9 +12,38 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "agent", version, about, long_about = None)]
 pub(crate) struct Args {
+    /// Where the cluster is read from: the workloads file, or a Kubernetes API server.
+    #[arg(long, env = "AGENT_SOURCE", value_enum, default_value_t = SourceKind::File)]
+    pub(crate) source: SourceKind,
+
     /// Cluster-wide workloads file (YAML: namespaces, pods, policies); re-read when it changes.
+    /// Required with `--source file`.
     #[arg(long, env = "AGENT_WORKLOADS", value_name = "FILE")]
-    pub(crate) workloads: PathBuf,
+    pub(crate) workloads: Option<PathBuf>,
+
+    /// Kubeconfig of the API server (`--source kubernetes`). Unset: `KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+
+    /// Unix socket the CNI plugin reports new pod sandboxes on (`--source kubernetes`).
+    #[arg(
+        long,
+        env = "CNI_SOCKET",
+        value_name = "PATH",
+        default_value = "/var/run/meshwire/cni.sock"
+    )]
+    pub(crate) cni_socket: PathBuf,
+
+    /// DNS domain of service host names, `<service>.<namespace>.svc.<domain>`
+    /// (`--source kubernetes`).
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub(crate) cluster_domain: String,
+
+    /// Namespace whose AuthorizationPolicies without selector apply to the whole mesh
+    /// (`--source kubernetes`).
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub(crate) root_namespace: String,
 
     /// Name of the node this agent runs on; pods whose `node` equals it are enrolled here.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -99,11 +128,12 @@ pub(crate) struct Args {
     #[arg(long, env = "CA_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub(crate) ca_trust_loopback: bool,
 
-    /// Directory of the nodes' pod status files: this agent writes `<node-name>.json` (the
-    /// pods of this node that are fully enrolled) and advertises a pod of another node as
-    /// HBONE only while that node's file lists it. Default:
+    /// Directory of the nodes' pod status files (`--source file`): this agent writes
+    /// `<node-name>.json` (the pods of this node that are fully enrolled) and advertises a
+    /// pod of another node as HBONE only while that node's file lists it. Default:
     /// `<workloads-file-dir>/<workloads-file-name>.status`; `none` turns this off (pods of
-    /// other nodes are HBONE as soon as their namespace is enrolled).
+    /// other nodes are HBONE as soon as their namespace is enrolled). With Kubernetes the
+    /// pods' `ambient.istio.io/redirection` annotation plays this part.
     #[arg(long, env = "POD_STATUS_DIR", value_name = "DIR")]
     pub(crate) pod_status_dir: Option<PathBuf>,
 
@@ -113,19 +143,45 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    /// The pod status directory, or `None` when turned off with `none`.
+    /// Parses the command line and checks what clap cannot (`--workloads` with the file
+    /// source, also when that is the default); exits with a usage error otherwise.
+    pub(crate) fn parse_checked() -> Self {
+        match Self::try_parse_checked(std::env::args_os()) {
+            Ok(args) => args,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// [`Self::parse_checked`] over `args`, returning the error.
+    pub(crate) fn try_parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::CommandFactory;
+        let parsed = Self::try_parse_from(args)?;
+        if parsed.source == SourceKind::File && parsed.workloads.is_none() {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--workloads <FILE> is required with the file source (the default; or use --source kubernetes)",
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// The pod status directory, or `None` when turned off with `none` (or without a
+    /// workloads file).
     pub(crate) fn pod_status_dir(&self) -> Option<PathBuf> {
         match &self.pod_status_dir {
             Some(dir) if dir.as_os_str() == "none" => None,
             Some(dir) => Some(dir.clone()),
             None => {
-                let parent = self
-                    .workloads
+                let workloads = self.workloads.as_ref()?;
+                let parent = workloads
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or_else(|| std::path::Path::new("."));
-                let mut name = self
-                    .workloads
+                let mut name = workloads
                     .file_name()
                     .map(std::ffi::OsStr::to_os_string)
                     .unwrap_or_else(|| "workloads".into());
@@ -134,6 +190,15 @@ impl Args {
             }
         }
     }
+}
+
+/// Where the agent reads the cluster from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SourceKind {
+    /// The YAML workloads file (`--workloads`).
+    File,
+    /// A Kubernetes API server.
+    Kubernetes,
 }
 
 /// How logs are written (to standard error; filter with `RUST_LOG`, default `info`).
@@ -214,6 +279,12 @@ mod tests {
         assert_eq!(a.proxy_tokens, None);
         assert!(a.ca_trust_loopback);
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.source, SourceKind::File);
+        assert_eq!(a.workloads, Some(PathBuf::from("w.yaml")));
+        assert_eq!(a.kubeconfig, None);
+        assert_eq!(a.cni_socket, PathBuf::from("/var/run/meshwire/cni.sock"));
+        assert_eq!(a.cluster_domain, "cluster.local");
+        assert_eq!(a.root_namespace, "istio-system");
         assert_eq!(
             a.pod_status_dir(),
             Some(PathBuf::from("./w.yaml.status")),
@@ -283,6 +354,10 @@ mod tests {
             ("metrics-address", "AGENT_METRICS_ADDRESS"),
             ("cluster-id", "CLUSTER_ID"),
             ("pod-status-dir", "POD_STATUS_DIR"),
+            ("source", "AGENT_SOURCE"),
+            ("cni-socket", "CNI_SOCKET"),
+            ("cluster-domain", "CLUSTER_DOMAIN"),
+            ("root-namespace", "ROOT_NAMESPACE"),
         ] {
             assert_eq!(
                 arg(long).get_env().and_then(|e| e.to_str()),
@@ -294,8 +369,8 @@ mod tests {
 
     #[test]
     fn required_flags_and_pairs() {
-        assert!(Args::try_parse_from(["agent", "--node-name", "n1"]).is_err());
-        assert!(Args::try_parse_from(["agent", "--workloads", "w"]).is_err());
+        assert!(Args::try_parse_checked(["agent", "--node-name", "n1"]).is_err());
+        assert!(Args::try_parse_checked(["agent", "--workloads", "w"]).is_err());
         // --ca-cert without --ca-key is refused.
         assert!(
             Args::try_parse_from([
@@ -323,6 +398,25 @@ mod tests {
         .unwrap();
         assert_eq!(a.rules, RulesPreset::Cilium);
         assert_eq!(a.reconcile_interval, Duration::from_millis(250));
+
+        // Kubernetes needs no workloads file; the file source does, also by default.
+        let a = Args::try_parse_checked([
+            "agent",
+            "--source",
+            "kubernetes",
+            "--node-name",
+            "n",
+            "--kubeconfig",
+            "/etc/k",
+        ])
+        .unwrap();
+        assert_eq!(a.source, SourceKind::Kubernetes);
+        assert_eq!(a.workloads, None);
+        assert_eq!(a.pod_status_dir(), None);
+        assert_eq!(a.kubeconfig, Some(PathBuf::from("/etc/k")));
+        assert!(
+            Args::try_parse_checked(["agent", "--source", "file", "--node-name", "n"]).is_err()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! proxy has answered its snapshot, every reconcile interval (these passes also verify the
 //! rules), and after a failure, with back-off.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub(crate) struct Driver<Z, R, P> {
     last_skipped: Vec<(String, String)>,
     /// The reconcile interval: periodic checks, and the longest retry delay.
     interval: Duration,
+    /// The failed steps of the last pass: message by pod uid.
+    failures: watch::Sender<Arc<BTreeMap<String, String>>>,
 }
 
 impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Driver<Z, R, P> {
@@ -60,7 +63,13 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Driver<Z, R, P> {
             state_file,
             last_skipped: Vec::new(),
             interval,
+            failures: watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// The failed steps of each pass (message by pod uid), updated after every pass.
+    pub(crate) fn failures(&self) -> watch::Receiver<Arc<BTreeMap<String, String>>> {
+        self.failures.subscribe()
     }
 
     /// One pass over `cluster`; with `periodic`, the rules are verified too.
@@ -78,6 +87,13 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Driver<Z, R, P> {
             .await;
         self.metrics.record(&outcome, self.reconciler.published());
         self.save();
+        self.failures.send_replace(Arc::new(
+            outcome
+                .failures
+                .iter()
+                .map(|(uid, e)| (uid.clone(), e.to_string()))
+                .collect(),
+        ));
         outcome
     }
 

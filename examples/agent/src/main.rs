@@ -15,17 +15,17 @@ mod metrics;
 mod reconcile;
 mod run;
 mod safe_file;
+mod source;
 mod state;
 mod status;
 mod workloads;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Args, LogFormat};
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_checked();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: logs written to a file stay plain text.
     let builder = tracing_subscriber::fmt()

@@ -125,6 +125,11 @@ pub(crate) trait RuleInstaller: Send + Sync {
 pub(crate) trait Publisher: Send + Sync {
     /// Publishes every pod of `cluster`; local pods are HBONE only if in `hbone_ready`.
     fn publish(&self, cluster: &Cluster, hbone_ready: &BTreeSet<String>);
+    /// Waits (bounded) until what was published has reached the other nodes, before
+    /// unenrolled pods lose their rules. Default: at once.
+    fn settled(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// How far a local pod has come.
@@ -259,6 +264,7 @@ impl<Z: ProxyChannel, R: RuleInstaller, P: Publisher> Reconciler<Z, R, P> {
         }
         if unpublished {
             self.publish(cluster, desired);
+            self.publisher.settled().await;
         }
 
         // 2. Remove rules, then tell the proxy.

@@ -8,7 +8,7 @@ use meshwire_svid::TrustDomain;
 use meshwire_svid::service::server::CertificateService;
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,7 +17,7 @@ use crate::ca::auth::CallerPolicy;
 use crate::ca::files as ca_files;
 use crate::ca::service::NodeAuthorizer;
 use crate::cli::Args;
-use crate::desired::{RemoteReady, Settings};
+use crate::desired::Settings;
 use crate::driver::{Driver, Inputs};
 use crate::effects::rules::NetnsRules;
 use crate::effects::xds::{self as xds_effects, XdsPublisher};
@@ -26,13 +26,9 @@ use crate::grpc;
 use crate::leftovers;
 use crate::metrics::{self, Metrics};
 use crate::reconcile::Reconciler;
+use crate::source;
 use crate::state::PodStateFile;
-use crate::status;
-use crate::workloads::file::WorkloadsFile;
 
-/// How often the workloads file and the pod status directory are read even without a change
-/// notification.
-const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for servers to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -54,7 +50,7 @@ fn signals() -> anyhow::Result<impl Future<Output = &'static str>> {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let stop = signals()?;
+    let mut stop = std::pin::pin!(signals()?);
     let trust_domain = TrustDomain::new(&args.trust_domain)
         .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
     let settings = Settings {
@@ -81,8 +77,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .context("iptables detection task")?
             .context("cannot manage in-pod redirection rules")?;
     info!(backend = ?backend, "iptables found");
-
-    let (watcher, cluster) = WorkloadsFile::open(&args.workloads)?;
 
     let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.ca_trust_loopback)?;
 
@@ -113,31 +107,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let (cluster_tx, mut cluster_rx) = watch::channel(Arc::new(cluster));
-    tasks.spawn(watcher.run(
-        WATCH_INTERVAL,
-        cluster_tx,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let mut state_file = PodStateFile::new(&args.state_dir);
+    let restored = state_file.load();
 
-    // The nodes' pod status files: read now, so the first publish already gates the pods of
-    // other nodes on their nodes' reports; then followed.
-    let (remote_tx, remote_rx, status_writer) = match args.pod_status_dir() {
-        Some(dir) => {
-            let (reader, writer) = status::open(&dir, &settings.node)?;
-            let (tx, rx) = watch::channel(Arc::new(reader.current()));
-            tasks.spawn(reader.run(WATCH_INTERVAL, tx.clone(), shutdown.clone()));
-            (tx, rx, Some(writer))
-        }
-        None => {
-            info!(
-                "pod status files off: pods of other nodes are HBONE once their namespace is enrolled"
-            );
-            let (tx, rx) = watch::channel(Arc::new(RemoteReady::Ungated));
-            (tx, rx, None)
+    // The workload source; a Kubernetes source waits for the API server's lists, which a
+    // signal may interrupt.
+    let opened = tokio::select! {
+        opened = source::open(&args, &settings, &restored, &metrics, &mut tasks, &shutdown) => opened?,
+        signal = stop.as_mut() => {
+            info!(signal, "stopped before the workload source was ready");
+            shutdown.cancel();
+            return Ok(());
         }
     };
+    let mut cluster_rx = opened.cluster;
+    let remote_rx = opened.remote;
 
     // xDS and the CA on one TLS gRPC port.
     let ads = AdsServer::default();
@@ -193,8 +177,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     let netns_rules = NetnsRules::new(rules);
-    let mut state_file = PodStateFile::new(&args.state_dir);
-    let restored = state_file.load();
     if !restored.is_empty() {
         info!(
             pods = restored.len(),
@@ -210,7 +192,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(
         zds,
         netns_rules,
-        XdsPublisher::new(ads, settings.clone(), remote_rx.clone(), status_writer),
+        XdsPublisher::new(ads, settings.clone(), remote_rx.clone(), opened.report),
     );
     reconciler.restore(restored.into_iter().chain(leftovers));
 
@@ -222,9 +204,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.reconcile_interval,
     );
     let cluster = cluster_rx.borrow_and_update().clone();
+    let failures = driver.failures();
     let first = driver.pass(&cluster, false).await;
     zds_server.mark_seeded().await;
     info!("initial pass done; proxies get their snapshot now");
+    if let Some(cni) = opened.cni {
+        tasks.spawn(cni.serve(failures, shutdown.clone()));
+    }
 
     let inputs = Inputs {
         cluster: cluster_rx,
@@ -237,7 +223,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "shutting down; redirection rules stay in place so pods keep working"
     );
     shutdown.cancel();
-    drop(remote_tx);
+    drop(opened.keep);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
     })

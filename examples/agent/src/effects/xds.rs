@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use meshwire_xds_workload::Address;
 use meshwire_xds_workload::ads::server::{AdsServer, ResourceChange, ServerEvent};
@@ -13,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::desired::{RemoteReady, Settings, workload_views};
 use crate::effects::next_event;
+use crate::kube::annotate::Reporter;
 use crate::metrics::Metrics;
 use crate::reconcile::Publisher;
 use crate::status::StatusWriter;
@@ -20,16 +22,30 @@ use crate::workloads::Cluster;
 
 mod convert;
 
-/// [`Publisher`] over an [`AdsServer`]; also reports this node's enrolled pods in its status
-/// file, and gates the pods of other nodes on their nodes' reports.
+/// How this node tells the other nodes which of its pods are enrolled.
+#[derive(Debug)]
+pub(crate) enum NodeReport {
+    /// Not at all (other nodes do not gate on it).
+    Off,
+    /// In its pod status file.
+    File(Mutex<StatusWriter>),
+    /// In the pods' redirection annotation (Kubernetes).
+    Annotations(Reporter),
+}
+
+/// How long an unenroll waits for the other nodes to be told before the rules go.
+const REPORT_SETTLE: Duration = Duration::from_secs(2);
+
+/// [`Publisher`] over an [`AdsServer`]; also reports this node's enrolled pods (status file
+/// or pod annotations), and gates the pods of other nodes on their nodes' reports.
 #[derive(Debug)]
 pub(crate) struct XdsPublisher {
     server: AdsServer,
     settings: Settings,
-    /// The other nodes' reports (always [`RemoteReady::Ungated`] without a status directory).
+    /// The other nodes' reports (always [`RemoteReady::Ungated`] without reports).
     remote: watch::Receiver<Arc<RemoteReady>>,
-    /// This node's status file, if the status directory is in use.
-    status: Option<Mutex<StatusWriter>>,
+    /// This node's report.
+    report: NodeReport,
 }
 
 impl XdsPublisher {
@@ -37,21 +53,26 @@ impl XdsPublisher {
         server: AdsServer,
         settings: Settings,
         remote: watch::Receiver<Arc<RemoteReady>>,
-        status: Option<StatusWriter>,
+        report: NodeReport,
     ) -> Self {
         Self {
             server,
             settings,
             remote,
-            status: status.map(Mutex::new),
+            report,
         }
     }
 
-    /// Writes this node's status file when the set of its enrolled pods changed. Called
-    /// before each xDS update, so a pod is dropped from the status before its rules go.
-    fn report(&self, hbone_ready: &BTreeSet<String>) {
-        let Some(status) = &self.status else {
-            return;
+    /// Reports this node's enrolled pods when they changed. Called before each xDS update,
+    /// so a pod is dropped from the report before its rules go.
+    fn report(&self, cluster: &Cluster, hbone_ready: &BTreeSet<String>) {
+        let status = match &self.report {
+            NodeReport::Off => return,
+            NodeReport::Annotations(reporter) => {
+                reporter.report(cluster, hbone_ready);
+                return;
+            }
+            NodeReport::File(status) => status,
         };
         let mut status = match status.lock() {
             Ok(s) => s,
@@ -71,7 +92,7 @@ impl XdsPublisher {
 
 impl Publisher for XdsPublisher {
     fn publish(&self, cluster: &Cluster, hbone_ready: &BTreeSet<String>) {
-        self.report(hbone_ready);
+        self.report(cluster, hbone_ready);
         let remote = self.remote.borrow().clone();
         let views = workload_views(cluster, &self.settings, hbone_ready, &remote);
         let hbone = views.iter().filter(|v| v.hbone).count();
@@ -101,6 +122,12 @@ impl Publisher for XdsPublisher {
                 changed = addresses + policies,
                 "xDS resources updated"
             );
+        }
+    }
+
+    async fn settled(&self) {
+        if let NodeReport::Annotations(reporter) = &self.report {
+            reporter.settled(REPORT_SETTLE).await;
         }
     }
 }

@@ -247,7 +247,7 @@ policies:
         assert_eq!(a.scope, XdsScope::WorkloadSelector);
         let id = |sa: &str| format!("spiffe://cluster.local/ns/shop/sa/{sa}");
         assert!(decide(
-            &[a.clone()],
+            std::slice::from_ref(&a),
             &conn("10.1.1.1", Some(&id("client")), 80)
         ));
         assert!(!decide(&[a], &conn("10.1.1.1", Some(&id("other")), 80)));
