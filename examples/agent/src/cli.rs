@@ -35,6 +35,11 @@ pub(crate) struct Args {
     )]
     pub(crate) cni_socket: PathBuf,
 
+    /// The host's `/proc` (`--source kubernetes`): the network namespaces of pods that run
+    /// before the agent starts are found there (mount the host's at e.g. `/host/proc`).
+    #[arg(long, env = "HOST_PROC", value_name = "DIR", default_value = "/proc")]
+    pub(crate) host_proc: PathBuf,
+
     /// DNS domain of service host names, `<service>.<namespace>.svc.<domain>`
     /// (`--source kubernetes`).
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
@@ -284,6 +289,7 @@ mod tests {
         assert_eq!(a.kubeconfig, None);
         assert_eq!(a.cni_socket, PathBuf::from("/var/run/meshwire/cni.sock"));
         assert_eq!(a.cluster_domain, "cluster.local");
+        assert_eq!(a.host_proc, PathBuf::from("/proc"));
         assert_eq!(a.root_namespace, "istio-system");
         assert_eq!(
             a.pod_status_dir(),
@@ -356,6 +362,7 @@ mod tests {
             ("pod-status-dir", "POD_STATUS_DIR"),
             ("source", "AGENT_SOURCE"),
             ("cni-socket", "CNI_SOCKET"),
+            ("host-proc", "HOST_PROC"),
             ("cluster-domain", "CLUSTER_DOMAIN"),
             ("root-namespace", "ROOT_NAMESPACE"),
         ] {

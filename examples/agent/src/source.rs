@@ -65,6 +65,7 @@ pub(crate) async fn open(
                     root_namespace: args.root_namespace.clone(),
                 },
                 cni_socket: args.cni_socket.clone(),
+                proc_dir: args.host_proc.clone(),
             };
             let source = kube::start(config, restored, metrics.clone(), tasks, shutdown).await?;
             Ok(Opened {

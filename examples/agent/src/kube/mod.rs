@@ -14,6 +14,7 @@
 //! | `policy` | `AuthorizationPolicy` objects to L4 policies |
 //! | `build` | rebuilding the model on every change |
 //! | `sandboxes` | the network namespaces of this node's pods |
+//! | `procscan`, `cgroup` | finding the network namespaces of running pods in `/proc` |
 //! | `cni` | the CNI plugin's event socket |
 //! | `annotate` | the redirection annotation of this node's pods |
 
@@ -40,9 +41,11 @@ use crate::workloads::Cluster;
 
 pub(crate) mod annotate;
 mod build;
+mod cgroup;
 mod cni;
 mod model;
 mod policy;
+mod procscan;
 mod sandboxes;
 mod watches;
 
@@ -64,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) view: View,
     /// The CNI plugin's event socket.
     pub(crate) cni_socket: PathBuf,
+    /// The host's `/proc`, to find the network namespaces of pods that already run.
+    pub(crate) proc_dir: PathBuf,
 }
 
 /// A started Kubernetes source.
@@ -238,6 +243,17 @@ pub(crate) async fn start(
 
     let sandboxes = Sandboxes::new(changed.clone());
     restore_sandboxes(&stores, &sandboxes, restored, &config.settings.node).await;
+    // Pods that run already: the CNI plugin told a previous run (or nobody) about them.
+    let known = sandboxes.snapshot();
+    let wanted = running_pods(&stores, &config.settings.node)
+        .into_iter()
+        .filter(|(uid, ips)| !known.contains_key(uid) && !ips.is_empty())
+        .collect();
+    let found = procscan::find_into(&config.proc_dir, wanted, &sandboxes).await;
+    info!(
+        restored = known.len(),
+        found, "network namespaces of running pods known"
+    );
 
     let label_key = config.settings.label_key.clone();
     let node = config.settings.node.clone();
@@ -251,6 +267,13 @@ pub(crate) async fn start(
     let (cluster_tx, cluster_rx) = watch::channel(Arc::new(cluster));
     let (remote_tx, remote_rx) = watch::channel(Arc::new(remote));
     tasks.spawn(builder.run(changed.subscribe(), cluster_tx, remote_tx, shutdown.clone()));
+    tasks.spawn(procscan::rescan(
+        config.proc_dir,
+        sandboxes.clone(),
+        cluster_rx.clone(),
+        config.settings.clone(),
+        shutdown.clone(),
+    ));
 
     let (reporter, patcher) = annotate::channel(config.settings);
     tasks.spawn(patcher.run(
@@ -277,6 +300,33 @@ pub(crate) async fn start(
         reporter,
         cni,
     })
+}
+
+/// This node's pods that run (not finished, not on the host network), with their
+/// addresses.
+fn running_pods(stores: &Stores, node: &str) -> BTreeMap<String, Vec<std::net::IpAddr>> {
+    stores
+        .pods
+        .state()
+        .iter()
+        .filter_map(|p| {
+            let spec = p.spec.as_ref()?;
+            if spec.node_name.as_deref() != Some(node) || spec.host_network == Some(true) {
+                return None;
+            }
+            let status = p.status.as_ref()?;
+            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+                return None;
+            }
+            let ips = status
+                .pod_ips
+                .iter()
+                .flatten()
+                .filter_map(|i| i.ip.parse().ok())
+                .collect();
+            Some((p.metadata.uid.clone()?, ips))
+        })
+        .collect()
 }
 
 /// Takes the sandboxes of the pods the previous run enrolled, while their network namespace

@@ -14,6 +14,8 @@ use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod kube;
+
 /// Polls `f` every 50 ms until it holds; panics after `timeout`.
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

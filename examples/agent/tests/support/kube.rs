@@ -1,0 +1,290 @@
+//! The test's side of a Kubernetes cluster: the kubelet's and users' API calls, the CNI
+//! plugin's events, and a node proxy stand-in that reports the pod's state at each ZDS
+//! message.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use meshwire_cni::event::{EventKind, PodEvent, Reply};
+use meshwire_netns::NetNs;
+use meshwire_zds::Update;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::rules_installed;
+
+/// The enrollment label.
+pub const LABEL: &str = "io.cilium/mtls-enabled";
+/// The pod annotation that reports enrollment.
+pub const ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// A client of the test API server, from its kubeconfig.
+pub async fn client(kubeconfig: &Path) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// Sets or removes the enrollment label of `namespace`.
+pub async fn label(client: &kube::Client, namespace: &str, on: bool) {
+    let value = if on { json!("true") } else { json!(null) };
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Creates a running pod on `node` with `ip` and service account `name` (as the scheduler
+/// and the kubelet would); returns its uid.
+pub async fn create_pod(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    ip: IpAddr,
+) -> String {
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": name,
+            "containers": [{"name": "app", "image": "example.invalid/app:1"}]
+        }
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &pod).await.unwrap();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": "Running",
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}]
+        }})),
+    )
+    .await
+    .unwrap();
+    created.metadata.uid.unwrap()
+}
+
+/// The pod's redirection annotation.
+pub async fn annotation(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap();
+    pod.metadata.annotations?.get(ANNOTATION).cloned()
+}
+
+/// Waits until the pod's redirection annotation is `want`.
+pub async fn wait_annotation(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    want: Option<&str>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while annotation(client, namespace, name).await.as_deref() != want {
+        assert!(Instant::now() < deadline, "{name} never annotated {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sets (or removes) the pod's redirection annotation, as another node's agent would.
+pub async fn annotate(client: &kube::Client, namespace: &str, name: &str, value: Option<&str>) {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Sends the CNI plugin's event about the pod `namespace/name` (uid optional, as runtimes
+/// may leave it out) to the agent's socket, as the plugin does.
+pub async fn cni_event(
+    socket: &Path,
+    kind: EventKind,
+    (namespace, name, uid): (&str, &str, &str),
+    netns: &Path,
+    ip: IpAddr,
+) -> Reply {
+    let event = PodEvent::new(
+        kind,
+        format!("sandbox-{name}"),
+        netns.display().to_string(),
+        namespace,
+        name,
+        uid,
+        vec![ip],
+    );
+    let socket = socket.to_owned();
+    tokio::task::spawn_blocking(move || {
+        meshwire_cni::event::send(&socket, &event, Duration::from_secs(5)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The `security.istio.io/v1` `AuthorizationPolicy` objects of `namespace`.
+pub fn policies(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("security.istio.io", "v1", "AuthorizationPolicy"),
+            "authorizationpolicies",
+        ),
+    )
+}
+
+/// Installs the AuthorizationPolicy CRD (as far as the API server needs it to store the
+/// objects) and waits until it is served.
+pub async fn install_policy_crd(client: &kube::Client) {
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "authorizationpolicies.security.istio.io"},
+        "spec": {
+            "group": "security.istio.io",
+            "scope": "Namespaced",
+            "names": {"plural": "authorizationpolicies", "singular": "authorizationpolicy",
+                      "kind": "AuthorizationPolicy", "listKind": "AuthorizationPolicyList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                }}}
+            }]
+        }
+    });
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+        )),
+    );
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(crd).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while policies(client, "default")
+        .list(&Default::default())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the CRD is never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the stand-in proxy was told, with the pod's state at that moment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// `AddWorkload`.
+    Add {
+        name: String,
+        rules_installed: bool,
+        annotation: Option<String>,
+    },
+    /// `DelWorkload`.
+    Del {
+        name: String,
+        rules_installed: bool,
+        annotation: Option<String>,
+    },
+}
+
+/// A node proxy stand-in on `zds_socket` that acknowledges everything and reports each add
+/// and delete with whether the pod's rules were installed and its annotation; `netns` maps
+/// the pods of namespace `namespace` to their network namespace paths.
+pub fn stand_in_proxy(
+    api: &kube::Client,
+    zds_socket: &Path,
+    namespace: &'static str,
+    netns: BTreeMap<String, PathBuf>,
+) -> (mpsc::UnboundedReceiver<Seen>, tokio::task::JoinHandle<()>) {
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let api = api.clone();
+    let mut config = meshwire_zds::client::ClientConfig::default();
+    config.path = zds_socket.to_owned();
+    let proxy = meshwire_zds::client::Client::new(config, move |u: Update| {
+        let seen_tx = seen_tx.clone();
+        let api = api.clone();
+        let netns = netns.clone();
+        async move {
+            let (name, add) = match &u {
+                Update::Add { workload, .. } => (workload.name.clone(), true),
+                Update::Del { uid } => {
+                    // Deletes name only the uid: ask the API server for the name.
+                    let pods = Api::<Pod>::namespaced(api.clone(), namespace)
+                        .list(&Default::default())
+                        .await
+                        .unwrap();
+                    let name = pods
+                        .items
+                        .iter()
+                        .find(|p| p.metadata.uid.as_deref() == Some(uid))
+                        .and_then(|p| p.metadata.name.clone())
+                        .unwrap();
+                    (name, false)
+                }
+                _ => return Ok::<(), String>(()),
+            };
+            let path = netns[&name].clone();
+            let installed = tokio::task::spawn_blocking(move || {
+                rules_installed(&NetNs::from_path(path).unwrap())
+            })
+            .await
+            .unwrap();
+            let annotation = annotation(&api, namespace, &name).await;
+            let rules_installed = installed;
+            let _ = seen_tx.send(if add {
+                Seen::Add {
+                    name,
+                    rules_installed,
+                    annotation,
+                }
+            } else {
+                Seen::Del {
+                    name,
+                    rules_installed,
+                    annotation,
+                }
+            });
+            Ok(())
+        }
+    });
+    let task = tokio::spawn(async move {
+        let _ = proxy.run().await;
+    });
+    (seen, task)
+}
