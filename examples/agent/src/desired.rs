@@ -72,7 +72,7 @@ pub(crate) fn local_desired(cluster: &Cluster, settings: &Settings) -> LocalDesi
         let Some(netns) = &pod.netns else {
             out.skipped.push((
                 format!("{}/{}", pod.namespace, pod.name),
-                "no `netns` path is given for it".to_owned(),
+                "its network namespace is not known (no `netns` in the workloads file; with Kubernetes: no CNI event, not found in /proc)".to_owned(),
             ));
             continue;
         };

@@ -89,7 +89,7 @@ impl Metrics {
         );
         registry.register(
             "meshwire_agent_failures",
-            "Failed steps by cause (netns, proxy_unavailable, proxy_nack, proxy_timeout, rules_install, rules_verify, rules_remove, workloads_file, certificate_denied, certificate_failed, xds_denied)",
+            "Failed steps by cause (netns, proxy_unavailable, proxy_nack, proxy_timeout, rules_install, rules_verify, rules_remove, workloads_file, kubernetes_watch, pod_annotation, certificate_denied, certificate_failed, xds_denied)",
             m.failures.clone(),
         );
         registry.register(
