@@ -161,26 +161,12 @@ pub fn policies(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
     )
 }
 
-/// Installs the AuthorizationPolicy CRD (as far as the API server needs it to store the
-/// objects) and waits until it is served.
+/// Installs the AuthorizationPolicy CRD of `deploy/` and waits until it is served.
 pub async fn install_policy_crd(client: &kube::Client) {
-    let crd = json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "authorizationpolicies.security.istio.io"},
-        "spec": {
-            "group": "security.istio.io",
-            "scope": "Namespaced",
-            "names": {"plural": "authorizationpolicies", "singular": "authorizationpolicy",
-                      "kind": "AuthorizationPolicy", "listKind": "AuthorizationPolicyList"},
-            "versions": [{
-                "name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-                }}}
-            }]
-        }
-    });
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/30-authorizationpolicy-crd.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let crds: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ApiResource::from_gvk(&GroupVersionKind::gvk(
