@@ -105,6 +105,20 @@ impl<'a> World<'a> {
             .unwrap()
     }
 
+    /// Waits until the proxy was told about `n` different pods, checking each message with
+    /// `check` (which returns the pod's name); returns the names, sorted.
+    async fn distinct(&mut self, n: usize, check: impl Fn(Seen) -> String) -> Vec<String> {
+        let mut names = Vec::new();
+        while names.len() < n {
+            let name = check(self.next_seen().await);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names
+    }
+
     /// Drops adds of enrolling pods still queued (a pod offered before the proxy connected
     /// goes out in its snapshot and once more when the agent retries); every one of them
     /// came before the pod's rules.
@@ -324,9 +338,8 @@ async fn enroll_by_label(w: &mut World<'_>) {
     let (seen, proxy) = stand_in_proxy(&w.api, &w.zds_socket, "shop", netns);
     w.seen = seen;
     w.proxy = Some(proxy);
-    let mut added = Vec::new();
-    while added.len() < 2 {
-        match w.next_seen().await {
+    let added = w
+        .distinct(2, |seen| match seen {
             Seen::Add {
                 name,
                 rules_installed,
@@ -338,14 +351,11 @@ async fn enroll_by_label(w: &mut World<'_>) {
                     Some("enabled"),
                     "{name}: enabled too early"
                 );
-                if !added.contains(&name) {
-                    added.push(name);
-                }
+                name
             }
             other => panic!("unexpected {other:?}"),
-        }
-    }
-    added.sort();
+        })
+        .await;
     assert_eq!(added, ["client-1", "client-2"]);
     for name in ["client-1", "client-2"] {
         let ns = &w.pod(name).ns;
@@ -492,9 +502,8 @@ async fn services_and_policies(w: &World<'_>) {
 /// rules and annotations untouched; the proxy is handed its pods again.
 async fn agent_restart(w: &mut World<'_>, restart: impl FnOnce()) {
     restart();
-    let mut readded = Vec::new();
-    while readded.len() < 3 {
-        match w.next_seen().await {
+    let readded = w
+        .distinct(3, |seen| match seen {
             Seen::Add {
                 name,
                 rules_installed,
@@ -502,13 +511,12 @@ async fn agent_restart(w: &mut World<'_>, restart: impl FnOnce()) {
             } => {
                 assert!(rules_installed, "{name}: rules gone across the restart");
                 assert_eq!(annotation.as_deref(), Some("enabled"), "{name}");
-                if !readded.contains(&name) {
-                    readded.push(name);
-                }
+                name
             }
             other => panic!("unexpected across the restart: {other:?}"),
-        }
-    }
+        })
+        .await;
+    assert_eq!(readded, ["client-1", "client-2", "client-3"]);
     for name in ["client-1", "client-2", "client-3"] {
         assert_eq!(
             annotation(&w.api, "shop", name).await.as_deref(),
@@ -579,9 +587,8 @@ async fn api_server_outage(w: &mut World<'_>, kube_server: &mut testbed::KubeApi
 /// lets go.
 async fn unlabel(w: &mut World<'_>) {
     label(&w.api, "shop", false).await;
-    let mut released = Vec::new();
-    while released.len() < 3 {
-        match w.next_seen().await {
+    let released = w
+        .distinct(3, |seen| match seen {
             Seen::Del {
                 name,
                 rules_installed,
@@ -589,12 +596,11 @@ async fn unlabel(w: &mut World<'_>) {
             } => {
                 assert!(!rules_installed, "{name}: rules still there at the delete");
                 assert_eq!(annotation, None, "{name}: still annotated at the delete");
-                released.push(name);
+                name
             }
             other => panic!("unexpected {other:?}"),
-        }
-    }
-    released.sort();
+        })
+        .await;
     assert_eq!(released, ["client-1", "client-2", "client-3"]);
     for name in ["client-1", "client-2", "client-3", "server-1"] {
         w.wait_hbone(name, false).await;
