@@ -10,21 +10,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshwire_netns::NetNs;
-use meshwire_netns::rules::RuleSet;
 use meshwire_svid::SpiffeId;
 use meshwire_svid::service::client::{CaClient, CaClientConfig};
 use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
 use meshwire_xds_workload::workload::TunnelProtocol;
 use meshwire_zds::Update;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 mod common;
-use common::workloads;
+use common::{metric, metrics_text, rules_installed, stop, wait_for, workloads};
 
 /// What the stand-in proxy saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,42 +57,10 @@ fn status_lists(dir: &Path, node: &str, uid: &str) -> bool {
         .any(|p| p.as_str() == Some(uid))
 }
 
-fn rules_installed(ns: &NetNs) -> bool {
-    RuleSet::istio()
-        .verify(ns)
-        .expect("iptables-save in the pod")
-        .is_clean()
-}
-
 fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn metrics_text() -> String {
-    let mut s = tokio::net::TcpStream::connect("127.0.0.1:9964")
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]
@@ -135,7 +101,6 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let mut agent = node.spawn(&mut cmd).unwrap();
-    let pid = agent.id();
     let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let result = node.run(move || {
@@ -307,7 +272,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 }
             }
 
-            let m = metrics_text().await;
+            let m = metrics_text("127.0.0.1:9964".parse().unwrap()).await;
             assert_eq!(metric(&m, "meshwire_agent_enrolled_pods"), Some(1.0), "{m}");
             assert_eq!(
                 metric(&m, "meshwire_agent_connected_proxies"),
@@ -426,29 +391,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
     }
 
     // SIGTERM: a clean exit that leaves the rules in place.
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let child = agent.child_mut().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not stop on SIGTERM\n{}",
-            show_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "agent exit status {status}\n{}",
-        show_log()
-    );
+    stop(agent.child_mut().unwrap(), &show_log);
     assert!(
         rules_installed(&client_pod),
         "rules stay after the agent stops"

@@ -9,14 +9,14 @@
 //! `MESHWIRE_SKIP_PRIVILEGED=1` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -29,11 +29,11 @@ use meshwire_xds_workload::{Identity, NetworkAddress, WorkloadStore};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use support::kube::{
+use common::kube::{
     Seen, annotate, annotation, client, cni_event, create_namespace, create_pod,
     install_policy_crd, label, policies, stand_in_proxy, wait_annotation,
 };
-use support::{free_port, metric, metrics_text, rules_installed, wait_for, xds_client};
+use common::{free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -274,32 +274,6 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
     ] {
         assert!(text.contains(line), "log lacks {line:?}:\n{text}");
     }
-}
-
-/// SIGTERM: the agent must exit cleanly.
-fn stop(agent: &mut Child, show_log: &dyn Fn() -> String) {
-    let st = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = agent.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not stop\n{}",
-            show_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "agent exit status {status}\n{}",
-        show_log()
-    );
 }
 
 /// Sandboxes reported before and after the label; the label enrolls the pods of the
