@@ -9,20 +9,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use meshwire_netns::NetNs;
 use meshwire_svid::SpiffeId;
 use meshwire_svid::service::client::{CaClient, CaClientConfig};
-use meshwire_xds_workload::WorkloadStore;
-use meshwire_xds_workload::ads::client::{AdsClient, ClientConfig, NodeInfo, StoreHandler};
 use meshwire_xds_workload::workload::TunnelProtocol;
 use meshwire_zds::Update;
 use tokio::sync::mpsc;
 
 mod common;
-use common::{metric, metrics_text, rules_installed, stop, wait_for, workloads};
+use common::{
+    channel, metric, metrics_text, rules_installed, stop, wait_for, workloads, xds_client,
+};
 
 /// What the stand-in proxy saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -114,29 +113,10 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
                 root.exists()
             })
             .await;
-            let root_pem = std::fs::read(&root).unwrap();
 
             // xDS client.
-            let tls = meshwire_svid::tls::control_plane_client_config(
-                meshwire_svid::provider::ring(),
-                &root_pem,
-                None,
-            )
-            .unwrap();
-            let channel =
-                meshwire_svid::tls::channel("https://127.0.0.1:15012", Arc::new(tls), None)
-                    .unwrap();
-            let store = Arc::new(WorkloadStore::new());
-            let mut config = ClientConfig::default();
-            config.node = NodeInfo::proxy("10.0.0.1".parse().unwrap(), "proxy", "mesh", "n1");
-            let ads =
-                AdsClient::new(config, channel.clone(), StoreHandler::new(store.clone())).unwrap();
-            let mut synced = ads.synced();
-            let (stop_ads, ads_stopped) = tokio::sync::oneshot::channel::<()>();
-            let ads_task = tokio::spawn(ads.run(async {
-                let _ = ads_stopped.await;
-            }));
-            assert!(synced.wait().await);
+            let channel = channel("127.0.0.1:15012".parse().unwrap(), &root);
+            let (store, ads_task) = xds_client(channel.clone(), "n1").await;
             let hbone = |uid: &str| {
                 store
                     .workload_by_uid(uid)
@@ -381,8 +361,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
             )
             .await;
 
-            let _ = stop_ads.send(());
-            let _ = ads_task.await;
+            ads_task.abort();
             zds_task.abort();
         });
     });

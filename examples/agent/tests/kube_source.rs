@@ -33,7 +33,9 @@ use common::kube::{
     Seen, annotate, annotation, client, cni_event, create_namespace, create_pod,
     install_policy_crd, label, policies, stand_in_proxy, wait_annotation,
 };
-use common::{free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client};
+use common::{
+    channel, free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -227,7 +229,7 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             let root = state.join("root-cert.pem");
             wait_for("the agent's root certificate", LONG, || root.exists()).await;
             wait_for("the CNI socket", LONG, || cni_socket.exists()).await;
-            let (store, xds_task) = xds_client(xds, &root, "n1").await;
+            let (store, xds_task) = xds_client(channel(xds, &root), "n1").await;
             let mut world = World {
                 api: api.clone(),
                 uids,

@@ -103,14 +103,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An xDS client of the agent at `address` (TLS, trusting the agent's root in `root`) that
-/// fills a [`WorkloadStore`]; returns the store once the first response is in, and the
-/// task (abort it to stop).
-pub async fn xds_client(
-    address: SocketAddr,
-    root: &Path,
-    node: &str,
-) -> (Arc<WorkloadStore>, tokio::task::JoinHandle<()>) {
+/// A gRPC channel to the agent's TLS port at `address`, trusting the agent's root in `root`
+/// (for xDS and the CA).
+pub fn channel(address: SocketAddr, root: &Path) -> tonic::transport::Channel {
     let root_pem = std::fs::read(root).unwrap();
     let tls = meshwire_svid::tls::control_plane_client_config(
         meshwire_svid::provider::ring(),
@@ -118,8 +113,15 @@ pub async fn xds_client(
         None,
     )
     .unwrap();
-    let channel =
-        meshwire_svid::tls::channel(&format!("https://{address}"), Arc::new(tls), None).unwrap();
+    meshwire_svid::tls::channel(&format!("https://{address}"), Arc::new(tls), None).unwrap()
+}
+
+/// An xDS client over `channel` (as the proxy of `node`) that fills a [`WorkloadStore`];
+/// returns the store once the first response is in, and the task (abort it to stop).
+pub async fn xds_client(
+    channel: tonic::transport::Channel,
+    node: &str,
+) -> (Arc<WorkloadStore>, tokio::task::JoinHandle<()>) {
     let store = Arc::new(WorkloadStore::new());
     let mut config = ClientConfig::default();
     config.node = NodeInfo::proxy("10.0.0.1".parse().unwrap(), "proxy", "mesh", node);
