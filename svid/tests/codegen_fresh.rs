@@ -5,32 +5,11 @@
 //! overwrites the checked-in files, so a local rerun passes and the change can be reviewed
 //! and committed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
-
-fn generate(out_dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let include = root.join("proto");
-    let mut fds = protox::compile(["ca.proto"], [&include]).expect("the vendored proto compiles");
-    // Source locations only feed comments, which are disabled: drop them so the output
-    // cannot depend on them.
-    for file in &mut fds.file {
-        file.source_code_info = None;
-    }
-    let mut config = tonic_prost_build::Config::new();
-    config.disable_comments(["."]);
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .build_transport(false)
-        .disable_comments(["."])
-        .out_dir(out_dir)
-        .compile_fds_with_config(fds, config)
-        .expect("code generation succeeds");
-}
 
 #[test]
 fn generated_code_is_fresh() {
-    codegen_check::assert_fresh("svid", Path::new(env!("CARGO_MANIFEST_DIR")), generate);
+    let mut protos = codegen_check::Protos::new(&["ca.proto"]);
+    protos.grpc = true;
+    codegen_check::assert_protos_fresh("svid", Path::new(env!("CARGO_MANIFEST_DIR")), &protos);
 }

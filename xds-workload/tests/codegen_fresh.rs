@@ -1,51 +1,27 @@
-//! Regenerates the checked-in protobuf code from `proto/` and compares it byte for byte
-//! with `src/generated/`.
+//! Regenerates the checked-in protobuf code from `proto/` (protox + tonic-prost-build, no
+//! protoc) and compares it byte for byte with `src/generated/`: messages with their type
+//! names (for `Any`), `bytes::Bytes` fields, and the ADS client and server.
 //!
-//! On a difference the test fails. When the environment variable `CI` is unset, it first
-//! overwrites the checked-in files so that a local rerun passes and the change can be
-//! reviewed and committed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! On a difference the test fails. When the environment variable `CI` is unset it first
+//! overwrites the checked-in files, so a local rerun passes and the change can be reviewed
+//! and committed.
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &[
-    "google/rpc/status.proto",
-    "workload.proto",
-    "authorization.proto",
-    "xds.proto",
-];
-
-fn generate(out_dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let include = root.join("proto");
-    let mut fds = protox::compile(PROTOS, [&include]).expect("the vendored protos compile");
-    // Source locations only feed comments, which are disabled; drop them so that the
-    // output cannot depend on them.
-    for file in &mut fds.file {
-        file.source_code_info = None;
-    }
-
-    let mut config = tonic_prost_build::Config::new();
-    config.enable_type_names();
-    config.type_name_domain(["."], "type.googleapis.com");
-    config.bytes(["."]);
-    config.disable_comments(["."]);
-
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .build_transport(false)
-        .disable_comments(["."])
-        .out_dir(out_dir)
-        .compile_fds_with_config(fds, config)
-        .expect("code generation succeeds");
-}
-
 #[test]
 fn generated_code_is_fresh() {
-    codegen_check::assert_fresh(
+    let mut protos = codegen_check::Protos::new(&[
+        "google/rpc/status.proto",
+        "workload.proto",
+        "authorization.proto",
+        "xds.proto",
+    ]);
+    protos.grpc = true;
+    protos.type_names = true;
+    protos.bytes = true;
+    codegen_check::assert_protos_fresh(
         "xds-workload",
         Path::new(env!("CARGO_MANIFEST_DIR")),
-        generate,
+        &protos,
     );
 }
