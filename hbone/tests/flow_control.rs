@@ -37,21 +37,13 @@ async fn write_until_stalled(
     }
 }
 
-async fn take_parked(state: &HandlerState, n: usize) -> Vec<meshwire_hbone::Tunnel> {
-    eventually("parked tunnels", || state.parked.lock().unwrap().len() >= n).await;
-    std::mem::take(&mut *state.parked.lock().unwrap())
-}
-
 #[tokio::test]
 async fn slow_reader_bounds_buffered_bytes_by_the_stream_window() {
     const WINDOW: usize = 4 * 1024 * 1024;
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_PARK))
-        .await
-        .unwrap();
-    let mut server_side = take_parked(&f.state, 1).await.pop().unwrap();
+    let mut t = f.open(&pool, PORT_PARK).await;
+    let mut server_side = f.take_parked_one().await;
 
     // Nobody reads: the writer stops at the stream window.
     let written = write_until_stalled(&mut t, Duration::from_millis(300), WINDOW / 2).await;
@@ -96,14 +88,10 @@ async fn slow_readers_are_bounded_by_the_connection_window() {
     let pool = f.pool(PoolConfig::default());
     let mut tunnels = Vec::new();
     for _ in 0..6 {
-        tunnels.push(
-            pool.connect(&f.key(), &Fixture::request(PORT_PARK))
-                .await
-                .unwrap(),
-        );
+        tunnels.push(f.open(&pool, PORT_PARK).await);
     }
     assert_eq!(pool.stats().opened, 1);
-    let mut parked = take_parked(&f.state, 6).await;
+    let mut parked = f.take_parked(6).await;
     let mut total = 0;
     for (i, t) in tunnels.iter_mut().enumerate() {
         // The first streams have room in the connection window.
@@ -127,10 +115,7 @@ async fn server_stream_window_setting_applies() {
     sc.http2.stream_window = 256 * 1024;
     let f = Fixture::start_with(sc).await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_PARK))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_PARK).await;
     let written = write_until_stalled(&mut t, Duration::from_millis(200), 128 * 1024).await;
     assert!((128 * 1024..=256 * 1024).contains(&written), "{written}");
 }

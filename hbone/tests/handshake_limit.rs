@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use meshwire_hbone::client::PoolConfig;
 use meshwire_hbone::server::ServeConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A server with `limit` handshake slots and two connected clients that never send a byte.
@@ -33,14 +32,8 @@ fn echo_client(f: &Fixture) -> tokio::task::JoinHandle<()> {
     let pool = f.pool(PoolConfig::default());
     let key = f.key();
     tokio::spawn(async move {
-        let mut t = pool
-            .connect(&key, &Fixture::request(PORT_ECHO))
-            .await
-            .unwrap();
-        t.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        t.read_exact(&mut b).await.unwrap();
-        assert_eq!(&b, b"x");
+        let mut t = open(&pool, &key, PORT_ECHO).await;
+        echo_once(&mut t).await;
     })
 }
 

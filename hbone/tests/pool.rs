@@ -30,10 +30,7 @@ async fn hold_concurrent(
     for _ in 0..n {
         let (pool, key, barrier) = (pool.clone(), key.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
-            let mut t = pool
-                .connect(&key, &Fixture::request(PORT_ECHO))
-                .await
-                .unwrap();
+            let mut t = open(&pool, &key, PORT_ECHO).await;
             echo_once(&mut t).await;
             barrier.wait().await;
         }));
@@ -62,10 +59,7 @@ async fn thousand_concurrent_tunnels_respect_server_stream_limit() {
     assert_eq!(f.state.counts.max_per_connection(), 50);
     assert_eq!(f.state.counts.connections(), 20);
     // Everything was released: the next tunnel reuses a connection.
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
     echo_once(&mut t).await;
     assert_eq!(pool.stats().opened, 20);
 }
@@ -91,7 +85,7 @@ async fn different_keys_do_not_share_connections() {
     let mut k3 = f.key();
     k3.source_addr = Some("127.0.0.1".parse().unwrap());
     for k in [&k1, &k2, &k3, &k1, &k2, &k3] {
-        let mut t = pool.connect(k, &Fixture::request(PORT_ECHO)).await.unwrap();
+        let mut t = open(&pool, k, PORT_ECHO).await;
         echo_once(&mut t).await;
     }
     let s = pool.stats();
@@ -105,19 +99,12 @@ async fn concurrent_requests_share_one_dial() {
         delay: Duration::from_millis(100),
         ..Default::default()
     };
-    let pool = Pool::new(
-        connector.clone(),
-        f.pki.client_tls(&f.client_id),
-        PoolConfig::default(),
-    );
+    let pool = f.pool_with(connector.clone(), PoolConfig::default());
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (pool, key) = (pool.clone(), f.key());
         tasks.push(tokio::spawn(async move {
-            let mut t = pool
-                .connect(&key, &Fixture::request(PORT_ECHO))
-                .await
-                .unwrap();
+            let mut t = open(&pool, &key, PORT_ECHO).await;
             echo_once(&mut t).await;
         }));
     }
@@ -137,11 +124,7 @@ async fn waiters_share_a_failed_dial() {
         fail: true,
         ..Default::default()
     };
-    let pool = Pool::new(
-        connector.clone(),
-        f.pki.client_tls(&f.client_id),
-        PoolConfig::default(),
-    );
+    let pool = f.pool_with(connector.clone(), PoolConfig::default());
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (pool, key) = (pool.clone(), f.key());
@@ -171,7 +154,7 @@ async fn connect_timeout_is_reported() {
     };
     let mut pc = PoolConfig::default();
     pc.connect_timeout = Duration::from_millis(50);
-    let pool = Pool::new(connector, f.pki.client_tls(&f.client_id), pc);
+    let pool = f.pool_with(connector, pc);
     let err = pool
         .connect(&f.key(), &Fixture::request(PORT_ECHO))
         .await
@@ -198,10 +181,7 @@ async fn idle_connections_are_released() {
     let mut pc = PoolConfig::default();
     pc.idle_timeout = Duration::from_millis(200);
     let pool = f.pool(pc);
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
     echo_once(&mut t).await;
     // In use: not released even after the idle timeout.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -210,10 +190,7 @@ async fn idle_connections_are_released() {
     drop(t);
     eventually("idle connection closed", || pool.stats().closed == 1).await;
     assert_eq!(pool.stats().pooled, 0);
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
     echo_once(&mut t).await;
     assert_eq!(pool.stats().opened, 2);
 }
@@ -294,10 +271,7 @@ async fn unanswered_ping_drops_the_connection() {
     let pool = f.pool(pc);
     let mut key = f.key();
     key.next_hop = relay.addr;
-    let mut t = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = open(&pool, &key, PORT_ECHO).await;
     echo_once(&mut t).await;
     // Healthy connections survive many keepalive rounds.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -317,10 +291,7 @@ async fn unanswered_ping_drops_the_connection() {
     assert!(matches!(r, Ok(Err(_))), "{r:?}");
 
     relay.frozen.store(false, Ordering::SeqCst);
-    let mut t = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = open(&pool, &key, PORT_ECHO).await;
     echo_once(&mut t).await;
     assert_eq!(pool.stats().opened, 2);
 }
@@ -361,10 +332,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
         PoolConfig::default(),
     );
     let key = PoolKey::new(client_id, [server_id], addr, None);
-    let mut old = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut old = open(&pool, &key, PORT_ECHO).await;
     echo_once(&mut old).await;
 
     let drain = tokio::spawn({
@@ -378,10 +346,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     // Tunnels opened before the GOAWAY arrives may still go to A; once the client has
     // seen it, new tunnels go to a new connection (served by B).
     let mut new = loop {
-        let mut t = pool
-            .connect(&key, &Fixture::request(PORT_ECHO))
-            .await
-            .unwrap();
+        let mut t = open(&pool, &key, PORT_ECHO).await;
         echo_once(&mut t).await;
         if state_b.handled.load(Ordering::SeqCst) == 1 {
             break t;
@@ -394,10 +359,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
     echo_once(&mut new).await;
     let a_tunnels = state_a.handled.load(Ordering::SeqCst);
     for _ in 0..5 {
-        let mut t = pool
-            .connect(&key, &Fixture::request(PORT_ECHO))
-            .await
-            .unwrap();
+        let mut t = open(&pool, &key, PORT_ECHO).await;
         echo_once(&mut t).await;
     }
     assert_eq!(
@@ -422,10 +384,7 @@ async fn drain_deadline_closes_lingering_connections() {
     sc.drain_deadline = Duration::from_millis(300);
     let f = Fixture::start_with(sc).await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
     echo_once(&mut t).await;
     let start = Instant::now();
     f.server.shutdown().await;
@@ -475,10 +434,7 @@ async fn server_drops_client_that_stops_answering_pings() {
     let pool = f.pool(PoolConfig::default());
     let mut key = f.key();
     key.next_hop = relay.addr;
-    let mut t = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = open(&pool, &key, PORT_ECHO).await;
     echo_once(&mut t).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     echo_once(&mut t).await;

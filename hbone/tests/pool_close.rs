@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshwire_hbone::client::{ClientError, Pool, PoolConfig};
+use meshwire_hbone::client::{ClientError, PoolConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -71,15 +71,9 @@ async fn close_releases_idle_connections_and_lets_open_tunnels_finish() {
     let mut idle_key = busy_key.clone();
     idle_key.expected.insert(id("other", "sa"));
 
-    let mut busy = pool
-        .connect(&busy_key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut busy = open(&pool, &busy_key, PORT_ECHO).await;
     echo_once(&mut busy).await;
-    let mut t = pool
-        .connect(&idle_key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = open(&pool, &idle_key, PORT_ECHO).await;
     echo_once(&mut t).await;
     drop(t);
     let s = pool.stats();
@@ -153,11 +147,7 @@ async fn close_abandons_dials_and_their_waiters() {
         delay: Duration::from_secs(5),
         ..Default::default()
     };
-    let pool = Pool::new(
-        connector.clone(),
-        f.pki.client_tls(&f.client_id),
-        PoolConfig::default(),
-    );
+    let pool = f.pool_with(connector.clone(), PoolConfig::default());
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let (pool, key) = (pool.clone(), f.key());
@@ -198,16 +188,10 @@ async fn dropping_the_last_pool_clone_closes_its_connections() {
     key.next_hop = observed.addr;
     let mut idle_key = key.clone();
     idle_key.expected.insert(id("other", "sa"));
-    let mut t = pool
-        .connect(&idle_key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = open(&pool, &idle_key, PORT_ECHO).await;
     echo_once(&mut t).await;
     drop(t);
-    let mut busy = pool
-        .connect(&key, &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut busy = open(&pool, &key, PORT_ECHO).await;
     echo_once(&mut busy).await;
 
     drop(pool);

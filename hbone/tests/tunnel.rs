@@ -23,18 +23,12 @@ use tokio::net::TcpStream;
 async fn round_trip_small_and_odd_sizes() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
     assert_eq!(t.response().unwrap().status, 200);
     for size in [1usize, 2, 100, 16_383, 16_384, 16_385, 100_000, 1_048_577] {
         let mut data = vec![0u8; size];
         pattern(size as u64, &mut data);
-        t.write_all(&data).await.unwrap();
-        let mut back = vec![0u8; size];
-        t.read_exact(&mut back).await.unwrap();
-        assert!(back == data, "echo of {size} bytes differs");
+        echo(&mut t, &data).await;
     }
     t.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -75,10 +69,7 @@ async fn response_baggage_and_request_headers_arrive() {
 async fn upload_checked(len: u64) {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_HASH))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_HASH).await;
     let sent = write_pattern(&mut t, len).await.unwrap();
     t.shutdown().await.unwrap();
     let mut answer = String::new();
@@ -97,10 +88,7 @@ async fn transfer_256_mib_checked_by_hash() {
 async fn download_checked_by_hash() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_DOWNLOAD))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_DOWNLOAD).await;
     let (got, n) = hash_reader(&mut t).await.unwrap();
     let mut sink = tokio::io::sink();
     let expect = write_pattern(&mut sink, DOWNLOAD_LEN).await.unwrap();
@@ -112,10 +100,7 @@ async fn download_checked_by_hash() {
 async fn half_close_from_client() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_HASH))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_HASH).await;
     t.write_all(b"hello").await.unwrap();
     // Half-close: the server only answers after EOF, and the answer still arrives.
     t.shutdown().await.unwrap();
@@ -135,10 +120,7 @@ async fn half_close_from_client() {
 async fn half_close_from_server() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_DOWNLOAD))
-        .await
-        .unwrap();
+    let mut t = f.open(&pool, PORT_DOWNLOAD).await;
     // The server sends everything and shuts down its side before reading anything.
     let (_, n) = hash_reader(t.recv_half()).await.unwrap();
     assert_eq!(n, DOWNLOAD_LEN);
@@ -147,38 +129,24 @@ async fn half_close_from_server() {
     t.write_all(&data).await.unwrap();
     t.shutdown().await.unwrap();
     let expect = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(got) = f.state.received.lock().unwrap().first() {
-            assert_eq!(
-                got,
-                &(expect, 100_000),
-                "what the server read after its half-close"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server never saw our EOF"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let received = &f.state.received;
+    eventually("server never saw our EOF", || {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        received.lock().unwrap()[0],
+        (expect, 100_000),
+        "what the server read after its half-close"
+    );
 }
 
 #[tokio::test]
 async fn parked_server_side_half_close_reaches_client() {
     let f = Fixture::start().await;
     let pool = f.pool(PoolConfig::default());
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_PARK))
-        .await
-        .unwrap();
-    let mut server_side = loop {
-        if let Some(s) = f.state.parked.lock().unwrap().pop() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let mut t = f.open(&pool, PORT_PARK).await;
+    let mut server_side = f.take_parked_one().await;
     server_side.write_all(b"bye").await.unwrap();
     server_side.shutdown().await.unwrap();
     let mut got = [0u8; 3];
@@ -220,13 +188,8 @@ async fn handler_refusals_are_typed_errors() {
     // Refusals do not break the connection.
     let stats = pool.stats();
     assert_eq!(stats.opened, 1);
-    let mut t = pool
-        .connect(&f.key(), &Fixture::request(PORT_ECHO))
-        .await
-        .unwrap();
-    t.write_all(b"x").await.unwrap();
-    let mut b = [0u8; 1];
-    t.read_exact(&mut b).await.unwrap();
+    let mut t = f.open(&pool, PORT_ECHO).await;
+    echo_once(&mut t).await;
     assert_eq!(pool.stats().opened, 1);
 }
 
@@ -259,31 +222,12 @@ async fn untrusted_client_certificate_is_refused() {
     let f = Fixture::start().await;
     // Same trust domain and identity, but signed by a CA the server does not trust.
     let rogue = Pki::new();
-    let tls = meshwire_svid::tls::client_config(
-        provider(),
-        &rogue.svid(&f.client_id),
-        &f.pki.roots,
-        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
-    )
-    .unwrap();
+    let tls = f.pki.client_config(&rogue.svid(&f.client_id), &f.server_id);
     // Serve one connection directly to see the server's error.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = f.server.clone();
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        server
-            .serve_connection(tcp, meshwire_hbone::server::ConnectionInfo::new(addr, peer))
-            .await
-    });
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (addr, served) = serve_one(&f.server).await;
     // TLS 1.3: the client's handshake completes before the server checks the client
     // certificate, so the refusal shows up as an alert on the first use.
-    let result = async {
-        let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default()).await?;
-        conn.open(&Fixture::request(PORT_ECHO)).await
-    }
-    .await;
+    let result = open_unpooled(addr, tls, &Http2Config::default(), PORT_ECHO).await;
     let err = result.unwrap_err();
     assert!(matches!(err, ClientError::Http2(_)), "{err:?}");
     assert!(err.to_string().contains("alert"), "{err}");
@@ -310,32 +254,17 @@ async fn client_from_other_trust_domain_is_refused() {
     // server accepts only its own trust domain.
     let other = meshwire_svid::test_util::TestPki::new("other.example");
     let other_id = SpiffeId::new("spiffe://other.example/ns/a/sa/b").unwrap();
-    let tls = meshwire_svid::tls::client_config(
-        provider(),
-        &other.svid(&other_id),
-        &f.pki.roots,
-        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
-    )
-    .unwrap();
-    let tcp = TcpStream::connect(f.addr).await.unwrap();
-    let result = async {
-        let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default()).await?;
-        conn.open(&Fixture::request(PORT_ECHO)).await
-    }
-    .await;
+    let tls = f.pki.client_config(&other.svid(&other_id), &f.server_id);
+    let result = open_unpooled(f.addr, tls, &Http2Config::default(), PORT_ECHO).await;
     // TLS 1.3: the client finishes first; the server's refusal arrives as an alert.
     let err = result.unwrap_err();
     assert!(matches!(err, ClientError::Http2(_)), "{err:?}");
     assert!(err.to_string().contains("alert"), "{err}");
     // The server refused it in the handshake (the client's root is unknown to it).
-    let start = std::time::Instant::now();
-    while f.server.stats().handshake_failures == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no handshake failure"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("no handshake failure", || {
+        f.server.stats().handshake_failures > 0
+    })
+    .await;
     assert_eq!(f.server.stats().connections, 0);
     assert_eq!(f.state.handled.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -343,23 +272,13 @@ async fn client_from_other_trust_domain_is_refused() {
 #[tokio::test]
 async fn unpooled_connection_reports_peer_identity() {
     let f = Fixture::start().await;
-    let tls = meshwire_svid::tls::client_config(
-        provider(),
-        &f.pki.svid(&f.client_id),
-        &f.pki.roots,
-        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
-    )
-    .unwrap();
     let tcp = TcpStream::connect(f.addr).await.unwrap();
-    let conn = ClientConnection::connect(tcp, Arc::new(tls), &Http2Config::default())
+    let conn = ClientConnection::connect(tcp, Arc::new(f.client_config()), &Http2Config::default())
         .await
         .unwrap();
     assert_eq!(conn.peer_identity(), Some(&f.server_id));
     let mut t = conn.open(&Fixture::request(PORT_ECHO)).await.unwrap();
-    t.write_all(b"ping").await.unwrap();
-    let mut b = [0u8; 4];
-    t.read_exact(&mut b).await.unwrap();
-    assert_eq!(&b, b"ping");
+    echo(&mut t, b"ping").await;
 }
 
 #[tokio::test]
@@ -380,14 +299,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
         handler(f.state.clone()),
         meshwire_hbone::server::ServeConfig::default(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        server
-            .serve_connection(tcp, meshwire_hbone::server::ConnectionInfo::new(addr, peer))
-            .await
-    });
+    let (addr, served) = serve_one(&server).await;
     // A client without a certificate.
     let verifier = meshwire_svid::verify::SpiffeServerVerifier::builder(provider.clone())
         .roots(f.pki.roots.clone())
@@ -401,13 +313,7 @@ async fn server_requires_a_client_identity_even_if_tls_config_does_not() {
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     client_tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let result = async {
-        let conn =
-            ClientConnection::connect(tcp, Arc::new(client_tls), &Http2Config::default()).await?;
-        conn.open(&Fixture::request(PORT_ECHO)).await
-    }
-    .await;
+    let result = open_unpooled(addr, client_tls, &Http2Config::default(), PORT_ECHO).await;
     assert!(result.is_err());
     let r = served.await.unwrap();
     assert!(
@@ -433,14 +339,8 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     pc.handshake_timeout = Duration::MAX;
     let pool = f.pool(pc);
     for _ in 0..2 {
-        let mut t = pool
-            .connect(&f.key(), &Fixture::request(PORT_ECHO))
-            .await
-            .unwrap();
-        t.write_all(b"ping").await.unwrap();
-        let mut b = [0u8; 4];
-        t.read_exact(&mut b).await.unwrap();
-        assert_eq!(&b, b"ping");
+        let mut t = f.open(&pool, PORT_ECHO).await;
+        echo(&mut t, b"ping").await;
         drop(t);
         // Let the connection task see the tunnel go (it computes the idle deadline then).
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -448,24 +348,15 @@ async fn extreme_timer_settings_work_instead_of_panicking() {
     let s = pool.stats();
     assert_eq!((s.opened, s.reused, s.closed), (1, 1, 0), "{s:?}");
     // Keepalive without a timeout bound on an unpooled connection too.
-    let tls = meshwire_svid::tls::client_config(
-        provider(),
-        &f.pki.svid(&f.client_id),
-        &f.pki.roots,
-        meshwire_svid::IdentityPolicy::exact([f.server_id.clone()]),
-    )
-    .unwrap();
     let mut h2 = Http2Config::default();
     h2.keepalive_interval = Some(Duration::MAX);
     h2.keepalive_timeout = Duration::MAX;
     let tcp = TcpStream::connect(f.addr).await.unwrap();
-    let conn = ClientConnection::connect(tcp, Arc::new(tls), &h2)
+    let conn = ClientConnection::connect(tcp, Arc::new(f.client_config()), &h2)
         .await
         .unwrap();
     let mut t = conn.open(&Fixture::request(PORT_ECHO)).await.unwrap();
-    t.write_all(b"x").await.unwrap();
-    let mut b = [0u8; 1];
-    t.read_exact(&mut b).await.unwrap();
+    echo_once(&mut t).await;
     assert!(!conn.is_closed());
 }
 
@@ -479,33 +370,14 @@ async fn tunnel_and_socket_pair(
     TcpStream,
 ) {
     let pool = f.pool(PoolConfig::default());
-    let t = pool
-        .connect(&f.key(), &Fixture::request(PORT_PARK))
-        .await
-        .unwrap();
-    let far = loop {
-        if let Some(s) = f.state.parked.lock().unwrap().pop() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let t = f.open(&pool, PORT_PARK).await;
+    let far = f.take_parked_one().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
     let (io, _) = listener.accept().await.unwrap();
     (t, far, app, io)
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

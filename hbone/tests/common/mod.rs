@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshwire_hbone::client::{Connector, Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
-use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
-use meshwire_hbone::{ConnectRequest, Rejection};
+use meshwire_hbone::client::{
+    ClientConnection, ClientError, ClientTlsProvider, Connector, Pool, PoolConfig, PoolKey,
+    SvidClientTls, TcpConnector,
+};
+use meshwire_hbone::server::{ConnectionInfo, IncomingTunnel, ServeConfig, Server, ServerError};
+use meshwire_hbone::{ConnectRequest, Http2Config, Rejection, Tunnel};
 use meshwire_svid::test_util::TestPki;
-use meshwire_svid::{SpiffeId, TrustBundleSet, X509Svid};
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, X509Svid};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -65,6 +68,18 @@ impl Pki {
     pub fn client_tls(&self, id: &SpiffeId) -> SvidClientTls {
         SvidClientTls::new(provider(), self.svid(id), self.roots.clone())
     }
+
+    /// A rustls client configuration (for an unpooled connection) presenting `svid`,
+    /// trusting this PKI's roots and accepting only `server` as the peer.
+    pub fn client_config(&self, svid: &X509Svid, server: &SpiffeId) -> rustls::ClientConfig {
+        meshwire_svid::tls::client_config(
+            provider(),
+            svid,
+            &self.roots,
+            IdentityPolicy::exact([server.clone()]),
+        )
+        .unwrap()
+    }
 }
 
 /// Per-connection stream accounting seen by the handler.
@@ -107,7 +122,7 @@ pub const DOWNLOAD_LEN: u64 = 8 * 1024 * 1024;
 pub struct HandlerState {
     pub counts: StreamCounts,
     pub handled: AtomicUsize,
-    pub parked: Mutex<Vec<meshwire_hbone::Tunnel>>,
+    pub parked: Mutex<Vec<Tunnel>>,
     pub peers: Mutex<Vec<SpiffeId>>,
     pub requests: Mutex<Vec<ConnectRequest>>,
     /// What `PORT_DOWNLOAD` tunnels received after their half-close: (SHA-256 hex, bytes).
@@ -174,10 +189,7 @@ pub fn handler(
 }
 
 /// Serves one accepted tunnel; `PORT_DOWNLOAD` returns what it read after its half-close.
-async fn serve_tunnel(
-    port: u16,
-    tunnel: &mut meshwire_hbone::Tunnel,
-) -> std::io::Result<Option<(String, u64)>> {
+async fn serve_tunnel(port: u16, tunnel: &mut Tunnel) -> std::io::Result<Option<(String, u64)>> {
     match port {
         PORT_HASH => {
             let (h, n) = hash_reader(tunnel.recv_half()).await?;
@@ -281,23 +293,99 @@ impl Fixture {
     }
 
     pub fn pool(&self, config: PoolConfig) -> Pool<TcpConnector, SvidClientTls> {
-        Pool::new(
-            TcpConnector::new(),
-            self.pki.client_tls(&self.client_id),
-            config,
-        )
+        self.pool_with(TcpConnector::new(), config)
+    }
+
+    /// A pool of the fixture's client that dials with `connector`.
+    pub fn pool_with<C: Connector>(
+        &self,
+        connector: C,
+        config: PoolConfig,
+    ) -> Pool<C, SvidClientTls> {
+        Pool::new(connector, self.pki.client_tls(&self.client_id), config)
     }
 
     pub fn request(port: u16) -> ConnectRequest {
         ConnectRequest::new(format!("127.0.0.1:{port}").parse().unwrap())
     }
+
+    /// Opens a tunnel through `pool` to this server's `port` handler.
+    pub async fn open<C: Connector, T: ClientTlsProvider>(
+        &self,
+        pool: &Pool<C, T>,
+        port: u16,
+    ) -> Tunnel {
+        open(pool, &self.key(), port).await
+    }
+
+    /// The client's rustls configuration for an unpooled connection to this server.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        self.pki
+            .client_config(&self.pki.svid(&self.client_id), &self.server_id)
+    }
+
+    /// Waits until the handler has parked at least `n` tunnels, and takes them all.
+    pub async fn take_parked(&self, n: usize) -> Vec<Tunnel> {
+        let parked = &self.state.parked;
+        eventually("parked tunnels", || parked.lock().unwrap().len() >= n).await;
+        std::mem::take(&mut *parked.lock().unwrap())
+    }
+
+    /// Waits for the handler to park one tunnel, and takes it.
+    pub async fn take_parked_one(&self) -> Tunnel {
+        self.take_parked(1).await.pop().unwrap()
+    }
 }
 
-pub async fn echo_once(t: &mut meshwire_hbone::Tunnel) {
-    t.write_all(b"x").await.unwrap();
-    let mut b = [0u8; 1];
-    t.read_exact(&mut b).await.unwrap();
-    assert_eq!(&b, b"x");
+/// Opens a tunnel through `pool` on a connection of `key`, to the `port` handler.
+pub async fn open<C: Connector, T: ClientTlsProvider>(
+    pool: &Pool<C, T>,
+    key: &PoolKey,
+    port: u16,
+) -> Tunnel {
+    pool.connect(key, &Fixture::request(port)).await.unwrap()
+}
+
+/// Over a new unpooled connection to `addr` (TLS with `tls`, then HTTP/2 with `http2`),
+/// opens one tunnel to the `port` handler.
+pub async fn open_unpooled(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    http2: &Http2Config,
+    port: u16,
+) -> Result<Tunnel, ClientError> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let conn = ClientConnection::connect(tcp, Arc::new(tls), http2).await?;
+    conn.open(&Fixture::request(port)).await
+}
+
+/// Serves the first connection to a new loopback listener with `server` directly, to see
+/// how that connection ends. Returns the listener's address and the outcome.
+pub async fn serve_one(
+    server: &TestServer,
+) -> (SocketAddr, tokio::task::JoinHandle<Result<(), ServerError>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = server.clone();
+    let served = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        server
+            .serve_connection(tcp, ConnectionInfo::new(addr, peer))
+            .await
+    });
+    (addr, served)
+}
+
+/// Writes `data` into the tunnel and reads back the echo, which must be the same.
+pub async fn echo(t: &mut Tunnel, data: &[u8]) {
+    t.write_all(data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    t.read_exact(&mut back).await.unwrap();
+    assert!(back == data, "echo of {} bytes differs", data.len());
+}
+
+pub async fn echo_once(t: &mut Tunnel) {
+    echo(t, b"x").await;
 }
 
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
