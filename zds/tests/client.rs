@@ -5,30 +5,44 @@
 
 mod common;
 
-use std::io::IoSlice;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Event, next, quiet};
+use common::{Event, next, quiet, recv, send_with_fds};
 use meshwire_zds::Workload;
 use meshwire_zds::client::{Client, ClientConfig, ClientError};
 use meshwire_zds::netns::NetnsId;
 use meshwire_zds::wire::{ProtocolError, Request, Response};
-use tokio::sync::mpsc;
-use tokio_seqpacket::ancillary::AncillaryMessageWriter;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
-/// A scripted agent: accepts connections and checks what the client sends.
+/// A scripted agent on a socket in a fresh temporary directory: accepts connections and
+/// checks what the client sends.
 struct FakeAgent {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
     listener: UnixSeqpacketListener,
 }
 
 impl FakeAgent {
-    fn bind(path: &Path) -> Self {
+    fn bind() -> Self {
+        let (dir, path) = common::socket_dir();
+        let listener = UnixSeqpacketListener::bind(&path).unwrap();
         Self {
-            listener: UnixSeqpacketListener::bind(path).unwrap(),
+            _dir: dir,
+            path,
+            listener,
         }
+    }
+
+    /// A client configuration for this agent's socket (otherwise the defaults).
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::default();
+        config.path = self.path.clone();
+        config
     }
 
     /// Accepts a connection and reads the hello.
@@ -49,52 +63,74 @@ impl FakeAgent {
     }
 }
 
-async fn recv(conn: &UnixSeqpacket) -> Vec<u8> {
-    let mut buf = [0u8; 2048];
-    let info = tokio::time::timeout(Duration::from_secs(5), conn.recv(&mut buf))
-        .await
-        .expect("nothing received")
-        .unwrap();
-    buf[..info.bytes_read()].to_vec()
-}
-
-async fn send(conn: &UnixSeqpacket, bytes: &[u8], fds: &[&OwnedFd]) {
-    let mut control = [0u8; 256];
-    let mut writer = AncillaryMessageWriter::new(&mut control);
-    if !fds.is_empty() {
-        writer
-            .add_fds(fds.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
-            .map_err(|_| "control buffer")
-            .unwrap();
-    }
-    conn.send_vectored_with_ancillary(&[IoSlice::new(bytes)], &mut writer)
-        .await
-        .unwrap();
-}
-
 /// Sends a request and returns the client's answer.
 async fn request(conn: &UnixSeqpacket, req: &Request, fds: &[&OwnedFd]) -> Response {
-    send(conn, &req.encode().unwrap(), fds).await;
+    send_with_fds(conn, &req.encode().unwrap(), fds).await;
     Response::decode(&recv(conn).await, 0).unwrap()
+}
+
+/// Sends a request without descriptors and asserts that the client acks it.
+async fn assert_acked(conn: &UnixSeqpacket, req: Request) {
+    assert_eq!(request(conn, &req, &[]).await, Response::Ack, "{req:?}");
 }
 
 async fn assert_closed(conn: &UnixSeqpacket) {
     assert!(recv(conn).await.is_empty(), "client closed the connection");
 }
 
+/// Sends `req` with `copies` copies of a pipe's write end; asserts that the client refuses
+/// it with `nack`, closes the connection, and closed every copy it received.
+async fn assert_refused_with_pipe(conn: &UnixSeqpacket, req: &Request, copies: usize, nack: &str) {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    assert_eq!(
+        request(conn, req, &vec![&write; copies]).await,
+        Response::Nack(nack.into())
+    );
+    assert_closed(conn).await;
+    drop(write);
+    common::assert_pipe_writers_closed(read).await;
+}
+
 fn add(uid: &str) -> Request {
     Request::Add(Workload::new(uid, format!("pod-{uid}"), "ns", "sa"))
 }
 
+/// A fake agent with a recording client (see [`recording_client`]) running against it.
+struct Running {
+    agent: FakeAgent,
+    events: mpsc::UnboundedReceiver<Event>,
+    ready: watch::Receiver<bool>,
+    task: JoinHandle<Result<Infallible, ClientError>>,
+}
+
+impl Running {
+    /// Starts the agent and the client; returns them with the client's first connection,
+    /// whose hello has been read.
+    async fn start() -> (Self, UnixSeqpacket) {
+        let mut agent = FakeAgent::bind();
+        let (client, events) = recording_client(&agent);
+        let ready = client.readiness();
+        let task = tokio::spawn(client.run());
+        let conn = agent.accept().await;
+        let running = Self {
+            agent,
+            events,
+            ready,
+            task,
+        };
+        (running, conn)
+    }
+}
+
+/// A client of `agent` whose handler reports every update, with a short back-off.
 fn recording_client(
-    path: &Path,
+    agent: &FakeAgent,
 ) -> (
     Client<impl meshwire_zds::client::Handler + use<>>,
     mpsc::UnboundedReceiver<Event>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::default();
-    config.path = path.to_owned();
+    let mut config = agent.client_config();
     config.initial_backoff = Duration::from_millis(5);
     config.max_backoff = Duration::from_millis(50);
     let client = Client::new(config, move |update: meshwire_zds::Update| {
@@ -107,157 +143,101 @@ fn recording_client(
     (client, rx)
 }
 
-async fn assert_pipe_writers_closed(read: OwnedFd) {
-    let result = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::task::spawn_blocking(move || {
-            let mut buf = [0u8; 1];
-            nix::unistd::read(&read, &mut buf)
-        }),
-    )
-    .await;
-    assert!(
-        matches!(result, Ok(Ok(Ok(0)))),
-        "a received copy of the pipe is still open: {result:?}"
-    );
-}
-
 #[tokio::test]
 async fn snapshot_steady_state_and_readiness() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, mut events) = recording_client(&path);
-    let mut ready = client.readiness();
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
+    let (mut r, conn) = Running::start().await;
     let netns = common::own_netns();
     let id = NetnsId::of(&netns).unwrap();
     assert_eq!(request(&conn, &add("a"), &[&netns]).await, Response::Ack);
-    assert_eq!(next(&mut events).await, Event::Add("a".into(), id));
-    assert!(!*ready.borrow());
-    assert_eq!(
-        request(&conn, &Request::Keep { uid: "k".into() }, &[]).await,
-        Response::Ack
-    );
-    assert_eq!(next(&mut events).await, Event::Keep("k".into()));
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack
-    );
-    assert_eq!(next(&mut events).await, Event::SnapshotSent);
-    tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
+    assert_eq!(next(&mut r.events).await, Event::Add("a".into(), id));
+    assert!(!*r.ready.borrow());
+    assert_acked(&conn, Request::Keep { uid: "k".into() }).await;
+    assert_eq!(next(&mut r.events).await, Event::Keep("k".into()));
+    assert_acked(&conn, Request::SnapshotSent).await;
+    assert_eq!(next(&mut r.events).await, Event::SnapshotSent);
+    tokio::time::timeout(Duration::from_secs(5), r.ready.wait_for(|ready| *ready))
         .await
         .unwrap()
         .unwrap();
 
-    assert_eq!(
-        request(&conn, &Request::Del { uid: "a".into() }, &[]).await,
-        Response::Ack
-    );
-    assert_eq!(next(&mut events).await, Event::Del("a".into()));
+    assert_acked(&conn, Request::Del { uid: "a".into() }).await;
+    assert_eq!(next(&mut r.events).await, Event::Del("a".into()));
 
     // The agent goes away: not ready, and the client comes back with a hello.
     drop(conn);
-    tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| !*r))
+    tokio::time::timeout(Duration::from_secs(5), r.ready.wait_for(|ready| !*ready))
         .await
         .unwrap()
         .unwrap();
-    let _conn = agent.accept().await;
-    task.abort();
+    let _conn = r.agent.accept().await;
+    r.task.abort();
 }
 
 #[tokio::test]
 async fn more_than_one_fd_is_rejected_and_closed() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, mut events) = recording_client(&path);
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
-    let (read, write) = nix::unistd::pipe().unwrap();
-    assert_eq!(
-        request(&conn, &add("a"), &[&write, &write]).await,
-        Response::Nack("failure to read message : Expected 1 FD, got 2".into())
-    );
-    assert_closed(&conn).await;
-    drop(write);
-    assert_pipe_writers_closed(read).await;
+    let (mut r, conn) = Running::start().await;
+    assert_refused_with_pipe(
+        &conn,
+        &add("a"),
+        2,
+        "failure to read message : Expected 1 FD, got 2",
+    )
+    .await;
     // It reconnects (a read error is not terminal), and the handler never saw the add.
-    let _conn = agent.accept().await;
-    quiet(&mut events).await;
-    task.abort();
+    let _conn = r.agent.accept().await;
+    quiet(&mut r.events).await;
+    r.task.abort();
 }
 
 #[tokio::test]
 async fn fd_on_a_non_add_is_rejected_and_closed() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, mut events) = recording_client(&path);
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
-    let (read, write) = nix::unistd::pipe().unwrap();
-    assert_eq!(
-        request(&conn, &Request::Del { uid: "a".into() }, &[&write]).await,
-        Response::Nack("failure to read message : Unexpected control message".into())
-    );
-    assert_closed(&conn).await;
-    drop(write);
-    assert_pipe_writers_closed(read).await;
+    let (mut r, conn) = Running::start().await;
+    assert_refused_with_pipe(
+        &conn,
+        &Request::Del { uid: "a".into() },
+        1,
+        "failure to read message : Unexpected control message",
+    )
+    .await;
 
     // An add without its fd is rejected too.
-    let conn = agent.accept().await;
+    let conn = r.agent.accept().await;
     assert_eq!(
         request(&conn, &add("a"), &[]).await,
         Response::Nack("failure to read message : No control message".into())
     );
     assert_closed(&conn).await;
-    let _conn = agent.accept().await;
-    quiet(&mut events).await;
-    task.abort();
+    let _conn = r.agent.accept().await;
+    quiet(&mut r.events).await;
+    r.task.abort();
 }
 
 #[tokio::test]
 async fn truncated_message_is_rejected_and_closed() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, mut events) = recording_client(&path);
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
+    let (mut r, conn) = Running::start().await;
     let netns = common::own_netns();
     // A valid add padded past 1024 bytes with an unknown field: the client reads only
     // 1024 bytes and must refuse it, closing the fd that came along.
     let mut bytes = add("a").encode().unwrap();
     bytes.extend_from_slice(&[0x32, 0x90, 0x08]); // field 6, length 1040
     bytes.extend(std::iter::repeat_n(b'x', 1040));
-    send(&conn, &bytes, &[&netns]).await;
+    send_with_fds(&conn, &bytes, &[&netns]).await;
     assert_eq!(
         Response::decode(&recv(&conn).await, 0).unwrap(),
         Response::Nack("failure to read message : received truncated message".into())
     );
     assert_closed(&conn).await;
-    let _conn = agent.accept().await;
-    quiet(&mut events).await;
-    task.abort();
+    let _conn = r.agent.accept().await;
+    quiet(&mut r.events).await;
+    r.task.abort();
 }
 
 #[tokio::test]
 async fn protocol_error_stops_the_client() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, mut events) = recording_client(&path);
-    let mut ready = client.readiness();
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack
-    );
-    assert_eq!(next(&mut events).await, Event::SnapshotSent);
-    ready.wait_for(|r| *r).await.unwrap();
+    let (mut r, conn) = Running::start().await;
+    assert_acked(&conn, Request::SnapshotSent).await;
+    assert_eq!(next(&mut r.events).await, Event::SnapshotSent);
+    r.ready.wait_for(|ready| *ready).await.unwrap();
 
     assert_eq!(
         request(&conn, &Request::Keep { uid: "a".into() }, &[]).await,
@@ -267,7 +247,7 @@ async fn protocol_error_stops_the_client() {
         )
     );
     assert_closed(&conn).await;
-    let result = tokio::time::timeout(Duration::from_secs(5), task)
+    let result = tokio::time::timeout(Duration::from_secs(5), r.task)
         .await
         .expect("client stopped")
         .unwrap();
@@ -275,30 +255,22 @@ async fn protocol_error_stops_the_client() {
         result,
         Err(ClientError::Protocol(ProtocolError::KeepAfterSnapshot))
     ));
-    assert!(!*ready.borrow());
+    assert!(!*r.ready.borrow());
     // And it does not come back.
-    agent.no_connection(Duration::from_millis(300)).await;
+    r.agent.no_connection(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
 async fn second_snapshot_sent_stops_the_client() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
-    let (client, _events) = recording_client(&path);
-    let task = tokio::spawn(client.run());
-
-    let conn = agent.accept().await;
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack
-    );
+    let (mut r, conn) = Running::start().await;
+    assert_acked(&conn, Request::SnapshotSent).await;
     assert_eq!(
         request(&conn, &Request::SnapshotSent, &[]).await,
         Response::Nack(
             "failure to process message : ProtocolError(\"pod snapshot received already\")".into()
         )
     );
-    let result = tokio::time::timeout(Duration::from_secs(5), task)
+    let result = tokio::time::timeout(Duration::from_secs(5), r.task)
         .await
         .unwrap()
         .unwrap();
@@ -308,16 +280,14 @@ async fn second_snapshot_sent_stops_the_client() {
             ProtocolError::SnapshotAlreadyReceived
         ))
     ));
-    agent.no_connection(Duration::from_millis(300)).await;
+    r.agent.no_connection(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
 async fn failed_add_is_retried_and_readiness_follows() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
+    let mut agent = FakeAgent::bind();
     let (tx, mut attempts) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::default();
-    config.path = path.clone();
+    let mut config = agent.client_config();
     config.retry_interval = Some(Duration::from_millis(50));
     // Fails the first two attempts for every uid.
     let mut failures = std::collections::HashMap::<String, u32>::new();
@@ -343,10 +313,7 @@ async fn failed_add_is_retried_and_readiness_follows() {
         request(&conn, &add("a"), &[&netns]).await,
         Response::Nack("failure to start proxy : port 15008 in use (attempt 1)".into())
     );
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack
-    );
+    assert_acked(&conn, Request::SnapshotSent).await;
     assert!(!*ready.borrow(), "a pending add keeps the proxy not ready");
     // Retried with the same namespace until it works.
     for _ in 0..3 {
@@ -365,11 +332,9 @@ async fn failed_add_is_retried_and_readiness_follows() {
 
 #[tokio::test]
 async fn verify_netns_rejects_a_non_namespace_fd() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
+    let mut agent = FakeAgent::bind();
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::default();
-    config.path = path.clone();
+    let mut config = agent.client_config();
     config.verify_netns = true;
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let _ = tx.send(Event::of(&update));
@@ -408,7 +373,7 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     // cannot be doubled.
     let (_dir, path) = common::socket_dir();
     let mut config = ClientConfig::default();
-    config.path = path.clone();
+    config.path = path;
     config.initial_backoff = Duration::MAX;
     config.max_backoff = Duration::MAX;
     let client = Client::new(config, |_: meshwire_zds::Update| async {
@@ -420,9 +385,8 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
     waiting.abort();
 
     // Retry interval: a failed add with a retry interval too long to represent.
-    let mut agent = FakeAgent::bind(&path);
-    let mut config = ClientConfig::default();
-    config.path = path.clone();
+    let mut agent = FakeAgent::bind();
+    let mut config = agent.client_config();
     config.retry_interval = Some(Duration::MAX);
     let client = Client::new(config, |update: meshwire_zds::Update| {
         let outcome = match update {
@@ -438,21 +402,16 @@ async fn huge_backoff_and_retry_interval_do_not_overflow() {
         request(&conn, &add("a"), &[&netns]).await,
         Response::Nack("failure to start proxy : no".into())
     );
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack,
-        "the client keeps serving"
-    );
+    // The client keeps serving.
+    assert_acked(&conn, Request::SnapshotSent).await;
     task.abort();
 }
 
 #[tokio::test]
 async fn an_add_deleted_during_the_snapshot_is_not_retried() {
-    let (_dir, path) = common::socket_dir();
-    let mut agent = FakeAgent::bind(&path);
+    let mut agent = FakeAgent::bind();
     let (tx, mut attempts) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::default();
-    config.path = path.clone();
+    let mut config = agent.client_config();
     config.retry_interval = Some(Duration::from_millis(20));
     let client = Client::new(config, move |update: meshwire_zds::Update| {
         let outcome = match &update {
@@ -475,19 +434,13 @@ async fn an_add_deleted_during_the_snapshot_is_not_retried() {
     ));
     assert_eq!(attempts.recv().await.as_deref(), Some("a"));
     // The agent deletes the pod before its snapshot ends: nothing is pending any more.
-    assert_eq!(
-        request(&conn, &Request::Del { uid: "a".into() }, &[]).await,
-        Response::Ack
-    );
+    assert_acked(&conn, Request::Del { uid: "a".into() }).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(
         attempts.try_recv().is_err(),
         "a deleted workload was retried"
     );
-    assert_eq!(
-        request(&conn, &Request::SnapshotSent, &[]).await,
-        Response::Ack
-    );
+    assert_acked(&conn, Request::SnapshotSent).await;
     tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
         .await
         .unwrap()

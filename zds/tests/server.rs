@@ -7,10 +7,10 @@ mod common;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Event, next, quiet};
+use common::{Event, assert_next, next, quiet, recv, send_with_fds};
 use meshwire_zds::Workload;
 use meshwire_zds::client::{Client, ClientConfig};
 use meshwire_zds::netns::NetnsId;
@@ -94,6 +94,59 @@ async fn snapshot_done(events: &mut broadcast::Receiver<ServerEvent>) -> usize {
     }
 }
 
+/// Waits for a connection to end.
+async fn wait_disconnected(events: &mut broadcast::Receiver<ServerEvent>) -> ServerEvent {
+    wait_event(events, |e| matches!(e, ServerEvent::Disconnected { .. })).await
+}
+
+/// A server on a socket in a fresh temporary directory, and one proxy (our client, see
+/// [`start_client`]) that has received its empty snapshot.
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    server: Server,
+    events: broadcast::Receiver<ServerEvent>,
+    client: JoinHandle<()>,
+    updates: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Setup {
+    /// With the [`server_config`] as `configure` changes it, and a client whose handler
+    /// fails the updates `fail` names.
+    async fn start(
+        fail: &'static [&'static str],
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let (dir, path) = common::socket_dir();
+        let mut config = server_config(&path);
+        configure(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let mut events = server.subscribe();
+        let (client, mut updates) = start_client(&path, fail);
+        assert_eq!(snapshot_done(&mut events).await, 0);
+        assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+        Self {
+            _dir: dir,
+            path,
+            server,
+            events,
+            client,
+            updates,
+        }
+    }
+}
+
+/// Adds `uid` with this process's own namespace and asserts that the proxy receiving
+/// `updates` gets it.
+async fn add_own(server: &Server, updates: &mut mpsc::UnboundedReceiver<Event>, uid: &str) {
+    let own = NetnsId::of(common::own_netns()).unwrap();
+    server
+        .add(workload(uid), common::own_netns())
+        .await
+        .unwrap();
+    assert_eq!(next(updates).await, Event::Add(uid.into(), own));
+}
+
 #[tokio::test]
 async fn bind_prepares_the_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,23 +174,18 @@ async fn bind_prepares_the_socket() {
 
 #[tokio::test]
 async fn add_and_del_reach_the_proxy_with_the_namespace() {
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    assert_eq!(snapshot_done(&mut events).await, 0);
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&[], |_| {}).await;
 
     let netns = common::own_netns();
     let id = NetnsId::of(&netns).unwrap();
-    server.add(workload("a"), netns).await.unwrap();
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
-    assert_eq!(server.workloads().await, vec![workload("a")]);
+    s.server.add(workload("a"), netns).await.unwrap();
+    assert_eq!(next(&mut s.updates).await, Event::Add("a".into(), id));
+    assert_eq!(s.server.workloads().await, vec![workload("a")]);
 
-    server.del("a").await.unwrap();
-    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
-    assert!(server.workloads().await.is_empty());
-    client.abort();
+    s.server.del("a").await.unwrap();
+    assert_eq!(next(&mut s.updates).await, Event::Del("a".into()));
+    assert!(s.server.workloads().await.is_empty());
+    s.client.abort();
 }
 
 #[tokio::test]
@@ -167,31 +215,22 @@ async fn a_created_namespace_reaches_the_proxy() {
     if !common::privileged("a_created_namespace_reaches_the_proxy") {
         return;
     }
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&[], |_| {}).await;
 
     let netns = common::new_netns();
     let id = NetnsId::of(&netns).unwrap();
     assert_ne!(id, NetnsId::of(common::own_netns()).unwrap());
-    server.add(workload("a"), netns).await.unwrap();
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
-    client.abort();
+    s.server.add(workload("a"), netns).await.unwrap();
+    assert_eq!(next(&mut s.updates).await, Event::Add("a".into(), id));
+    s.client.abort();
 }
 
 #[tokio::test]
 async fn nack_text_reaches_the_caller() {
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &["add:bad"]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&["add:bad"], |_| {}).await;
 
-    let err = server
+    let err = s
+        .server
         .add(workload("bad"), common::own_netns())
         .await
         .unwrap_err();
@@ -199,7 +238,7 @@ async fn nack_text_reaches_the_caller() {
         ZdsError::Nack(text) => assert_eq!(text, "failure to start proxy : bad failed"),
         other => panic!("expected a NACK, got {other:?}"),
     }
-    match wait_event(&mut events, |e| matches!(e, ServerEvent::Nacked { .. })).await {
+    match wait_event(&mut s.events, |e| matches!(e, ServerEvent::Nacked { .. })).await {
         ServerEvent::Nacked { uid, message, .. } => {
             assert_eq!(uid.as_deref(), Some("bad"));
             assert_eq!(message, "failure to start proxy : bad failed");
@@ -207,12 +246,12 @@ async fn nack_text_reaches_the_caller() {
         _ => unreachable!(),
     }
     // The connection stays: a good add still works.
-    server
+    s.server
         .add(workload("good"), common::own_netns())
         .await
         .unwrap();
-    assert_eq!(server.connections().await, 1);
-    client.abort();
+    assert_eq!(s.server.connections().await, 1);
+    s.client.abort();
 }
 
 #[tokio::test]
@@ -232,135 +271,115 @@ async fn no_proxy_then_snapshot() {
     let mut events = server.subscribe();
     let (client, mut updates) = start_client(&path, &[]);
     assert_eq!(snapshot_done(&mut events).await, 2);
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), id));
-    assert_eq!(next(&mut updates).await, Event::Keep("k".into()));
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    assert_next(
+        &mut updates,
+        &[
+            Event::Add("a".into(), id),
+            Event::Keep("k".into()),
+            Event::SnapshotSent,
+        ],
+    )
+    .await;
     client.abort();
 }
 
 #[tokio::test]
 async fn reconnect_gets_the_full_snapshot() {
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
     // The proxy fails to delete "x": it NACKs and reconnects.
-    let (client, mut updates) = start_client(&path, &["del:x"]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&["del:x"], |_| {}).await;
 
     let own = NetnsId::of(common::own_netns()).unwrap();
     for uid in ["a", "b", "x"] {
-        server
-            .add(workload(uid), common::own_netns())
-            .await
-            .unwrap();
-        assert_eq!(next(&mut updates).await, Event::Add(uid.into(), own));
+        add_own(&s.server, &mut s.updates, uid).await;
     }
-    let err = server.del("x").await.unwrap_err();
+    let err = s.server.del("x").await.unwrap_err();
     assert!(
         matches!(&err, ZdsError::Nack(t) if t == "failure to process message : x failed"),
         "{err:?}"
     );
-    assert_eq!(next(&mut updates).await, Event::Del("x".into()));
+    assert_eq!(next(&mut s.updates).await, Event::Del("x".into()));
 
     // The new connection gets everything the server holds, and reconciliation then
     // deletes "x", which the server no longer names.
-    assert_eq!(snapshot_done(&mut events).await, 2);
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
-    assert_eq!(next(&mut updates).await, Event::Add("b".into(), own));
-    assert_eq!(next(&mut updates).await, Event::Del("x".into()));
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
-    quiet(&mut updates).await;
-    client.abort();
+    assert_eq!(snapshot_done(&mut s.events).await, 2);
+    assert_next(
+        &mut s.updates,
+        &[
+            Event::Add("a".into(), own),
+            Event::Add("b".into(), own),
+            Event::Del("x".into()),
+            Event::SnapshotSent,
+        ],
+    )
+    .await;
+    quiet(&mut s.updates).await;
+    s.client.abort();
 }
 
 #[tokio::test]
 async fn agent_restart_snapshot_drops_stale_workloads() {
-    let (_dir, path) = common::socket_dir();
     let own = NetnsId::of(common::own_netns()).unwrap();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&[], |_| {}).await;
     for uid in ["a", "b", "c"] {
-        server
-            .add(workload(uid), common::own_netns())
-            .await
-            .unwrap();
-        assert_eq!(next(&mut updates).await, Event::Add(uid.into(), own));
+        add_own(&s.server, &mut s.updates, uid).await;
     }
 
     // The agent restarts. Pod "b" went away meanwhile; "c" still exists but its netns
     // cannot be opened. The new server holds snapshots until it has loaded everything.
-    server.shutdown().await;
-    let mut config = server_config(&path);
+    s.server.shutdown().await;
+    let mut config = server_config(&s.path);
     config.wait_for_seed = true;
     let server = Server::bind(config).await.unwrap();
     let mut events = server.subscribe();
     wait_event(&mut events, |e| matches!(e, ServerEvent::Connected { .. })).await;
     let _ = server.add(workload("a"), common::own_netns()).await;
     server.keep("c").await.unwrap();
-    quiet(&mut updates).await;
+    quiet(&mut s.updates).await;
     server.mark_seeded().await;
 
     assert_eq!(snapshot_done(&mut events).await, 2);
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
-    assert_eq!(next(&mut updates).await, Event::Keep("c".into()));
-    assert_eq!(next(&mut updates).await, Event::Del("b".into()));
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
-    quiet(&mut updates).await;
-    client.abort();
+    assert_next(
+        &mut s.updates,
+        &[
+            Event::Add("a".into(), own),
+            Event::Keep("c".into()),
+            Event::Del("b".into()),
+            Event::SnapshotSent,
+        ],
+    )
+    .await;
+    quiet(&mut s.updates).await;
+    s.client.abort();
 }
 
 #[tokio::test]
 async fn two_proxies_during_an_upgrade() {
-    let (_dir, path) = common::socket_dir();
     let own = NetnsId::of(common::own_netns()).unwrap();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-
-    let (old, mut old_updates) = start_client(&path, &[]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut old_updates).await, Event::SnapshotSent);
-    server
-        .add(workload("a"), common::own_netns())
-        .await
-        .unwrap();
-    assert_eq!(next(&mut old_updates).await, Event::Add("a".into(), own));
+    // The old proxy is the setup's client.
+    let mut s = Setup::start(&[], |_| {}).await;
+    add_own(&s.server, &mut s.updates, "a").await;
 
     // The new proxy starts while the old one still runs: it gets the full snapshot.
-    let (new, mut new_updates) = start_client(&path, &[]);
-    assert_eq!(snapshot_done(&mut events).await, 1);
+    let (new, mut new_updates) = start_client(&s.path, &[]);
+    assert_eq!(snapshot_done(&mut s.events).await, 1);
     assert_eq!(next(&mut new_updates).await, Event::Add("a".into(), own));
     assert_eq!(next(&mut new_updates).await, Event::SnapshotSent);
-    assert_eq!(server.connections().await, 2);
+    assert_eq!(s.server.connections().await, 2);
 
     // New pods go to the newest proxy only.
-    server
-        .add(workload("b"), common::own_netns())
-        .await
-        .unwrap();
-    assert_eq!(next(&mut new_updates).await, Event::Add("b".into(), own));
-    quiet(&mut old_updates).await;
+    add_own(&s.server, &mut new_updates, "b").await;
+    quiet(&mut s.updates).await;
 
     // Deletes go to both.
-    server.del("a").await.unwrap();
-    assert_eq!(next(&mut old_updates).await, Event::Del("a".into()));
+    s.server.del("a").await.unwrap();
+    assert_eq!(next(&mut s.updates).await, Event::Del("a".into()));
     assert_eq!(next(&mut new_updates).await, Event::Del("a".into()));
 
     // The new proxy goes away: adds fall back to the old one.
     new.abort();
-    wait_event(&mut events, |e| {
-        matches!(e, ServerEvent::Disconnected { .. })
-    })
-    .await;
-    server
-        .add(workload("c"), common::own_netns())
-        .await
-        .unwrap();
-    assert_eq!(next(&mut old_updates).await, Event::Add("c".into(), own));
-    old.abort();
+    wait_disconnected(&mut s.events).await;
+    add_own(&s.server, &mut s.updates, "c").await;
+    s.client.abort();
 }
 
 /// Connects a raw peer and sends the hello.
@@ -368,15 +387,6 @@ async fn raw_proxy(path: &Path) -> UnixSeqpacket {
     let conn = UnixSeqpacket::connect(path).await.unwrap();
     conn.send(&[0x08, 0x01]).await.unwrap();
     conn
-}
-
-async fn raw_recv(conn: &UnixSeqpacket) -> Vec<u8> {
-    let mut buf = [0u8; 1024];
-    let info = tokio::time::timeout(Duration::from_secs(5), conn.recv(&mut buf))
-        .await
-        .expect("nothing received")
-        .unwrap();
-    buf[..info.bytes_read()].to_vec()
 }
 
 fn disconnected_with(event: &ServerEvent) -> Option<&ZdsError> {
@@ -391,12 +401,11 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     let (_dir, path) = common::socket_dir();
     let server = Server::bind(server_config(&path)).await.unwrap();
     let mut events = server.subscribe();
-    let is_disconnect = |e: &ServerEvent| matches!(e, ServerEvent::Disconnected { .. });
 
     // Garbage instead of a hello.
     let garbage = UnixSeqpacket::connect(&path).await.unwrap();
     garbage.send(&[0xff, 0xff]).await.unwrap();
-    let event = wait_event(&mut events, is_disconnect).await;
+    let event = wait_disconnected(&mut events).await;
     assert!(
         matches!(disconnected_with(&event), Some(ZdsError::Read(_))),
         "{event:?}"
@@ -405,17 +414,8 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
     // A hello with an fd attached.
     let sneaky = UnixSeqpacket::connect(&path).await.unwrap();
     let netns = common::own_netns();
-    let mut control = [0u8; 64];
-    let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
-    writer
-        .add_fds([std::os::fd::AsFd::as_fd(&netns)])
-        .map_err(|_| "control")
-        .unwrap();
-    sneaky
-        .send_vectored_with_ancillary(&[std::io::IoSlice::new(&[0x08, 0x01])], &mut writer)
-        .await
-        .unwrap();
-    let event = wait_event(&mut events, is_disconnect).await;
+    send_with_fds(&sneaky, &[0x08, 0x01], &[&netns]).await;
+    let event = wait_disconnected(&mut events).await;
     assert!(
         matches!(
             disconnected_with(&event),
@@ -426,7 +426,7 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
 
     // No hello at all.
     let _silent = UnixSeqpacket::connect(&path).await.unwrap();
-    let event = wait_event(&mut events, is_disconnect).await;
+    let event = wait_disconnected(&mut events).await;
     assert!(
         matches!(disconnected_with(&event), Some(ZdsError::Timeout)),
         "{event:?}"
@@ -434,11 +434,11 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
 
     // Talks out of turn after its snapshot.
     let chatty = raw_proxy(&path).await;
-    assert_eq!(raw_recv(&chatty).await, [0x1a, 0x00]);
+    assert_eq!(recv(&chatty).await, [0x1a, 0x00]);
     chatty.send(&Response::Ack.encode()).await.unwrap();
     snapshot_done(&mut events).await;
     chatty.send(&Response::Ack.encode()).await.unwrap();
-    let event = wait_event(&mut events, is_disconnect).await;
+    let event = wait_disconnected(&mut events).await;
     assert!(
         matches!(
             disconnected_with(&event),
@@ -451,7 +451,7 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
 
     // Never acks: the caller gets a timeout and the connection is dropped.
     let mute = raw_proxy(&path).await;
-    assert_eq!(raw_recv(&mute).await, [0x1a, 0x00]);
+    assert_eq!(recv(&mute).await, [0x1a, 0x00]);
     mute.send(&Response::Ack.encode()).await.unwrap();
     snapshot_done(&mut events).await;
     let started = tokio::time::Instant::now();
@@ -460,27 +460,19 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
         Err(ZdsError::Timeout)
     ));
     assert!(started.elapsed() >= Duration::from_secs(2));
-    wait_event(&mut events, is_disconnect).await;
+    wait_disconnected(&mut events).await;
     assert_eq!(server.connections().await, 0);
 
     // Answers with an fd. ("a" was recorded by the add above, so the snapshot starts
     // with it.)
     let odd = raw_proxy(&path).await;
-    let first = raw_recv(&odd).await;
+    let first = recv(&odd).await;
     assert_eq!(
         meshwire_zds::wire::Request::decode(&first, 1).unwrap(),
         meshwire_zds::wire::Request::Add(workload("a"))
     );
-    let mut control = [0u8; 64];
-    let mut writer = tokio_seqpacket::ancillary::AncillaryMessageWriter::new(&mut control);
-    writer
-        .add_fds([std::os::fd::AsFd::as_fd(&netns)])
-        .map_err(|_| "control")
-        .unwrap();
-    odd.send_vectored_with_ancillary(&[std::io::IoSlice::new(&[0x0a, 0x00])], &mut writer)
-        .await
-        .unwrap();
-    let event = wait_event(&mut events, is_disconnect).await;
+    send_with_fds(&odd, &[0x0a, 0x00], &[&netns]).await;
+    let event = wait_disconnected(&mut events).await;
     assert!(
         matches!(disconnected_with(&event), Some(ZdsError::Read(_))),
         "{event:?}"
@@ -501,44 +493,34 @@ async fn misbehaving_proxies_only_lose_their_own_connection() {
 
 #[tokio::test]
 async fn a_peer_that_never_says_hello_does_not_take_adds() {
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
+    let mut s = Setup::start(&[], |_| {}).await;
 
     // Something connects after the proxy and stays silent.
-    let _silent = UnixSeqpacket::connect(&path).await.unwrap();
-    wait_event(&mut events, |e| matches!(e, ServerEvent::Connected { .. })).await;
+    let _silent = UnixSeqpacket::connect(&s.path).await.unwrap();
+    wait_event(&mut s.events, |e| {
+        matches!(e, ServerEvent::Connected { .. })
+    })
+    .await;
 
     // The add goes to the proxy that said hello, at once.
-    let own = NetnsId::of(common::own_netns()).unwrap();
     let started = tokio::time::Instant::now();
-    server
-        .add(workload("a"), common::own_netns())
-        .await
-        .unwrap();
+    add_own(&s.server, &mut s.updates, "a").await;
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(next(&mut updates).await, Event::Add("a".into(), own));
     assert_eq!(
-        server.connections().await,
+        s.server.connections().await,
         1,
         "the silent peer is not served"
     );
 
     // It is dropped at the hello timeout, and the proxy keeps its connection.
-    let event = wait_event(&mut events, |e| {
-        matches!(e, ServerEvent::Disconnected { .. })
-    })
-    .await;
+    let event = wait_disconnected(&mut s.events).await;
     assert!(
         matches!(disconnected_with(&event), Some(ZdsError::Timeout)),
         "{event:?}"
     );
-    server.del("a").await.unwrap();
-    assert_eq!(next(&mut updates).await, Event::Del("a".into()));
-    client.abort();
+    s.server.del("a").await.unwrap();
+    assert_eq!(next(&mut s.updates).await, Event::Del("a".into()));
+    s.client.abort();
 }
 
 #[tokio::test]
@@ -558,22 +540,14 @@ async fn oversized_add_is_refused_and_not_recorded() {
 
 #[tokio::test]
 async fn shutdown_refuses_further_requests() {
-    let (_dir, path) = common::socket_dir();
-    let server = Server::bind(server_config(&path)).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    snapshot_done(&mut events).await;
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
-    server.shutdown().await;
-    let event = wait_event(&mut events, |e| {
-        matches!(e, ServerEvent::Disconnected { .. })
-    })
-    .await;
+    let mut s = Setup::start(&[], |_| {}).await;
+    s.server.shutdown().await;
+    let event = wait_disconnected(&mut s.events).await;
     assert!(
         disconnected_with(&event).is_none(),
         "clean close: {event:?}"
     );
-    client.abort();
+    s.client.abort();
 }
 
 fn own_uid() -> u32 {
@@ -635,14 +609,10 @@ async fn a_peer_whose_uid_is_not_allowed_is_closed() {
 
 #[tokio::test]
 async fn a_peer_on_the_allow_list_is_served() {
-    let (_dir, path) = common::socket_dir();
-    let mut config = server_config(&path);
-    config.peer_uids = PeerUids::Only(vec![own_uid()]);
-    let server = Server::bind(config).await.unwrap();
-    let mut events = server.subscribe();
-    let (client, mut updates) = start_client(&path, &[]);
-    assert_eq!(snapshot_done(&mut events).await, 0);
-    assert_eq!(next(&mut updates).await, Event::SnapshotSent);
-    assert_eq!(server.connections().await, 1);
-    client.abort();
+    let s = Setup::start(&[], |config| {
+        config.peer_uids = PeerUids::Only(vec![own_uid()]);
+    })
+    .await;
+    assert_eq!(s.server.connections().await, 1);
+    s.client.abort();
 }

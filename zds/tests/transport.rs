@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use meshwire_zds::transport::{Connection, RecvError, SendError};
 use meshwire_zds::wire::Request;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use tokio_seqpacket::UnixSeqpacket;
-use tokio_seqpacket::ancillary::AncillaryMessageWriter;
 
 fn add() -> Request {
     Request::Add(Workload::new("uid-1", "web-0", "shop", "web"))
@@ -162,48 +160,19 @@ async fn truncation_is_an_error_and_the_stream_continues() {
     assert!(ours.recv().await.unwrap().is_none(), "end of stream");
 }
 
-/// Sends `bytes` with `count` copies of `fd` attached.
-async fn send_with_fds(raw: &UnixSeqpacket, bytes: &[u8], fd: &OwnedFd, count: usize) {
-    let mut control = vec![0u8; 512];
-    let mut writer = AncillaryMessageWriter::new(&mut control);
-    writer
-        .add_fds(std::iter::repeat_n(fd.as_fd(), count).collect::<Vec<_>>())
-        .map_err(|_| "control buffer")
-        .unwrap();
-    raw.send_vectored_with_ancillary(&[IoSlice::new(bytes)], &mut writer)
-        .await
-        .unwrap();
-}
-
-/// Reads from a pipe's read end until every write end is closed; fails if one stays open.
-async fn assert_all_writers_closed(read: OwnedFd) {
-    let result = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::task::spawn_blocking(move || {
-            let mut buf = [0u8; 1];
-            nix::unistd::read(&read, &mut buf)
-        }),
-    )
-    .await;
-    match result {
-        Ok(Ok(Ok(0))) => {}
-        other => panic!("a copy of the pipe's write end is still open: {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn received_fds_are_all_owned_and_closed_when_dropped() {
     let (raw, ours) = UnixSeqpacket::pair().unwrap();
     let ours = Connection::try_from(OwnedFd::from(ours)).unwrap();
     let (read, write) = nix::unistd::pipe().unwrap();
 
-    send_with_fds(&raw, &[0x1a, 0x00], &write, 3).await;
+    common::send_with_fds(&raw, &[0x1a, 0x00], &[&write; 3]).await;
     let datagram = ours.recv().await.unwrap().unwrap();
     assert_eq!(datagram.fds.len(), 3, "every descriptor is reported");
     assert!(datagram.fds.iter().all(is_cloexec));
     drop(datagram);
     drop(write);
-    assert_all_writers_closed(read).await;
+    common::assert_pipe_writers_closed(read).await;
 }
 
 #[tokio::test]
@@ -213,8 +182,8 @@ async fn control_truncation_closes_every_fd() {
     let (read, write) = nix::unistd::pipe().unwrap();
 
     // More descriptors than the receive control buffer holds.
-    send_with_fds(&raw, &[0x1a, 0x00], &write, 40).await;
+    common::send_with_fds(&raw, &[0x1a, 0x00], &[&write; 40]).await;
     assert!(matches!(ours.recv().await, Err(RecvError::Truncated)));
     drop(write);
-    assert_all_writers_closed(read).await;
+    common::assert_pipe_writers_closed(read).await;
 }
