@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use meshwire_xds_workload::ads::client::ClientEvent;
 use meshwire_xds_workload::ads::server::{AdsServer, ResourceChange, ServerConfig, ServerEvent};
 use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshwire_xds_workload::pb::istio::security as spb;
 use meshwire_xds_workload::pb::istio::workload as pb;
 use meshwire_xds_workload::resource::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use meshwire_xds_workload::{NetworkAddress, WorkloadStore};
 
 use ads_support::{
-    RunningClient, RunningServer, channel, ip, publish_workloads, settle, wait_event, wait_store,
+    RunningClient, RunningServer, ip, publish_workloads, raw_stream, serve_workloads, settle,
+    wait_event, wait_store,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,8 +32,7 @@ async fn initial_sync_of_10000_workloads() {
     let mut events = server.events();
 
     let started = Instant::now();
-    let mut client = RunningClient::start(running.addr, "node-sync");
-    client.wait_synced().await;
+    let client = RunningClient::synced(running.addr, "node-sync").await;
     let sync_time = started.elapsed();
     println!(
         "initial sync of {N} workloads: {:.1} ms (server publish {:.1} ms, {} build)",
@@ -77,10 +76,8 @@ async fn initial_sync_of_10000_workloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_and_removals_propagate() {
     let server = AdsServer::default();
-    publish_workloads(&server, 0..3);
-    let running = RunningServer::start(&server).await;
-    let mut client = RunningClient::start(running.addr, "node-upd");
-    client.wait_synced().await;
+    let running = serve_workloads(&server, 0..3).await;
+    let client = RunningClient::synced(running.addr, "node-upd").await;
     assert_eq!(client.store.workload_count(), 3);
 
     // Workload 1 moves to a new address; workload 2 goes away.
@@ -175,11 +172,9 @@ fn bad_workload(uid: &str) -> ResourceChange {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_resource_is_nacked_while_good_ones_apply() {
     let server = AdsServer::default();
-    publish_workloads(&server, 0..2);
-    let running = RunningServer::start(&server).await;
+    let running = serve_workloads(&server, 0..2).await;
     let mut server_events = server.events();
-    let mut client = RunningClient::start(running.addr, "node-nack");
-    client.wait_synced().await;
+    let mut client = RunningClient::synced(running.addr, "node-nack").await;
 
     // One response: two good workloads, one with a five-byte address, one undecodable.
     let changes = vec![
@@ -268,8 +263,7 @@ async fn bad_resource_in_initial_snapshot_does_not_block_sync() {
     publish_workloads(&server, 0..5);
     server.publish(ADDRESS_TYPE_URL, [bad_workload("bad")]);
     let running = RunningServer::start(&server).await;
-    let mut client = RunningClient::start(running.addr, "node-snap");
-    client.wait_synced().await;
+    let client = RunningClient::synced(running.addr, "node-snap").await;
     assert_eq!(client.store.workload_count(), 5);
     assert!(client.store.workload_by_uid("bad").is_none());
     client.stop().await;
@@ -306,10 +300,8 @@ fn reflects_offline_changes(s: &WorkloadStore, n: usize) -> bool {
 async fn reconnect_to_same_server_transfers_only_the_difference() {
     const N: usize = 1_000;
     let server = AdsServer::default();
-    publish_workloads(&server, 0..N);
-    let running = RunningServer::start(&server).await;
-    let mut client = RunningClient::start(running.addr, "node-rc");
-    client.wait_synced().await;
+    let running = serve_workloads(&server, 0..N).await;
+    let mut client = RunningClient::synced(running.addr, "node-rc").await;
     let before = server.stats();
     assert_eq!(before.resources, N as u64);
 
@@ -341,11 +333,9 @@ async fn reconnect_to_same_server_transfers_only_the_difference() {
 async fn reconnect_to_restarted_server_transfers_only_the_difference() {
     const N: usize = 1_000;
     let first = AdsServer::default();
-    publish_workloads(&first, 0..N);
-    let running = RunningServer::start(&first).await;
+    let running = serve_workloads(&first, 0..N).await;
     let addr = running.addr;
-    let mut client = RunningClient::start(addr, "node-restart");
-    client.wait_synced().await;
+    let client = RunningClient::synced(addr, "node-restart").await;
     running.shutdown().await;
 
     // A new server process on the same address, with the same content plus changes.
@@ -374,8 +364,7 @@ async fn reconnect_to_restarted_server_transfers_only_the_difference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_concurrent_clients_each_see_every_event() {
     let server = AdsServer::default();
-    publish_workloads(&server, 0..100);
-    let running = RunningServer::start(&server).await;
+    let running = serve_workloads(&server, 0..100).await;
     let mut a = RunningClient::start(running.addr, "node-a");
     let mut b = RunningClient::start(running.addr, "node-b");
     a.wait_synced().await;
@@ -421,24 +410,18 @@ async fn two_concurrent_clients_each_see_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_subscriptions_and_nonces() {
     let server = AdsServer::default();
-    publish_workloads(&server, 0..5);
-    let running = RunningServer::start(&server).await;
+    let running = serve_workloads(&server, 0..5).await;
     let mut events = server.events();
-    let mut grpc = AggregatedDiscoveryServiceClient::new(channel(running.addr));
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let uid0 = common::workload_uid(0);
-    tx.send(DeltaDiscoveryRequest {
-        type_url: ADDRESS_TYPE_URL.into(),
-        resource_names_subscribe: vec![uid0.clone(), "missing".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut inbound = grpc
-        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = raw_stream(
+        running.addr,
+        [DeltaDiscoveryRequest {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resource_names_subscribe: vec![uid0.clone(), "missing".into()],
+            ..Default::default()
+        }],
+    )
+    .await;
 
     // Only the named resource; an unknown name is reported as removed.
     let first = settle(inbound.message()).await.unwrap().unwrap();
@@ -501,10 +484,8 @@ async fn named_subscriptions_and_nonces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_removal_reaches_a_connected_client() {
     let server = AdsServer::default();
-    publish_workloads(&server, 0..10);
-    let running = RunningServer::start(&server).await;
-    let mut client = RunningClient::start(running.addr, "node-mass");
-    client.wait_synced().await;
+    let running = serve_workloads(&server, 0..10).await;
+    let client = RunningClient::synced(running.addr, "node-mass").await;
     publish_workloads(&server, 10..2_010);
     wait_store(&client.store, "2010 workloads", |s| {
         s.workload_count() == 2_010
@@ -525,23 +506,14 @@ async fn a_stream_cannot_subscribe_to_unbounded_type_urls() {
     let mut config = ServerConfig::default();
     config.max_type_urls_per_stream = 2;
     let server = AdsServer::new(config);
-    publish_workloads(&server, 0..3);
-    let running = RunningServer::start(&server).await;
-    let mut grpc = AggregatedDiscoveryServiceClient::new(channel(running.addr));
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, "type.example/a"] {
-        tx.send(DeltaDiscoveryRequest {
+    let running = serve_workloads(&server, 0..3).await;
+    let requests = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, "type.example/a"].map(|type_url| {
+        DeltaDiscoveryRequest {
             type_url: type_url.into(),
             ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let mut inbound = grpc
-        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+        }
+    });
+    let (tx, mut inbound) = raw_stream(running.addr, requests).await;
     let status = settle(async {
         loop {
             match inbound.message().await {

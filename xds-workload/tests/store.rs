@@ -344,6 +344,16 @@ fn policy(
     .unwrap()
 }
 
+/// Inserts a [`policy`] for each `(key, name, namespace, scope, action)`.
+fn insert_policies(
+    store: &WorkloadStore,
+    policies: &[(&str, &str, &str, spb::Scope, spb::Action)],
+) {
+    for &(key, name, namespace, scope, action) in policies {
+        store.insert_policy(key, policy(name, namespace, scope, action));
+    }
+}
+
 #[test]
 fn applicable_policies_and_authorize() {
     let store = WorkloadStore::new();
@@ -351,35 +361,28 @@ fn applicable_policies_and_authorize() {
     p.authorization_policies = vec!["ns-9/selected".into(), "ns-9/unknown".into()];
     let w = Workload::try_from(&p).unwrap();
 
-    store.insert_policy(
-        "root/global",
-        policy("global", "root", spb::Scope::Global, spb::Action::Deny),
-    );
-    store.insert_policy(
-        "ns-1/local",
-        policy("local", "ns-1", spb::Scope::Namespace, spb::Action::Deny),
-    );
-    store.insert_policy(
-        "ns-2/other",
-        policy("other", "ns-2", spb::Scope::Namespace, spb::Action::Deny),
-    );
-    store.insert_policy(
-        "ns-9/selected",
-        policy(
-            "selected",
-            "ns-9",
-            spb::Scope::WorkloadSelector,
-            spb::Action::Deny,
-        ),
-    );
-    store.insert_policy(
-        "ns-1/unselected",
-        policy(
-            "unselected",
-            "ns-1",
-            spb::Scope::WorkloadSelector,
-            spb::Action::Deny,
-        ),
+    let deny = spb::Action::Deny;
+    insert_policies(
+        &store,
+        &[
+            ("root/global", "global", "root", spb::Scope::Global, deny),
+            ("ns-1/local", "local", "ns-1", spb::Scope::Namespace, deny),
+            ("ns-2/other", "other", "ns-2", spb::Scope::Namespace, deny),
+            (
+                "ns-9/selected",
+                "selected",
+                "ns-9",
+                spb::Scope::WorkloadSelector,
+                deny,
+            ),
+            (
+                "ns-1/unselected",
+                "unselected",
+                "ns-1",
+                spb::Scope::WorkloadSelector,
+                deny,
+            ),
+        ],
     );
     assert_eq!(store.policy_count(), 5);
 
@@ -455,22 +458,25 @@ fn listing_everything_in_key_order() {
         service("ns-a", "range.ns-a.svc", &[("", [172, 17, 0, 0], Some(16))]),
     );
     store.apply(batch);
-    store.insert_policy(
-        "second",
-        policy("p2", "ns-b", spb::Scope::Namespace, spb::Action::Deny),
-    );
-    store.insert_policy(
-        "first",
-        policy("p1", "ns-z", spb::Scope::Global, spb::Action::Deny),
-    );
-    store.insert_policy(
-        "third",
-        policy(
-            "p0",
-            "ns-b",
-            spb::Scope::WorkloadSelector,
-            spb::Action::Allow,
-        ),
+    insert_policies(
+        &store,
+        &[
+            (
+                "second",
+                "p2",
+                "ns-b",
+                spb::Scope::Namespace,
+                spb::Action::Deny,
+            ),
+            ("first", "p1", "ns-z", spb::Scope::Global, spb::Action::Deny),
+            (
+                "third",
+                "p0",
+                "ns-b",
+                spb::Scope::WorkloadSelector,
+                spb::Action::Allow,
+            ),
+        ],
     );
 
     let mut uids: Vec<String> = [7, 3, 12, 0, 25].map(common::workload_uid).into();

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Channel, Endpoint};
 
 use meshwire_xds_workload::ads::client::{
     AdsClient, ClientConfig, ClientEvent, NodeInfo, StoreHandler, SyncedSignal,
 };
 use meshwire_xds_workload::ads::server::{AdsServer, ResourceChange};
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshwire_xds_workload::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
 use meshwire_xds_workload::resource::ADDRESS_TYPE_URL;
 use meshwire_xds_workload::{NetworkAddress, WorkloadStore};
 
@@ -103,6 +107,13 @@ impl RunningClient {
         }
     }
 
+    /// A client of the server at `addr`, as node `node`, once it has synced.
+    pub(crate) async fn synced(addr: SocketAddr, node: &str) -> Self {
+        let mut client = Self::start(addr, node);
+        client.wait_synced().await;
+        client
+    }
+
     pub(crate) async fn wait_synced(&mut self) {
         assert!(
             tokio::time::timeout(WAIT, self.synced.wait())
@@ -170,6 +181,37 @@ pub(crate) fn publish_workloads(server: &AdsServer, range: std::ops::Range<usize
         ADDRESS_TYPE_URL,
         range.map(|i| ResourceChange::workload(crate::common::workload(i))),
     );
+}
+
+/// Publishes the test workloads `range` on `server` and starts it on loopback.
+pub(crate) async fn serve_workloads(
+    server: &AdsServer,
+    range: std::ops::Range<usize>,
+) -> RunningServer {
+    publish_workloads(server, range);
+    RunningServer::start(server).await
+}
+
+/// A delta ADS stream to the server at `addr` without our client: `initial` is queued
+/// before the call starts; further requests go into the returned sender.
+pub(crate) async fn raw_stream(
+    addr: SocketAddr,
+    initial: impl IntoIterator<Item = DeltaDiscoveryRequest>,
+) -> (
+    mpsc::Sender<DeltaDiscoveryRequest>,
+    tonic::Streaming<DeltaDiscoveryResponse>,
+) {
+    let mut grpc = AggregatedDiscoveryServiceClient::new(channel(addr));
+    let (tx, rx) = mpsc::channel(8);
+    for request in initial {
+        tx.send(request).await.unwrap();
+    }
+    let inbound = grpc
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
 }
 
 pub(crate) async fn settle<F: Future>(f: F) -> F::Output {
