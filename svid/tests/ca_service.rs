@@ -94,15 +94,33 @@ async fn start() -> Harness {
     }
 }
 
-fn client(h: &Harness, config: CaClientConfig, own: Option<&X509Svid>) -> CaClient {
-    let tls =
-        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), own).unwrap();
-    let channel = tls::channel(
-        &format!("https://127.0.0.1:{}", h.port),
+impl Harness {
+    /// The authorizer's most recent request.
+    fn last_seen(&self) -> AuthorizationRequest {
+        self.seen.lock().unwrap().pop().unwrap()
+    }
+}
+
+/// A TLS channel to `https://<host>:<port>` that trusts `root_pem`, presents `own` if
+/// given, and checks the server certificate for `server_name` (default: `host`).
+fn channel(
+    root_pem: &str,
+    own: Option<&X509Svid>,
+    host: &str,
+    port: u16,
+    server_name: Option<&str>,
+) -> tonic::transport::Channel {
+    let tls = control_plane_client_config(provider::default(), root_pem.as_bytes(), own).unwrap();
+    tls::channel(
+        &format!("https://{host}:{port}"),
         Arc::new(tls),
-        None,
+        server_name,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn client(h: &Harness, config: CaClientConfig, own: Option<&X509Svid>) -> CaClient {
+    let channel = channel(&h.ca.root_pem(), own, "127.0.0.1", h.port, None);
     CaClient::new(channel, config)
 }
 
@@ -146,7 +164,7 @@ async fn client_gets_certificate_over_tls() {
         want
     );
     // The server saw the headers and the metadata.
-    let seen = h.seen.lock().unwrap().pop().unwrap();
+    let seen = h.last_seen();
     assert_eq!(seen.bearer_token.as_deref(), Some(TOKEN));
     assert_eq!(seen.cluster_id.as_deref(), Some("cluster-1"));
     assert_eq!(seen.impersonated.as_ref(), Some(&want));
@@ -170,7 +188,7 @@ async fn mtls_caller_identity_reaches_authorizer() {
         .await
         .unwrap();
     assert_eq!(got.svid.spiffe_id(), &want);
-    let seen = h.seen.lock().unwrap().pop().unwrap();
+    let seen = h.last_seen();
     assert_eq!(seen.peer_identity, Some(me));
     assert!(seen.impersonated.is_none());
 }
@@ -215,14 +233,7 @@ async fn server_denials_become_grpc_codes() {
 #[tokio::test]
 async fn server_rejects_malformed_requests() {
     let h = start().await;
-    let tls =
-        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls::channel(
-        &format!("https://localhost:{}", h.port),
-        Arc::new(tls),
-        None,
-    )
-    .unwrap();
+    let channel = channel(&h.ca.root_pem(), None, "localhost", h.port, None);
     let mut raw = IstioCertificateServiceClient::new(channel);
     let call = |csr: String, metadata: Option<prost_types::Struct>| {
         let mut req = tonic::Request::new(IstioCertificateRequest {
@@ -289,48 +300,32 @@ async fn client_refuses_server_with_untrusted_certificate() {
         CaConfig::default(),
     )
     .unwrap();
-    let tls = control_plane_client_config(provider::default(), other.root_pem().as_bytes(), None)
-        .unwrap();
-    let channel = tls::channel(
-        &format!("https://127.0.0.1:{}", h.port),
-        Arc::new(tls),
-        None,
-    )
-    .unwrap();
-    let e = CaClient::new(channel, token_config())
-        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unavailable),
-        "{e:?}"
-    );
-    // And a name the server certificate was not issued for.
-    let tls =
-        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls::channel(
-        &format!("https://127.0.0.1:{}", h.port),
-        Arc::new(tls),
-        Some("not-istiod.example"),
-    )
-    .unwrap();
-    let e = CaClient::new(channel, token_config())
-        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unavailable),
-        "{e:?}"
-    );
+    let a = id("spiffe://cluster.local/ns/default/sa/a");
+    // A root that did not sign the server certificate, and a name the server certificate
+    // was not issued for.
+    let refused = [
+        (other.root_pem(), None),
+        (h.ca.root_pem(), Some("not-istiod.example")),
+    ];
+    for (root_pem, server_name) in refused {
+        let channel = channel(&root_pem, None, "127.0.0.1", h.port, server_name);
+        let e = CaClient::new(channel, token_config())
+            .fetch(&a)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unavailable),
+            "{server_name:?}: {e:?}"
+        );
+    }
     // The name override works for a name the certificate carries.
-    let tls =
-        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls::channel(
-        &format!("https://127.0.0.1:{}", h.port),
-        Arc::new(tls),
+    let channel = channel(
+        &h.ca.root_pem(),
+        None,
+        "127.0.0.1",
+        h.port,
         Some("istiod.istio-system.svc"),
-    )
-    .unwrap();
+    );
     CaClient::new(channel, token_config())
         .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
         .await
@@ -376,13 +371,7 @@ async fn token_file_is_read_before_every_request() {
     let want = id("spiffe://cluster.local/ns/default/sa/a");
     client.fetch(&want).await.unwrap();
     assert_eq!(
-        h.seen
-            .lock()
-            .unwrap()
-            .pop()
-            .unwrap()
-            .bearer_token
-            .as_deref(),
+        h.last_seen().bearer_token.as_deref(),
         Some(TOKEN),
         "trailing newline trimmed"
     );
@@ -393,16 +382,7 @@ async fn token_file_is_read_before_every_request() {
         matches!(e, CaClientError::Status(ref s) if s.code() == Code::Unauthenticated),
         "{e:?}"
     );
-    assert_eq!(
-        h.seen
-            .lock()
-            .unwrap()
-            .pop()
-            .unwrap()
-            .bearer_token
-            .as_deref(),
-        Some("rotated")
-    );
+    assert_eq!(h.last_seen().bearer_token.as_deref(), Some("rotated"));
     // A missing file is an error that keeps the I/O cause.
     std::fs::remove_file(&path).unwrap();
     let e = client.fetch(&want).await.unwrap_err();
@@ -465,14 +445,7 @@ async fn client_sends_configured_headers() {
         ("X-Ca-Extra".into(), "one".into()),
         ("x-other".into(), "two".into()),
     ];
-    let client_tls =
-        control_plane_client_config(provider::default(), h.ca.root_pem().as_bytes(), None).unwrap();
-    let channel = tls::channel(
-        &format!("https://127.0.0.1:{port}"),
-        Arc::new(client_tls),
-        None,
-    )
-    .unwrap();
+    let channel = channel(&h.ca.root_pem(), None, "127.0.0.1", port, None);
     CaClient::new(channel, cfg)
         .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
         .await
