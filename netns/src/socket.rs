@@ -84,6 +84,22 @@ fn set_transparent(sock: &Socket, v6: bool) -> Result<(), Error> {
     }
 }
 
+/// A new non-blocking, close-on-exec TCP socket of `addr`'s family, with `SO_MARK` set
+/// when a mark is given.
+fn tcp_socket(addr: SocketAddr, mark: Option<u32>) -> Result<Socket, Error> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(op(SocketOp::Create))?;
+    if let Some(mark) = mark {
+        sock.set_mark(mark)
+            .map_err(op(SocketOp::SetOption("SO_MARK")))?;
+    }
+    Ok(sock)
+}
+
 /// Creates a listening, non-blocking TCP socket in the **calling thread's** network
 /// namespace.
 ///
@@ -92,16 +108,7 @@ pub fn bind_listener(
     addr: SocketAddr,
     opts: &ListenerOptions,
 ) -> Result<std::net::TcpListener, Error> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )
-    .map_err(op(SocketOp::Create))?;
-    if let Some(mark) = opts.mark {
-        sock.set_mark(mark)
-            .map_err(op(SocketOp::SetOption("SO_MARK")))?;
-    }
+    let sock = tcp_socket(addr, opts.mark)?;
     sock.set_reuse_address(true)
         .map_err(op(SocketOp::SetOption("SO_REUSEADDR")))?;
     if opts.reuse_port {
@@ -144,16 +151,7 @@ pub fn outbound_socket(
             ),
         });
     }
-    let sock = Socket::new(
-        Domain::for_address(dst),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )
-    .map_err(op(SocketOp::Create))?;
-    if let Some(mark) = opts.mark {
-        sock.set_mark(mark)
-            .map_err(op(SocketOp::SetOption("SO_MARK")))?;
-    }
+    let sock = tcp_socket(dst, opts.mark)?;
     if opts.transparent {
         set_transparent(&sock, v6)?;
     }

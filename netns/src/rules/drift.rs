@@ -387,40 +387,44 @@ fn chain_drift(
     }
     // Multiset difference in both directions.
     let mut unmatched: Vec<Option<&Vec<String>>> = have_n.iter().map(Some).collect();
-    let mut missing = false;
+    let mut missing = Vec::new();
     for (w, orig) in want_n.iter().zip(want) {
         match unmatched.iter_mut().find(|h| h.is_some_and(|h| h == w)) {
             Some(slot) => *slot = None,
-            None => {
-                missing = true;
-                diffs.push(Difference::MissingRule {
-                    family,
-                    table,
-                    chain: chain.to_owned(),
-                    rule: join_args(orig),
-                });
-            }
+            None => missing.push(join_args(orig)),
         }
     }
-    let mut unexpected = false;
-    for (slot, orig) in unmatched.iter().zip(have) {
-        if slot.is_some() {
-            unexpected = true;
-            diffs.push(Difference::UnexpectedRule {
-                family,
-                table,
-                chain: chain.to_owned(),
-                rule: join_args(orig),
-            });
-        }
-    }
-    if !missing && !unexpected {
+    let unexpected: Vec<String> = unmatched
+        .iter()
+        .zip(have)
+        .filter(|(slot, _)| slot.is_some())
+        .map(|(_, orig)| join_args(orig))
+        .collect();
+    let chain = chain.to_owned();
+    if missing.is_empty() && unexpected.is_empty() {
         diffs.push(Difference::RulesOutOfOrder {
             family,
             table,
-            chain: chain.to_owned(),
+            chain,
         });
+        return;
     }
+    diffs.extend(missing.into_iter().map(|rule| Difference::MissingRule {
+        family,
+        table,
+        chain: chain.clone(),
+        rule,
+    }));
+    diffs.extend(
+        unexpected
+            .into_iter()
+            .map(|rule| Difference::UnexpectedRule {
+                family,
+                table,
+                chain: chain.clone(),
+                rule,
+            }),
+    );
 }
 
 #[cfg(test)]

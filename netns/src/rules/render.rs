@@ -19,8 +19,17 @@ pub(crate) struct TableSpec {
 /// The tables the rule set may own chains in.
 pub(crate) const MANAGED_TABLES: [Table; 3] = [Table::Mangle, Table::Nat, Table::Raw];
 
-fn args(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|s| (*s).to_owned()).collect()
+/// The arguments of one rule, written as `iptables-save` prints them: words separated by
+/// single spaces, where each `{}` stands for the next of `values`, taken whole.
+fn rule(line: &str, values: &[&str]) -> Vec<String> {
+    let mut values = values.iter();
+    line.split(' ')
+        .map(|word| match word {
+            "{}" => values.next().copied().unwrap_or(word),
+            _ => word,
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 impl RuleSet {
@@ -50,32 +59,17 @@ impl RuleSet {
             rules: vec![
                 (
                     pre.to_owned(),
-                    args(&[
-                        "-m",
-                        "mark",
-                        "--mark",
-                        &mark,
-                        "-j",
-                        "CONNMARK",
-                        "--set-xmark",
-                        &connmark,
-                    ]),
+                    rule(
+                        "-m mark --mark {} -j CONNMARK --set-xmark {}",
+                        &[&mark, &connmark],
+                    ),
                 ),
                 (
                     out.to_owned(),
-                    args(&[
-                        "-m",
-                        "connmark",
-                        "--mark",
-                        &connmark,
-                        "-j",
-                        "CONNMARK",
-                        "--restore-mark",
-                        "--nfmask",
-                        &restore,
-                        "--ctmask",
-                        &restore,
-                    ]),
+                    rule(
+                        "-m connmark --mark {} -j CONNMARK --restore-mark --nfmask {} --ctmask {}",
+                        &[&connmark, &restore, &restore],
+                    ),
                 ),
             ],
         });
@@ -88,115 +82,42 @@ impl RuleSet {
         let hbone = ports.hbone.to_string();
         let dns = ports.dns.to_string();
         for iface in &self.virtual_interfaces {
-            pre_rules.push(args(&[
-                "-i",
-                iface,
-                "-p",
-                "tcp",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &outbound,
-            ]));
-            pre_rules.push(args(&["-i", iface, "-p", "tcp", "-j", "RETURN"]));
+            pre_rules.push(rule(
+                "-i {} -p tcp -j REDIRECT --to-ports {}",
+                &[iface, &outbound],
+            ));
+            pre_rules.push(rule("-i {} -p tcp -j RETURN", &[iface]));
         }
         if let Some(probe) = self.probe_exemption {
             let probe = match family {
                 Family::V4 => format!("{}/32", probe.v4),
                 Family::V6 => format!("{}/128", probe.v6),
             };
-            pre_rules.push(args(&[
-                "-s", &probe, "-p", "tcp", "-m", "tcp", "-j", "ACCEPT",
-            ]));
-            out_rules.push(args(&[
-                "-d", &probe, "-p", "tcp", "-m", "tcp", "-j", "ACCEPT",
-            ]));
+            pre_rules.push(rule("-s {} -p tcp -m tcp -j ACCEPT", &[&probe]));
+            out_rules.push(rule("-d {} -p tcp -m tcp -j ACCEPT", &[&probe]));
         }
-        pre_rules.push(args(&[
-            "!",
-            "-d",
-            lo,
-            "-p",
-            "tcp",
-            "-m",
-            "tcp",
-            "!",
-            "--dport",
-            &hbone,
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            &mark,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &inbound,
-        ]));
+        pre_rules.push(rule(
+            "! -d {} -p tcp -m tcp ! --dport {} -m mark ! --mark {} -j REDIRECT --to-ports {}",
+            &[lo, &hbone, &mark, &inbound],
+        ));
         if self.dns_capture {
-            out_rules.push(args(&[
-                "!",
-                "-o",
-                "lo",
-                "-p",
-                "udp",
-                "-m",
-                "mark",
-                "!",
-                "--mark",
-                &mark,
-                "-m",
-                "udp",
-                "--dport",
-                "53",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &dns,
-            ]));
-            out_rules.push(args(&[
-                "!",
-                "-d",
-                lo,
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                "53",
-                "-m",
-                "mark",
-                "!",
-                "--mark",
-                &mark,
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &dns,
-            ]));
+            out_rules.push(rule(
+                "! -o lo -p udp -m mark ! --mark {} -m udp --dport 53 -j REDIRECT --to-ports {}",
+                &[&mark, &dns],
+            ));
+            out_rules.push(rule(
+                "! -d {} -p tcp -m tcp --dport 53 -m mark ! --mark {} -j REDIRECT --to-ports {}",
+                &[lo, &mark, &dns],
+            ));
         }
-        out_rules.push(args(&[
-            "-p", "tcp", "-m", "mark", "--mark", &connmark, "-j", "ACCEPT",
-        ]));
+        out_rules.push(rule("-p tcp -m mark --mark {} -j ACCEPT", &[&connmark]));
         if self.loopback_exemption {
-            out_rules.push(args(&["!", "-d", lo, "-o", "lo", "-j", "ACCEPT"]));
+            out_rules.push(rule("! -d {} -o lo -j ACCEPT", &[lo]));
         }
-        out_rules.push(args(&[
-            "!",
-            "-d",
-            lo,
-            "-p",
-            "tcp",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            &mark,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &outbound,
-        ]));
+        out_rules.push(rule(
+            "! -d {} -p tcp -m mark ! --mark {} -j REDIRECT --to-ports {}",
+            &[lo, &mark, &outbound],
+        ));
         tables.push(TableSpec {
             table: Table::Nat,
             jumps: jumps(),
@@ -215,17 +136,17 @@ impl RuleSet {
                 rules: vec![
                     (
                         pre.to_owned(),
-                        args(&[
-                            "-p", "udp", "-m", "mark", "!", "--mark", &mark, "-m", "udp",
-                            "--sport", "53", "-j", "CT", "--zone", "1",
-                        ]),
+                        rule(
+                            "-p udp -m mark ! --mark {} -m udp --sport 53 -j CT --zone 1",
+                            &[&mark],
+                        ),
                     ),
                     (
                         out.to_owned(),
-                        args(&[
-                            "-p", "udp", "-m", "mark", "--mark", &mark, "-m", "udp", "--dport",
-                            "53", "-j", "CT", "--zone", "1",
-                        ]),
+                        rule(
+                            "-p udp -m mark --mark {} -m udp --dport 53 -j CT --zone 1",
+                            &[&mark],
+                        ),
                     ),
                 ],
             });
