@@ -100,16 +100,8 @@ async fn concurrent_requests_share_one_dial() {
         ..Default::default()
     };
     let pool = f.pool_with(connector.clone(), PoolConfig::default());
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (pool, key) = (pool.clone(), f.key());
-        tasks.push(tokio::spawn(async move {
-            let mut t = open(&pool, &key, PORT_ECHO).await;
-            echo_once(&mut t).await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
+    for t in connect_concurrently(&f, &pool, PORT_ECHO, 50) {
+        echo_once(&mut t.await.unwrap().unwrap()).await;
     }
     assert_eq!(connector.calls.load(Ordering::SeqCst), 1);
     assert_eq!(pool.stats().opened, 1);
@@ -125,17 +117,8 @@ async fn waiters_share_a_failed_dial() {
         ..Default::default()
     };
     let pool = f.pool_with(connector.clone(), PoolConfig::default());
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (pool, key) = (pool.clone(), f.key());
-        tasks.push(tokio::spawn(async move {
-            pool.connect(&key, &Fixture::request(PORT_ECHO))
-                .await
-                .unwrap_err()
-        }));
-    }
-    for t in tasks {
-        let err = t.await.unwrap();
+    for t in connect_concurrently(&f, &pool, PORT_ECHO, 20) {
+        let err = t.await.unwrap().unwrap_err();
         assert!(
             matches!(err, ClientError::Connect(ref e) if e.kind() == io::ErrorKind::ConnectionRefused),
             "{err:?}"

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshwire_hbone::client::{ClientError, PoolConfig};
+use meshwire_hbone::client::{ClientError, PoolConfig, PoolKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -47,6 +47,16 @@ impl Observed {
         Self { addr, ended }
     }
 
+    /// Two keys of the fixture's client to this server that do not share connections:
+    /// one for a tunnel kept open, one for a connection left idle.
+    fn busy_and_idle_keys(&self, f: &Fixture) -> (PoolKey, PoolKey) {
+        let mut busy = f.key();
+        busy.next_hop = self.addr;
+        let mut idle = busy.clone();
+        idle.expected.insert(id("other", "sa"));
+        (busy, idle)
+    }
+
     /// Connections the server has seen end; panics on any that ended with a protocol
     /// error. A reset is tolerated: the server may still write (a PING, its own GOAWAY)
     /// after the client closed its socket.
@@ -66,10 +76,7 @@ async fn close_releases_idle_connections_and_lets_open_tunnels_finish() {
     let f = Fixture::start().await;
     let observed = Observed::start(&f).await;
     let pool = f.pool(PoolConfig::default());
-    let mut busy_key = f.key();
-    busy_key.next_hop = observed.addr;
-    let mut idle_key = busy_key.clone();
-    idle_key.expected.insert(id("other", "sa"));
+    let (busy_key, idle_key) = observed.busy_and_idle_keys(&f);
 
     let mut busy = open(&pool, &busy_key, PORT_ECHO).await;
     echo_once(&mut busy).await;
@@ -148,13 +155,7 @@ async fn close_abandons_dials_and_their_waiters() {
         ..Default::default()
     };
     let pool = f.pool_with(connector.clone(), PoolConfig::default());
-    let mut tasks = Vec::new();
-    for _ in 0..5 {
-        let (pool, key) = (pool.clone(), f.key());
-        tasks.push(tokio::spawn(async move {
-            pool.connect(&key, &Fixture::request(PORT_ECHO)).await
-        }));
-    }
+    let tasks = connect_concurrently(&f, &pool, PORT_ECHO, 5);
     eventually("dial started", || {
         connector.calls.load(Ordering::SeqCst) == 1
     })
@@ -184,10 +185,7 @@ async fn dropping_the_last_pool_clone_closes_its_connections() {
     let observed = Observed::start(&f).await;
     let pool = f.pool(PoolConfig::default());
     let clone = pool.clone();
-    let mut key = f.key();
-    key.next_hop = observed.addr;
-    let mut idle_key = key.clone();
-    idle_key.expected.insert(id("other", "sa"));
+    let (key, idle_key) = observed.busy_and_idle_keys(&f);
     let mut t = open(&pool, &idle_key, PORT_ECHO).await;
     echo_once(&mut t).await;
     drop(t);

@@ -380,6 +380,18 @@ async fn tunnel_and_socket_pair(
     (t, far, app, io)
 }
 
+/// Writes `data` into `from` and asserts that `to` reads exactly that.
+async fn carry(
+    from: &mut (impl AsyncWriteExt + Unpin),
+    to: &mut (impl AsyncReadExt + Unpin),
+    data: &[u8],
+) {
+    from.write_all(data).await.unwrap();
+    let mut got = vec![0u8; data.len()];
+    to.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, data);
+}
+
 #[tokio::test]
 async fn copy_reports_bytes_while_they_flow_and_keeps_half_closes() {
     let f = Fixture::start().await;
@@ -392,20 +404,12 @@ async fn copy_reports_bytes_while_they_flow_and_keeps_half_closes() {
     ));
 
     // Socket → tunnel: counted by the time the far end has it, while the copy runs.
-    let up = vec![3u8; 300_000];
-    app.write_all(&up).await.unwrap();
-    let mut got = vec![0u8; up.len()];
-    far.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, up);
+    carry(&mut app, &mut far, &[3u8; 300_000]).await;
     eventually("to_tunnel counted", || counters.to_tunnel() == 300_000).await;
     assert_eq!(counters.from_tunnel(), 0);
 
     // Tunnel → socket.
-    let down = vec![4u8; 50_000];
-    far.write_all(&down).await.unwrap();
-    let mut got = vec![0u8; down.len()];
-    app.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, down);
+    carry(&mut far, &mut app, &[4u8; 50_000]).await;
     eventually("from_tunnel counted", || counters.from_tunnel() == 50_000).await;
     assert!(!copy.is_finished());
 

@@ -346,6 +346,22 @@ pub async fn open<C: Connector, T: ClientTlsProvider>(
     pool.connect(key, &Fixture::request(port)).await.unwrap()
 }
 
+/// Starts `n` concurrent tunnels through `pool` on the fixture's key, each in its own
+/// task, to the `port` handler.
+pub fn connect_concurrently(
+    f: &Fixture,
+    pool: &Pool<TestConnector, SvidClientTls>,
+    port: u16,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Tunnel, ClientError>>> {
+    (0..n)
+        .map(|_| {
+            let (pool, key) = (pool.clone(), f.key());
+            tokio::spawn(async move { pool.connect(&key, &Fixture::request(port)).await })
+        })
+        .collect()
+}
+
 /// Over a new unpooled connection to `addr` (TLS with `tls`, then HTTP/2 with `http2`),
 /// opens one tunnel to the `port` handler.
 pub async fn open_unpooled(
