@@ -120,6 +120,20 @@ impl Running {
         };
         (running, conn)
     }
+
+    /// Asserts that the client closed `conn`, then [`Self::reconnects_quietly`].
+    async fn closed_and_reconnects_quietly(self, conn: &UnixSeqpacket) {
+        assert_closed(conn).await;
+        self.reconnects_quietly().await;
+    }
+
+    /// Asserts that the client connects again (a read error is not terminal) and that
+    /// its handler saw nothing; then stops it.
+    async fn reconnects_quietly(mut self) {
+        let _conn = self.agent.accept().await;
+        quiet(&mut self.events).await;
+        self.task.abort();
+    }
 }
 
 /// A client of `agent` whose handler reports every update, with a short back-off.
@@ -175,7 +189,7 @@ async fn snapshot_steady_state_and_readiness() {
 
 #[tokio::test]
 async fn more_than_one_fd_is_rejected_and_closed() {
-    let (mut r, conn) = Running::start().await;
+    let (r, conn) = Running::start().await;
     assert_refused_with_pipe(
         &conn,
         &add("a"),
@@ -183,10 +197,8 @@ async fn more_than_one_fd_is_rejected_and_closed() {
         "failure to read message : Expected 1 FD, got 2",
     )
     .await;
-    // It reconnects (a read error is not terminal), and the handler never saw the add.
-    let _conn = r.agent.accept().await;
-    quiet(&mut r.events).await;
-    r.task.abort();
+    // The handler never saw the add.
+    r.reconnects_quietly().await;
 }
 
 #[tokio::test]
@@ -206,15 +218,12 @@ async fn fd_on_a_non_add_is_rejected_and_closed() {
         request(&conn, &add("a"), &[]).await,
         Response::Nack("failure to read message : No control message".into())
     );
-    assert_closed(&conn).await;
-    let _conn = r.agent.accept().await;
-    quiet(&mut r.events).await;
-    r.task.abort();
+    r.closed_and_reconnects_quietly(&conn).await;
 }
 
 #[tokio::test]
 async fn truncated_message_is_rejected_and_closed() {
-    let (mut r, conn) = Running::start().await;
+    let (r, conn) = Running::start().await;
     let netns = common::own_netns();
     // A valid add padded past 1024 bytes with an unknown field: the client reads only
     // 1024 bytes and must refuse it, closing the fd that came along.
@@ -226,10 +235,7 @@ async fn truncated_message_is_rejected_and_closed() {
         Response::decode(&recv(&conn).await, 0).unwrap(),
         Response::Nack("failure to read message : received truncated message".into())
     );
-    assert_closed(&conn).await;
-    let _conn = r.agent.accept().await;
-    quiet(&mut r.events).await;
-    r.task.abort();
+    r.closed_and_reconnects_quietly(&conn).await;
 }
 
 #[tokio::test]

@@ -94,6 +94,19 @@ async fn snapshot_done(events: &mut broadcast::Receiver<ServerEvent>) -> usize {
     }
 }
 
+/// Asserts that the server sent a snapshot of `workloads` workloads and that the proxy
+/// received exactly `expected`.
+async fn assert_snapshot(
+    events: &mut broadcast::Receiver<ServerEvent>,
+    updates: &mut mpsc::UnboundedReceiver<Event>,
+    workloads: usize,
+    expected: &[Event],
+) {
+    assert_eq!(snapshot_done(events).await, workloads);
+    assert_next(updates, expected).await;
+    quiet(updates).await;
+}
+
 /// Waits for a connection to end.
 async fn wait_disconnected(events: &mut broadcast::Receiver<ServerEvent>) -> ServerEvent {
     wait_event(events, |e| matches!(e, ServerEvent::Disconnected { .. })).await
@@ -270,9 +283,10 @@ async fn no_proxy_then_snapshot() {
 
     let mut events = server.subscribe();
     let (client, mut updates) = start_client(&path, &[]);
-    assert_eq!(snapshot_done(&mut events).await, 2);
-    assert_next(
+    assert_snapshot(
+        &mut events,
         &mut updates,
+        2,
         &[
             Event::Add("a".into(), id),
             Event::Keep("k".into()),
@@ -301,9 +315,10 @@ async fn reconnect_gets_the_full_snapshot() {
 
     // The new connection gets everything the server holds, and reconciliation then
     // deletes "x", which the server no longer names.
-    assert_eq!(snapshot_done(&mut s.events).await, 2);
-    assert_next(
+    assert_snapshot(
+        &mut s.events,
         &mut s.updates,
+        2,
         &[
             Event::Add("a".into(), own),
             Event::Add("b".into(), own),
@@ -312,7 +327,6 @@ async fn reconnect_gets_the_full_snapshot() {
         ],
     )
     .await;
-    quiet(&mut s.updates).await;
     s.client.abort();
 }
 
@@ -337,9 +351,10 @@ async fn agent_restart_snapshot_drops_stale_workloads() {
     quiet(&mut s.updates).await;
     server.mark_seeded().await;
 
-    assert_eq!(snapshot_done(&mut events).await, 2);
-    assert_next(
+    assert_snapshot(
+        &mut events,
         &mut s.updates,
+        2,
         &[
             Event::Add("a".into(), own),
             Event::Keep("c".into()),
@@ -348,7 +363,6 @@ async fn agent_restart_snapshot_drops_stale_workloads() {
         ],
     )
     .await;
-    quiet(&mut s.updates).await;
     s.client.abort();
 }
 
