@@ -196,38 +196,43 @@ async fn mtls_caller_identity_reaches_authorizer() {
 #[tokio::test]
 async fn server_denials_become_grpc_codes() {
     let h = start().await;
-    let status = |e: CaClientError| match e {
-        CaClientError::Status(s) => s.code(),
-        other => panic!("unexpected {other:?}"),
-    };
-    // Wrong token.
-    let mut cfg = token_config();
-    cfg.token = Token::Static("wrong".into());
-    let e = client(&h, cfg, None)
-        .fetch(&id("spiffe://cluster.local/ns/default/sa/a"))
-        .await
-        .unwrap_err();
-    assert_eq!(status(e), Code::Unauthenticated);
-    // Authorizer denies the identity.
-    let e = client(&h, token_config(), None)
-        .fetch(&id("spiffe://cluster.local/ns/forbidden/sa/a"))
-        .await
-        .unwrap_err();
-    assert_eq!(status(e), Code::PermissionDenied);
-    // Impersonation outside the allowed namespace.
-    let mut cfg = token_config();
-    cfg.impersonate = true;
-    let e = client(&h, cfg, None)
-        .fetch(&id("spiffe://cluster.local/ns/other/sa/a"))
-        .await
-        .unwrap_err();
-    assert_eq!(status(e), Code::Unauthenticated);
-    // Outside the CA's trust domain (the authorizer approves; the CA refuses).
-    let e = client(&h, token_config(), None)
-        .fetch(&id("spiffe://other.org/ns/default/sa/a"))
-        .await
-        .unwrap_err();
-    assert_eq!(status(e), Code::PermissionDenied);
+    let mut wrong_token = token_config();
+    wrong_token.token = Token::Static("wrong".into());
+    let mut impersonating = token_config();
+    impersonating.impersonate = true;
+    let cases = [
+        // Wrong token.
+        (
+            wrong_token,
+            "spiffe://cluster.local/ns/default/sa/a",
+            Code::Unauthenticated,
+        ),
+        // Authorizer denies the identity.
+        (
+            token_config(),
+            "spiffe://cluster.local/ns/forbidden/sa/a",
+            Code::PermissionDenied,
+        ),
+        // Impersonation outside the allowed namespace.
+        (
+            impersonating,
+            "spiffe://cluster.local/ns/other/sa/a",
+            Code::Unauthenticated,
+        ),
+        // Outside the CA's trust domain (the authorizer approves; the CA refuses).
+        (
+            token_config(),
+            "spiffe://other.org/ns/default/sa/a",
+            Code::PermissionDenied,
+        ),
+    ];
+    for (cfg, want, code) in cases {
+        let e = client(&h, cfg, None).fetch(&id(want)).await.unwrap_err();
+        assert!(
+            matches!(&e, CaClientError::Status(s) if s.code() == code),
+            "{want}: {e:?}"
+        );
+    }
 }
 
 #[tokio::test]
