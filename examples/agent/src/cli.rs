@@ -255,6 +255,12 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// Parses the required flags (`--workloads w.yaml --node-name n1`) followed by `extra`.
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let required = ["agent", "--workloads", "w.yaml", "--node-name", "n1"];
+        Args::try_parse_from(required.iter().chain(extra))
+    }
+
     #[test]
     fn cli_is_consistent() {
         Args::command().debug_assert();
@@ -262,8 +268,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_contract() {
-        let a =
-            Args::try_parse_from(["agent", "--workloads", "w.yaml", "--node-name", "n1"]).unwrap();
+        let a = parse(&[]).unwrap();
         assert_eq!(a.trust_domain, "cluster.local");
         assert_eq!(a.label_key, "io.cilium/mtls-enabled");
         assert_eq!(a.zds_socket, PathBuf::from("/var/run/ztunnel/ztunnel.sock"));
@@ -308,31 +313,10 @@ mod tests {
             a.pod_status_dir(),
             Some(PathBuf::from("/etc/mesh/w.yaml.status"))
         );
-        let with = |dir: &str| {
-            Args::try_parse_from([
-                "agent",
-                "--workloads",
-                "w.yaml",
-                "--node-name",
-                "n1",
-                "--pod-status-dir",
-                dir,
-            ])
-            .unwrap()
-            .pod_status_dir()
-        };
+        let with = |dir: &str| parse(&["--pod-status-dir", dir]).unwrap().pod_status_dir();
         assert_eq!(with("none"), None, "`none` turns the gating off");
         assert_eq!(with("/run/s"), Some(PathBuf::from("/run/s")));
-        let a = Args::try_parse_from([
-            "agent",
-            "--workloads",
-            "w",
-            "--node-name",
-            "n",
-            "--ca-trust-loopback",
-            "false",
-        ])
-        .unwrap();
+        let a = parse(&["--ca-trust-loopback", "false"]).unwrap();
         assert!(!a.ca_trust_loopback);
     }
 
@@ -379,30 +363,9 @@ mod tests {
         assert!(Args::try_parse_checked(["agent", "--node-name", "n1"]).is_err());
         assert!(Args::try_parse_checked(["agent", "--workloads", "w"]).is_err());
         // --ca-cert without --ca-key is refused.
-        assert!(
-            Args::try_parse_from([
-                "agent",
-                "--workloads",
-                "w",
-                "--node-name",
-                "n",
-                "--ca-cert",
-                "c"
-            ])
-            .is_err()
-        );
-        let a = Args::try_parse_from([
-            "agent",
-            "--workloads",
-            "w",
-            "--node-name",
-            "n",
-            "--rules",
-            "cilium",
-            "--reconcile-interval",
-            "250ms",
-        ])
-        .unwrap();
+        assert!(parse(&["--ca-cert", "c"]).is_err());
+        assert!(parse(&["--ca-cert", "c", "--ca-key", "k"]).is_ok());
+        let a = parse(&["--rules", "cilium", "--reconcile-interval", "250ms"]).unwrap();
         assert_eq!(a.rules, RulesPreset::Cilium);
         assert_eq!(a.reconcile_interval, Duration::from_millis(250));
 
