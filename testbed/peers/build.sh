@@ -23,6 +23,18 @@ export GOFLAGS=-mod=readonly
 export GOTOOLCHAIN=local
 # The Go build cache lives with the binaries, under target/, so `cargo clean` clears both.
 export GOCACHE="$out/go-build"
+# The compiler's scratch files too: /tmp may be a small tmpfs, and a cold kube-apiserver
+# build writes more there than some machines' /tmp holds.
+export GOTMPDIR="$out/go-tmp"
+mkdir -p "$GOTMPDIR"
+
+# A cold build of every peer needs a few GB under target/ and in the module cache; say so
+# up front instead of failing half-way with ENOSPC.
+free_kb=$(df -Pk "$out" | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kb / 1024)) MB free under $out; a cold build of the peers needs about 4 GB" >&2
+    df -h "$out" /tmp >&2 || true
+fi
 
 # build GROUP LDFLAGS NAME=PACKAGE...: builds each package of the Go module in GROUP/
 # into bin/NAME, with LDFLAGS (the version stamps upstream's release builds set).
