@@ -15,7 +15,9 @@ use meshwire_svid::service::pb::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use meshwire_svid::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use meshwire_svid::service::server::{AuthorizationRequest, CertificateService, Denial, serve_tls};
+use meshwire_svid::service::server::{
+    AuthorizationRequest, Authorizer, CertificateService, Credentials, Denial, serve_tls,
+};
 use meshwire_svid::tls::{self, control_plane_client_config, control_plane_server_config};
 use meshwire_svid::verify::SpiffeServerVerifier;
 use meshwire_svid::x509::pem_encode;
@@ -28,7 +30,10 @@ const TOKEN: &str = "node-token";
 struct Harness {
     ca: Arc<CertificateAuthority>,
     port: u16,
-    seen: Arc<Mutex<Vec<AuthorizationRequest>>>,
+    /// Every caller the authorizer was asked to authenticate.
+    seen: Arc<Mutex<Vec<Credentials>>>,
+    /// Every request the authorizer was asked to authorize.
+    authorized: Arc<Mutex<Vec<AuthorizationRequest>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -55,26 +60,8 @@ async fn start() -> Harness {
         )),
     )
     .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    // A node authorizer: the token must match; impersonation only into namespace "default";
-    // namespace "forbidden" is never granted.
-    let authorizer = move |req: &AuthorizationRequest| {
-        log.lock().unwrap().push(req.clone());
-        if req.bearer_token.as_deref() != Some(TOKEN) {
-            return Err(Denial::Unauthenticated("bad token".into()));
-        }
-        let ns = req.requested.istio().map(|i| i.namespace().to_owned());
-        if ns.as_deref() == Some("forbidden") {
-            return Err(Denial::PermissionDenied(
-                "namespace not on this node".into(),
-            ));
-        }
-        if req.impersonated.is_some() && ns.as_deref() != Some("default") {
-            return Err(Denial::Unauthenticated("impersonation refused".into()));
-        }
-        Ok(())
-    };
+    let authorizer = NodeAuthorizer::default();
+    let (seen, authorized) = (authorizer.seen.clone(), authorizer.authorized.clone());
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -90,14 +77,54 @@ async fn start() -> Harness {
         ca,
         port,
         seen,
+        authorized,
         _stop: stop,
     }
 }
 
+/// A node authorizer: the token must match; impersonation only into namespace "default";
+/// namespace "forbidden" is never granted. It records what it was asked.
+#[derive(Default)]
+struct NodeAuthorizer {
+    seen: Arc<Mutex<Vec<Credentials>>>,
+    authorized: Arc<Mutex<Vec<AuthorizationRequest>>>,
+}
+
+impl Authorizer for NodeAuthorizer {
+    type Caller = ();
+
+    async fn authenticate(&self, credentials: &Credentials) -> Result<(), Denial> {
+        self.seen.lock().unwrap().push(credentials.clone());
+        if credentials.bearer_token.as_deref() != Some(TOKEN) {
+            return Err(Denial::Unauthenticated("bad token".into()));
+        }
+        Ok(())
+    }
+
+    async fn authorize(&self, _: &(), req: &AuthorizationRequest) -> Result<(), Denial> {
+        self.authorized.lock().unwrap().push(req.clone());
+        let ns = req.requested.istio().map(|i| i.namespace().to_owned());
+        if ns.as_deref() == Some("forbidden") {
+            return Err(Denial::PermissionDenied(
+                "namespace not on this node".into(),
+            ));
+        }
+        if req.impersonated.is_some() && ns.as_deref() != Some("default") {
+            return Err(Denial::Unauthenticated("impersonation refused".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Harness {
-    /// The authorizer's most recent request.
-    fn last_seen(&self) -> AuthorizationRequest {
+    /// The credentials of the most recent caller.
+    fn last_seen(&self) -> Credentials {
         self.seen.lock().unwrap().pop().unwrap()
+    }
+
+    /// The most recent request that reached authorization.
+    fn last_authorized(&self) -> AuthorizationRequest {
+        self.authorized.lock().unwrap().pop().unwrap()
     }
 }
 
@@ -167,12 +194,17 @@ async fn client_gets_certificate_over_tls() {
     let seen = h.last_seen();
     assert_eq!(seen.bearer_token.as_deref(), Some(TOKEN));
     assert_eq!(seen.cluster_id.as_deref(), Some("cluster-1"));
-    assert_eq!(seen.impersonated.as_ref(), Some(&want));
-    assert_eq!(seen.requested_ttl, Some(Duration::from_secs(1800)));
     assert!(seen.peer_identity.is_none());
     assert!(seen.remote_addr.unwrap().ip().is_loopback());
+    let authorized = h.last_authorized();
+    assert_eq!(authorized.impersonated.as_ref(), Some(&want));
+    assert_eq!(authorized.requested_ttl, Some(Duration::from_secs(1800)));
+    assert_eq!(
+        authorized.credentials.cluster_id.as_deref(),
+        Some("cluster-1")
+    );
     assert!(
-        !format!("{seen:?}").contains(TOKEN),
+        !format!("{seen:?}{authorized:?}").contains(TOKEN),
         "token must be redacted"
     );
 }
@@ -188,9 +220,8 @@ async fn mtls_caller_identity_reaches_authorizer() {
         .await
         .unwrap();
     assert_eq!(got.svid.spiffe_id(), &want);
-    let seen = h.last_seen();
-    assert_eq!(seen.peer_identity, Some(me));
-    assert!(seen.impersonated.is_none());
+    assert_eq!(h.last_seen().peer_identity, Some(me));
+    assert!(h.last_authorized().impersonated.is_none());
 }
 
 #[tokio::test]
@@ -293,8 +324,34 @@ async fn server_rejects_malformed_requests() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("signature"), "{}", e.message());
-    // Nothing reached the authorizer for malformed requests.
-    assert!(h.seen.lock().unwrap().is_empty());
+    // The callers were authenticated, but no malformed request reached authorization.
+    assert_eq!(h.seen.lock().unwrap().len(), 3);
+    assert!(h.authorized.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unauthenticated_callers_are_refused_before_their_csr_is_read() {
+    let h = start().await;
+    let channel = channel(&h.ca.root_pem(), None, "localhost", h.port, None);
+    let mut raw = IstioCertificateServiceClient::new(channel);
+    // Without a token and with a CSR that is not even PEM: the answer is about the caller,
+    // not about the CSR, because the CSR is never looked at.
+    for token in [None, Some("Bearer wrong")] {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: "not a csr".into(),
+            validity_duration: 60,
+            metadata: None,
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", t.parse().unwrap());
+        }
+        let e = raw.create_certificate(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{token:?}: {e:?}");
+        assert!(!e.message().contains("PEM"), "{}", e.message());
+    }
+    assert_eq!(h.seen.lock().unwrap().len(), 2);
+    assert!(h.authorized.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

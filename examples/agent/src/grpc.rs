@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshwire_svid::service::server::CertificateService;
+use meshwire_svid::service::server::{CertificateService, Credentials};
 use meshwire_svid::{IdentityPolicy, TrustBundleSet, TrustDomain};
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{debug, error, warn};
 
-use crate::ca::auth::{CallerInfo, CallerPolicy};
+use crate::ca::auth::CallerPolicy;
 use crate::ca::files::CaMaterial;
 use crate::ca::service::NodeAuthorizer;
 use crate::desired::Settings;
@@ -51,18 +51,18 @@ impl XdsGate {
 
 impl tonic::service::Interceptor for XdsGate {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let caller = CallerInfo::of_request(&request);
+        let caller = Credentials::of_request(&request);
         match self.callers.caller_node(&caller, &self.settings) {
             Some(node) => {
-                debug!(%node, caller = ?caller.remote, "xDS stream admitted");
+                debug!(%node, caller = ?caller.remote_addr, "xDS stream admitted");
                 Ok(request)
             }
             None => {
                 self.metrics.failure("xds_denied");
                 warn!(
-                    caller = ?caller.remote,
+                    caller = ?caller.remote_addr,
                     token = caller.bearer_token.is_some(),
-                    certificate = ?caller.client_identity,
+                    certificate = ?caller.peer_identity,
                     "xDS stream refused: caller is not recognised as a node proxy"
                 );
                 Err(tonic::Status::unauthenticated(

@@ -22,33 +22,55 @@ use crate::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
 use crate::tls::PeerInfo;
 
-/// Everything known about a certificate request when the authorizer is asked.
-#[derive(Clone)]
+/// What a request says about its caller, known before its CSR is read: the input of
+/// [`Authorizer::authenticate`].
+#[derive(Clone, Default)]
 #[non_exhaustive]
-pub struct AuthorizationRequest {
-    /// The identity requested by the CSR's single URI SAN.
-    pub requested: SpiffeId,
-    /// The `ImpersonatedIdentity` metadata, if present (then equal to `requested`): the
-    /// caller asks on behalf of a workload rather than for itself.
-    pub impersonated: Option<SpiffeId>,
+pub struct Credentials {
     /// The SPIFFE ID of the caller's verified client certificate, if it presented one.
     pub peer_identity: Option<SpiffeId>,
-    /// The bearer token of the `authorization` header, if any.
+    /// The bearer token of the `authorization` header, if any (the scheme is matched
+    /// case-insensitively, RFC 6750).
     pub bearer_token: Option<String>,
     /// The `clusterid` header, if any.
     pub cluster_id: Option<String>,
     /// The caller's address, when the connection was accepted through
     /// [`tls::incoming`](crate::tls::incoming) or plain TCP.
     pub remote_addr: Option<SocketAddr>,
-    /// The lifetime the caller asked for (`validity_duration`), before the CA's cap.
-    pub requested_ttl: Option<Duration>,
 }
 
-impl fmt::Debug for AuthorizationRequest {
+impl Credentials {
+    /// The credentials of a gRPC request: its connection's [`PeerInfo`] (address and verified
+    /// client identity), its `authorization: Bearer` token and its `clusterid` header.
+    pub fn of_request<T>(request: &Request<T>) -> Self {
+        let peer = request.extensions().get::<PeerInfo>();
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let bearer_token = header("authorization").and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+        Self {
+            peer_identity: peer.and_then(|p| p.peer_identity.clone()),
+            bearer_token,
+            cluster_id: header(CLUSTER_ID_HEADER),
+            remote_addr: peer
+                .map(|p| p.remote_addr)
+                .or_else(|| request.remote_addr()),
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthorizationRequest")
-            .field("requested", &self.requested)
-            .field("impersonated", &self.impersonated)
+        f.debug_struct("Credentials")
             .field("peer_identity", &self.peer_identity)
             .field(
                 "bearer_token",
@@ -56,9 +78,24 @@ impl fmt::Debug for AuthorizationRequest {
             )
             .field("cluster_id", &self.cluster_id)
             .field("remote_addr", &self.remote_addr)
-            .field("requested_ttl", &self.requested_ttl)
             .finish()
     }
+}
+
+/// A certificate request whose caller is authenticated and whose CSR is verified: the input
+/// of [`Authorizer::authorize`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AuthorizationRequest {
+    /// The identity requested by the CSR's single URI SAN.
+    pub requested: SpiffeId,
+    /// The `ImpersonatedIdentity` metadata, if present (then equal to `requested`): the
+    /// caller asks on behalf of a workload rather than for itself.
+    pub impersonated: Option<SpiffeId>,
+    /// The lifetime the caller asked for (`validity_duration`), before the CA's cap.
+    pub requested_ttl: Option<Duration>,
+    /// The caller's credentials, as [`Authorizer::authenticate`] saw them.
+    pub credentials: Credentials,
 }
 
 /// Why an authorizer refused a request.
@@ -82,28 +119,31 @@ impl From<Denial> for Status {
     }
 }
 
-/// Decides, per request, whether the caller may have the requested identity.
+/// Decides, per request, who the caller is and whether it may have the requested identity.
 ///
-/// Implemented for any `Fn(&AuthorizationRequest) -> Result<(), Denial>` closure; implement
-/// it directly for asynchronous checks (token review, pod lookups).
+/// The service asks in two steps so that nothing is spent on a caller it cannot
+/// authenticate: [`authenticate`](Authorizer::authenticate) runs before the CSR is parsed or
+/// its signature checked, and a denial there ends the request; only then is the CSR
+/// verified and [`authorize`](Authorizer::authorize) asked about the identity it names.
+/// Both may be asynchronous (a token review, a pod lookup).
 pub trait Authorizer: Send + Sync + 'static {
-    /// `Ok(())` approves `request.requested`.
+    /// What authentication establishes about a caller (a node name, say), handed to
+    /// [`authorize`](Authorizer::authorize).
+    type Caller: Send + Sync;
+
+    /// Recognises the caller from its credentials alone, or refuses it (usually with
+    /// [`Denial::Unauthenticated`]).
+    fn authenticate(
+        &self,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Result<Self::Caller, Denial>> + Send;
+
+    /// `Ok(())` approves `request.requested` for the authenticated `caller`.
     fn authorize(
         &self,
+        caller: &Self::Caller,
         request: &AuthorizationRequest,
     ) -> impl Future<Output = Result<(), Denial>> + Send;
-}
-
-impl<F> Authorizer for F
-where
-    F: Fn(&AuthorizationRequest) -> Result<(), Denial> + Send + Sync + 'static,
-{
-    fn authorize(
-        &self,
-        request: &AuthorizationRequest,
-    ) -> impl Future<Output = Result<(), Denial>> + Send {
-        std::future::ready(self(request))
-    }
 }
 
 /// Settings of a [`CertificateService`].
@@ -127,9 +167,10 @@ impl Default for CertificateServiceConfig {
 /// [`CertificateService::into_server`] and add it to a router (beside an xDS service, for
 /// example), or run it alone with [`serve_tls`].
 ///
-/// Per request it verifies the CSR's self-signature, takes the requested identity from the
-/// CSR's single URI SAN, checks it against the `ImpersonatedIdentity` metadata, asks the
-/// [`Authorizer`], and signs a leaf carrying only that identity.
+/// Per request it first asks the [`Authorizer`] to authenticate the caller; then it verifies
+/// the CSR's self-signature, takes the requested identity from the CSR's single URI SAN,
+/// checks it against the `ImpersonatedIdentity` metadata, asks the [`Authorizer`] whether
+/// the caller may have it, and signs a leaf carrying only that identity.
 pub struct CertificateService<A> {
     ca: Arc<CertificateAuthority>,
     authorizer: A,
@@ -173,25 +214,15 @@ impl<A: Authorizer> CertificateService<A> {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<IstioCertificateResponse, Status> {
-        let peer = request.extensions().get::<PeerInfo>().cloned();
-        let remote_addr = peer
-            .as_ref()
-            .map(|p| p.remote_addr)
-            .or_else(|| request.remote_addr());
-        let bearer_token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|t| t.trim().to_owned());
-        let cluster_id = request
-            .metadata()
-            .get(CLUSTER_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let credentials = Credentials::of_request(&request);
+        // Authenticate before any work on the request's body.
+        let caller = match self.authorizer.authenticate(&credentials).await {
+            Ok(caller) => caller,
+            Err(denial) => {
+                tracing::info!(caller = ?credentials.remote_addr, %denial, "certificate request from an unauthenticated caller");
+                return Err(denial.into());
+            }
+        };
         let body = request.into_inner();
 
         let csr_der = CertificateSigningRequestDer::from_pem_slice(body.csr.as_bytes())
@@ -224,14 +255,11 @@ impl<A: Authorizer> CertificateService<A> {
         let authz = AuthorizationRequest {
             requested,
             impersonated,
-            peer_identity: peer.and_then(|p| p.peer_identity),
-            bearer_token,
-            cluster_id,
-            remote_addr,
             requested_ttl,
+            credentials,
         };
-        if let Err(denial) = self.authorizer.authorize(&authz).await {
-            tracing::info!(identity = %authz.requested, caller = ?authz.peer_identity, %denial, "certificate request denied");
+        if let Err(denial) = self.authorizer.authorize(&caller, &authz).await {
+            tracing::info!(identity = %authz.requested, caller = ?authz.credentials.remote_addr, %denial, "certificate request denied");
             return Err(denial.into());
         }
         let ttl = requested_ttl.unwrap_or(self.config.default_ttl);

@@ -3,49 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use meshwire_svid::service::server::Credentials;
 
 use crate::desired::Settings;
 use crate::workloads::Cluster;
-
-/// What the certificate service knows about a caller.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CallerInfo {
-    /// Remote address of the connection.
-    pub(crate) remote: Option<SocketAddr>,
-    /// `authorization: Bearer <token>` value, if any.
-    pub(crate) bearer_token: Option<String>,
-    /// SPIFFE ID of the caller's verified client certificate, if any.
-    pub(crate) client_identity: Option<String>,
-}
-
-impl CallerInfo {
-    /// What a gRPC request on the TLS port tells about its caller: the connection's address
-    /// and verified client certificate, and its `authorization: Bearer` token.
-    pub(crate) fn of_request<T>(request: &tonic::Request<T>) -> Self {
-        let peer = request.extensions().get::<meshwire_svid::tls::PeerInfo>();
-        // `authorization: Bearer <token>`; the scheme is case-insensitive (RFC 6750).
-        let bearer_token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_owned());
-        Self {
-            remote: peer
-                .map(|p| p.remote_addr)
-                .or_else(|| request.remote_addr()),
-            bearer_token,
-            client_identity: peer
-                .and_then(|p| p.peer_identity.as_ref())
-                .map(ToString::to_string),
-        }
-    }
-}
 
 /// How callers are recognised as the proxy of a node.
 #[derive(Debug, Clone, Default)]
@@ -61,12 +26,10 @@ impl CallerPolicy {
     ///
     /// In order: a client certificate `spiffe://<trust domain>/node/<node>`, a known bearer
     /// token, then (demo mode) the loopback address.
-    pub(crate) fn caller_node(&self, caller: &CallerInfo, settings: &Settings) -> Option<String> {
-        if let Some(id) = &caller.client_identity
-            && let Some(node) = id
-                .strip_prefix("spiffe://")
-                .and_then(|rest| rest.strip_prefix(settings.trust_domain.as_str()))
-                .and_then(|rest| rest.strip_prefix("/node/"))
+    pub(crate) fn caller_node(&self, caller: &Credentials, settings: &Settings) -> Option<String> {
+        if let Some(id) = &caller.peer_identity
+            && id.trust_domain().as_str() == settings.trust_domain.as_str()
+            && let Some(node) = id.path().strip_prefix("/node/")
             && !node.is_empty()
             && !node.contains('/')
         {
@@ -77,7 +40,7 @@ impl CallerPolicy {
         {
             return Some(node.clone());
         }
-        let remote = caller.remote?;
+        let remote = caller.remote_addr?;
         if self.trust_loopback && is_loopback(remote.ip()) {
             return Some(settings.node.clone());
         }
@@ -269,10 +232,11 @@ mod tests {
                 .unwrap(),
             trust_loopback: true,
         };
-        let at = |addr: &str, token: Option<&str>| CallerInfo {
-            remote: Some(addr.parse().unwrap()),
-            bearer_token: token.map(str::to_owned),
-            client_identity: None,
+        let at = |addr: &str, token: Option<&str>| {
+            let mut c = Credentials::default();
+            c.remote_addr = Some(addr.parse().unwrap());
+            c.bearer_token = token.map(str::to_owned);
+            c
         };
         assert_eq!(
             policy
@@ -316,10 +280,11 @@ mod tests {
             Some("node-1"),
             "an unknown token on loopback is still the local proxy in demo mode"
         );
-        let with_cert = |id: &str| CallerInfo {
-            remote: Some("10.0.0.5:4000".parse().unwrap()),
-            bearer_token: None,
-            client_identity: Some(id.to_owned()),
+        let with_cert = |id: &str| {
+            let mut c = Credentials::default();
+            c.remote_addr = Some("10.0.0.5:4000".parse().unwrap());
+            c.peer_identity = Some(meshwire_svid::SpiffeId::new(id).unwrap());
+            c
         };
         assert_eq!(
             policy
@@ -330,7 +295,7 @@ mod tests {
         for not_a_node in [
             "spiffe://other.domain/node/node-7",
             "spiffe://cluster.local/ns/shop/sa/client",
-            "spiffe://cluster.local/node/",
+            "spiffe://cluster.local/nodes/node-7",
             "spiffe://cluster.local/node/a/b",
             "spiffe://cluster.localx/node/n",
         ] {
@@ -345,7 +310,7 @@ mod tests {
             ..policy
         };
         assert_eq!(strict.caller_node(&at("127.0.0.1:4000", None), &s), None);
-        assert_eq!(strict.caller_node(&CallerInfo::default(), &s), None);
+        assert_eq!(strict.caller_node(&Credentials::default(), &s), None);
     }
 
     #[test]

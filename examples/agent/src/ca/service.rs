@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use meshwire_svid::service::server::{AuthorizationRequest, Denial};
+use meshwire_svid::service::server::{AuthorizationRequest, Credentials, Denial};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::ca::auth::{self, CallerInfo, CallerPolicy, Requested};
+use crate::ca::auth::{self, CallerPolicy, Requested};
 use crate::desired::Settings;
 use crate::metrics::Metrics;
 use crate::workloads::Cluster;
@@ -22,13 +22,21 @@ pub(crate) struct NodeAuthorizer {
 }
 
 impl NodeAuthorizer {
-    pub(crate) fn decide(&self, req: &AuthorizationRequest) -> Result<(), Denial> {
-        let caller = CallerInfo {
-            remote: req.remote_addr,
-            bearer_token: req.bearer_token.clone(),
-            client_identity: req.peer_identity.as_ref().map(ToString::to_string),
-        };
-        let node = self.callers.caller_node(&caller, &self.settings);
+    /// The node whose proxy is calling, or an `UNAUTHENTICATED` denial; decided before the
+    /// request's CSR is read.
+    pub(crate) fn recognise(&self, caller: &Credentials) -> Result<String, Denial> {
+        self.callers
+            .caller_node(caller, &self.settings)
+            .ok_or_else(|| {
+                self.metrics.failure("certificate_denied");
+                warn!(caller = ?caller.remote_addr, "certificate request denied: caller is not recognised as a node proxy");
+                Denial::Unauthenticated(auth::Denial::UnknownCaller.to_string())
+            })
+    }
+
+    /// Whether the proxy of `node` may have the identity `req` asks for.
+    pub(crate) fn decide(&self, node: &str, req: &AuthorizationRequest) -> Result<(), Denial> {
+        let caller = req.credentials.remote_addr;
         let Some(istio) = req.requested.istio() else {
             self.metrics.failure("certificate_denied");
             warn!(identity = %req.requested, "certificate request denied: not an Istio workload identity");
@@ -43,23 +51,18 @@ impl NodeAuthorizer {
             service_account: istio.service_account(),
         };
         let cluster = self.cluster.borrow().clone();
-        match auth::authorize(&cluster, &self.settings, node.as_deref(), &requested) {
+        match auth::authorize(&cluster, &self.settings, Some(node), &requested) {
             Ok(()) => {
                 self.metrics.certificates_issued.inc();
-                info!(
-                    identity = %req.requested,
-                    node = node.as_deref().unwrap_or("-"),
-                    caller = ?req.remote_addr,
-                    "signing workload certificate"
-                );
+                info!(identity = %req.requested, node, ?caller, "signing workload certificate");
                 Ok(())
             }
             Err(denial) => {
                 self.metrics.failure("certificate_denied");
                 warn!(
                     identity = %req.requested,
-                    node = node.as_deref().unwrap_or("-"),
-                    caller = ?req.remote_addr,
+                    node,
+                    ?caller,
                     reason = %denial,
                     "certificate request denied"
                 );
@@ -73,10 +76,20 @@ impl NodeAuthorizer {
 }
 
 impl meshwire_svid::service::server::Authorizer for NodeAuthorizer {
+    type Caller = String;
+
+    fn authenticate(
+        &self,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Result<String, Denial>> + Send {
+        std::future::ready(self.recognise(credentials))
+    }
+
     fn authorize(
         &self,
+        node: &String,
         request: &AuthorizationRequest,
     ) -> impl Future<Output = Result<(), Denial>> + Send {
-        std::future::ready(self.decide(request))
+        std::future::ready(self.decide(node, request))
     }
 }
