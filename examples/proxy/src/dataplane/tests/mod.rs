@@ -230,7 +230,7 @@ impl Env {
         );
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
-        let certs = Managed::new(ca.clone(), metrics.clone());
+        let certs = Managed::new(ca.clone(), meshwire_svid::provider::ring(), metrics.clone());
         let dp = DataPlane::new(
             DataPlaneConfig {
                 node_name: NODE.into(),
@@ -242,7 +242,6 @@ impl Env {
             metrics.clone(),
             store.clone(),
             certs,
-            meshwire_svid::provider::ring(),
         );
         let supervisor =
             Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
