@@ -211,26 +211,26 @@ async fn huge_backoff_does_not_overflow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_tls() {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    // A server certificate for "xds.test" and a client that trusts only it.
-    let certified = rcgen::generate_simple_self_signed(vec!["xds.test".to_owned()]).unwrap();
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
+    // A server certificate for "xds.test" from a test CA, and a client that trusts only it.
+    let pki = meshwire_svid::test_util::TestPki::new("cluster.local");
+    let (chain, key) = pki
+        .ca()
+        .issue_server_cert(&["xds.test"], &[], Duration::from_secs(3600))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
+        .with_single_cert(chain, key)
         .unwrap();
     server_tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
+    roots.add(pki.ca().root().clone()).unwrap();
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

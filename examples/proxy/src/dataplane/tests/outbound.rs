@@ -97,7 +97,7 @@ async fn baggage_describes_the_workload_on_each_end() {
 
     // Inbound: the 200 carries the destination pod's attributes.
     let conn = raw_client(
-        &env.ca,
+        &env.pki,
         CLIENT_ID,
         SERVER_ID,
         env.listener("server-1", ListenerKind::InboundHbone),

@@ -1,15 +1,13 @@
 use std::sync::Arc;
 
-use meshwire_svid::ca::{CaConfig, CertificateAuthority};
-use meshwire_svid::{IdentityPolicy, SpiffeId, TrustDomain};
+use meshwire_svid::test_util::TestPki;
+use meshwire_svid::{IdentityPolicy, SpiffeId};
 
 use super::{Certificates, Managed};
 
-fn managed() -> Arc<Managed<Arc<CertificateAuthority>>> {
-    let td = TrustDomain::new("cluster.local").unwrap();
-    let ca = Arc::new(CertificateAuthority::generate_root(&td, CaConfig::default()).unwrap());
+fn managed() -> Arc<Managed<TestPki>> {
     Managed::new(
-        ca,
+        TestPki::new("cluster.local"),
         meshwire_svid::provider::ring(),
         crate::metrics::Metrics::new(),
     )
