@@ -256,6 +256,17 @@ impl Env {
         }
     }
 
+    /// The common two-pod setup: enrolled pods `client-1` (on `client`) and `server-1` (on
+    /// `server`) of namespace `shop`, and an echo app on `server` that answers `server-1:`
+    /// and the bytes it got; returns the environment and the app's address.
+    pub(crate) async fn client_and_server(client: [u8; 4], server: [u8; 4]) -> (Self, SocketAddr) {
+        let mut env = Self::new().await;
+        env.pod("client-1", "shop", "client", client, true).await;
+        env.pod("server-1", "shop", "server", server, true).await;
+        let app = echo_app(server, "server-1:").await;
+        (env, app)
+    }
+
     /// Adds a pod (xDS workload and ZDS add) on `ip`.
     pub(crate) async fn pod(
         &mut self,
