@@ -1,7 +1,6 @@
 //! Workload certificates as the data plane sees them: one certificate per identity, held by
-//! the `svid` certificate manager and presented through its
-//! [`CertificateResolver`](meshwire_svid::manager::CertificateResolver), with a summary for
-//! `/config_dump` and metrics.
+//! the `svid` certificate manager and presented through its [`CertificateResolver`], with a
+//! summary for `/config_dump` and metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
