@@ -5,7 +5,10 @@
 //! [`TestPki`] is a root CA for one trust domain (optionally signing through an
 //! intermediate) that issues SVIDs for given SPIFFE IDs, expired and not-yet-valid chains,
 //! leaves that break the X.509-SVID rules ([`TestLeaf`]), and ready data-plane
-//! configurations.
+//! configurations. With the `manager` feature it is also a
+//! [`CertificateSource`](crate::manager::CertificateSource), so a
+//! [`CertificateManager`](crate::manager::CertificateManager) under test can fetch from it
+//! (share it with an `Arc`).
 //!
 //! ```
 //! use meshwire_svid::IdentityPolicy;
@@ -203,6 +206,19 @@ impl TestPki {
             clients,
         )
         .expect("a data-plane server configuration")
+    }
+}
+
+/// Issues through the test CA (with its `max_ttl`) and returns the root, as the CA itself
+/// does.
+#[cfg(feature = "manager")]
+impl crate::manager::CertificateSource for TestPki {
+    type Error = crate::ca::CaError;
+    fn fetch(
+        &self,
+        id: &SpiffeId,
+    ) -> impl Future<Output = Result<crate::x509::FetchedSvid, Self::Error>> + Send {
+        crate::manager::CertificateSource::fetch(&self.ca, id)
     }
 }
 

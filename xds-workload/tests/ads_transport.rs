@@ -15,9 +15,29 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Endpoint;
 
 use meshwire_xds_workload::ads::client::{ClientConfig, ClientEvent, NodeInfo, TokenSource};
-use meshwire_xds_workload::ads::server::{AdsServer, ServerEvent};
+use meshwire_xds_workload::ads::server::{AdsServer, ServeError, ServerEvent};
 
 use ads_support::{RunningClient, channel, publish_workloads, settle, wait_event};
+
+/// Runs `serve` (handed a clone of `server` and the shutdown signal) on a task; sending on
+/// the returned sender (or dropping it) shuts the server down.
+fn serve_until_stopped<F, Fut>(
+    server: &AdsServer,
+    serve: F,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ServeError>>,
+)
+where
+    F: FnOnce(AdsServer, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), ServeError>> + Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let signal = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    (stop, tokio::spawn(serve(server.clone(), signal)))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_identity_and_headers_reach_the_server() {
@@ -116,17 +136,9 @@ async fn serves_over_a_unix_socket() {
     let server = AdsServer::default();
     publish_workloads(&server, 0..10);
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .serve_unix(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, serving) = serve_until_stopped(&server, |server, stopped| async move {
+        server.serve_unix(listener, stopped).await
+    });
     let connect_path = path.clone();
     let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
         tower::service_fn(move |_| {
@@ -211,26 +223,26 @@ async fn huge_backoff_does_not_overflow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_tls() {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    // A server certificate for "xds.test" and a client that trusts only it.
-    let certified = rcgen::generate_simple_self_signed(vec!["xds.test".to_owned()]).unwrap();
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
+    // A server certificate for "xds.test" from a test CA, and a client that trusts only it.
+    let pki = meshwire_svid::test_util::TestPki::new("cluster.local");
+    let (chain, key) = pki
+        .ca()
+        .issue_server_cert(&["xds.test"], &[], Duration::from_secs(3600))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
+        .with_single_cert(chain, key)
         .unwrap();
     server_tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
+    roots.add(pki.ca().root().clone()).unwrap();
     let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -259,17 +271,9 @@ async fn serves_over_tls() {
             Some((accepted, (listener, acceptor, counted)))
         },
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .serve_with_incoming(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, serving) = serve_until_stopped(&server, |server, stopped| async move {
+        server.serve_with_incoming(incoming, stopped).await
+    });
 
     let channel = Endpoint::from_static("http://xds.test").connect_with_connector_lazy(
         tower::service_fn(move |_| {

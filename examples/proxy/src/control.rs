@@ -185,13 +185,9 @@ mod tests {
     use super::*;
 
     fn root_pem() -> String {
-        let td = meshwire_svid::TrustDomain::new("cluster.local").unwrap();
-        meshwire_svid::ca::CertificateAuthority::generate_root(
-            &td,
-            meshwire_svid::ca::CaConfig::default(),
-        )
-        .unwrap()
-        .root_pem()
+        meshwire_svid::test_util::TestPki::new("cluster.local")
+            .ca()
+            .root_pem()
     }
 
     #[test]

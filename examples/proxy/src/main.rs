@@ -135,7 +135,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     tokio::spawn(control::log_xds_events(xds_events));
 
     let ca = control::ca_client(&config, &ca_root, token.as_ref(), &crypto)?;
-    let certs = tls::certs::Managed::new(ca, metrics.clone());
+    let certs = tls::certs::Managed::new(ca, crypto, metrics.clone());
 
     let dataplane = DataPlane::new(
         DataPlaneConfig {
@@ -147,7 +147,6 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         metrics.clone(),
         store.clone(),
         certs,
-        crypto,
     );
     let supervisor = Supervisor::new(Arc::new(Dispatch(dataplane.clone())), metrics.clone());
 

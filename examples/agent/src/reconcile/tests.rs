@@ -151,37 +151,25 @@ fn publish(uids: &[&str]) -> Call {
     Call::Publish(uids.iter().map(|u| u.to_string()).collect())
 }
 
-fn add(uid: &str) -> Call {
-    Call::Add(uid.into())
+/// The journal entry of one effect on one pod: `add("a")` is `Call::Add("a".into())`.
+macro_rules! call_constructors {
+    ($($name:ident => $variant:ident),* $(,)?) => {
+        $(fn $name(uid: &str) -> Call {
+            Call::$variant(uid.into())
+        })*
+    };
 }
 
-fn del(uid: &str) -> Call {
-    Call::Del(uid.into())
-}
-
-fn install(uid: &str) -> Call {
-    Call::Install(uid.into())
-}
-
-fn install_failed(uid: &str) -> Call {
-    Call::InstallFailed(uid.into())
-}
-
-fn check(uid: &str) -> Call {
-    Call::Check(uid.into())
-}
-
-fn repair(uid: &str) -> Call {
-    Call::Repair(uid.into())
-}
-
-fn remove(uid: &str) -> Call {
-    Call::Remove(uid.into())
-}
-
-fn remove_failed(uid: &str) -> Call {
-    Call::RemoveFailed(uid.into())
-}
+call_constructors!(
+    add => Add,
+    del => Del,
+    install => Install,
+    install_failed => InstallFailed,
+    check => Check,
+    repair => Repair,
+    remove => Remove,
+    remove_failed => RemoveFailed,
+);
 
 fn stages<Z: ProxyChannel, R: RuleInstaller, P: Publisher>(
     r: &Reconciler<Z, R, P>,

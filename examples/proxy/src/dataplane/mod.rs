@@ -33,7 +33,6 @@ use meshwire_hbone::client::{Pool, PoolConfig, PoolStats};
 use meshwire_hbone::server::{Admission, ServeConfig, Server};
 use meshwire_svid::SpiffeId;
 use meshwire_xds_workload::{Workload, WorkloadStore};
-use rustls::crypto::CryptoProvider;
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
@@ -95,7 +94,6 @@ pub(crate) struct DataPlane {
     metrics: Arc<Metrics>,
     store: Arc<WorkloadStore>,
     certs: Arc<dyn Certificates>,
-    crypto: Arc<CryptoProvider>,
     /// The CONNECT destination rules of every pod's 15008 (the proxy's own ports refused).
     admission: Admission,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
@@ -115,14 +113,12 @@ impl DataPlane {
         metrics: Arc<Metrics>,
         store: Arc<WorkloadStore>,
         certs: Arc<dyn Certificates>,
-        crypto: Arc<CryptoProvider>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
             metrics,
             store,
             certs,
-            crypto,
             admission: Admission::default(),
             pods: Mutex::new(HashMap::new()),
         })
@@ -136,11 +132,6 @@ impl DataPlane {
     /// The certificates of the pods' identities.
     pub(crate) fn certs(&self) -> &Arc<dyn Certificates> {
         &self.certs
-    }
-
-    /// The crypto provider of every TLS configuration.
-    pub(crate) fn crypto(&self) -> &Arc<CryptoProvider> {
-        &self.crypto
     }
 
     /// The node whose pods this data plane serves.
@@ -264,7 +255,6 @@ impl Handler for Dispatch {
             },
             ClientTls {
                 certs: dp.certs.clone(),
-                crypto: dp.crypto.clone(),
             },
             PoolConfig::default(),
         );
@@ -274,7 +264,6 @@ impl Handler for Dispatch {
             PodServerTls {
                 dp: dp.clone(),
                 pod: pod.clone(),
-                cache: Mutex::new(None),
             },
             InboundStreams {
                 dp: dp.clone(),

@@ -1,18 +1,18 @@
-//! Workload certificates as the data plane sees them: one SVID per identity, with the roots
-//! to verify peers against, and a summary for `/config_dump` and metrics.
+//! Workload certificates as the data plane sees them: one certificate per identity, held by
+//! the `svid` certificate manager and presented through its [`CertificateResolver`], with a
+//! summary for `/config_dump` and metrics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
-use meshwire_svid::{SpiffeId, TrustBundleSet, X509Svid};
-
-/// A certificate and the trust bundles that came with it.
-#[derive(Debug, Clone)]
-pub(crate) struct Material {
-    pub(crate) svid: X509Svid,
-    pub(crate) roots: TrustBundleSet,
-}
+use meshwire_svid::manager::{
+    CertificateManager, CertificateResolver, CertificateSource, ManagerConfig, Priority,
+};
+use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundle, TrustBundleSet, X509Svid};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 
 /// What `/config_dump` shows of a held certificate.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,10 +48,21 @@ impl CertSummary {
     }
 }
 
-/// Source of workload certificates.
+/// Source of the TLS configurations of workload identities.
 pub(crate) trait Certificates: Send + Sync + 'static {
-    /// The current certificate for `id`, fetching it if none is held (waits for the CA).
-    fn fetch(&self, id: &SpiffeId) -> BoxFuture<'_, anyhow::Result<Arc<Material>>>;
+    /// A client configuration presenting `id`'s certificate to servers satisfying
+    /// `expected`; fetches the certificate if none is held (waits for the CA).
+    fn client_config(
+        &self,
+        id: &SpiffeId,
+        expected: IdentityPolicy,
+    ) -> BoxFuture<'_, anyhow::Result<Arc<rustls::ClientConfig>>>;
+    /// A server configuration presenting `id`'s certificate to clients of its trust domain;
+    /// fetches the certificate if none is held (waits for the CA).
+    fn server_config(
+        &self,
+        id: &SpiffeId,
+    ) -> BoxFuture<'_, anyhow::Result<Arc<rustls::ServerConfig>>>;
     /// Starts fetching `id` in the background (a pod with that identity arrived).
     fn prefetch(&self, id: &SpiffeId);
     /// Stops holding and refreshing `id` (no pod on this node has it any more).
@@ -61,18 +72,20 @@ pub(crate) trait Certificates: Send + Sync + 'static {
 }
 
 /// [`Certificates`] backed by the `svid` certificate manager (CA client in production, a local
-/// CA in tests): one handle per identity a pod here needs, refreshed at half-life by the
-/// manager; the expiry metric follows every refresh.
+/// CA in tests): one resolver per identity a pod here needs, whose certificate the manager
+/// refreshes at half-life (configurations present the new one without being rebuilt); the
+/// expiry metric follows every refresh.
 pub(crate) struct Managed<S> {
-    manager: meshwire_svid::manager::CertificateManager<S>,
+    manager: CertificateManager<S>,
+    crypto: Arc<CryptoProvider>,
     metrics: Arc<crate::metrics::Metrics>,
-    held: std::sync::Mutex<std::collections::HashMap<SpiffeId, Held>>,
+    held: Mutex<HashMap<SpiffeId, Held>>,
 }
 
 struct Held {
-    handle: meshwire_svid::manager::CertificateHandle,
-    /// Material built from the manager's current certificate (rebuilt when it changes).
-    material: Option<(Arc<meshwire_svid::x509::FetchedSvid>, Arc<Material>)>,
+    resolver: Arc<CertificateResolver>,
+    /// The server configuration and the CA roots it trusts (rebuilt when the roots change).
+    server: Option<(Vec<CertificateDer<'static>>, Arc<rustls::ServerConfig>)>,
 }
 
 impl<S> std::fmt::Debug for Managed<S> {
@@ -81,27 +94,27 @@ impl<S> std::fmt::Debug for Managed<S> {
     }
 }
 
-impl<S: meshwire_svid::manager::CertificateSource> Managed<S> {
-    pub(crate) fn new(source: S, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+impl<S: CertificateSource> Managed<S> {
+    pub(crate) fn new(
+        source: S,
+        crypto: Arc<CryptoProvider>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            manager: meshwire_svid::manager::CertificateManager::new(
-                source,
-                meshwire_svid::manager::ManagerConfig::default(),
-            ),
+            manager: CertificateManager::new(source, ManagerConfig::default()),
+            crypto,
             metrics,
-            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SpiffeId, Held>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<SpiffeId, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Holds `id` (at `priority`) if it is not held yet, and follows its certificate for the
     /// expiry metric and the log.
-    fn ensure_held(&self, id: &SpiffeId, priority: meshwire_svid::manager::Priority) {
+    fn ensure_held(&self, id: &SpiffeId, priority: Priority) {
         let mut held = self.lock();
         if held.contains_key(id) {
             return;
@@ -137,58 +150,82 @@ impl<S: meshwire_svid::manager::CertificateSource> Managed<S> {
         held.insert(
             id.clone(),
             Held {
-                handle,
-                material: None,
+                resolver: CertificateResolver::new(handle, self.crypto.clone()),
+                server: None,
             },
         );
     }
 
-    fn material(
+    /// Waits for a valid certificate of `id`; returns its resolver and the CA roots that came
+    /// with the certificate.
+    async fn ready(
         &self,
         id: &SpiffeId,
-        fetched: Arc<meshwire_svid::x509::FetchedSvid>,
-    ) -> anyhow::Result<Arc<Material>> {
-        let mut held = self.lock();
-        if let Some(h) = held.get(id)
-            && let Some((f, m)) = &h.material
-            && Arc::ptr_eq(f, &fetched)
-        {
-            return Ok(m.clone());
-        }
-        let mut roots = TrustBundleSet::new();
-        if !fetched.roots.is_empty() {
-            roots.insert(meshwire_svid::TrustBundle::new(
-                id.trust_domain().clone(),
-                fetched.roots.clone(),
-            )?);
-        }
-        let material = Arc::new(Material {
-            svid: fetched.svid.clone(),
-            roots,
-        });
-        if let Some(h) = held.get_mut(id) {
-            h.material = Some((fetched, material.clone()));
-        }
-        Ok(material)
+    ) -> anyhow::Result<(Arc<CertificateResolver>, Vec<CertificateDer<'static>>)> {
+        self.ensure_held(id, Priority::OnDemand);
+        // A share of our own for the wait (released when done).
+        let handle = self.manager.hold(id, Priority::OnDemand);
+        let fetched = handle.get().await?;
+        let resolver = match self.lock().get(id) {
+            Some(h) => h.resolver.clone(),
+            // Forgotten meanwhile: the configuration keeps the identity held while it lives.
+            None => CertificateResolver::new(handle, self.crypto.clone()),
+        };
+        Ok((resolver, fetched.roots.clone()))
     }
 }
 
-impl<S: meshwire_svid::manager::CertificateSource> Certificates for Managed<S> {
-    fn fetch(&self, id: &SpiffeId) -> BoxFuture<'_, anyhow::Result<Arc<Material>>> {
-        self.ensure_held(id, meshwire_svid::manager::Priority::OnDemand);
-        // A share of our own for the wait (released when done).
-        let handle = self
-            .manager
-            .hold(id, meshwire_svid::manager::Priority::OnDemand);
+/// The trust bundle of `id`'s trust domain made of the CA `roots` (none if the CA sent none).
+fn bundles(id: &SpiffeId, roots: &[CertificateDer<'static>]) -> anyhow::Result<TrustBundleSet> {
+    let mut set = TrustBundleSet::new();
+    if !roots.is_empty() {
+        set.insert(TrustBundle::new(id.trust_domain().clone(), roots.to_vec())?);
+    }
+    Ok(set)
+}
+
+impl<S: CertificateSource> Certificates for Managed<S> {
+    fn client_config(
+        &self,
+        id: &SpiffeId,
+        expected: IdentityPolicy,
+    ) -> BoxFuture<'_, anyhow::Result<Arc<rustls::ClientConfig>>> {
         let id = id.clone();
         Box::pin(async move {
-            let fetched = handle.get().await?;
-            self.material(&id, fetched)
+            let (resolver, roots) = self.ready(&id).await?;
+            Ok(Arc::new(
+                resolver.client_config(&bundles(&id, &roots)?, expected)?,
+            ))
+        })
+    }
+
+    fn server_config(
+        &self,
+        id: &SpiffeId,
+    ) -> BoxFuture<'_, anyhow::Result<Arc<rustls::ServerConfig>>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let (resolver, roots) = self.ready(&id).await?;
+            if let Some(h) = self.lock().get(&id)
+                && let Some((r, cfg)) = &h.server
+                && *r == roots
+                && Arc::ptr_eq(&h.resolver, &resolver)
+            {
+                return Ok(cfg.clone());
+            }
+            let policy = IdentityPolicy::SameTrustDomain(id.trust_domain().clone());
+            let cfg = Arc::new(resolver.server_config(&bundles(&id, &roots)?, policy)?);
+            if let Some(h) = self.lock().get_mut(&id)
+                && Arc::ptr_eq(&h.resolver, &resolver)
+            {
+                h.server = Some((roots, cfg.clone()));
+            }
+            Ok(cfg)
         })
     }
 
     fn prefetch(&self, id: &SpiffeId) {
-        self.ensure_held(id, meshwire_svid::manager::Priority::Prefetch);
+        self.ensure_held(id, Priority::Prefetch);
     }
 
     fn forget(&self, id: &SpiffeId) {
@@ -203,7 +240,7 @@ impl<S: meshwire_svid::manager::CertificateSource> Certificates for Managed<S> {
             .lock()
             .iter()
             .map(|(id, h)| {
-                let state = h.handle.state();
+                let state = h.resolver.handle().state();
                 match &state.certificate {
                     Some(c) => CertSummary::of(&c.svid),
                     None => CertSummary {
@@ -225,3 +262,6 @@ impl<S: meshwire_svid::manager::CertificateSource> Certificates for Managed<S> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -83,7 +83,7 @@ async fn connect_checks_on_the_hbone_port() {
         .await;
     let app = echo_app([127, 0, 0, 51], "server-1:").await;
     let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
-    let conn = raw_client(&env.ca, CLIENT_ID, SERVER_ID, hbone_addr)
+    let conn = raw_client(&env.pki, CLIENT_ID, SERVER_ID, hbone_addr)
         .await
         .unwrap();
     assert_eq!(
@@ -152,7 +152,7 @@ async fn host_name_authorities_reach_the_service_target_port() {
     put_workload(&env.store, web);
     let hbone_addr = env.listener("web-0", ListenerKind::InboundHbone);
     let conn = raw_client(
-        &env.ca,
+        &env.pki,
         CLIENT_ID,
         "spiffe://cluster.local/ns/shop/sa/web",
         hbone_addr,
@@ -196,11 +196,7 @@ async fn foreign_or_missing_client_certificates_fail_the_handshake() {
         .await;
     let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
     // Another CA, same trust domain name: the chain does not verify.
-    let other = CertificateAuthority::generate_root(
-        &TrustDomain::new("cluster.local").unwrap(),
-        meshwire_svid::ca::CaConfig::default(),
-    )
-    .unwrap();
+    let other = TestPki::new("cluster.local");
     let attempt = raw_client(&other, CLIENT_ID, SERVER_ID, hbone_addr).await;
     assert!(
         attempt.is_err(),

@@ -46,12 +46,7 @@ fn with<'a>(
 
 #[tokio::test]
 async fn both_ends_of_an_mtls_connection_report_it() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 151], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 152], true)
-        .await;
-    let app = echo_app([127, 0, 0, 152], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 151], [127, 0, 0, 152]).await;
     let payload = vec![7u8; 100_000];
     let got = env.outbound("client-1", app, &payload).await;
     assert_eq!(got.len(), 100_009);
@@ -116,12 +111,7 @@ async fn both_ends_of_an_mtls_connection_report_it() {
 
 #[tokio::test]
 async fn bytes_are_counted_while_the_connection_is_open() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 161], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 162], true)
-        .await;
-    let app = echo_app([127, 0, 0, 162], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 161], [127, 0, 0, 162]).await;
     *env.nets["client-1"].original_dst.lock().unwrap() = Some(app);
     let mut s = TcpStream::connect(env.listener("client-1", ListenerKind::Outbound))
         .await
@@ -145,13 +135,8 @@ async fn bytes_are_counted_while_the_connection_is_open() {
 
 #[tokio::test]
 async fn plaintext_passthrough_denials_and_failed_dials() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 171], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 172], true)
-        .await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 171], [127, 0, 0, 172]).await;
     // Plaintext arrival at server-1 from an address xDS does not know.
-    let app = echo_app([127, 0, 0, 172], "server-1:").await;
     *env.nets["server-1"].original_dst.lock().unwrap() = Some(app);
     let plaintext = env.listener("server-1", ListenerKind::InboundPlaintext);
     let mut s = TcpStream::connect(plaintext).await.unwrap();

@@ -18,8 +18,8 @@ use meshwire_hbone::client::{ClientConnection, ClientError};
 use meshwire_hbone::headers::{Baggage, Forwarded, WorkloadBaggage, WorkloadKind};
 use meshwire_hbone::server::{IncomingTunnel, ServeConfig, Server};
 use meshwire_hbone::{Authority, ConnectRequest};
-use meshwire_svid::ca::CertificateAuthority;
-use meshwire_svid::{IdentityPolicy, TrustDomain};
+use meshwire_svid::IdentityPolicy;
+use meshwire_svid::test_util::TestPki;
 use meshwire_xds_workload::authorization::AuthorizationPolicy;
 use meshwire_xds_workload::pb::istio::security as sec;
 use meshwire_xds_workload::pb::istio::workload as pbw;
@@ -212,7 +212,7 @@ pub(crate) async fn echo_app(ip: [u8; 4], name: &'static str) -> SocketAddr {
 }
 
 pub(crate) struct Env {
-    pub(crate) ca: Arc<CertificateAuthority>,
+    pub(crate) pki: Arc<TestPki>,
     pub(crate) dp: Arc<DataPlane>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) store: Arc<WorkloadStore>,
@@ -223,14 +223,14 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn new() -> Self {
-        let td = TrustDomain::new("cluster.local").unwrap();
-        let ca = Arc::new(
-            CertificateAuthority::generate_root(&td, meshwire_svid::ca::CaConfig::default())
-                .unwrap(),
-        );
+        let pki = Arc::new(TestPki::new("cluster.local"));
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
-        let certs = Managed::new(ca.clone(), metrics.clone());
+        let certs = Managed::new(
+            pki.clone(),
+            meshwire_svid::provider::ring(),
+            metrics.clone(),
+        );
         let dp = DataPlane::new(
             DataPlaneConfig {
                 node_name: NODE.into(),
@@ -242,12 +242,11 @@ impl Env {
             metrics.clone(),
             store.clone(),
             certs,
-            meshwire_svid::provider::ring(),
         );
         let supervisor =
             Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
         Self {
-            ca,
+            pki,
             dp,
             metrics,
             store,
@@ -255,6 +254,17 @@ impl Env {
             routes: Arc::new(Mutex::new(HashMap::new())),
             nets: HashMap::new(),
         }
+    }
+
+    /// The common two-pod setup: enrolled pods `client-1` (on `client`) and `server-1` (on
+    /// `server`) of namespace `shop`, and an echo app on `server` that answers `server-1:`
+    /// and the bytes it got; returns the environment and the app's address.
+    pub(crate) async fn client_and_server(client: [u8; 4], server: [u8; 4]) -> (Self, SocketAddr) {
+        let mut env = Self::new().await;
+        env.pod("client-1", "shop", "client", client, true).await;
+        env.pod("server-1", "shop", "server", server, true).await;
+        let app = echo_app(server, "server-1:").await;
+        (env, app)
     }
 
     /// Adds a pod (xDS workload and ZDS add) on `ip`.
@@ -373,26 +383,18 @@ pub(crate) async fn wait_for(mut cond: impl FnMut() -> bool) {
     panic!("condition not reached");
 }
 
-/// A raw HBONE client with an identity from `ca`, to send CONNECTs the proxy's own
+/// A raw HBONE client with an identity from `pki`, to send CONNECTs the proxy's own
 /// outbound path never sends.
 pub(crate) async fn raw_client(
-    ca: &CertificateAuthority,
+    pki: &TestPki,
     id: &str,
     server: &str,
     hbone: SocketAddr,
 ) -> Result<ClientConnection, ClientError> {
-    let own = ca
-        .issue(&SpiffeId::new(id).unwrap(), Duration::from_secs(3600))
-        .unwrap();
-    let mut roots = meshwire_svid::TrustBundleSet::new();
-    roots.insert(ca.bundle());
-    let tls = meshwire_svid::tls::client_config(
-        meshwire_svid::provider::ring(),
-        &own,
-        &roots,
+    let tls = pki.client_config(
+        &SpiffeId::new(id).unwrap(),
         IdentityPolicy::exact([SpiffeId::new(server).unwrap()]),
-    )
-    .unwrap();
+    );
     let tcp = TcpStream::connect(hbone).await.unwrap();
     ClientConnection::connect(tcp, Arc::new(tls), &meshwire_hbone::Http2Config::client()).await
 }
@@ -406,20 +408,7 @@ pub(crate) async fn fake_hbone_peer(
     identity: &str,
     reply: Baggage,
 ) -> tokio::sync::mpsc::UnboundedReceiver<ConnectRequest> {
-    let own = env
-        .ca
-        .issue(&SpiffeId::new(identity).unwrap(), Duration::from_secs(3600))
-        .unwrap();
-    let mut roots = meshwire_svid::TrustBundleSet::new();
-    roots.insert(env.ca.bundle());
-    let td = TrustDomain::new("cluster.local").unwrap();
-    let tls = meshwire_svid::tls::server_config(
-        meshwire_svid::provider::ring(),
-        &own,
-        &roots,
-        IdentityPolicy::SameTrustDomain(td),
-    )
-    .unwrap();
+    let tls = env.pki.server_config(&SpiffeId::new(identity).unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let server = Server::new(
         Arc::new(tls),

@@ -5,12 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn enrolled_to_enrolled_goes_over_mtls() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 11], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 12], true)
-        .await;
-    let app = echo_app([127, 0, 0, 12], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 11], [127, 0, 0, 12]).await;
 
     let payload = vec![42u8; 200_000];
     let got = env.outbound("client-1", app, &payload).await;
@@ -88,16 +83,11 @@ async fn non_enrolled_destination_is_plain_tcp() {
 
 #[tokio::test]
 async fn baggage_describes_the_workload_on_each_end() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 81], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 82], true)
-        .await;
-    let app = echo_app([127, 0, 0, 82], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 81], [127, 0, 0, 82]).await;
 
     // Inbound: the 200 carries the destination pod's attributes.
     let conn = raw_client(
-        &env.ca,
+        &env.pki,
         CLIENT_ID,
         SERVER_ID,
         env.listener("server-1", ListenerKind::InboundHbone),

@@ -4,12 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn removed_pod_stops_serving_and_forgets_its_certificate() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 71], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 72], true)
-        .await;
-    let app = echo_app([127, 0, 0, 72], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 71], [127, 0, 0, 72]).await;
     assert_eq!(env.outbound("client-1", app, b"1").await, b"server-1:1");
     assert!(env.supervisor.remove("uid-server-1"));
     let expiry =
@@ -22,12 +17,7 @@ async fn removed_pod_stops_serving_and_forgets_its_certificate() {
 
 #[tokio::test]
 async fn removed_pod_closes_its_idle_outbound_hbone_connections() {
-    let mut env = Env::new().await;
-    env.pod("client-1", "shop", "client", [127, 0, 0, 73], true)
-        .await;
-    env.pod("server-1", "shop", "server", [127, 0, 0, 74], true)
-        .await;
-    let app = echo_app([127, 0, 0, 74], "server-1:").await;
+    let (env, app) = Env::client_and_server([127, 0, 0, 73], [127, 0, 0, 74]).await;
     assert_eq!(env.outbound("client-1", app, b"1").await, b"server-1:1");
     let pool = env.dp.pod_state("uid-client-1").unwrap().pool.clone();
     wait_for(|| pool.stats().open == 1 && pool.stats().pooled == 1).await;
