@@ -40,7 +40,8 @@ pub(crate) async fn run_after_sync(
     run_zds(socket, mark, supervisor, readiness).await;
 }
 
-/// Runs the ZDS client: every add opens the pod's listeners before it is acknowledged.
+/// Runs the ZDS client until the task is aborted: every add opens the pod's listeners before
+/// it is acknowledged.
 async fn run_zds(
     socket: PathBuf,
     mark: u32,
@@ -69,14 +70,9 @@ async fn run_zds(
             }
         }
     });
-    match client.run().await {
-        Ok(never) => match never {},
-        Err(e) => tracing::error!(
-            error = %e,
-            "ZDS client stopped for good: pods already held keep being served, but no pod is \
-             added or removed and the proxy stays not ready until it is restarted"
-        ),
-    }
+    // Never returns: after any error (the client logs it) it reconnects with back-off,
+    // and the snapshot of the new connection removes the pods the agent no longer names.
+    match client.run().await {}
 }
 
 async fn apply_zds(
