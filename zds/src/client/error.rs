@@ -17,6 +17,20 @@ pub enum ClientError {
     /// The socket could not be connected (the agent is not running yet, for example).
     #[error("connecting to the ZDS socket failed: {0}")]
     Connect(Arc<io::Error>),
+    /// The credentials of the socket's owner (`SO_PEERCRED`) could not be read.
+    #[error("reading the ZDS peer credentials failed: {0}")]
+    PeerCredentials(Arc<io::Error>),
+    /// The socket belongs to a process whose uid is not allowed (neither root, nor this
+    /// process's effective uid, nor in [`ClientConfig::agent_uids`](super::ClientConfig::agent_uids)):
+    /// anyone could have created it, so nothing is sent or received on it.
+    #[error(
+        "refusing the ZDS socket: it belongs to uid {uid}, which is neither root, this \
+         process's uid, nor an allowed agent uid"
+    )]
+    AgentNotAllowed {
+        /// The uid of the process that created the listening socket.
+        uid: u32,
+    },
     /// Sending an answer failed.
     #[error("sending on the ZDS connection failed: {0}")]
     Send(Arc<SendError>),

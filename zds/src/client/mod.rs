@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::netns::verify_netns;
 use crate::session::{ProxyAction, ProxySession};
@@ -40,8 +40,9 @@ const EVENT_CAPACITY: usize = 64;
 /// handing every update to a [`Handler`].
 ///
 /// Behaviour:
-/// - connects with exponential back-off and jitter, forever, and sends the hello right
-///   away;
+/// - connects with exponential back-off and jitter, forever, refuses a socket whose
+///   owner is not a trusted agent ([`ClientConfig::agent_uids`]), and sends the hello
+///   right away;
 /// - hands each request to the handler in order and answers it with exactly one ack or
 ///   NACK, never sending anything else;
 /// - on `SnapshotSent`, first deletes (through the handler) every workload it handed out
@@ -136,10 +137,18 @@ impl<H: Handler> Client<H> {
         }
     }
 
+    /// Connects and checks who owns the socket.
     async fn connect(&self) -> Result<Connection, ClientError> {
-        Connection::connect(&self.config.path)
+        let conn = Connection::connect(&self.config.path)
             .await
-            .map_err(|e| ClientError::Connect(Arc::new(e)))
+            .map_err(|e| ClientError::Connect(Arc::new(e)))?;
+        let uid = conn
+            .peer_uid()
+            .map_err(|e| ClientError::PeerCredentials(Arc::new(e)))?;
+        if !self.config.allows_agent(uid) {
+            return Err(ClientError::AgentNotAllowed { uid });
+        }
+        Ok(conn)
     }
 
     /// Serves one connection until it ends; returns why.
@@ -296,6 +305,12 @@ fn log_disconnect(error: &ClientError, retry_in: Duration) {
     match error {
         ClientError::Connect(_) => debug!(%error, retry_ms, "ZDS connect failed"),
         ClientError::ClosedByAgent => info!(%error, retry_ms, "ZDS reconnecting"),
+        ClientError::AgentNotAllowed { uid } => error!(
+            %error,
+            uid,
+            retry_ms,
+            "ZDS socket not owned by a trusted agent; if uid {uid} is the agent's, allow it"
+        ),
         _ => warn!(%error, retry_ms, "ZDS reconnecting"),
     }
 }
