@@ -94,7 +94,7 @@ async fn apply_zds(
                 service_account: workload.service_account,
             };
             supervisor
-                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)))
+                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)?))
                 .await
         }
         meshwire_zds::Update::Del { uid } => {
