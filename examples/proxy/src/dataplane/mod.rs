@@ -17,6 +17,7 @@ mod inbound_hbone;
 mod inbound_plaintext;
 mod labels;
 mod outbound;
+mod reauthorize;
 #[cfg(test)]
 pub(crate) mod tests;
 mod workload;
@@ -99,6 +100,8 @@ pub(crate) struct DataPlane {
     /// The CONNECT destination rules of every pod's 15008 (the proxy's own ports refused).
     admission: Admission,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
+    /// Open inbound connections, re-authorized after every xDS change.
+    open_inbound: Arc<reauthorize::OpenConnections>,
 }
 
 impl fmt::Debug for DataPlane {
@@ -117,6 +120,16 @@ impl DataPlane {
         certs: Arc<dyn Certificates>,
         crypto: Arc<CryptoProvider>,
     ) -> Arc<Self> {
+        let open_inbound = Arc::new(reauthorize::OpenConnections::default());
+        // Every policy change closes the open connections it now denies (outside a runtime,
+        // as in some unit tests, nothing watches).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reauthorize::watch(
+                Arc::downgrade(&open_inbound),
+                store.clone(),
+                metrics.clone(),
+            ));
+        }
         Arc::new(Self {
             config,
             metrics,
@@ -125,6 +138,7 @@ impl DataPlane {
             crypto,
             admission: Admission::default(),
             pods: Mutex::new(HashMap::new()),
+            open_inbound,
         })
     }
 
