@@ -1,6 +1,9 @@
 //! One long-lived thread per namespace makes every socket there (privileged). Alone in
 //! its test binary, so that no other test changes the thread count meanwhile.
 
+// Test helpers panic on purpose: a failure there is a test failure.
+#![allow(clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::thread::ThreadId;
 
