@@ -14,7 +14,9 @@
 //!   inode), and run code inside: [`NetNs::run`] on the current thread with a
 //!   guaranteed switch back (also on panic), [`NetNs::run_on_thread`] and
 //!   [`NetNs::run_async`] on a dedicated short-lived thread so that no async worker
-//!   thread ever changes namespace.
+//!   thread ever changes namespace, and [`ns::NsThread`]: one long-lived thread inside
+//!   a namespace that runs jobs until dropped (one thread per pod, not per socket).
+//!   The socket functions take either ([`ns::RunIn`]).
 //! * [`socket`]: proxy sockets. [`socket::bind_listener_in`] (`SO_MARK`,
 //!   `SO_REUSEPORT`, optional `IP_TRANSPARENT`), [`socket::connect_in`] /
 //!   [`socket::socket_in`] (`SO_MARK`, optional source binding), and

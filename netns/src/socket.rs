@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::error::{Error, SocketOp};
-use crate::ns::NetNs;
+use crate::ns::RunIn;
 
 /// Options for a listening TCP socket.
 ///
@@ -161,27 +161,28 @@ pub fn outbound_socket(
     Ok(sock.into())
 }
 
-/// Creates a listener inside `ns` (on a short-lived helper thread, so no runtime
-/// thread changes namespace) and registers it with the current tokio runtime.
+/// Creates a listener inside `ns` (on a helper thread, so no runtime thread changes
+/// namespace: a new one per call for a [`NetNs`](crate::NetNs), the namespace's own for an
+/// [`NsThread`](crate::ns::NsThread)) and registers it with the current tokio runtime.
 ///
 /// The socket stays in `ns` for its whole life: everything it accepts arrives in
 /// that namespace. Must be called from within a tokio runtime.
 pub async fn bind_listener_in(
-    ns: &NetNs,
+    ns: &impl RunIn,
     addr: SocketAddr,
     opts: ListenerOptions,
 ) -> Result<tokio::net::TcpListener, Error> {
-    let std_listener = ns.run_async(move || bind_listener(addr, &opts)).await??;
+    let std_listener = ns.run_in(move || bind_listener(addr, &opts)).await??;
     tokio::net::TcpListener::from_std(std_listener).map_err(op(SocketOp::Register))
 }
 
 /// Creates an unconnected outbound socket inside `ns` (see [`outbound_socket`]).
 pub async fn socket_in(
-    ns: &NetNs,
+    ns: &impl RunIn,
     dst: SocketAddr,
     opts: SocketOptions,
 ) -> Result<tokio::net::TcpSocket, Error> {
-    let stream = ns.run_async(move || outbound_socket(dst, &opts)).await??;
+    let stream = ns.run_in(move || outbound_socket(dst, &opts)).await??;
     Ok(tokio::net::TcpSocket::from_std_stream(stream))
 }
 
@@ -190,7 +191,7 @@ pub async fn socket_in(
 /// The socket is made in `ns` on a helper thread; the connect itself runs on the
 /// caller's task (a socket keeps the namespace it was made in).
 pub async fn connect_in(
-    ns: &NetNs,
+    ns: &impl RunIn,
     dst: SocketAddr,
     opts: SocketOptions,
 ) -> Result<tokio::net::TcpStream, Error> {

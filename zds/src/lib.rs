@@ -29,7 +29,8 @@
 //! - [`netns`]: [`netns::verify_netns`] and [`netns::NetnsId`] for the received
 //!   descriptors.
 //! - [`client`]: [`client::Client`] for the proxy (connect with back-off and jitter, apply
-//!   through a [`client::Handler`], reconnect, readiness).
+//!   through a [`client::Handler`], reconnect after any error and reconcile against the
+//!   fresh snapshot, [`client::ClientEvent`]s, readiness).
 //! - [`server`]: [`server::Server`] for the agent (socket setup, snapshot per connection
 //!   from its workload cache, adds to the newest connection, deletes to all, ack timeouts,
 //!   NACKs returned to the caller).

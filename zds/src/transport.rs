@@ -80,6 +80,12 @@ impl Connection {
         })
     }
 
+    /// The effective uid of the peer (`SO_PEERCRED`): for a connecting client, the uid the
+    /// agent ran as when it created its listening socket.
+    pub fn peer_uid(&self) -> io::Result<u32> {
+        Ok(self.socket.peer_cred()?.uid())
+    }
+
     /// A connected pair, for tests and in-process use.
     pub fn pair() -> io::Result<(Self, Self)> {
         let (a, b) = UnixSeqpacket::pair()?;

@@ -10,12 +10,13 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Event, next, quiet, recv, send_with_fds};
+use common::{Event, assert_next, next, quiet, recv, send_with_fds};
 use meshwire_zds::Workload;
-use meshwire_zds::client::{Client, ClientConfig, ClientError};
+use meshwire_zds::client::{Client, ClientConfig, ClientError, ClientEvent};
 use meshwire_zds::netns::NetnsId;
+use meshwire_zds::session::CloseReason;
 use meshwire_zds::wire::{ProtocolError, Request, Response};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
@@ -53,13 +54,6 @@ impl FakeAgent {
             .unwrap();
         assert_eq!(recv(&conn).await, [0x08, 0x01], "hello first");
         conn
-    }
-
-    /// Asserts that the client does not connect again.
-    async fn no_connection(&mut self, within: Duration) {
-        if let Ok(conn) = tokio::time::timeout(within, self.listener.accept()).await {
-            panic!("unexpected connection {conn:?}");
-        }
     }
 }
 
@@ -100,7 +94,8 @@ struct Running {
     agent: FakeAgent,
     events: mpsc::UnboundedReceiver<Event>,
     ready: watch::Receiver<bool>,
-    task: JoinHandle<Result<Infallible, ClientError>>,
+    client_events: broadcast::Receiver<ClientEvent>,
+    task: JoinHandle<Infallible>,
 }
 
 impl Running {
@@ -110,12 +105,14 @@ impl Running {
         let mut agent = FakeAgent::bind();
         let (client, events) = recording_client(&agent);
         let ready = client.readiness();
+        let client_events = client.events();
         let task = tokio::spawn(client.run());
         let conn = agent.accept().await;
         let running = Self {
             agent,
             events,
             ready,
+            client_events,
             task,
         };
         (running, conn)
@@ -238,13 +235,95 @@ async fn truncated_message_is_rejected_and_closed() {
     r.closed_and_reconnects_quietly(&conn).await;
 }
 
+/// The next reason the client gives for a connection ending (skipping `Connected`).
+async fn next_disconnect(events: &mut broadcast::Receiver<ClientEvent>) -> ClientError {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("no client event")
+            .unwrap();
+        if let ClientEvent::Disconnected { error, .. } = event {
+            return error;
+        }
+    }
+}
+
+/// Asserts that the client closed `conn` after the protocol error `expected`, reported
+/// it, and connected again; returns the new connection.
+async fn reconnected_after(
+    r: &mut Running,
+    conn: &UnixSeqpacket,
+    expected: ProtocolError,
+) -> UnixSeqpacket {
+    assert_closed(conn).await;
+    let error = next_disconnect(&mut r.client_events).await;
+    assert!(
+        matches!(&error, ClientError::Closed(CloseReason::Protocol(e)) if *e == expected),
+        "{error:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), r.ready.wait_for(|ready| !*ready))
+        .await
+        .unwrap()
+        .unwrap();
+    r.agent.accept().await
+}
+
 #[tokio::test]
-async fn protocol_error_stops_the_client() {
+async fn malformed_message_reconnects_and_the_next_snapshot_reconciles() {
+    let (mut r, conn) = Running::start().await;
+    let netns = common::own_netns();
+    let id = NetnsId::of(&netns).unwrap();
+    for uid in ["a", "b"] {
+        assert_eq!(request(&conn, &add(uid), &[&netns]).await, Response::Ack);
+    }
+    assert_acked(&conn, Request::SnapshotSent).await;
+    assert_next(
+        &mut r.events,
+        &[
+            Event::Add("a".into(), id),
+            Event::Add("b".into(), id),
+            Event::SnapshotSent,
+        ],
+    )
+    .await;
+
+    // An add without its workload_info: a protocol error.
+    send_with_fds(&conn, &[0x0a, 0x04, 0x0a, 0x02, b'u', b'1'], &[&netns]).await;
+    assert_eq!(
+        Response::decode(&recv(&conn).await, 0).unwrap(),
+        Response::Nack(
+            "failure to process message : ProtocolError(\"workload_info is required but not present\")"
+                .into()
+        )
+    );
+    let conn = reconnected_after(&mut r, &conn, ProtocolError::MissingWorkloadInfo).await;
+
+    // The fresh snapshot names only "b": "a" is deleted, "b" kept, and the client is
+    // ready again.
+    assert_acked(&conn, Request::Keep { uid: "b".into() }).await;
+    assert_acked(&conn, Request::SnapshotSent).await;
+    assert_next(
+        &mut r.events,
+        &[
+            Event::Keep("b".into()),
+            Event::Del("a".into()),
+            Event::SnapshotSent,
+        ],
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), r.ready.wait_for(|ready| *ready))
+        .await
+        .unwrap()
+        .unwrap();
+    r.task.abort();
+}
+
+#[tokio::test]
+async fn sequencing_errors_reconnect() {
     let (mut r, conn) = Running::start().await;
     assert_acked(&conn, Request::SnapshotSent).await;
     assert_eq!(next(&mut r.events).await, Event::SnapshotSent);
     r.ready.wait_for(|ready| *ready).await.unwrap();
-
     assert_eq!(
         request(&conn, &Request::Keep { uid: "a".into() }, &[]).await,
         Response::Nack(
@@ -252,41 +331,18 @@ async fn protocol_error_stops_the_client() {
                 .into()
         )
     );
-    assert_closed(&conn).await;
-    let result = tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .expect("client stopped")
-        .unwrap();
-    assert!(matches!(
-        result,
-        Err(ClientError::Protocol(ProtocolError::KeepAfterSnapshot))
-    ));
-    assert!(!*r.ready.borrow());
-    // And it does not come back.
-    r.agent.no_connection(Duration::from_millis(300)).await;
-}
+    let conn = reconnected_after(&mut r, &conn, ProtocolError::KeepAfterSnapshot).await;
 
-#[tokio::test]
-async fn second_snapshot_sent_stops_the_client() {
-    let (mut r, conn) = Running::start().await;
     assert_acked(&conn, Request::SnapshotSent).await;
+    assert_eq!(next(&mut r.events).await, Event::SnapshotSent);
     assert_eq!(
         request(&conn, &Request::SnapshotSent, &[]).await,
         Response::Nack(
             "failure to process message : ProtocolError(\"pod snapshot received already\")".into()
         )
     );
-    let result = tokio::time::timeout(Duration::from_secs(5), r.task)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        result,
-        Err(ClientError::Protocol(
-            ProtocolError::SnapshotAlreadyReceived
-        ))
-    ));
-    r.agent.no_connection(Duration::from_millis(300)).await;
+    let _conn = reconnected_after(&mut r, &conn, ProtocolError::SnapshotAlreadyReceived).await;
+    r.task.abort();
 }
 
 #[tokio::test]

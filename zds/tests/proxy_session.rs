@@ -87,7 +87,7 @@ fn feed(
 
 fn connected() -> ProxySession<u32> {
     let mut s = ProxySession::new();
-    s.connect().unwrap();
+    s.connect();
     let (sent, seen, close) = drive(&mut s, ok);
     assert_eq!(sent, vec![vec![0x08, 0x01]], "hello first");
     assert!(seen.is_empty() && close.is_none());
@@ -143,7 +143,7 @@ fn reconcile_drops_workloads_not_resent() {
     // The connection drops; the next one re-sends a only, keeps c.
     s.handle_disconnect();
     assert!(!s.is_ready());
-    s.connect().unwrap();
+    s.connect();
     assert_eq!(drive(&mut s, ok).0, vec![vec![0x08, 0x01]]);
     feed(&mut s, &add("a"), vec![11]);
     feed(&mut s, &keep("c"), vec![]);
@@ -161,7 +161,7 @@ fn delete_during_snapshot_is_left_to_reconciliation() {
     feed(&mut s, &add("a"), vec![1]);
     feed(&mut s, &snapshot_sent(), vec![]);
     s.handle_disconnect();
-    s.connect().unwrap();
+    s.connect();
     drive(&mut s, ok);
 
     feed(&mut s, &add("a"), vec![2]);
@@ -177,8 +177,10 @@ fn delete_during_snapshot_is_left_to_reconciliation() {
 }
 
 #[test]
-fn keep_after_snapshot_is_terminal() {
+fn keep_after_snapshot_closes_and_the_next_snapshot_reconciles() {
     let mut s = connected();
+    feed(&mut s, &add("a"), vec![7]);
+    feed(&mut s, &add("b"), vec![8]);
     feed(&mut s, &snapshot_sent(), vec![]);
     let (sent, seen, close) = feed(&mut s, &keep("a"), vec![]);
     assert_eq!(
@@ -188,22 +190,35 @@ fn keep_after_snapshot_is_terminal() {
         )]
     );
     assert!(seen.is_empty());
-    let close = close.unwrap();
-    assert!(close.is_terminal());
     assert_eq!(
         close,
-        CloseReason::Protocol(ProtocolError::KeepAfterSnapshot)
+        Some(CloseReason::Protocol(ProtocolError::KeepAfterSnapshot))
     );
-    assert_eq!(s.terminated(), Some(&ProtocolError::KeepAfterSnapshot));
-    assert_eq!(s.connect(), Err(SessionError::Terminated));
+    assert!(!s.is_connected());
     assert_eq!(
         s.handle_datagram(&snapshot_sent(), vec![]),
-        Err(SessionError::Terminated)
+        Err(SessionError::NotConnected)
     );
+
+    // A protocol error is not the end: the next connection starts over, and its
+    // snapshot removes what it no longer names.
+    s.handle_disconnect();
+    s.connect();
+    let (sent, _, _) = drive(&mut s, ok);
+    assert_eq!(sent, vec![vec![0x08, 0x01]], "hello again");
+    assert_eq!(
+        feed(&mut s, &keep("b"), vec![]).1,
+        vec![Seen::Keep("b".into())]
+    );
+    let (_, seen, close) = feed(&mut s, &snapshot_sent(), vec![]);
+    assert_eq!(seen, vec![Seen::Del("a".into()), Seen::SnapshotSent]);
+    assert!(close.is_none());
+    assert!(s.is_ready());
+    assert_eq!(s.known().collect::<Vec<_>>(), vec!["b"]);
 }
 
 #[test]
-fn second_snapshot_sent_is_terminal() {
+fn second_snapshot_sent_closes() {
     let mut s = connected();
     feed(&mut s, &snapshot_sent(), vec![]);
     let (sent, _, close) = feed(&mut s, &snapshot_sent(), vec![]);
@@ -222,7 +237,7 @@ fn second_snapshot_sent_is_terminal() {
 }
 
 #[test]
-fn add_without_workload_info_is_terminal() {
+fn add_without_workload_info_closes() {
     let mut s = connected();
     let bytes = [0x0a, 0x04, 0x0a, 0x02, b'u', b'1'];
     let (sent, seen, close) = feed(&mut s, &bytes, vec![5]);
@@ -233,7 +248,7 @@ fn add_without_workload_info_is_terminal() {
         )]
     );
     assert!(seen.is_empty(), "the fd never reaches the application");
-    assert!(close.unwrap().is_terminal());
+    assert!(matches!(close, Some(CloseReason::Protocol(_))), "{close:?}");
 }
 
 #[test]
@@ -252,11 +267,10 @@ fn read_errors_nack_and_reconnect() {
             vec![nack(&format!("failure to read message : {text}"))]
         );
         assert!(seen.is_empty());
-        let close = close.unwrap();
-        assert!(!close.is_terminal(), "{close}");
+        assert!(matches!(close, Some(CloseReason::Read(_))), "{close:?}");
         assert!(!s.is_connected());
         // Reconnecting is allowed.
-        s.connect().unwrap();
+        s.connect();
     }
 
     let mut s = connected();
@@ -315,7 +329,7 @@ fn misuse_is_reported_not_panicked() {
         s.handle_datagram(&snapshot_sent(), vec![]),
         Err(SessionError::NotConnected)
     );
-    s.connect().unwrap();
+    s.connect();
     assert_eq!(
         s.handle_complete(Ok::<(), String>(())),
         Err(SessionError::Unexpected)
@@ -369,12 +383,9 @@ proptest! {
                 Op::Truncated => s.handle_read_error(ReadError::Truncated).is_ok(),
                 Op::Disconnect => { s.handle_disconnect(); continue; }
                 Op::Connect => {
-                    let was_terminated = s.terminated().is_some();
-                    prop_assert_eq!(s.connect().is_ok(), !was_terminated);
-                    if !was_terminated {
-                        let (sent, _, _) = drive(&mut s, ok);
-                        prop_assert_eq!(sent, vec![vec![0x08, 0x01]]);
-                    }
+                    s.connect();
+                    let (sent, _, _) = drive(&mut s, ok);
+                    prop_assert_eq!(sent, vec![vec![0x08, 0x01]]);
                     continue;
                 }
             };

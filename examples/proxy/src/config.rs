@@ -27,6 +27,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "INPOD_UDS", default_value = DEFAULT_ZDS_SOCKET)]
     pub(crate) zds_socket: PathBuf,
 
+    /// Uid the node agent runs as, when not root: the ZDS socket is refused unless the
+    /// process that created it runs as root, as this proxy's uid, or as one of these (repeat
+    /// the flag or separate with commas).
+    #[arg(long = "zds-agent-uid", env = "ZDS_AGENT_UID", value_delimiter = ',')]
+    pub(crate) zds_agent_uids: Vec<u32>,
+
     /// Workload xDS endpoint (Delta ADS over gRPC/TLS).
     #[arg(long, env = "XDS_ADDRESS", default_value = DEFAULT_XDS_ADDRESS)]
     pub(crate) xds_address: String,
@@ -116,6 +122,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) zds_socket: PathBuf,
+    pub(crate) zds_agent_uids: Vec<u32>,
     pub(crate) xds_address: String,
     pub(crate) xds_root_ca: String,
     pub(crate) ca_address: String,
@@ -154,6 +161,7 @@ impl Cli {
         }
         Ok(Config {
             zds_socket: self.zds_socket,
+            zds_agent_uids: self.zds_agent_uids,
             ca_root_ca: self.ca_root_ca.unwrap_or_else(|| self.xds_root_ca.clone()),
             xds_root_ca: self.xds_root_ca,
             xds_address,
@@ -260,6 +268,23 @@ mod tests {
         assert_eq!(cfg.readiness_address, "[::]:15021".parse().unwrap());
         assert_eq!(cfg.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(cfg.secret_ttl, Duration::from_secs(24 * 3600));
+        assert!(cfg.zds_agent_uids.is_empty());
+    }
+
+    #[test]
+    fn zds_agent_uids_repeat_or_separate_with_commas() {
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--zds-agent-uid",
+            "1000,1001",
+            "--zds-agent-uid",
+            "7",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.zds_agent_uids, vec![1000, 1001, 7]);
     }
 
     #[test]
@@ -278,6 +303,7 @@ mod tests {
                 .map(|e| e.to_string_lossy().into_owned())
         };
         assert_eq!(env_of("zds_socket").as_deref(), Some("INPOD_UDS"));
+        assert_eq!(env_of("zds_agent_uids").as_deref(), Some("ZDS_AGENT_UID"));
         assert_eq!(env_of("xds_address").as_deref(), Some("XDS_ADDRESS"));
         assert_eq!(env_of("xds_root_ca").as_deref(), Some("XDS_ROOT_CA"));
         assert_eq!(env_of("ca_address").as_deref(), Some("CA_ADDRESS"));
@@ -305,6 +331,7 @@ mod tests {
         };
         assert_eq!(long_of("auth_token"), Some("auth-token-file"));
         assert_eq!(long_of("zds_socket"), Some("zds-socket"));
+        assert_eq!(long_of("zds_agent_uids"), Some("zds-agent-uid"));
         assert_eq!(long_of("metrics_address"), Some("metrics-address"));
     }
 

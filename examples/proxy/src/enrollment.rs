@@ -27,6 +27,7 @@ pub(crate) async fn run_after_sync(
     mut synced: meshwire_xds_workload::ads::client::SyncedSignal,
     shutdown: CancellationToken,
     socket: PathBuf,
+    agent_uids: Vec<u32>,
     mark: u32,
     supervisor: Arc<Supervisor>,
     readiness: Arc<Readiness>,
@@ -37,18 +38,22 @@ pub(crate) async fn run_after_sync(
     }
     readiness.set_xds_synced(true);
     tracing::info!("xDS synced, connecting to ZDS");
-    run_zds(socket, mark, supervisor, readiness).await;
+    run_zds(socket, agent_uids, mark, supervisor, readiness).await;
 }
 
-/// Runs the ZDS client: every add opens the pod's listeners before it is acknowledged.
+/// Runs the ZDS client until the task is aborted: every add opens the pod's listeners before
+/// it is acknowledged.
 async fn run_zds(
     socket: PathBuf,
+    agent_uids: Vec<u32>,
     mark: u32,
     supervisor: Arc<Supervisor>,
     readiness: Arc<Readiness>,
 ) {
     let mut zds_config = meshwire_zds::client::ClientConfig::default();
     zds_config.path = socket;
+    // Whoever owns the socket decides which pods are served: only trusted agents.
+    zds_config.agent_uids = agent_uids;
     let client =
         meshwire_zds::client::Client::new(zds_config, move |update: meshwire_zds::Update| {
             let supervisor = supervisor.clone();
@@ -69,14 +74,9 @@ async fn run_zds(
             }
         }
     });
-    match client.run().await {
-        Ok(never) => match never {},
-        Err(e) => tracing::error!(
-            error = %e,
-            "ZDS client stopped for good: pods already held keep being served, but no pod is \
-             added or removed and the proxy stays not ready until it is restarted"
-        ),
-    }
+    // Never returns: after any error (the client logs it) it reconnects with back-off,
+    // and the snapshot of the new connection removes the pods the agent no longer names.
+    match client.run().await {}
 }
 
 async fn apply_zds(
@@ -94,7 +94,7 @@ async fn apply_zds(
                 service_account: workload.service_account,
             };
             supervisor
-                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)))
+                .add(info, Arc::new(podnet::PodNamespace::new(ns, mark)?))
                 .await
         }
         meshwire_zds::Update::Del { uid } => {

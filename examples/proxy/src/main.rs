@@ -165,6 +165,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         synced,
         shutdown.clone(),
         config.zds_socket.clone(),
+        config.zds_agent_uids.clone(),
         config.packet_mark,
         supervisor.clone(),
         readiness.clone(),

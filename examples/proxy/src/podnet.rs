@@ -6,21 +6,25 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use futures_util::future::BoxFuture;
 use meshwire_netns::NetNs;
+use meshwire_netns::ns::NsThread;
 use meshwire_netns::socket::{ListenerOptions, SocketOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::pods::PodNetwork;
 
-/// A pod's network namespace and the mark its sockets carry.
+/// A pod's network namespace, the one thread that makes its sockets, and the mark they
+/// carry. The thread ends when the pod (and its last connection) is gone.
 #[derive(Debug)]
 pub(crate) struct PodNamespace {
     ns: NetNs,
+    thread: NsThread,
     mark: u32,
 }
 
 impl PodNamespace {
-    pub(crate) fn new(ns: NetNs, mark: u32) -> Self {
-        Self { ns, mark }
+    pub(crate) fn new(ns: NetNs, mark: u32) -> io::Result<Self> {
+        let thread = NsThread::spawn(&ns).map_err(to_io)?;
+        Ok(Self { ns, thread, mark })
     }
 }
 
@@ -42,7 +46,7 @@ impl PodNetwork for PodNamespace {
             opts.backlog = 128;
             opts.only_v6 = false;
             let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-            match meshwire_netns::socket::bind_listener_in(&self.ns, v6, opts.clone()).await {
+            match meshwire_netns::socket::bind_listener_in(&self.thread, v6, opts.clone()).await {
                 Ok(l) => Ok(l),
                 Err(meshwire_netns::Error::Socket { source, .. })
                     if matches!(
@@ -52,7 +56,7 @@ impl PodNetwork for PodNamespace {
                 {
                     // IPv6 disabled in this pod: IPv4 only.
                     let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-                    meshwire_netns::socket::bind_listener_in(&self.ns, v4, opts)
+                    meshwire_netns::socket::bind_listener_in(&self.thread, v4, opts)
                         .await
                         .map_err(to_io)
                 }
@@ -65,7 +69,7 @@ impl PodNetwork for PodNamespace {
         Box::pin(async move {
             let mut opts = SocketOptions::default();
             opts.mark = Some(self.mark);
-            let stream = meshwire_netns::socket::connect_in(&self.ns, dst, opts)
+            let stream = meshwire_netns::socket::connect_in(&self.thread, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -79,7 +83,7 @@ impl PodNetwork for PodNamespace {
             opts.mark = Some(self.mark);
             opts.source = Some(SocketAddr::new(source, 0));
             opts.transparent = true;
-            let stream = meshwire_netns::socket::connect_in(&self.ns, dst, opts)
+            let stream = meshwire_netns::socket::connect_in(&self.thread, dst, opts)
                 .await
                 .map_err(to_io)?;
             stream.set_nodelay(true)?;
@@ -123,12 +127,14 @@ mod tests {
             let fd = OwnedFd::from(std::fs::File::open(netns.path()).unwrap());
             NetNs::from_fd(fd).unwrap()
         };
-        let pod = PodNamespace::new(open(), 0x539);
-        let other = PodNamespace::new(open(), 0x539);
+        let pod = PodNamespace::new(open(), 0x539).unwrap();
+        let other = PodNamespace::new(open(), 0x539).unwrap();
         assert_eq!(pod.id(), other.id(), "same namespace, same id");
         assert_ne!(
             pod.id(),
-            PodNamespace::new(NetNs::current().unwrap(), 1).id()
+            PodNamespace::new(NetNs::current().unwrap(), 1)
+                .unwrap()
+                .id()
         );
 
         let listener = pod.listen(0).await.unwrap();

@@ -44,6 +44,21 @@ pub struct ClientConfig {
     /// An fd that fails is not handed out: the add is NACKed as a start failure and
     /// stays pending. Default off.
     pub verify_netns: bool,
+    /// Uids the agent may run as, besides root and this process's effective uid, which
+    /// are always allowed. After connecting, the client reads the uid of the process
+    /// that created the listening socket (`SO_PEERCRED`) and refuses the connection
+    /// ([`ClientError::AgentNotAllowed`](super::ClientError::AgentNotAllowed), logged as
+    /// an error, retried with back-off) unless it is allowed: whoever owns the socket
+    /// decides which pods the proxy serves. Default empty.
+    pub agent_uids: Vec<u32>,
+}
+
+impl ClientConfig {
+    /// Whether an agent running as `uid` is trusted: root, this process's effective uid,
+    /// or one of [`agent_uids`](Self::agent_uids).
+    pub fn allows_agent(&self, uid: u32) -> bool {
+        uid == 0 || uid == nix::unistd::geteuid().as_raw() || self.agent_uids.contains(&uid)
+    }
 }
 
 impl Default for ClientConfig {
@@ -54,6 +69,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(15),
             retry_interval: Some(Duration::from_secs(5)),
             verify_netns: false,
+            agent_uids: Vec::new(),
         }
     }
 }
@@ -73,5 +89,17 @@ mod tests {
         assert_eq!(c.max_backoff, Duration::from_secs(15));
         assert_eq!(c.retry_interval, Some(Duration::from_secs(5)));
         assert!(!c.verify_netns);
+        assert!(c.agent_uids.is_empty());
+    }
+
+    #[test]
+    fn root_self_and_listed_agents_are_allowed() {
+        let mut c = ClientConfig::default();
+        assert!(c.allows_agent(0));
+        assert!(c.allows_agent(nix::unistd::geteuid().as_raw()));
+        let other = nix::unistd::geteuid().as_raw().wrapping_add(4242);
+        assert!(!c.allows_agent(other));
+        c.agent_uids = vec![other];
+        assert!(c.allows_agent(other));
     }
 }

@@ -7,48 +7,54 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::netns::verify_netns;
-use crate::session::{CloseReason, ProxyAction, ProxySession};
+use crate::session::{ProxyAction, ProxySession};
 use crate::transport::{Connection, RecvError};
-use crate::wire::{ProtocolError, ReadError};
+use crate::wire::ReadError;
 use crate::{Update, Workload};
 
 mod backoff;
 mod config;
 mod error;
+mod event;
 mod handler;
 
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use event::ClientEvent;
 pub use handler::Handler;
 
 use backoff::Backoff;
 
-/// Why a connection ended.
-enum Outcome {
-    Reconnect,
-    Terminal(ProtocolError),
-}
+/// How many [`ClientEvent`]s a subscriber may fall behind before it loses the oldest.
+const EVENT_CAPACITY: usize = 64;
 
 /// The proxy side of ZDS: connects to the agent's socket and keeps a connection up,
 /// handing every update to a [`Handler`].
 ///
 /// Behaviour:
-/// - connects with exponential back-off and jitter, forever, and sends the hello right
-///   away;
+/// - connects with exponential back-off and jitter, forever, refuses a socket whose
+///   owner is not a trusted agent ([`ClientConfig::agent_uids`]), and sends the hello
+///   right away;
 /// - hands each request to the handler in order and answers it with exactly one ack or
 ///   NACK, never sending anything else;
 /// - on `SnapshotSent`, first deletes (through the handler) every workload it handed out
 ///   before that the new snapshot did not name;
-/// - reconnects after EOF, I/O errors, unreadable requests (NACKed with
-///   `failure to read message : …`) and failed non-add updates;
-/// - stops for good after a protocol error (NACKed with
-///   `failure to process message : ProtocolError("…")`): [`run`](Self::run) returns it;
+/// - reconnects after every error: EOF, I/O errors, unreadable requests (NACKed with
+///   `failure to read message : …`), failed non-add updates, and protocol errors
+///   (NACKed with `failure to process message : ProtocolError("…")`). The next
+///   connection starts from a fresh snapshot, so workloads the agent dropped meanwhile
+///   are deleted. After a protocol error the back-off is not reset, so an agent that
+///   keeps breaking the protocol is retried ever more slowly (up to
+///   [`ClientConfig::max_backoff`]);
+/// - reports every connection and every error as a [`ClientEvent`] and in its logs;
 /// - reports readiness: the snapshot of the current connection was processed and no
 ///   add is pending.
 ///
@@ -58,6 +64,7 @@ pub struct Client<H> {
     config: ClientConfig,
     handler: H,
     ready: watch::Sender<bool>,
+    events: broadcast::Sender<ClientEvent>,
 }
 
 impl<H> fmt::Debug for Client<H> {
@@ -74,10 +81,12 @@ impl<H: Handler> Client<H> {
     /// [`run`](Self::run).
     pub fn new(config: ClientConfig, handler: H) -> Self {
         let (ready, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             config,
             handler,
             ready,
+            events,
         }
     }
 
@@ -87,68 +96,76 @@ impl<H: Handler> Client<H> {
         self.ready.subscribe()
     }
 
-    /// Runs until a protocol error. Drop the future to stop the client; every fd it
-    /// holds is closed then.
-    pub async fn run(mut self) -> Result<Infallible, ClientError> {
+    /// A receiver of the client's [`ClientEvent`]s (connections, and why each attempt
+    /// or connection ended). Subscribe before [`run`](Self::run).
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs forever, reconnecting after every error. Drop the future to stop the
+    /// client; every fd it holds is closed then.
+    pub async fn run(mut self) -> Infallible {
         let mut session = ProxySession::<OwnedFd>::new();
         let mut retries = BTreeMap::new();
         let mut backoff = Backoff::new(&self.config);
         loop {
-            let conn = match Connection::connect(&self.config.path).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    debug!(path = %self.config.path.display(), error = %e, "ZDS connect failed");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            };
-            if let Err(e) = session.connect() {
-                // Only possible after a protocol error, which returned below already.
-                warn!(error = %e, "ZDS session refused to reconnect");
-                return Err(session
-                    .terminated()
-                    .cloned()
-                    .unwrap_or(ProtocolError::UnsolicitedMessage)
-                    .into());
-            }
-            info!(path = %self.config.path.display(), "ZDS connected");
-            let mut was_ready = false;
-            let outcome = self
-                .serve(&conn, &mut session, &mut retries, &mut was_ready)
-                .await;
-            self.ready.send_replace(false);
-            retries.clear();
-            session.handle_disconnect();
-            match outcome {
-                Outcome::Terminal(e) => {
-                    warn!(error = %e, "ZDS protocol error; not reconnecting");
-                    return Err(e.into());
-                }
-                Outcome::Reconnect => {
-                    if was_ready {
+            let error = match self.connect().await {
+                Err(e) => e,
+                Ok(conn) => {
+                    session.connect();
+                    info!(path = %self.config.path.display(), "ZDS connected");
+                    let _ = self.events.send(ClientEvent::Connected);
+                    let mut was_ready = false;
+                    let error = self
+                        .serve(&conn, &mut session, &mut retries, &mut was_ready)
+                        .await;
+                    self.ready.send_replace(false);
+                    retries.clear();
+                    session.handle_disconnect();
+                    if was_ready && !error.is_protocol() {
                         backoff.reset();
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    error
                 }
-            }
+            };
+            let retry_in = backoff.next_delay();
+            log_disconnect(&error, retry_in);
+            let _ = self
+                .events
+                .send(ClientEvent::Disconnected { error, retry_in });
+            tokio::time::sleep(retry_in).await;
         }
     }
 
+    /// Connects and checks who owns the socket.
+    async fn connect(&self) -> Result<Connection, ClientError> {
+        let conn = Connection::connect(&self.config.path)
+            .await
+            .map_err(|e| ClientError::Connect(Arc::new(e)))?;
+        let uid = conn
+            .peer_uid()
+            .map_err(|e| ClientError::PeerCredentials(Arc::new(e)))?;
+        if !self.config.allows_agent(uid) {
+            return Err(ClientError::AgentNotAllowed { uid });
+        }
+        Ok(conn)
+    }
+
+    /// Serves one connection until it ends; returns why.
     async fn serve(
         &mut self,
         conn: &Connection,
         session: &mut ProxySession<OwnedFd>,
         retries: &mut BTreeMap<String, (Workload, OwnedFd)>,
         was_ready: &mut bool,
-    ) -> Outcome {
+    ) -> ClientError {
         let mut retry_at: Option<Instant> = None;
         loop {
             while let Some(action) = session.poll_action() {
                 match action {
                     ProxyAction::Transmit(bytes) => {
                         if let Err(e) = conn.send(&bytes, None).await {
-                            warn!(error = %e, "ZDS send failed; reconnecting");
-                            return Outcome::Reconnect;
+                            return ClientError::Send(Arc::new(e));
                         }
                     }
                     ProxyAction::Apply(update) => {
@@ -157,13 +174,7 @@ impl<H: Handler> Client<H> {
                             debug!(error = %e, "ZDS completion not accepted");
                         }
                     }
-                    ProxyAction::Close(reason) => {
-                        warn!(%reason, "closing ZDS connection");
-                        return match reason {
-                            CloseReason::Protocol(e) => Outcome::Terminal(e),
-                            _ => Outcome::Reconnect,
-                        };
-                    }
+                    ProxyAction::Close(reason) => return ClientError::Closed(reason),
                 }
             }
             let ready = session.is_ready();
@@ -193,15 +204,9 @@ impl<H: Handler> Client<H> {
                 received = conn.recv() => {
                     let fed = match received {
                         Ok(Some(datagram)) => session.handle_datagram(&datagram.bytes, datagram.fds),
-                        Ok(None) => {
-                            info!("ZDS connection closed by the agent; reconnecting");
-                            return Outcome::Reconnect;
-                        }
+                        Ok(None) => return ClientError::ClosedByAgent,
                         Err(RecvError::Truncated) => session.handle_read_error(ReadError::Truncated),
-                        Err(RecvError::Io(e)) => {
-                            warn!(error = %e, "ZDS receive failed; reconnecting");
-                            return Outcome::Reconnect;
-                        }
+                        Err(RecvError::Io(e)) => return ClientError::Receive(Arc::new(e)),
                     };
                     if let Err(e) = fed {
                         debug!(error = %e, "ZDS datagram not accepted");
@@ -289,6 +294,24 @@ impl<H: Handler> Client<H> {
                 }
             }
         }
+    }
+}
+
+/// Logs why a connection attempt failed or a connection ended: failed connects (the
+/// agent not being up yet is normal) at debug level, an agent closing at info, the rest
+/// as warnings.
+fn log_disconnect(error: &ClientError, retry_in: Duration) {
+    let retry_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
+    match error {
+        ClientError::Connect(_) => debug!(%error, retry_ms, "ZDS connect failed"),
+        ClientError::ClosedByAgent => info!(%error, retry_ms, "ZDS reconnecting"),
+        ClientError::AgentNotAllowed { uid } => error!(
+            %error,
+            uid,
+            retry_ms,
+            "ZDS socket not owned by a trusted agent; if uid {uid} is the agent's, allow it"
+        ),
+        _ => warn!(%error, retry_ms, "ZDS reconnecting"),
     }
 }
 

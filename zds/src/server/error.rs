@@ -55,7 +55,6 @@ impl From<SessionError> for ZdsError {
             SessionError::Protocol(e) => Self::Protocol(e),
             SessionError::Encode(e) => Self::Encode(e),
             SessionError::NotConnected
-            | SessionError::Terminated
             | SessionError::Busy
             | SessionError::Unexpected
             | SessionError::HelloPending => Self::ConnectionClosed,

@@ -28,9 +28,6 @@ pub enum SessionError {
     /// No connection is open (call `connect` first, or the last one was closed).
     #[error("no connection is open")]
     NotConnected,
-    /// The session stopped for good after a protocol error.
-    #[error("session terminated by an earlier protocol error")]
-    Terminated,
     /// A request is still waiting for its answer.
     #[error("a request is still outstanding")]
     Busy,

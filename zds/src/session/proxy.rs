@@ -32,15 +32,9 @@ pub enum CloseReason {
     Read(ReadError),
     /// The application failed to process a request other than an add. Reconnect.
     Processing(String),
-    /// The agent broke the protocol. Do not reconnect: the peer is incompatible.
+    /// The agent broke the protocol. Reconnect (with back-off): the next connection
+    /// starts from a fresh snapshot, which reconciles the workloads the application holds.
     Protocol(ProtocolError),
-}
-
-impl CloseReason {
-    /// Whether the proxy must stop for good instead of reconnecting.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Protocol(_))
-    }
 }
 
 impl fmt::Display for CloseReason {
@@ -87,8 +81,8 @@ enum Step {
 ///    [`Transmit`](ProxyAction::Transmit) bytes,
 ///    [`Apply`](ProxyAction::Apply) updates and answer each with
 ///    [`handle_complete`](Self::handle_complete), and on
-///    [`Close`](ProxyAction::Close) drop the socket (reconnecting unless the reason
-///    [is terminal](CloseReason::is_terminal)).
+///    [`Close`](ProxyAction::Close) drop the socket and reconnect (whatever the
+///    [reason](CloseReason)).
 /// 3. Read one datagram and pass it to [`handle_datagram`](Self::handle_datagram) (or a
 ///    transport-level read failure such as truncation to
 ///    [`handle_read_error`](Self::handle_read_error)); go to 2.
@@ -111,7 +105,6 @@ enum Step {
 #[derive(Debug)]
 pub struct ProxySession<F> {
     connected: bool,
-    terminated: Option<ProtocolError>,
     snapshot_received: bool,
     snapshot_names: BTreeSet<String>,
     pending: BTreeSet<String>,
@@ -131,7 +124,6 @@ impl<F> ProxySession<F> {
     pub fn new() -> Self {
         Self {
             connected: false,
-            terminated: None,
             snapshot_received: false,
             snapshot_names: BTreeSet::new(),
             pending: BTreeSet::new(),
@@ -143,11 +135,9 @@ impl<F> ProxySession<F> {
 
     /// Starts a new connection: resets the per-connection state and queues the hello.
     ///
-    /// Fails with [`SessionError::Terminated`] after a protocol error.
-    pub fn connect(&mut self) -> Result<(), SessionError> {
-        if self.terminated.is_some() {
-            return Err(SessionError::Terminated);
-        }
+    /// Allowed after any close, protocol errors included: the workloads the application
+    /// was given are remembered, and the snapshot of the new connection reconciles them.
+    pub fn connect(&mut self) {
         self.connected = true;
         self.snapshot_received = false;
         self.snapshot_names.clear();
@@ -156,7 +146,6 @@ impl<F> ProxySession<F> {
         self.step = Step::Idle;
         self.actions
             .push_back(ProxyAction::Transmit(Hello::V1.encode()));
-        Ok(())
     }
 
     /// The connection ended (EOF or I/O error). Queued actions are dropped, which closes
@@ -181,7 +170,7 @@ impl<F> ProxySession<F> {
         match Request::decode(bytes, fds.len()) {
             Ok(request) => self.handle_request(request, fds.into_iter().next()),
             Err(RequestError::Read(e)) => self.fail_read(e),
-            Err(RequestError::Protocol(e)) => self.terminate(e),
+            Err(RequestError::Protocol(e)) => self.fail_protocol(e),
         }
         Ok(())
     }
@@ -272,11 +261,6 @@ impl<F> ProxySession<F> {
         self.snapshot_received
     }
 
-    /// The protocol error that stopped this session for good, if any.
-    pub fn terminated(&self) -> Option<&ProtocolError> {
-        self.terminated.as_ref()
-    }
-
     /// Uids whose add failed on this connection and has not been resolved.
     pub fn pending(&self) -> impl Iterator<Item = &str> {
         self.pending.iter().map(String::as_str)
@@ -289,9 +273,6 @@ impl<F> ProxySession<F> {
     }
 
     fn check_accepting(&self) -> Result<(), SessionError> {
-        if self.terminated.is_some() {
-            return Err(SessionError::Terminated);
-        }
         if !self.connected {
             return Err(SessionError::NotConnected);
         }
@@ -322,7 +303,7 @@ impl<F> ProxySession<F> {
             }
             Request::Keep { uid } => {
                 if self.snapshot_received {
-                    self.terminate(ProtocolError::KeepAfterSnapshot);
+                    self.fail_protocol(ProtocolError::KeepAfterSnapshot);
                     return;
                 }
                 self.snapshot_names.insert(uid.clone());
@@ -344,7 +325,7 @@ impl<F> ProxySession<F> {
             }
             Request::SnapshotSent => {
                 if self.snapshot_received {
-                    self.terminate(ProtocolError::SnapshotAlreadyReceived);
+                    self.fail_protocol(ProtocolError::SnapshotAlreadyReceived);
                     return;
                 }
                 let mut stale: Vec<String> = self
@@ -396,9 +377,8 @@ impl<F> ProxySession<F> {
         self.close(CloseReason::Read(err));
     }
 
-    fn terminate(&mut self, err: ProtocolError) {
+    fn fail_protocol(&mut self, err: ProtocolError) {
         self.nack(protocol_failure_text(&err));
-        self.terminated = Some(err.clone());
         self.close(CloseReason::Protocol(err));
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use meshwire_xds_workload::authorization::ConnectionInfo;
 use prometheus_client::metrics::counter::Counter;
 
 use super::DataPlane;
@@ -65,6 +66,23 @@ impl DataPlane {
             error = %failure.detail,
             "connection failed"
         );
+    }
+
+    /// [`splice`](Self::splice) for an authorized inbound connection to `destination` (an xDS
+    /// workload uid): it is registered for re-authorization and closed if a policy change
+    /// denies it.
+    pub(super) async fn splice_authorized(
+        &self,
+        rec: ConnRecord,
+        ends: Ends,
+        conn: ConnectionInfo,
+        destination: String,
+    ) {
+        let registration = self.open_inbound.register(conn, destination);
+        tokio::select! {
+            () = registration.denied().cancelled() => {}
+            () = self.splice(rec, ends) => {}
+        }
     }
 
     /// Counts an established connection, copies until both sides are done, logs it.

@@ -183,8 +183,13 @@ impl DataPlane {
             Ok(t) => t,
             Err(e) => return self.connection_failed(rec, &Failure::new("hbone error", e)),
         };
-        self.splice(rec, Ends::TunnelToSocket(tunnel, upstream))
-            .await;
+        self.splice_authorized(
+            rec,
+            Ends::TunnelToSocket(tunnel, upstream),
+            conn,
+            local.uid.clone(),
+        )
+        .await;
     }
 }
 

@@ -66,6 +66,7 @@ impl DataPlane {
             Ok(s) => s,
             Err(failure) => return self.connection_failed(rec, &failure),
         };
-        self.splice(rec, Ends::Tcp(stream, upstream)).await;
+        self.splice_authorized(rec, Ends::Tcp(stream, upstream), conn, local.uid.clone())
+            .await;
     }
 }

@@ -17,6 +17,7 @@ mod inbound_hbone;
 mod inbound_plaintext;
 mod labels;
 mod outbound;
+mod reauthorize;
 #[cfg(test)]
 pub(crate) mod tests;
 mod workload;
@@ -97,6 +98,8 @@ pub(crate) struct DataPlane {
     /// The CONNECT destination rules of every pod's 15008 (the proxy's own ports refused).
     admission: Admission,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
+    /// Open inbound connections, re-authorized after every xDS change.
+    open_inbound: Arc<reauthorize::OpenConnections>,
 }
 
 impl fmt::Debug for DataPlane {
@@ -114,6 +117,16 @@ impl DataPlane {
         store: Arc<WorkloadStore>,
         certs: Arc<dyn Certificates>,
     ) -> Arc<Self> {
+        let open_inbound = Arc::new(reauthorize::OpenConnections::default());
+        // Every policy change closes the open connections it now denies (outside a runtime,
+        // as in some unit tests, nothing watches).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reauthorize::watch(
+                Arc::downgrade(&open_inbound),
+                store.clone(),
+                metrics.clone(),
+            ));
+        }
         Arc::new(Self {
             config,
             metrics,
@@ -121,6 +134,7 @@ impl DataPlane {
             certs,
             admission: Admission::default(),
             pods: Mutex::new(HashMap::new()),
+            open_inbound,
         })
     }
 

@@ -7,6 +7,7 @@ mod inbound;
 mod istio;
 mod outbound;
 mod pods;
+mod reauthorize;
 
 use super::workload::{destination_of, peer_workload};
 use super::*;

@@ -6,12 +6,16 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::thread;
+use std::thread as std_thread;
 
 use nix::sched::{CloneFlags, setns};
 use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 
 use crate::error::Error;
+
+mod thread;
+
+pub use thread::{NsThread, RunIn};
 
 /// The identity of a namespace: the device and inode of its `nsfs` file.
 ///
@@ -198,8 +202,8 @@ impl NetNs {
     {
         let fd = self.fd.as_fd();
         let id = self.id;
-        thread::scope(|scope| {
-            let handle = thread::Builder::new()
+        std_thread::scope(|scope| {
+            let handle = std_thread::Builder::new()
                 .name(format!("netns-{}", id.ino))
                 .spawn_scoped(scope, move || -> Result<T, Error> {
                     // The thread exits right after `f`; it never needs to switch back.
@@ -230,7 +234,7 @@ impl NetNs {
         })?;
         let id = self.id;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        thread::Builder::new()
+        std_thread::Builder::new()
             .name(format!("netns-{}", id.ino))
             .spawn(move || {
                 let outcome = match enter(fd.as_fd(), id) {
