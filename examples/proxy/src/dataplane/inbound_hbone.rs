@@ -38,8 +38,25 @@ impl DataPlane {
             Err(_) => return,
         };
         let info = HboneConnection::new(local_addr, canonical(peer));
-        match state.server.serve_connection(stream, info).await {
+        let slot = match self.hbone_limit.admit(pod.info.uid.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                // Every connection under the bound is established: close this one now.
+                tracing::debug!(uid = %pod.info.uid, %peer, error = %e, "HBONE connection refused");
+                self.metrics.connection_dropped("hbone", "refused");
+                return;
+            }
+        };
+        match state.server.serve_limited(stream, info, slot).await {
             Ok(()) => {}
+            Err(ServerError::Shed) => {
+                tracing::debug!(uid = %pod.info.uid, %peer, "HBONE connection shed for a newer one");
+                self.metrics.connection_dropped("hbone", "shed");
+            }
+            Err(ServerError::AcceptTimeout) => {
+                tracing::debug!(uid = %pod.info.uid, %peer, "no CONNECT request before the accept deadline");
+                self.metrics.connection_dropped("hbone", "timeout");
+            }
             Err(e) => {
                 let handshake = matches!(
                     e,

@@ -223,6 +223,11 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn new() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    /// An environment whose data plane runs on the test defaults changed by `change`.
+    pub(crate) async fn with_config(change: impl FnOnce(&mut DataPlaneConfig)) -> Self {
         let td = TrustDomain::new("cluster.local").unwrap();
         let ca = Arc::new(
             CertificateAuthority::generate_root(&td, meshwire_svid::ca::CaConfig::default())
@@ -231,14 +236,17 @@ impl Env {
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
         let certs = Managed::new(ca.clone(), metrics.clone());
+        let mut config = DataPlaneConfig {
+            node_name: NODE.into(),
+            local_lookup_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            drain_deadline: Duration::from_millis(200),
+            original_source: true,
+            ..DataPlaneConfig::default()
+        };
+        change(&mut config);
         let dp = DataPlane::new(
-            DataPlaneConfig {
-                node_name: NODE.into(),
-                local_lookup_timeout: Duration::from_millis(500),
-                connect_timeout: Duration::from_secs(2),
-                drain_deadline: Duration::from_millis(200),
-                original_source: true,
-            },
+            config,
             metrics.clone(),
             store.clone(),
             certs,
