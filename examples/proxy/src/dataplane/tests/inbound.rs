@@ -217,6 +217,36 @@ async fn foreign_or_missing_client_certificates_fail_the_handshake() {
     wait_for(|| env.metrics.tls_handshake_failures.get() >= 2).await;
 }
 
+#[tokio::test]
+async fn the_log_source_is_the_socket_peer_not_the_forwarded_header() {
+    let (_logs, logs) = capture_logs();
+    let mut env = Env::new().await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 61], true)
+        .await;
+    let app = echo_app([127, 0, 0, 61], "server-1:").await;
+    let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
+    let conn = raw_client(&env.ca, CLIENT_ID, SERVER_ID, hbone_addr)
+        .await
+        .unwrap();
+    let claimed = SocketAddr::from(([10, 66, 66, 66], 4242));
+    let request = ConnectRequest::new(Authority::from_socket_addr(app).unwrap()).with_forwarded(
+        Forwarded::new(meshwire_hbone::headers::ForwardedElement::for_client(claimed)),
+    );
+    let mut tunnel = conn.open(&request).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tunnel.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"server-1:ok");
+    drop((tunnel, conn));
+    wait_for(|| !logs.lines_with("connection closed").is_empty()).await;
+    let line = logs.lines_with("connection closed").remove(0);
+    assert!(line.contains("direction=inbound"), "{line}");
+    assert!(line.contains("forwarded_for=10.66.66.66:4242"), "{line}");
+    assert!(!line.contains("src=10.66.66.66"), "{line}");
+    assert!(line.contains("src=127."), "the TCP peer (loopback): {line}");
+}
+
 /// Whether the proxy closed `s` within `within`.
 async fn closed_by_proxy(s: &mut TcpStream, within: Duration) -> bool {
     let mut b = [0u8; 256];

@@ -453,3 +453,43 @@ pub(crate) async fn fake_hbone_peer(
     tokio::spawn(async move { server.serve(listener).await });
     rx
 }
+
+/// The log lines written while the returned guard lives (this thread only: use a
+/// current-thread runtime, as `#[tokio::test]` does).
+pub(crate) fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuf) {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buf)
+}
+
+/// Where [`capture_logs`] writes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    /// The lines containing `needle`.
+    pub(crate) fn lines_with(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
