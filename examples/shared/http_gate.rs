@@ -82,7 +82,10 @@ impl std::fmt::Debug for HttpGate {
 
 impl HttpGate {
     /// A gate with `limits`; `on_drop` hears of every connection closed before it was served.
-    pub(crate) fn new(limits: HttpLimits, on_drop: impl Fn(Dropped) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        limits: HttpLimits,
+        on_drop: impl Fn(Dropped) + Send + Sync + 'static,
+    ) -> Self {
         let mut config = ConnectionLimitConfig::default();
         config.max_per_key = limits.max_connections;
         config.max_total = limits.max_connections;

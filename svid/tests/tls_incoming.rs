@@ -162,5 +162,8 @@ async fn a_free_slot_lets_a_client_through_despite_stalled_handshakes() {
 fn documented_defaults() {
     let d = IncomingConfig::default();
     assert_eq!(d.handshake_timeout, Duration::from_secs(10));
-    assert_eq!(d.limit, meshwire_svid::tls::ConnectionLimitConfig::default());
+    assert_eq!(
+        d.limit,
+        meshwire_svid::tls::ConnectionLimitConfig::default()
+    );
 }

@@ -176,7 +176,10 @@ fn idle_floods_do_not_lock_out_real_clients_or_leak() {
         after_fds <= (base_fds + 4) as f64,
         "fds stayed at {after_fds}"
     );
-    assert!(after_tasks <= base_tasks + 4.0, "tasks stayed at {after_tasks}");
+    assert!(
+        after_tasks <= base_tasks + 4.0,
+        "tasks stayed at {after_tasks}"
+    );
     let dropped = c
         .proxy_metrics(node)
         .unwrap()

@@ -346,7 +346,10 @@ mod tests {
             Some("CONNECTION_TERMINATION_DEADLINE")
         );
         for (id, env) in [
-            ("hbone_max_connections_per_pod", "HBONE_MAX_CONNECTIONS_PER_POD"),
+            (
+                "hbone_max_connections_per_pod",
+                "HBONE_MAX_CONNECTIONS_PER_POD",
+            ),
             ("hbone_max_connections", "HBONE_MAX_CONNECTIONS"),
             ("hbone_accept_timeout", "HBONE_ACCEPT_TIMEOUT"),
             ("http_max_connections", "HTTP_MAX_CONNECTIONS"),

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::DumpFn;
-use crate::metrics::Metrics;
 pub(crate) use crate::http_gate::{HttpGate, HttpLimits};
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
 /// Which set of paths a listener serves.

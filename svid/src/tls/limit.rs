@@ -313,7 +313,6 @@ impl<K: Eq + Hash + Clone + Send> SlotState for Mutex<State<K>> {
     }
 }
 
-
 /// A connection's place in a [`ConnectionLimit`]; dropping it frees the place.
 pub struct ConnectionSlot {
     id: u64,

@@ -48,7 +48,13 @@ fn the_oldest_pending_connection_of_the_key_is_shed_first() {
     drop((a, b));
     assert_eq!(l.stats().open, 3);
     drop((c, d, e));
-    assert_eq!(l.stats(), LimitStats { shed: 2, ..LimitStats::default() });
+    assert_eq!(
+        l.stats(),
+        LimitStats {
+            shed: 2,
+            ..LimitStats::default()
+        }
+    );
 }
 
 #[test]

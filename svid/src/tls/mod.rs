@@ -28,11 +28,11 @@ use crate::x509::{SvidError, X509Svid, parse_cert, uri_sans};
 
 mod control_plane;
 mod limit;
-pub use limit::{
-    ConnectionLimit, ConnectionLimitConfig, ConnectionSlot, LimitReached, LimitStats, Shed,
-};
 pub use control_plane::{
     ControlPlaneTlsError, control_plane_client_config, control_plane_server_config,
+};
+pub use limit::{
+    ConnectionLimit, ConnectionLimitConfig, ConnectionSlot, LimitReached, LimitStats, Shed,
 };
 
 #[cfg(feature = "service")]

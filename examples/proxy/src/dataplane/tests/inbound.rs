@@ -230,7 +230,9 @@ async fn the_log_source_is_the_socket_peer_not_the_forwarded_header() {
         .unwrap();
     let claimed = SocketAddr::from(([10, 66, 66, 66], 4242));
     let request = ConnectRequest::new(Authority::from_socket_addr(app).unwrap()).with_forwarded(
-        Forwarded::new(meshwire_hbone::headers::ForwardedElement::for_client(claimed)),
+        Forwarded::new(meshwire_hbone::headers::ForwardedElement::for_client(
+            claimed,
+        )),
     );
     let mut tunnel = conn.open(&request).await.unwrap();
     tunnel.write_all(b"ok").await.unwrap();
