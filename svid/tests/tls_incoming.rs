@@ -1,5 +1,6 @@
-//! `tls::incoming_with`: clients that never send a ClientHello hold at most
-//! `max_concurrent_handshakes` slots; a real client waits for a free slot.
+//! `tls::incoming_with`: clients that never send a ClientHello hold places of the connection
+//! limit only until a newer connection needs one: the oldest unfinished handshake is shed, so
+//! a real client gets through.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,7 +27,8 @@ struct Setup {
     idle: Vec<TcpStream>,
 }
 
-/// A listener with `limit` handshake slots and two connected clients that never send a byte.
+/// A listener that holds at most `limit` connections and two connected clients that never
+/// send a byte.
 async fn stalled(limit: usize) -> Setup {
     let pki = TestPki::new("cluster.local");
     let ca = pki.ca();
@@ -43,7 +45,7 @@ async fn stalled(limit: usize) -> Setup {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut limits = IncomingConfig::default();
-    limits.max_concurrent_handshakes = limit;
+    limits.limit.max_total = limit;
     limits.handshake_timeout = Duration::from_secs(60);
     let incoming = incoming_with(listener, Arc::new(server), limits);
     let mut idle = Vec::new();
@@ -89,23 +91,53 @@ async fn answer_one(incoming: &mut Incoming, within: Duration) -> Option<()> {
     Some(())
 }
 
+/// Whether the server closed `idle` (EOF or reset), waiting up to `within`.
+async fn closed_by_server(idle: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, idle.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_handshakes_fill_the_slots_and_a_client_waits_for_one() {
+async fn a_client_sheds_the_oldest_stalled_handshake_when_the_limit_is_full() {
     let mut s = stalled(2).await;
     let c = client(&s);
-    // Both slots are held by the silent connections: no handshake completes.
-    assert!(
-        answer_one(&mut s.incoming, Duration::from_millis(700))
-            .await
-            .is_none(),
-        "a third handshake ran with max_concurrent_handshakes = 2"
-    );
-    assert!(!c.is_finished());
-    // Closing one silent connection ends its handshake and frees its slot.
-    drop(s.idle.pop());
     answer_one(&mut s.incoming, Duration::from_secs(10))
         .await
-        .expect("client still waiting after a slot was freed");
+        .expect("real client locked out by stalled handshakes");
+    tokio::time::timeout(Duration::from_secs(10), c)
+        .await
+        .unwrap()
+        .unwrap();
+    // The oldest silent connection made room; the younger one is still open.
+    let mut younger = s.idle.pop().unwrap();
+    let mut oldest = s.idle.pop().unwrap();
+    assert!(closed_by_server(&mut oldest, Duration::from_secs(10)).await);
+    assert!(!closed_by_server(&mut younger, Duration::from_millis(300)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_established_connection_is_never_shed() {
+    let mut s = stalled(3).await;
+    let c = client(&s);
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), s.incoming.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Two more silent clients push the limit: the silent ones go, the TLS one stays.
+    for _ in 0..2 {
+        s.idle.push(TcpStream::connect(s.addr).await.unwrap());
+    }
+    for mut old in s.idle.drain(..2) {
+        assert!(closed_by_server(&mut old, Duration::from_secs(10)).await);
+    }
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b).await.unwrap();
+    conn.write_all(b"y").await.unwrap();
+    conn.flush().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), c)
         .await
         .unwrap()
@@ -130,5 +162,8 @@ async fn a_free_slot_lets_a_client_through_despite_stalled_handshakes() {
 fn documented_defaults() {
     let d = IncomingConfig::default();
     assert_eq!(d.handshake_timeout, Duration::from_secs(10));
-    assert_eq!(d.max_concurrent_handshakes, 256);
+    assert_eq!(
+        d.limit,
+        meshwire_svid::tls::ConnectionLimitConfig::default()
+    );
 }

@@ -120,6 +120,15 @@ pub(crate) struct Args {
     )]
     pub(crate) metrics_address: SocketAddr,
 
+    /// Connections the metrics endpoint holds at once; beyond it the oldest connection still
+    /// waiting for its request headers is closed.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub(crate) http_max_connections: usize,
+
+    /// How long the metrics endpoint waits for a request's headers (e.g. 10s).
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) http_header_read_timeout: Duration,
+
     /// Cluster id of the workloads this agent publishes.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub(crate) cluster_id: String,

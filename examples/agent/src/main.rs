@@ -9,6 +9,8 @@ mod driver;
 mod effects;
 mod file_watch;
 mod grpc;
+#[path = "../../shared/http_gate.rs"]
+mod http_gate;
 mod kube;
 mod leftovers;
 mod metrics;

@@ -1,15 +1,11 @@
 //! Prometheus metrics and the small HTTP server that exposes them on `/metrics`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,8 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::http_gate::HttpGate;
 use crate::reconcile::Outcome;
 
 /// Label set of the failure counter.
@@ -162,16 +159,17 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` until `shutdown` is cancelled.
+/// Serves `/metrics` until `shutdown` is cancelled, within the limits of `gate`.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    gate: HttpGate,
     shutdown: CancellationToken,
 ) {
     let addr = listener.local_addr().ok();
     info!(address = ?addr, "metrics endpoint listening on /metrics");
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -184,17 +182,13 @@ pub(crate) async fn serve(
         };
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &metrics)) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "metrics connection ended") },
-                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            let handle = move |req: Request<Incoming>| {
+                let resp = handle(&req, &metrics);
+                async move { resp }
+            };
+            gate.serve(stream, handle, shutdown).await;
         });
     }
 }
@@ -266,7 +260,8 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, metrics, shutdown.clone()));
+        let gate = HttpGate::new(crate::http_gate::HttpLimits::default(), |_| {});
+        let task = tokio::spawn(serve(listener, metrics, gate, shutdown.clone()));
 
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

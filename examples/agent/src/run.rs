@@ -101,9 +101,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(args.metrics_address)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_address))?;
+    let gate = crate::http_gate::HttpGate::new(
+        crate::http_gate::HttpLimits {
+            max_connections: args.http_max_connections,
+            header_read_timeout: args.http_header_read_timeout,
+        },
+        |d| tracing::debug!(reason = d.as_str(), "metrics connection dropped"),
+    );
     tasks.spawn(metrics::serve(
         metrics_listener,
         metrics.clone(),
+        gate,
         shutdown.clone(),
     ));
 

@@ -25,6 +25,17 @@ pub struct Binaries {
 }
 
 impl Binaries {
+    /// The binaries next to a running test executable (`target/<profile>/deps/<test>` ->
+    /// `target/<profile>/`), as `cargo test` builds them.
+    pub fn beside_test() -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| anyhow::anyhow!("no target directory above {}", exe.display()))?;
+        Self::in_dir(dir)
+    }
+
     /// Looks for `agent` and `proxy` in `dir`.
     pub fn in_dir(dir: &Path) -> Result<Self> {
         let agent = dir.join("agent");
@@ -61,6 +72,8 @@ pub struct ClusterOptions {
     pub reconcile_interval: Duration,
     /// The in-pod rule preset the agents install: `istio` or `cilium`.
     pub rules: &'static str,
+    /// Extra environment of every proxy (for example smaller connection limits).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 /// The demo cluster: two nodes, five pods, an agent and a proxy per node.

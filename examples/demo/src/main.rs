@@ -52,6 +52,7 @@ fn run() -> Result<()> {
         log: "info".into(),
         reconcile_interval: Duration::from_secs(2),
         rules: "istio",
+        proxy_env: Vec::new(),
     })?;
     println!(
         "    agent + proxy running on node-1 and node-2; state and logs in {}",

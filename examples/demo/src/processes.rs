@@ -42,7 +42,8 @@ impl Cluster {
             .arg(node.dir.join("ztunnel.sock"))
             .args(["--node-name", &node.name])
             .arg("--xds-root-ca")
-            .arg(self.root_cert(i));
+            .arg(self.root_cert(i))
+            .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)));
         let proc = self.spawn_on_node(i, "proxy", &mut cmd)?;
         self.nodes[i].proxy = Some(proc);
         self.wait_proxy_ready(i, Duration::from_secs(60))

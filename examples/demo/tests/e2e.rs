@@ -18,14 +18,7 @@ use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn binaries() -> Binaries {
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_owned();
-    Binaries::in_dir(&dir).expect("agent and proxy binaries")
+    Binaries::beside_test().expect("agent and proxy binaries")
 }
 
 fn cluster(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
@@ -43,6 +36,7 @@ fn cluster_with(
         log: "info".into(),
         reconcile_interval: Duration::from_millis(500),
         rules,
+        proxy_env: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     Some((guard, cluster))

@@ -112,6 +112,30 @@ pub(crate) struct Cli {
     )]
     pub(crate) drain_timeout: Duration,
 
+    /// Connections one pod's 15008 may hold (in their handshake or established). Beyond it
+    /// the oldest connection of the pod that has not authenticated yet is closed; when all
+    /// are established, the newcomer is.
+    #[arg(long, env = "HBONE_MAX_CONNECTIONS_PER_POD", default_value_t = 1024)]
+    pub(crate) hbone_max_connections_per_pod: usize,
+
+    /// Connections all pods' 15008 together may hold, with the same shedding.
+    #[arg(long, env = "HBONE_MAX_CONNECTIONS", default_value_t = 16384)]
+    pub(crate) hbone_max_connections: usize,
+
+    /// Deadline on 15008 from the TCP accept to the first CONNECT request (TLS and HTTP/2
+    /// handshakes included).
+    #[arg(long, env = "HBONE_ACCEPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) hbone_accept_timeout: Duration,
+
+    /// Connections the metrics and readiness endpoints may hold together; beyond it the
+    /// oldest connection still waiting for its request headers is closed.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub(crate) http_max_connections: usize,
+
+    /// How long the metrics, readiness and admin endpoints wait for a request's headers.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) http_header_read_timeout: Duration,
+
     /// Log output format (`plain` is taken as `text`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "plain", "json"])]
     pub(crate) log_format: String,
@@ -140,6 +164,9 @@ pub(crate) struct Config {
     pub(crate) pod_name: String,
     pub(crate) pod_namespace: String,
     pub(crate) original_source: bool,
+    pub(crate) hbone_limit: meshwire_hbone::server::ConnectionLimitConfig,
+    pub(crate) hbone_accept_timeout: Duration,
+    pub(crate) http: crate::http::HttpLimits,
 }
 
 impl Cli {
@@ -159,6 +186,18 @@ impl Cli {
         if self.secret_ttl.is_zero() {
             bail!("--secret-ttl must be positive");
         }
+        if self.hbone_max_connections_per_pod == 0 || self.hbone_max_connections == 0 {
+            bail!("--hbone-max-connections and --hbone-max-connections-per-pod must be positive");
+        }
+        if self.http_max_connections == 0 {
+            bail!("--http-max-connections must be positive");
+        }
+        if self.hbone_accept_timeout.is_zero() || self.http_header_read_timeout.is_zero() {
+            bail!("--hbone-accept-timeout and --http-header-read-timeout must be positive");
+        }
+        let mut hbone_limit = meshwire_hbone::server::ConnectionLimitConfig::default();
+        hbone_limit.max_per_key = self.hbone_max_connections_per_pod;
+        hbone_limit.max_total = self.hbone_max_connections;
         Ok(Config {
             zds_socket: self.zds_socket,
             zds_agent_uids: self.zds_agent_uids,
@@ -179,6 +218,12 @@ impl Cli {
             pod_name: self.pod_name,
             pod_namespace: self.pod_namespace,
             original_source: self.original_source,
+            hbone_limit,
+            hbone_accept_timeout: self.hbone_accept_timeout,
+            http: crate::http::HttpLimits {
+                max_connections: self.http_max_connections,
+                header_read_timeout: self.http_header_read_timeout,
+            },
         })
     }
 }
@@ -269,6 +314,11 @@ mod tests {
         assert_eq!(cfg.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(cfg.secret_ttl, Duration::from_secs(24 * 3600));
         assert!(cfg.zds_agent_uids.is_empty());
+        assert_eq!(cfg.hbone_limit.max_per_key, 1024);
+        assert_eq!(cfg.hbone_limit.max_total, 16384);
+        assert_eq!(cfg.hbone_accept_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.http.max_connections, 256);
+        assert_eq!(cfg.http.header_read_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -321,6 +371,18 @@ mod tests {
             env_of("drain_timeout").as_deref(),
             Some("CONNECTION_TERMINATION_DEADLINE")
         );
+        for (id, env) in [
+            (
+                "hbone_max_connections_per_pod",
+                "HBONE_MAX_CONNECTIONS_PER_POD",
+            ),
+            ("hbone_max_connections", "HBONE_MAX_CONNECTIONS"),
+            ("hbone_accept_timeout", "HBONE_ACCEPT_TIMEOUT"),
+            ("http_max_connections", "HTTP_MAX_CONNECTIONS"),
+            ("http_header_read_timeout", "HTTP_HEADER_READ_TIMEOUT"),
+        ] {
+            assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
+        }
         assert_eq!(env_of("metrics_address"), None);
         assert_eq!(env_of("readiness_address"), None);
         assert_eq!(env_of("admin_address"), None);
@@ -398,6 +460,34 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn limits_take_humantime_durations_and_refuse_zero() {
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--hbone-accept-timeout",
+            "1500ms",
+            "--hbone-max-connections-per-pod",
+            "8",
+            "--http-header-read-timeout",
+            "2s",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(cfg.hbone_accept_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.hbone_limit.max_per_key, 8);
+        assert_eq!(cfg.http.header_read_timeout, Duration::from_secs(2));
+        for bad in [
+            ["--hbone-max-connections", "0"],
+            ["--http-max-connections", "0"],
+            ["--hbone-accept-timeout", "0s"],
+        ] {
+            let args = ["--node-name", "n", bad[0], bad[1]];
+            assert!(parse(&args).unwrap().into_config().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The HTTP server behind the proxy's own endpoints: Prometheus metrics (15020, served here),
 //! readiness (15021, [`crate::readiness`]) and admin (127.0.0.1:15000, [`crate::admin`]).
 
-use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,14 +10,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::DumpFn;
+pub(crate) use crate::http_gate::{HttpGate, HttpLimits};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
@@ -100,9 +98,14 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == 97 /* EAFNOSUPPORT */ || code == 99 /* EADDRNOTAVAIL */)
 }
 
-/// Serves `endpoint` on `listener` until `stop` fires; open connections are then closed
-/// gracefully.
-pub(crate) async fn serve(listener: TcpListener, endpoint: Endpoint, stop: CancellationToken) {
+/// Serves `endpoint` on `listener` until `stop` fires, within the limits of `gate` (which
+/// listeners may share); open connections are then closed gracefully.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    gate: HttpGate,
+    stop: CancellationToken,
+) {
     let endpoint = Arc::new(endpoint);
     let tracker = TaskTracker::new();
     loop {
@@ -120,24 +123,13 @@ pub(crate) async fn serve(listener: TcpListener, endpoint: Endpoint, stop: Cance
         };
         let endpoint = endpoint.clone();
         let stop = stop.clone();
+        let gate = gate.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
+            let handle = move |req: Request<Incoming>| {
                 let resp = endpoint.handle(&req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res { tracing::debug!(error = %e, "http connection"); }
-                }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+                async move { resp }
+            };
+            gate.serve(stream, handle, stop).await;
         });
     }
     tracker.close();
@@ -167,11 +159,86 @@ pub(crate) mod tests {
     pub(crate) async fn start(
         endpoint: Endpoint,
     ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        start_gated(endpoint, HttpGate::new(HttpLimits::default(), |_| {})).await
+    }
+
+    async fn start_gated(
+        endpoint: Endpoint,
+        gate: HttpGate,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let l = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = l.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(l, endpoint, stop.clone()));
+        let task = tokio::spawn(serve(l, endpoint, gate, stop.clone()));
         (addr, stop, task)
+    }
+
+    /// A metrics endpoint behind a gate with these limits, counting drops in its metrics.
+    async fn gated_metrics(
+        max_connections: usize,
+        header_read_timeout: std::time::Duration,
+    ) -> (SocketAddr, Arc<Metrics>, CancellationToken) {
+        let metrics = Metrics::new();
+        let counted = metrics.clone();
+        let gate = HttpGate::new(
+            HttpLimits {
+                max_connections,
+                header_read_timeout,
+            },
+            move |d| counted.connection_dropped("http", d.as_str()),
+        );
+        let (addr, stop, _task) = start_gated(Endpoint::Metrics(metrics.clone()), gate).await;
+        (addr, metrics, stop)
+    }
+
+    /// Whether the server closed `s` within `within`.
+    async fn closed_by_server(s: &mut TcpStream, within: std::time::Duration) -> bool {
+        let mut b = [0u8; 256];
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(end, s.read(&mut b)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn dropped(metrics: &Metrics, reason: &str) -> bool {
+        metrics.encode().lines().any(|l| {
+            l.starts_with("meshwire_connections_dropped_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+                && l.ends_with(" 1")
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_request_headers_is_closed_at_the_header_timeout() {
+        let (addr, metrics, stop) = gated_metrics(16, std::time::Duration::from_millis(300)).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        // Half a request line, then nothing.
+        silent.write_all(b"GET /met").await.unwrap();
+        assert!(closed_by_server(&mut silent, std::time::Duration::from_secs(10)).await);
+        assert!(dropped(&metrics, "timeout"), "{}", metrics.encode());
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_request_sheds_the_oldest_silent_connection_when_full() {
+        let (addr, metrics, stop) = gated_metrics(2, std::time::Duration::from_secs(60)).await;
+        let mut oldest = TcpStream::connect(addr).await.unwrap();
+        let mut younger = TcpStream::connect(addr).await.unwrap();
+        let (code, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            request(addr, "GET", "/metrics"),
+        )
+        .await
+        .expect("request locked out by silent connections");
+        assert_eq!(code, 200);
+        assert!(closed_by_server(&mut oldest, std::time::Duration::from_secs(10)).await);
+        assert!(!closed_by_server(&mut younger, std::time::Duration::from_millis(200)).await);
+        assert!(dropped(&metrics, "shed"), "{}", metrics.encode());
+        stop.cancel();
     }
 
     #[tokio::test]

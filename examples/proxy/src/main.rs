@@ -13,6 +13,8 @@ mod copy;
 mod dataplane;
 mod enrollment;
 mod http;
+#[path = "../../shared/http_gate.rs"]
+mod http_gate;
 mod metrics;
 mod podnet;
 mod pods;
@@ -102,14 +104,18 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let readiness_listener = http::bind(config.readiness_address).await?;
     let admin_listener = http::bind(config.admin_address).await?;
     let mut servers = tokio::task::JoinSet::new();
+    // 15020 and 15021 listen on all addresses: one bound for both.
+    let public_gate = http_gate(&config, &metrics);
     servers.spawn(http::serve(
         metrics_listener,
         Endpoint::Metrics(metrics.clone()),
+        public_gate.clone(),
         http_stop.clone(),
     ));
     servers.spawn(http::serve(
         readiness_listener,
         Endpoint::Readiness(readiness.clone()),
+        public_gate,
         http_stop.clone(),
     ));
 
@@ -142,6 +148,8 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             node_name: config.node_name.clone(),
             drain_deadline: config.drain_timeout,
             original_source: config.original_source,
+            hbone_limit: config.hbone_limit,
+            hbone_accept_timeout: config.hbone_accept_timeout,
             ..DataPlaneConfig::default()
         },
         metrics.clone(),
@@ -157,6 +165,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             dump,
             shutdown: shutdown.clone(),
         },
+        http_gate(&config, &metrics),
         http_stop.clone(),
     ));
 
@@ -184,6 +193,14 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     stop_servers(http_stop, servers).await?;
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+/// HTTP limits from the configuration, counting dropped connections in the metrics.
+fn http_gate(config: &config::Config, metrics: &Arc<Metrics>) -> http::HttpGate {
+    let metrics = metrics.clone();
+    http::HttpGate::new(config.http, move |d| {
+        metrics.connection_dropped("http", d.as_str());
+    })
 }
 
 async fn stop_servers(

@@ -19,6 +19,13 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Limit for the TLS and HTTP/2 handshakes. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Limit for the answer to a CONNECT request, from sending it (a free stream included)
+    /// to the response headers; past it the stream is reset and
+    /// [`Pool::connect`](super::Pool::connect) fails with
+    /// [`ClientError::ResponseTimeout`](super::ClientError::ResponseTimeout). The server
+    /// dials the destination before it answers, so keep this above the server's own connect
+    /// timeout. Default 15 s (a 10 s server-side connect timeout plus margin).
+    pub response_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -29,6 +36,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -45,5 +53,6 @@ mod tests {
         assert_eq!(p.idle_timeout, Duration::from_secs(300));
         assert_eq!(p.connect_timeout, Duration::from_secs(10));
         assert_eq!(p.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(p.response_timeout, Duration::from_secs(15));
     }
 }

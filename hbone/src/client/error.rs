@@ -38,6 +38,9 @@ pub enum ClientError {
         /// The identity found in the server's certificate, if any.
         found: Option<SpiffeId>,
     },
+    /// The server did not answer the CONNECT request within the response timeout.
+    #[error("no answer to the CONNECT request within the response timeout")]
+    ResponseTimeout,
     /// An HTTP/2 error on the connection or the stream.
     #[error("HTTP/2: {0}")]
     Http2(#[source] Arc<h2::Error>),

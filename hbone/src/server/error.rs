@@ -22,6 +22,13 @@ pub enum ServerError {
     /// HTTP/2 connection error.
     #[error("HTTP/2: {0}")]
     Http2(#[source] h2::Error),
+    /// No CONNECT request arrived within the accept timeout (counted from the accept).
+    #[error("no CONNECT request within the accept timeout")]
+    AcceptTimeout,
+    /// The connection was shed from its connection limit for a newer one before its client
+    /// was authenticated.
+    #[error("shed for a newer connection")]
+    Shed,
     /// A keepalive PING was not answered in time.
     #[error("keepalive PING unanswered")]
     KeepaliveTimeout,

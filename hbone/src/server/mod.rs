@@ -7,6 +7,14 @@
 //! addresses, never one of the proxy's own ports). Malformed requests (not CONNECT, no or
 //! a bad authority) never reach the handler: the server answers 400 itself.
 //!
+//! Against clients that connect and then stall (slowloris), one deadline
+//! ([`ServeConfig::accept_timeout`]) covers everything from the accept to the first CONNECT
+//! request, and a [`ConnectionLimit`] shared by any number of servers bounds the connections
+//! per key (a pod) and in all: take a slot when accepting
+//! ([`ConnectionLimit::admit`]) and serve with [`Server::serve_limited`]. When a bound is
+//! reached the oldest connection whose client is not yet authenticated is shed; established
+//! connections never are.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use meshwire_hbone::Rejection;
@@ -66,6 +74,9 @@ pub use admission::{Admission, AdmissionError, PROXY_PORTS, Target};
 pub use config::ServeConfig;
 pub use error::ServerError;
 pub use incoming::{ConnectionInfo, Handler, IncomingTunnel};
+pub use meshwire_svid::tls::{
+    ConnectionLimit, ConnectionLimitConfig, ConnectionSlot, LimitReached, LimitStats,
+};
 pub use tls::ServerTlsProvider;
 
 use incoming::send_status;
@@ -82,6 +93,12 @@ pub struct ServerStats {
     pub requests: u64,
     /// Requests answered 400 by the server itself (not CONNECT, bad authority).
     pub malformed_requests: u64,
+    /// Connections closed because they sent no CONNECT request within
+    /// [`ServeConfig::accept_timeout`].
+    pub accept_timeouts: u64,
+    /// Connections shed from their [`ConnectionLimit`] for a newer one before their client
+    /// was authenticated.
+    pub shed: u64,
 }
 
 struct ServerInner<H, T> {
@@ -96,6 +113,8 @@ struct ServerInner<H, T> {
     handshake_failures: AtomicU64,
     requests: AtomicU64,
     malformed: AtomicU64,
+    accept_timeouts: AtomicU64,
+    shed: AtomicU64,
 }
 
 /// An HBONE server: TLS with a mandatory client certificate, HTTP/2, and one handler
@@ -145,6 +164,8 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
                 handshake_failures: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
+                accept_timeouts: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
             }),
         }
     }
@@ -157,12 +178,43 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             handshake_failures: i.handshake_failures.load(Ordering::Relaxed),
             requests: i.requests.load(Ordering::Relaxed),
             malformed_requests: i.malformed.load(Ordering::Relaxed),
+            accept_timeouts: i.accept_timeouts.load(Ordering::Relaxed),
+            shed: i.shed.load(Ordering::Relaxed),
         }
     }
 
     /// Accepts connections from `listener` (setting `TCP_NODELAY`) until a drain
     /// starts. Each connection runs in its own task.
     pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
+        self.accept_loop(listener, |stream, info| self.spawn_connection(stream, info))
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), with every connection holding a slot of `limit` under
+    /// `key` from its accept on: a connection beyond a bound sheds the oldest one whose
+    /// client is not authenticated yet, or is closed at once when all are established.
+    /// Several listeners (and servers) may share one limit.
+    pub async fn serve_with_limit<K>(
+        &self,
+        listener: TcpListener,
+        limit: &ConnectionLimit<K>,
+        key: K,
+    ) -> io::Result<()>
+    where
+        K: Eq + std::hash::Hash + Clone + Send + 'static,
+    {
+        self.accept_loop(listener, |stream, info| match limit.admit(key.clone()) {
+            Ok(slot) => self.spawn_limited(stream, info, slot),
+            Err(e) => tracing::debug!(peer = %info.peer_addr, error = %e, "connection refused"),
+        })
+        .await
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        mut accepted: impl FnMut(tokio::net::TcpStream, ConnectionInfo),
+    ) -> io::Result<()> {
         let local_addr = listener.local_addr()?;
         loop {
             let (stream, peer_addr) = tokio::select! {
@@ -181,8 +233,22 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY");
             }
-            self.spawn_connection(stream, ConnectionInfo::new(local_addr, peer_addr));
+            accepted(stream, ConnectionInfo::new(local_addr, peer_addr));
         }
+    }
+
+    /// [`spawn_connection`](Self::spawn_connection) for a connection holding `slot` (see
+    /// [`serve_limited`](Self::serve_limited)).
+    pub fn spawn_limited<IO>(&self, io: IO, info: ConnectionInfo, slot: ConnectionSlot)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = this.serve_limited(io, info, slot).await {
+                tracing::debug!(peer = %info.peer_addr, error = %e, "HBONE connection ended");
+            }
+        });
     }
 
     /// Serves one accepted connection in a new task (awaited by
@@ -203,7 +269,9 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
     /// HTTP/2, and a handler task per CONNECT stream.
     ///
     /// The handshakes first wait for one of the
-    /// [`ServeConfig::max_concurrent_handshakes`] slots (a drain ends the wait).
+    /// [`ServeConfig::max_concurrent_handshakes`] slots (a drain ends the wait). Everything
+    /// up to the first CONNECT request must happen within [`ServeConfig::accept_timeout`],
+    /// counted from this call.
     pub async fn serve_connection<IO>(
         &self,
         io: IO,
@@ -212,33 +280,101 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_inner(io, info, None).await
+    }
+
+    /// Like [`serve_connection`](Self::serve_connection) for a connection that holds `slot`
+    /// of a [`ConnectionLimit`], taken when it was accepted. Until the client is
+    /// authenticated the connection may be shed for a newer one (it then ends with
+    /// [`ServerError::Shed`]); from then on it is established and keeps its place until it
+    /// closes.
+    pub async fn serve_limited<IO>(
+        &self,
+        io: IO,
+        info: ConnectionInfo,
+        slot: ConnectionSlot,
+    ) -> Result<(), ServerError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_inner(io, info, Some(slot)).await
+    }
+
+    async fn serve_inner<IO>(
+        &self,
+        io: IO,
+        info: ConnectionInfo,
+        slot: Option<ConnectionSlot>,
+    ) -> Result<(), ServerError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let inner = &*self.inner;
+        let deadline = tokio::time::Instant::now() + inner.config.accept_timeout;
         if inner.drain.is_cancelled() {
             return Ok(());
         }
-        let permit = tokio::select! {
-            biased;
-            () = inner.drain.cancelled() => return Ok(()),
-            p = inner.handshakes.acquire() => match p {
-                Ok(p) => p,
-                // The semaphore is never closed.
-                Err(_) => return Ok(()),
-            },
+        let handshakes = async {
+            let permit = tokio::select! {
+                biased;
+                () = inner.drain.cancelled() => return Ok(None),
+                p = inner.handshakes.acquire() => match p {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => return Ok(None),
+                },
+            };
+            let result =
+                tokio::time::timeout(inner.config.handshake_timeout, self.handshake(io, &info))
+                    .await
+                    .unwrap_or(Err(ServerError::HandshakeTimeout));
+            drop(permit);
+            result.map(Some)
         };
-        let result =
-            tokio::time::timeout(inner.config.handshake_timeout, self.handshake(io, &info))
-                .await
-                .unwrap_or(Err(ServerError::HandshakeTimeout));
-        drop(permit);
+        let shed = async {
+            match &slot {
+                Some(s) => s.shed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout_at(deadline, handshakes) => {
+                r.unwrap_or(Err(ServerError::AcceptTimeout))
+            }
+            () = shed => Err(ServerError::Shed),
+        };
         let (conn, peer) = match result {
-            Ok(c) => c,
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
             Err(e) => {
-                inner.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.count_failure(&e);
                 return Err(e);
             }
         };
+        // Authenticated: never shed from now on.
+        if let Some(s) = &slot
+            && !s.establish()
+        {
+            self.count_failure(&ServerError::Shed);
+            return Err(ServerError::Shed);
+        }
         inner.connections.fetch_add(1, Ordering::Relaxed);
-        self.run(conn, peer, info).await
+        let result = self.run(conn, peer, info, deadline).await;
+        if matches!(result, Err(ServerError::AcceptTimeout)) {
+            inner.accept_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(slot);
+        result
+    }
+
+    fn count_failure(&self, e: &ServerError) {
+        let inner = &*self.inner;
+        let counter = match e {
+            ServerError::Shed => &inner.shed,
+            ServerError::AcceptTimeout => &inner.accept_timeouts,
+            _ => &inner.handshake_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn handshake<IO>(
@@ -289,11 +425,14 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         mut conn: h2::server::Connection<IO, Bytes>,
         peer: SpiffeId,
         info: ConnectionInfo,
+        first_request_by: tokio::time::Instant,
     ) -> Result<(), ServerError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let inner = &*self.inner;
+        // Until the first well-formed CONNECT request arrives.
+        let mut first_request = Some(Box::pin(tokio::time::sleep_until(first_request_by)));
         let mut keepalive = Keepalive::new(conn.ping_pong(), &inner.config.http2, None);
         let mut drain = Box::pin(inner.drain.clone().cancelled_owned());
         let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -311,10 +450,17 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             if keepalive.poll_timeout(cx).is_ready() {
                 return Poll::Ready(Outcome::KeepaliveTimeout);
             }
+            if let Some(s) = first_request.as_mut()
+                && s.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Outcome::AcceptTimeout);
+            }
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        self.on_stream(req, respond, &peer, info)
+                        if self.on_stream(req, respond, &peer, info) {
+                            first_request = None;
+                        }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Outcome::Error(e)),
                     Poll::Ready(None) => return Poll::Ready(Outcome::Closed),
@@ -326,7 +472,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         match outcome {
             Outcome::Closed => Ok(()),
             Outcome::Error(e) => Err(ServerError::Http2(e)),
-            Outcome::DrainDeadline | Outcome::KeepaliveTimeout => {
+            Outcome::DrainDeadline | Outcome::KeepaliveTimeout | Outcome::AcceptTimeout => {
                 conn.abrupt_shutdown(Reason::NO_ERROR);
                 // Give the GOAWAY a moment to leave, then drop the connection.
                 let _ = tokio::time::timeout(
@@ -336,6 +482,8 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
                 .await;
                 if matches!(outcome, Outcome::KeepaliveTimeout) {
                     Err(ServerError::KeepaliveTimeout)
+                } else if matches!(outcome, Outcome::AcceptTimeout) {
+                    Err(ServerError::AcceptTimeout)
                 } else {
                     tracing::debug!(peer = %info.peer_addr, "HBONE connection closed at drain deadline");
                     Ok(())
@@ -344,13 +492,14 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         }
     }
 
+    /// Hands a stream to the handler; `false` if it was malformed (answered 400).
     fn on_stream(
         &self,
         req: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
         peer: &SpiffeId,
         info: ConnectionInfo,
-    ) {
+    ) -> bool {
         let (parts, recv) = req.into_parts();
         let request = match ConnectRequest::from_parts(&parts.method, &parts.uri, &parts.headers) {
             Ok(r) => r,
@@ -358,13 +507,14 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
                 tracing::debug!(peer = %peer, error = %e, "refusing malformed CONNECT");
                 self.inner.malformed.fetch_add(1, Ordering::Relaxed);
                 send_status(respond, Rejection::BadRequest);
-                return;
+                return false;
             }
         };
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let tunnel = IncomingTunnel::new(peer.clone(), info, request, parts.headers, respond, recv);
         let this = self.clone();
         tokio::spawn(async move { this.inner.handler.handle(tunnel).await });
+        true
     }
 
     /// Starts a drain and waits for it: stops [`serve`](Self::serve) loops, sends
@@ -388,4 +538,5 @@ enum Outcome {
     Error(h2::Error),
     DrainDeadline,
     KeepaliveTimeout,
+    AcceptTimeout,
 }

@@ -13,7 +13,9 @@ use meshwire_hbone::client::{
     ClientConnection, ClientError, ClientTlsProvider, Connector, Pool, PoolConfig, PoolKey,
     SvidClientTls, TcpConnector,
 };
-use meshwire_hbone::server::{ConnectionInfo, IncomingTunnel, ServeConfig, Server, ServerError};
+use meshwire_hbone::server::{
+    ConnectionInfo, ConnectionLimit, IncomingTunnel, ServeConfig, Server, ServerError,
+};
 use meshwire_hbone::{ConnectRequest, Http2Config, Rejection, Tunnel};
 use meshwire_svid::test_util::TestPki;
 use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundleSet, X509Svid};
@@ -34,6 +36,8 @@ pub const PORT_UNAVAILABLE: u16 = 503;
 pub const PORT_DROP: u16 = 504;
 /// Accepts and parks the tunnel in `Fixture::parked` without reading.
 pub const PORT_PARK: u16 = 600;
+/// Requests to this port are held and never answered.
+pub const PORT_SILENT: u16 = 601;
 /// Answers 200 with baggage, then echoes.
 pub const PORT_BAGGAGE: u16 = 8;
 
@@ -123,6 +127,8 @@ pub struct HandlerState {
     pub counts: StreamCounts,
     pub handled: AtomicUsize,
     pub parked: Mutex<Vec<Tunnel>>,
+    /// `PORT_SILENT` requests, unanswered.
+    pub silent: Mutex<Vec<IncomingTunnel>>,
     pub peers: Mutex<Vec<SpiffeId>>,
     pub requests: Mutex<Vec<ConnectRequest>>,
     /// What `PORT_DOWNLOAD` tunnels received after their half-close: (SHA-256 hex, bytes).
@@ -165,6 +171,7 @@ pub fn handler(
                 PORT_UNAUTHORIZED => t.reject(Rejection::Unauthorized),
                 PORT_UNAVAILABLE => t.reject(Rejection::ServiceUnavailable),
                 PORT_DROP => drop(t),
+                PORT_SILENT => state.silent.lock().unwrap().push(t),
                 PORT_PARK => {
                     let tunnel = t.accept().unwrap();
                     state.parked.lock().unwrap().push(tunnel);
@@ -264,6 +271,15 @@ impl Fixture {
     }
 
     pub async fn start_with(config: ServeConfig) -> Self {
+        Self::start_serving(config, None).await
+    }
+
+    /// A server whose listener admits connections through `limit` (key `0`).
+    pub async fn start_limited(config: ServeConfig, limit: ConnectionLimit<u8>) -> Self {
+        Self::start_serving(config, Some(limit)).await
+    }
+
+    async fn start_serving(config: ServeConfig, limit: Option<ConnectionLimit<u8>>) -> Self {
         let pki = Pki::new();
         let server_id = id("server-ns", "server");
         let client_id = id("client-ns", "client");
@@ -272,7 +288,12 @@ impl Fixture {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let s = server.clone();
-        tokio::spawn(async move { s.serve(listener).await });
+        tokio::spawn(async move {
+            match limit {
+                Some(l) => s.serve_with_limit(listener, &l, 0).await,
+                None => s.serve(listener).await,
+            }
+        });
         Self {
             pki,
             server_id,

@@ -1,5 +1,5 @@
 //! The control-plane accept loop: TCP connections completed as TLS on their own tasks, with a
-//! time limit and a bound on concurrent handshakes, yielded as tonic connections that carry
+//! time limit and a bound on open connections that sheds the oldest unfinished handshake, yielded as tonic connections that carry
 //! the client's verified identity ([`PeerInfo`]).
 
 use std::io;
@@ -12,11 +12,11 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::limit::{ConnectionLimit, ConnectionLimitConfig, ConnectionSlot};
 use super::peer_spiffe_id;
 use crate::id::SpiffeId;
 
@@ -41,6 +41,8 @@ pub struct PeerInfo {
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// The connection's place in the listener's limit, held until it closes.
+    _slot: ConnectionSlot,
 }
 
 impl TlsConnection {
@@ -95,33 +97,34 @@ impl AsyncWrite for TlsConnection {
 
 /// A stream of TLS connections for `tonic::transport::Server::serve_with_incoming`.
 ///
-/// TCP accepts run on a background task; each handshake runs on its own task with a time
-/// limit, so a slow client cannot hold up others, and at most
-/// [`IncomingConfig::max_concurrent_handshakes`] run at once. Failed handshakes are
-/// logged and skipped. The background task ends when the stream is dropped.
+/// TCP accepts run on a background task; each handshake runs on its own task, so a slow
+/// client cannot hold up others. Every accepted connection takes a slot of a
+/// [`ConnectionLimit`] keyed by the client's IP ([`IncomingConfig::limit`]) and keeps it
+/// until it closes; when a bound is reached, the oldest connection still in its handshake is
+/// closed to make room, so clients that never finish their handshakes cannot lock real
+/// clients out. Failed, timed-out and shed handshakes are logged and skipped. The background
+/// task ends when the stream is dropped.
 pub type Incoming = tokio_stream::wrappers::ReceiverStream<io::Result<TlsConnection>>;
 
-/// Limits for the handshakes of [`incoming_with`].
+/// Limits for the connections of [`incoming_with`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IncomingConfig {
-    /// How long an accepted TCP connection may take to finish its TLS handshake. Default
-    /// 10 s.
+    /// How long an accepted TCP connection may take to finish its TLS handshake, counted from
+    /// the accept. Default 10 s.
     pub handshake_timeout: Duration,
-    /// How many TLS handshakes may run at once. Default 256.
-    ///
-    /// While all slots are taken the listener accepts nothing: further connections wait in
-    /// the kernel's listen backlog (and beyond it the kernel refuses them) until a handshake
-    /// ends. This bounds the tasks, memory and CPU that clients which never finish their
-    /// handshakes can hold. `0` is treated as `1`.
-    pub max_concurrent_handshakes: usize,
+    /// Bounds on the open connections (in their handshake or handed to the server) per
+    /// client IP and in all. Default [`ConnectionLimitConfig::default`]. A connection
+    /// beyond a bound sheds the oldest one still in its handshake, or is closed at once
+    /// when every connection under the bound completed its handshake.
+    pub limit: ConnectionLimitConfig,
 }
 
 impl Default for IncomingConfig {
     fn default() -> Self {
         Self {
             handshake_timeout: HANDSHAKE_TIMEOUT,
-            max_concurrent_handshakes: 256,
+            limit: ConnectionLimitConfig::default(),
         }
     }
 }
@@ -129,8 +132,7 @@ impl Default for IncomingConfig {
 /// Accepts TCP connections on `listener` and completes TLS handshakes with `config`, yielding
 /// connections whose [`PeerInfo`] reaches tonic handlers as a request extension.
 ///
-/// Uses the default [`IncomingConfig`] (10 s per handshake, at most 256 at once); see
-/// [`incoming_with`].
+/// Uses the default [`IncomingConfig`]; see [`incoming_with`].
 ///
 /// The client identity in [`PeerInfo`] is only as trustworthy as `config`'s client
 /// certificate verifier; [`control_plane_server_config`](super::control_plane_server_config) verifies against trust bundles.
@@ -138,7 +140,7 @@ pub fn incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Inc
     incoming_with(listener, config, IncomingConfig::default())
 }
 
-/// [`incoming`] with explicit handshake limits.
+/// [`incoming`] with explicit limits.
 pub fn incoming_with(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -146,24 +148,10 @@ pub fn incoming_with(
 ) -> Incoming {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let acceptor = TlsAcceptor::from(config);
-    let slots = Arc::new(Semaphore::new(
-        limits
-            .max_concurrent_handshakes
-            .clamp(1, Semaphore::MAX_PERMITS),
-    ));
+    let slots = ConnectionLimit::new(limits.limit);
     let timeout = limits.handshake_timeout;
     tokio::spawn(async move {
         loop {
-            // Take a handshake slot before accepting, so that excess connections stay in
-            // the listen backlog.
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    // The semaphore is never closed.
-                    Err(_) => return,
-                },
-                () = tx.closed() => return,
-            };
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 () = tx.closed() => return,
@@ -177,12 +165,24 @@ pub fn incoming_with(
                     continue;
                 }
             };
+            let deadline = tokio::time::Instant::now() + timeout;
+            let slot = match slots.admit(remote_addr.ip().to_canonical()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%remote_addr, error = %e, "connection refused");
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp));
-                let result = handshake.await;
-                drop(permit);
+                let result = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+                    () = slot.shed() => {
+                        tracing::debug!(%remote_addr, "TLS handshake shed for a newer connection");
+                        return;
+                    }
+                };
                 let stream = match result {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -194,6 +194,9 @@ pub fn incoming_with(
                         return;
                     }
                 };
+                if !slot.establish() {
+                    return;
+                }
                 let certs = stream.get_ref().1.peer_certificates().map(|c| {
                     Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
                 });
@@ -203,7 +206,13 @@ pub fn incoming_with(
                     peer_certificates: certs,
                     peer_identity,
                 };
-                let _ = tx.send(Ok(TlsConnection { stream, info })).await;
+                let _ = tx
+                    .send(Ok(TlsConnection {
+                        stream,
+                        info,
+                        _slot: slot,
+                    }))
+                    .await;
             });
         }
     });

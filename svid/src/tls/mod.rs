@@ -1,6 +1,8 @@
 //! rustls configurations: the HBONE data plane ([`client_config`], [`server_config`]), the
 //! control-plane gRPC endpoint ([`control_plane_server_config`],
-//! [`control_plane_client_config`]), and reading the peer's identity ([`peer_spiffe_id`]).
+//! [`control_plane_client_config`]), reading the peer's identity ([`peer_spiffe_id`]), and a
+//! bound on the connections TLS listeners hold ([`ConnectionLimit`]: the oldest
+//! not-yet-authenticated connection is shed first).
 //!
 //! With the `service` feature it also holds the tokio side of the control plane: an accept
 //! loop that hands tonic connections carrying the client's identity (`incoming`) and a
@@ -25,8 +27,12 @@ use crate::verify::{
 use crate::x509::{SvidError, X509Svid, parse_cert, uri_sans};
 
 mod control_plane;
+mod limit;
 pub use control_plane::{
     ControlPlaneTlsError, control_plane_client_config, control_plane_server_config,
+};
+pub use limit::{
+    ConnectionLimit, ConnectionLimitConfig, ConnectionSlot, LimitReached, LimitStats, Shed,
 };
 
 #[cfg(feature = "service")]

@@ -60,6 +60,7 @@ impl DataPlane {
             direction = %rec.direction,
             security = %rec.security,
             src = %rec.src,
+            forwarded_for = rec.forwarded_for.map(tracing::field::display),
             dst = %rec.dst,
             peer_identity = %rec.peer_identity,
             reason = failure.reason,
@@ -130,8 +131,11 @@ impl DataPlane {
 pub(super) struct ConnRecord {
     pub(super) direction: Direction,
     pub(super) security: Security,
+    /// The TCP source: the address of the socket's peer, never a header's claim.
     pub(super) src: SocketAddr,
     pub(super) dst: SocketAddr,
+    /// The client address the peer claims in its HBONE `Forwarded` header (inbound), if any.
+    pub(super) forwarded_for: Option<SocketAddr>,
     pub(super) source_identity: String,
     pub(super) destination_identity: String,
     pub(super) peer_identity: String,
@@ -154,6 +158,7 @@ impl ConnRecord {
             security,
             src,
             dst,
+            forwarded_for: None,
             source_identity: String::new(),
             destination_identity: String::new(),
             peer_identity: String::new(),
@@ -185,6 +190,7 @@ impl Drop for SpliceDone {
             direction = %r.direction,
             security = %r.security,
             src = %r.src,
+            forwarded_for = r.forwarded_for.map(tracing::field::display),
             dst = %r.dst,
             peer_identity = %r.peer_identity,
             peer_workload = %r.peer_workload,

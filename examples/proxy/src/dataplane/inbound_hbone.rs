@@ -38,8 +38,25 @@ impl DataPlane {
             Err(_) => return,
         };
         let info = HboneConnection::new(local_addr, canonical(peer));
-        match state.server.serve_connection(stream, info).await {
+        let slot = match self.hbone_limit.admit(pod.info.uid.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                // Every connection under the bound is established: close this one now.
+                tracing::debug!(uid = %pod.info.uid, %peer, error = %e, "HBONE connection refused");
+                self.metrics.connection_dropped("hbone", "refused");
+                return;
+            }
+        };
+        match state.server.serve_limited(stream, info, slot).await {
             Ok(()) => {}
+            Err(ServerError::Shed) => {
+                tracing::debug!(uid = %pod.info.uid, %peer, "HBONE connection shed for a newer one");
+                self.metrics.connection_dropped("hbone", "shed");
+            }
+            Err(ServerError::AcceptTimeout) => {
+                tracing::debug!(uid = %pod.info.uid, %peer, "no CONNECT request before the accept deadline");
+                self.metrics.connection_dropped("hbone", "timeout");
+            }
             Err(e) => {
                 let handshake = matches!(
                     e,
@@ -79,17 +96,15 @@ impl DataPlane {
         let src = canonical(info.peer_addr);
         let peer_id = tunnel.peer_identity().clone();
         let authority = tunnel.request().authority.clone();
-        let mut rec = ConnRecord::new(
-            Direction::Inbound,
-            Security::Mtls,
-            tunnel
-                .request()
-                .forwarded
-                .as_ref()
-                .and_then(Forwarded::client_addr)
-                .map_or(src, canonical),
-            local_addr,
-        );
+        // The log's source is the socket's peer; what the peer claims about the original
+        // client is kept apart.
+        let mut rec = ConnRecord::new(Direction::Inbound, Security::Mtls, src, local_addr);
+        rec.forwarded_for = tunnel
+            .request()
+            .forwarded
+            .as_ref()
+            .and_then(Forwarded::client_addr)
+            .map(canonical);
         rec.peer_identity = peer_id.to_string();
         rec.source_identity = peer_id.to_string();
         rec.peer_workload = peer_workload(tunnel.request().baggage.as_ref());
@@ -150,7 +165,9 @@ impl DataPlane {
         }
         let request = tunnel.request();
         let client = InboundClient {
-            ip: Some(rec.src.ip()),
+            // The metrics' source workload is looked up at the address the client claims,
+            // as before (the peer proxy forwards for the pod it serves).
+            ip: Some(rec.forwarded_for.unwrap_or(rec.src).ip()),
             principal: Some(rec.peer_identity.clone()),
             baggage: request.baggage.as_ref(),
             host: authority

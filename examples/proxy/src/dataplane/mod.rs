@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use meshwire_hbone::client::{Pool, PoolConfig, PoolStats};
-use meshwire_hbone::server::{Admission, ServeConfig, Server};
+use meshwire_hbone::server::{
+    Admission, ConnectionLimit, ConnectionLimitConfig, ServeConfig, Server,
+};
 use meshwire_svid::SpiffeId;
 use meshwire_xds_workload::{Workload, WorkloadStore};
 use tokio::net::TcpStream;
@@ -58,6 +60,10 @@ pub(crate) struct DataPlaneConfig {
     pub(crate) drain_deadline: Duration,
     /// Connect to the application with the original client's address as source.
     pub(crate) original_source: bool,
+    /// Bounds on the connections of every pod's 15008 (keyed by pod).
+    pub(crate) hbone_limit: ConnectionLimitConfig,
+    /// Deadline on 15008 from the accept to the first CONNECT request.
+    pub(crate) hbone_accept_timeout: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -68,6 +74,8 @@ impl Default for DataPlaneConfig {
             connect_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(5),
             original_source: true,
+            hbone_limit: ConnectionLimitConfig::default(),
+            hbone_accept_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -97,6 +105,8 @@ pub(crate) struct DataPlane {
     certs: Arc<dyn Certificates>,
     /// The CONNECT destination rules of every pod's 15008 (the proxy's own ports refused).
     admission: Admission,
+    /// The connection bound shared by every pod's 15008, keyed by pod uid.
+    hbone_limit: ConnectionLimit<String>,
     pods: Mutex<HashMap<String, Arc<PodState>>>,
     /// Open inbound connections, re-authorized after every xDS change.
     open_inbound: Arc<reauthorize::OpenConnections>,
@@ -128,6 +138,7 @@ impl DataPlane {
             ));
         }
         Arc::new(Self {
+            hbone_limit: ConnectionLimit::new(config.hbone_limit),
             config,
             metrics,
             store,
@@ -274,6 +285,7 @@ impl Handler for Dispatch {
         );
         let mut serve = ServeConfig::default();
         serve.drain_deadline = dp.config.drain_deadline;
+        serve.accept_timeout = dp.config.hbone_accept_timeout;
         let server = Server::new(
             PodServerTls {
                 dp: dp.clone(),

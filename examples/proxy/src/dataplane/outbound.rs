@@ -171,6 +171,7 @@ impl DataPlane {
                         "tls handshake failed"
                     }
                     ClientError::Connect(_) | ClientError::ConnectTimeout => "connect failed",
+                    ClientError::ResponseTimeout => "no answer from peer",
                     ClientError::TlsConfig(_) => "no certificate",
                     // The pod was removed while this connection was being set up.
                     ClientError::PoolClosed => "pod gone",

@@ -108,6 +108,16 @@ pub(crate) struct FailureLabels {
     pub(crate) reason: &'static str,
 }
 
+/// Labels of `meshwire_connections_dropped_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct DroppedLabels {
+    /// `hbone` (15008) or `http` (15020, 15021).
+    pub(crate) listener: &'static str,
+    /// `shed` (made room for a newer connection), `refused` (the limit was full of
+    /// established connections) or `timeout` (past the accept or header-read deadline).
+    pub(crate) reason: &'static str,
+}
+
 /// All metrics of the proxy and the registry they are encoded from.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -120,6 +130,8 @@ pub(crate) struct Metrics {
     pub(crate) connection_failures: Family<FailureLabels, Counter>,
     pub(crate) active_connections: Family<TrafficLabels, Gauge>,
     pub(crate) pods: Gauge,
+    /// Connections closed before they were served (slowloris defence).
+    pub(crate) dropped: Family<DroppedLabels, Counter>,
     /// The standard Istio metrics (`istio_` prefix).
     pub(crate) istio: IstioMetrics,
     /// Tasks alive in the proxy's runtime, read at every scrape (a leak shows here).
@@ -187,6 +199,12 @@ impl Metrics {
             "Pods whose listeners this proxy holds",
             pods.clone(),
         );
+        let dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "connections_dropped",
+            "Connections closed before they were served, by listener (hbone, http) and reason (shed, refused, timeout)",
+            dropped.clone(),
+        );
         let tasks_alive = Gauge::default();
         registry.register(
             "tasks_alive",
@@ -207,7 +225,15 @@ impl Metrics {
             connection_failures,
             active_connections,
             pods,
+            dropped,
         })
+    }
+
+    /// Counts a connection closed before it was served.
+    pub(crate) fn connection_dropped(&self, listener: &'static str, reason: &'static str) {
+        self.dropped
+            .get_or_create(&DroppedLabels { listener, reason })
+            .inc();
     }
 
     /// Encodes every metric in the OpenMetrics text format (ends with `# EOF`).

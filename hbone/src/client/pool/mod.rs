@@ -197,8 +197,10 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     /// Opens a tunnel for `request` on a connection of `key`.
     ///
     /// A request refused by HTTP/2 before the server saw it (after a GOAWAY, or
-    /// REFUSED_STREAM) is retried on another connection, twice at most. After
-    /// [`Pool::close`] this fails with [`ClientError::PoolClosed`].
+    /// REFUSED_STREAM) is retried on another connection, twice at most. A server that does
+    /// not answer within [`PoolConfig::response_timeout`] gets its stream reset, and this
+    /// fails with [`ClientError::ResponseTimeout`]. After [`Pool::close`] this fails with
+    /// [`ClientError::PoolClosed`].
     pub async fn connect(
         &self,
         key: &PoolKey,
@@ -211,7 +213,11 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
             let slot = Arc::new(StreamGuard {
                 conn: conn.shared.clone(),
             });
-            match open_stream(conn.send.clone(), http, Some(slot)).await {
+            let response = tokio::time::timeout(
+                self.inner.config.response_timeout,
+                open_stream(conn.send.clone(), http, Some(slot)),
+            );
+            match response.await.unwrap_or(Err(ClientError::ResponseTimeout)) {
                 Err(e) if e.is_retryable() && retries < 2 => {
                     tracing::debug!(error = %e, "retrying tunnel on another connection");
                     conn.shared.retired.store(true, Ordering::Release);

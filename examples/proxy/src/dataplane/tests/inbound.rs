@@ -212,3 +212,98 @@ async fn foreign_or_missing_client_certificates_fail_the_handshake() {
     let _ = junk.read_to_end(&mut sink).await;
     wait_for(|| env.metrics.tls_handshake_failures.get() >= 2).await;
 }
+
+#[tokio::test]
+async fn the_log_source_is_the_socket_peer_not_the_forwarded_header() {
+    let (_logs, logs) = capture_logs();
+    let mut env = Env::new().await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 61], true)
+        .await;
+    let app = echo_app([127, 0, 0, 61], "server-1:").await;
+    let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
+    let conn = raw_client(&env.pki, CLIENT_ID, SERVER_ID, hbone_addr)
+        .await
+        .unwrap();
+    let claimed = SocketAddr::from(([10, 66, 66, 66], 4242));
+    let request = ConnectRequest::new(Authority::from_socket_addr(app).unwrap()).with_forwarded(
+        Forwarded::new(meshwire_hbone::headers::ForwardedElement::for_client(
+            claimed,
+        )),
+    );
+    let mut tunnel = conn.open(&request).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tunnel.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"server-1:ok");
+    drop((tunnel, conn));
+    wait_for(|| !logs.lines_with("connection closed").is_empty()).await;
+    let line = logs.lines_with("connection closed").remove(0);
+    assert!(line.contains("direction=inbound"), "{line}");
+    assert!(line.contains("forwarded_for=10.66.66.66:4242"), "{line}");
+    assert!(!line.contains("src=10.66.66.66"), "{line}");
+    assert!(line.contains("src=127."), "the TCP peer (loopback): {line}");
+}
+
+/// Whether the proxy closed `s` within `within`.
+async fn closed_by_proxy(s: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 256];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_to_15008_are_shed_per_pod_and_timed_out() {
+    let mut env = Env::with_config(|c| {
+        c.hbone_limit.max_per_key = 2;
+        c.hbone_accept_timeout = Duration::from_secs(2);
+    })
+    .await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 71], true)
+        .await;
+    env.pod("server-2", "shop", "server", [127, 0, 0, 72], true)
+        .await;
+    let app = echo_app([127, 0, 0, 71], "server-1:").await;
+    let hbone_addr = env.listener("server-1", ListenerKind::InboundHbone);
+    let other_pod = env.listener("server-2", ListenerKind::InboundHbone);
+    let mut oldest = TcpStream::connect(hbone_addr).await.unwrap();
+    let mut younger = TcpStream::connect(hbone_addr).await.unwrap();
+    // Another pod's connection is not shed by this pod's bound.
+    let mut elsewhere = TcpStream::connect(other_pod).await.unwrap();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw_client(&env.pki, CLIENT_ID, SERVER_ID, hbone_addr),
+    )
+    .await
+    .expect("real client locked out by silent connections")
+    .unwrap();
+    let mut tunnel = conn
+        .open(&ConnectRequest::new(
+            Authority::from_socket_addr(app).unwrap(),
+        ))
+        .await
+        .unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    let mut got = [0u8; 11];
+    tunnel.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"server-1:ok");
+    assert!(closed_by_proxy(&mut oldest, Duration::from_secs(10)).await);
+    let shed = "meshwire_connections_dropped_total{listener=\"hbone\",reason=\"shed\"} 1";
+    wait_for(|| has_line(&env.metrics_text(), shed)).await;
+    // The others run into the accept deadline.
+    assert!(closed_by_proxy(&mut younger, Duration::from_secs(10)).await);
+    assert!(closed_by_proxy(&mut elsewhere, Duration::from_secs(10)).await);
+    let timeouts = "meshwire_connections_dropped_total{listener=\"hbone\",reason=\"timeout\"} 2";
+    wait_for(|| has_line(&env.metrics_text(), timeouts)).await;
+    // The established tunnel outlived the deadline.
+    tunnel.write_all(b"again").await.unwrap();
+    let mut again = [0u8; 5];
+    tunnel.read_exact(&mut again).await.unwrap();
+    assert_eq!(&again, b"again");
+}

@@ -224,6 +224,11 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn new() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    /// An environment whose data plane runs on the test defaults changed by `change`.
+    pub(crate) async fn with_config(change: impl FnOnce(&mut DataPlaneConfig)) -> Self {
         let pki = Arc::new(TestPki::new("cluster.local"));
         let metrics = Metrics::new();
         let store = Arc::new(WorkloadStore::new());
@@ -232,18 +237,16 @@ impl Env {
             meshwire_svid::provider::ring(),
             metrics.clone(),
         );
-        let dp = DataPlane::new(
-            DataPlaneConfig {
-                node_name: NODE.into(),
-                local_lookup_timeout: Duration::from_millis(500),
-                connect_timeout: Duration::from_secs(2),
-                drain_deadline: Duration::from_millis(200),
-                original_source: true,
-            },
-            metrics.clone(),
-            store.clone(),
-            certs,
-        );
+        let mut config = DataPlaneConfig {
+            node_name: NODE.into(),
+            local_lookup_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            drain_deadline: Duration::from_millis(200),
+            original_source: true,
+            ..DataPlaneConfig::default()
+        };
+        change(&mut config);
+        let dp = DataPlane::new(config, metrics.clone(), store.clone(), certs);
         let supervisor =
             Supervisor::with_ports(Arc::new(Dispatch(dp.clone())), metrics.clone(), |_| 0);
         Self {
@@ -434,4 +437,44 @@ pub(crate) async fn fake_hbone_peer(
     );
     tokio::spawn(async move { server.serve(listener).await });
     rx
+}
+
+/// The log lines written while the returned guard lives (this thread only: use a
+/// current-thread runtime, as `#[tokio::test]` does).
+pub(crate) fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuf) {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buf)
+}
+
+/// Where [`capture_logs`] writes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    /// The lines containing `needle`.
+    pub(crate) fn lines_with(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
