@@ -91,8 +91,10 @@ pub enum LimitReached {
     Total,
 }
 
-/// A connection bound shared by listeners (cloning shares it). See the [module
-/// documentation](self).
+/// A connection bound shared by listeners (cloning shares it): at most
+/// [`max_per_key`](ConnectionLimitConfig::max_per_key) connections per key and
+/// [`max_total`](ConnectionLimitConfig::max_total) in all; when full, the oldest connection
+/// not yet authenticated is shed, and established ones never are.
 pub struct ConnectionLimit<K> {
     state: Arc<Mutex<State<K>>>,
 }
