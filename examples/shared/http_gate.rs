@@ -50,7 +50,14 @@ pub(crate) enum Dropped {
     Refused,
     /// It sent no complete request headers within the header-read timeout.
     Timeout,
+    /// It sent a request hyper could not parse (or a head over [`MAX_HEAD_BYTES`]); hyper
+    /// answered 400 or 431 and closed it.
+    Malformed,
 }
+
+/// The largest request head (request line and headers) the endpoints read. They take
+/// a path and a few headers; anything longer is an error, not a request.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 impl Dropped {
     /// The metric label of the reason.
@@ -59,6 +66,7 @@ impl Dropped {
             Self::Shed => "shed",
             Self::Refused => "refused",
             Self::Timeout => "timeout",
+            Self::Malformed => "malformed",
         }
     }
 }
@@ -123,6 +131,7 @@ impl HttpGate {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .keep_alive(true)
+            .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
@@ -131,6 +140,10 @@ impl HttpGate {
                 // An idle keep-alive connection timing out is no attack.
                 Err(e) if e.is_timeout() && !requested.load(Ordering::Relaxed) => {
                     (self.on_drop)(Dropped::Timeout);
+                }
+                Err(e) if e.is_parse() || e.is_parse_too_large() => {
+                    tracing::debug!(error = %e, "malformed HTTP request");
+                    (self.on_drop)(Dropped::Malformed);
                 }
                 Err(e) => tracing::debug!(error = %e, "http connection"),
             },

@@ -223,6 +223,42 @@ pub(crate) mod tests {
         stop.cancel();
     }
 
+    /// Sends `bytes` and returns the status line the server answered with before closing.
+    async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The server may answer and close before it has read everything.
+        let _ = s.write_all(bytes).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_requests_are_answered_counted_and_closed() {
+        let (addr, metrics, stop) = gated_metrics(16, std::time::Duration::from_secs(10)).await;
+        let garbage = answer_to(addr, b"\x16\x03\x01\x00\x05hello\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+        assert!(dropped(&metrics, "malformed"), "{}", metrics.encode());
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n",
+            "p".repeat(64 * 1024)
+        );
+        let oversized = answer_to(addr, big.as_bytes()).await;
+        assert!(oversized.starts_with("HTTP/1.1 431"), "{oversized:?}");
+        let twice = "meshwire_connections_dropped_total{listener=\"http\",reason=\"malformed\"} 2";
+        assert!(
+            metrics.encode().lines().any(|l| l == twice),
+            "{}",
+            metrics.encode()
+        );
+        assert_eq!(request(addr, "GET", "/metrics").await.0, 200);
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn a_request_sheds_the_oldest_silent_connection_when_full() {
         let (addr, metrics, stop) = gated_metrics(2, std::time::Duration::from_secs(60)).await;

@@ -82,6 +82,9 @@ impl DataPlane {
                         local_addr,
                     );
                     self.connection_failed(rec, &Failure::new(reason, &e));
+                } else if is_protocol_violation(&e) {
+                    tracing::info!(uid = %pod.info.uid, peer = %info.peer_addr, error = %e, "HBONE connection closed: the client broke the HTTP/2 protocol");
+                    self.metrics.connection_dropped("hbone", "protocol error");
                 } else {
                     tracing::debug!(uid = %pod.info.uid, peer = %info.peer_addr, error = %e, "HBONE connection ended");
                 }
@@ -227,5 +230,14 @@ impl Handler for InboundStreams {
                 () = dp.inbound_stream(pod, tunnel) => {}
             }
         }
+    }
+}
+
+/// Whether the connection ended because this end found the client's HTTP/2 malformed (as
+/// opposed to the client going away, or ending the connection itself).
+fn is_protocol_violation(e: &ServerError) -> bool {
+    match e {
+        ServerError::Http2(h) => !h.is_io() && !h.is_remote(),
+        _ => false,
     }
 }

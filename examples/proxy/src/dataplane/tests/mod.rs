@@ -3,6 +3,7 @@
 //!
 //! This module holds the fixtures; the tests are in its submodules, one per path.
 
+mod bad_input;
 mod inbound;
 mod istio;
 mod outbound;
