@@ -20,6 +20,14 @@ impl Cluster {
         Ok(out.contains("ISTIO_") || out.contains("CILIUM_"))
     }
 
+    /// How many rules (`-A` lines of `iptables-save`) `role`'s pod holds.
+    pub fn rule_count(&self, role: Role) -> Result<usize> {
+        let out = self.pods[&role]
+            .ns()
+            .exec("iptables-save", &[] as &[&str])?;
+        Ok(out.lines().filter(|l| l.starts_with("-A ")).count())
+    }
+
     /// Waits until the rules of every pod match the labels of its namespace and every
     /// agent reports that many enrolled pods.
     pub fn wait_enrolled(&self, timeout: Duration) -> Result<()> {

@@ -75,6 +75,23 @@ impl Cluster {
         self.start_agent(i)
     }
 
+    /// Kills node `i`'s proxy with SIGKILL (no drain, nothing flushed) and starts it again.
+    pub fn crash_proxy(&mut self, i: usize) -> Result<()> {
+        if let Some(mut p) = self.nodes[i].proxy.take() {
+            p.kill()?;
+        }
+        self.start_proxy(i)
+    }
+
+    /// Kills node `i`'s agent (and with it the node's CA, xDS and ZDS server) with SIGKILL
+    /// and starts it again.
+    pub fn crash_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(mut p) = self.nodes[i].agent.take() {
+            p.kill()?;
+        }
+        self.start_agent(i)
+    }
+
     /// Stops node `i`'s agent.
     pub fn stop_agent(&mut self, i: usize) -> Result<()> {
         stop(self.nodes[i].agent.take())
