@@ -49,6 +49,9 @@ pub enum Error {
         /// The namespace's name.
         name: String,
     },
+    /// A pod was handed to a test bed that does not have its node.
+    #[error("pod {0} belongs to a node this test bed does not have")]
+    ForeignPod(String),
     /// The topology is too large for the address plan.
     #[error("too many {0} (at most 250)")]
     Limit(&'static str),

@@ -339,44 +339,53 @@ impl Testbed {
             index,
             ipv6: self.options.ipv6,
         };
-        let p = pod.ns();
-        let n = node.ns();
-        let peer = format!("vp{index}");
-        crate::namespace::ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            p.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            n.name(),
-        ])?;
-        n.ip(&["link", "set", &peer, "master", "br0", "up"])?;
-        p.ip(&["link", "set", "eth0", "up"])?;
-        p.ip(&["addr", "add", &format!("{}/24", pod.ipv4()), "dev", "eth0"])?;
-        p.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.gateway_v4().to_string(),
-        ])?;
-        if let (Some(ip6), Some(gw6)) = (pod.ipv6(), node.gateway_v6()) {
-            p.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            p.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+        plumb(node, &pod)?;
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Deletes `pod`'s namespace and creates a new one under the same name and path, with
+    /// the same interface and addresses, the way a container runtime recreates a pod
+    /// sandbox. Sockets opened in the old namespace stay there; the path, and
+    /// [`Pod::ns`] of the returned pod, name the new one.
+    ///
+    /// Every other clone of `pod` must be dropped first (the test bed's own is taken care
+    /// of); otherwise this fails with [`Error::Shared`] and the pod is gone from the test
+    /// bed.
+    pub fn recreate_pod(&mut self, pod: Pod) -> Result<Pod, Error> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.index == pod.node)
+            .cloned()
+            .ok_or_else(|| Error::ForeignPod(pod.ns().name().to_owned()))?;
+        self.pods
+            .retain(|p| !(p.node == pod.node && p.index == pod.index));
+        // The old namespace may outlive its path (sockets hold it): take its link out of
+        // the bridge now, so the new pod's link can have the name.
+        let _ = node.ns().ip(&["link", "del", &format!("vp{}", pod.index)]);
+        let Pod {
+            ns,
+            node: node_index,
+            index,
+            ipv6,
+        } = pod;
+        let pod = Pod {
+            ns: ns.recreate()?,
+            node: node_index,
+            index,
+            ipv6,
+        };
+        plumb(&node, &pod)?;
+        // The node still has the old interface's MAC for the pod's addresses; forget it
+        // so the next packet asks again instead of going nowhere until the entry expires.
+        let _ = node
+            .ns()
+            .ip(&["neigh", "flush", "to", &pod.ipv4().to_string()]);
+        if let Some(ip6) = pod.ipv6() {
+            let _ = node
+                .ns()
+                .ip(&["-6", "neigh", "flush", "to", &ip6.to_string()]);
         }
         self.pods.push(pod.clone());
         Ok(pod)
@@ -389,6 +398,52 @@ impl Testbed {
         self.extras.push(ns.clone());
         Ok(ns)
     }
+}
+
+/// Connects `pod` to `node`'s bridge: a veth pair (`eth0` in the pod, `vp<index>` on the
+/// bridge), the pod's addresses and its default routes.
+fn plumb(node: &Node, pod: &Pod) -> Result<(), Error> {
+    let index = pod.index;
+    let p = pod.ns();
+    let n = node.ns();
+    let peer = format!("vp{index}");
+    crate::namespace::ip(&[
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        p.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        n.name(),
+    ])?;
+    n.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+    p.ip(&["link", "set", "eth0", "up"])?;
+    p.ip(&["addr", "add", &format!("{}/24", pod.ipv4()), "dev", "eth0"])?;
+    p.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &node.gateway_v4().to_string(),
+    ])?;
+    if let (Some(ip6), Some(gw6)) = (pod.ipv6(), node.gateway_v6()) {
+        p.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        p.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+    }
+    Ok(())
 }
 
 /// Adds to `from` the routes to `to`'s pod subnets via `to`'s fabric address.

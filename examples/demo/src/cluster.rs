@@ -82,7 +82,7 @@ pub struct Cluster {
     pub(crate) opts: ClusterOptions,
     // Field order is drop order: processes before namespaces, the state directory last.
     pub(crate) nodes: Vec<NodeProcs>,
-    pub(crate) echo_stop: Arc<AtomicBool>,
+    pub(crate) echo_stops: BTreeMap<Role, Arc<AtomicBool>>,
     pub(crate) pods: BTreeMap<Role, Pod>,
     pub(crate) tb: Testbed,
     pub(crate) dir: StateDir,
@@ -107,7 +107,7 @@ impl Cluster {
         let mut cluster = Self {
             opts,
             nodes: Vec::new(),
-            echo_stop: Arc::new(AtomicBool::new(false)),
+            echo_stops: BTreeMap::new(),
             pods,
             tb,
             dir,
@@ -225,7 +225,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.echo_stop.store(true, Ordering::Relaxed);
+        for stop in self.echo_stops.values() {
+            stop.store(true, Ordering::Relaxed);
+        }
         for n in &mut self.nodes {
             let _ = stop(n.proxy.take());
             let _ = stop(n.agent.take());

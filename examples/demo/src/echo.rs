@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
@@ -11,21 +12,37 @@ use anyhow::{Context, Result};
 use crate::{Cluster, ECHO_PORT, Role};
 
 impl Cluster {
-    pub(crate) fn start_echo_servers(&self) -> Result<()> {
+    pub(crate) fn start_echo_servers(&mut self) -> Result<()> {
         for role in Role::ALL {
-            let pod = &self.pods[&role];
-            let addr = SocketAddr::new(IpAddr::V4(pod.ipv4()), ECHO_PORT);
-            let listener = pod
-                .ns()
-                .run(move || TcpListener::bind(addr))?
-                .with_context(|| format!("cannot listen on {addr} in {}", role.label()))?;
-            listener.set_nonblocking(true)?;
-            let stop = self.echo_stop.clone();
-            thread::Builder::new()
-                .name(format!("echo-{}", role.name()))
-                .spawn(move || echo_loop(&listener, &stop))?;
+            self.start_echo_server(role)?;
         }
         Ok(())
+    }
+
+    /// Starts `role`'s echo server in its pod's current namespace, stopping the one it
+    /// had.
+    pub(crate) fn start_echo_server(&mut self, role: Role) -> Result<()> {
+        self.stop_echo_server(role);
+        let pod = &self.pods[&role];
+        let addr = SocketAddr::new(IpAddr::V4(pod.ipv4()), ECHO_PORT);
+        let listener = pod
+            .ns()
+            .run(move || TcpListener::bind(addr))?
+            .with_context(|| format!("cannot listen on {addr} in {}", role.label()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        self.echo_stops.insert(role, stop.clone());
+        thread::Builder::new()
+            .name(format!("echo-{}", role.name()))
+            .spawn(move || echo_loop(&listener, &stop))?;
+        Ok(())
+    }
+
+    /// Stops `role`'s echo server (its listener closes within a few milliseconds).
+    pub(crate) fn stop_echo_server(&mut self, role: Role) {
+        if let Some(stop) = self.echo_stops.remove(&role) {
+            stop.store(true, Ordering::Relaxed);
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use testbed::Process;
 
-use crate::Cluster;
+use crate::{Cluster, Role};
 
 impl Cluster {
     pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
@@ -90,6 +90,21 @@ impl Cluster {
             p.kill()?;
         }
         self.start_agent(i)
+    }
+
+    /// Deletes `role`'s pod network namespace and creates it again under the same path
+    /// (same interface and addresses, no rules), the way a container runtime recreates a
+    /// pod sandbox, and starts the pod's echo server in the new one. The agent notices the
+    /// new namespace by itself.
+    pub fn recreate_pod_netns(&mut self, role: Role) -> Result<()> {
+        self.stop_echo_server(role);
+        let pod = self
+            .pods
+            .remove(&role)
+            .ok_or_else(|| anyhow::anyhow!("no pod for {}", role.label()))?;
+        let pod = self.tb.recreate_pod(pod)?;
+        self.pods.insert(role, pod);
+        self.start_echo_server(role)
     }
 
     /// Stops node `i`'s agent.
