@@ -54,6 +54,46 @@ fn pods_reach_each_other_across_nodes_on_both_families() {
 }
 
 #[test]
+fn a_recreated_pod_has_a_new_namespace_at_the_same_path_and_is_reachable_at_once() {
+    let Some(_p) = require_privileged(
+        "a_recreated_pod_has_a_new_namespace_at_the_same_path_and_is_reachable_at_once",
+    ) else {
+        return;
+    };
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let mut tb = Testbed::build(TestbedOptions::default(), &[1, 1]).unwrap();
+    let (a, b) = (tb.pods()[0].clone(), tb.pods()[1].clone());
+    // Traffic both ways first, so both nodes know the old interface's MAC.
+    connect_across(&a, &b, (b.ipv4(), 8080).into());
+    connect_across(&b, &a, (a.ipv4(), 8081).into());
+    let path = a.ns().path().to_owned();
+    let old_inode = inode(&path);
+
+    let a = tb.recreate_pod(a).unwrap();
+    assert_eq!(a.ns().path(), path);
+    assert_ne!(
+        inode(&path),
+        old_inode,
+        "a new namespace under the old path"
+    );
+    assert_eq!(tb.pods().len(), 2);
+    // Reachable right away, both ways, on both families.
+    let peer = connect_across(&b, &a, (a.ipv4(), 8082).into());
+    assert_eq!(peer, IpAddr::V4(b.ipv4()));
+    let peer = connect_across(&a, &b, (b.ipv6().unwrap(), 8083).into());
+    assert_eq!(peer, IpAddr::V6(a.ipv6().unwrap()));
+
+    // A clone still held keeps a pod from being recreated.
+    let held = b.clone();
+    assert!(matches!(
+        tb.recreate_pod(b),
+        Err(testbed::Error::Shared { .. })
+    ));
+    drop(held);
+}
+
+#[test]
 fn host_namespace_is_untouched_and_names_are_short() {
     let Some(_p) = require_privileged("host_namespace_is_untouched_and_names_are_short") else {
         return;
