@@ -11,6 +11,7 @@
 //! namespaces (and with them every rule the agent installed) are deleted and the state
 //! directory is removed.
 
+mod capture;
 mod cleanup;
 mod cluster;
 mod echo;
@@ -21,6 +22,7 @@ mod processes;
 mod role;
 mod table;
 
+pub use capture::{Capture, contains};
 pub use cleanup::remove_own_state_dirs;
 pub use cluster::{Binaries, Cluster, ClusterOptions};
 pub use flow::Flow;

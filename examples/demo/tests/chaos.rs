@@ -21,7 +21,6 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -142,10 +141,6 @@ fn tasks_alive(c: &Cluster, node: usize) -> f64 {
         .sum("meshwire_tasks_alive", &[])
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[test]
 fn chaos_soak_loses_nothing_and_leaks_nothing() {
     if testbed::require_privileged("chaos_soak_loses_nothing_and_leaks_nothing").is_none() {
@@ -187,27 +182,8 @@ fn chaos_soak_loses_nothing_and_leaks_nothing() {
         .map(|r| c.rule_count(*r).unwrap())
         .collect();
 
-    let pcap = c.dir().join("soak.pcap");
-    let tcpdump = c
-        .fabric()
-        .spawn(
-            Command::new("tcpdump")
-                .args(["-i", "any", "-U", "-s", "0", "-w"])
-                .arg(&pcap)
-                .arg("tcp")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("tcpdump in the fabric namespace");
+    let mut capture = c.capture_fabric("soak").unwrap();
     let started = Instant::now();
-    while std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0) < 24 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "tcpdump did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
 
     let stop = Arc::new(AtomicBool::new(false));
     let out = Arc::new(Outcomes::default());
@@ -266,8 +242,7 @@ fn chaos_soak_loses_nothing_and_leaks_nothing() {
     for w in workers {
         w.join().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
-    demo::stop(Some(tcpdump)).unwrap();
+    let raw = capture.stop().unwrap();
 
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     println!(
@@ -290,11 +265,10 @@ fn chaos_soak_loses_nothing_and_leaks_nothing() {
         "most connections should get through between the faults"
     );
 
-    let raw = std::fs::read(&pcap).unwrap();
     println!("capture: {} bytes", raw.len());
     assert!(raw.len() > 1024 * 1024, "the capture holds the traffic");
     assert!(
-        !contains(&raw, MARKER),
+        !demo::contains(&raw, MARKER),
         "an enrolled pair's payload crossed the fabric in clear"
     );
 

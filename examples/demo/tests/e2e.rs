@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -66,24 +64,11 @@ fn every_path_works_with_the_right_security() {
 
     // enrolled -> enrolled on another node, with a capture between the nodes.
     let marker = "PLAINTEXT-MARKER-7f3a91";
-    let pcap = c.dir().join("fabric.pcap");
-    let tcpdump = c
-        .fabric()
-        .spawn(
-            Command::new("tcpdump")
-                .args(["-i", "any", "-U", "-s", "0", "-w"])
-                .arg(&pcap)
-                .arg("tcp")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("tcpdump in the fabric namespace");
-    wait_for_pcap_header(&pcap);
+    let mut capture = c.capture_fabric("fabric").unwrap();
     let f = c
         .flow(Role::Client, Role::ServerFar, &payload(marker, 256 * 1024))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    demo::stop(Some(tcpdump)).unwrap();
+    let raw = capture.stop().unwrap();
     check(&c, &f);
     assert!(f.encrypted(), "{f:?}");
     assert_eq!(
@@ -96,30 +81,28 @@ fn every_path_works_with_the_right_security() {
         Some(Role::Client.spiffe_id().as_str()),
         "the server's proxy saw the client's identity"
     );
-    let raw = std::fs::read(&pcap).unwrap();
     assert!(
         raw.len() > 24 + 256 * 1024,
         "the capture holds the transfer"
     );
     assert!(
-        !contains(&raw, marker.as_bytes()),
+        !demo::contains(&raw, marker.as_bytes()),
         "the payload crossed the fabric in plaintext"
     );
-    let text = read_pcap(&pcap, &[]);
-    let hbone = read_pcap(&pcap, &["tcp port 15008"]);
-    let app = read_pcap(&pcap, &["tcp port 8080"]);
+    let text = capture.read(&[]).unwrap();
+    let hbone = capture.read(&["tcp port 15008"]).unwrap();
+    let app = capture.read(&["tcp port 8080"]).unwrap();
     assert!(
         hbone.lines().count() > 10,
         "HBONE packets on 15008:\n{text}"
     );
     assert_eq!(app.lines().count(), 0, "no plaintext app traffic:\n{app}");
-    let tls = read_pcap(
-        &pcap,
-        &[
+    let tls = capture
+        .read(&[
             "-x",
             "tcp dst port 15008 and (tcp[tcpflags] & tcp-push != 0)",
-        ],
-    );
+        ])
+        .unwrap();
     assert!(
         tls.contains("1603 01") || tls.contains("1603 03"),
         "the first data on 15008 is a TLS handshake record:\n{tls:.2000}"
@@ -351,27 +334,4 @@ fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn wait_for_pcap_header(path: &PathBuf) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < 24 {
-        assert!(Instant::now() < deadline, "tcpdump did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // tcpdump writes the header just before it starts capturing.
-    std::thread::sleep(Duration::from_millis(300));
-}
-
-fn read_pcap(path: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new("tcpdump");
-    cmd.args(["-nn", "-r"]).arg(path);
-    let (flags, filter): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| a.starts_with('-'));
-    cmd.args(flags).args(filter);
-    let out = cmd.stderr(Stdio::null()).output().expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -19,36 +19,12 @@ async fn tls_to(env: &Env, hbone: SocketAddr) -> tokio_rustls::client::TlsStream
         .unwrap()
 }
 
-/// Reads until the proxy closes `s`; panics if it is still open after ten seconds.
-async fn until_closed(s: &mut (impl tokio::io::AsyncRead + Unpin)) {
-    let mut sink = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the proxy left a bad connection open");
-}
-
 /// A real client still gets through to the pod's app.
 async fn still_serves(env: &Env, hbone: SocketAddr, app: SocketAddr) {
     let conn = raw_client(&env.pki, CLIENT_ID, SERVER_ID, hbone)
         .await
         .unwrap();
-    let mut tunnel = conn
-        .open(&ConnectRequest::new(
-            Authority::from_socket_addr(app).unwrap(),
-        ))
-        .await
-        .unwrap();
-    tunnel.write_all(b"ok").await.unwrap();
-    let mut got = [0u8; 11];
-    tunnel.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"server-1:ok");
+    assert_eq!(echo_through(&conn, app, b"ok").await, b"server-1:ok");
 }
 
 fn dropped(env: &Env, reason: &str) -> u64 {
@@ -74,7 +50,7 @@ async fn a_truncated_tls_record_is_a_counted_handshake_failure() {
     .await
     .unwrap();
     s.shutdown().await.unwrap();
-    until_closed(&mut s).await;
+    assert!(closed_by_proxy(&mut s, Duration::from_secs(10)).await);
     wait_for(|| env.metrics.tls_handshake_failures.get() == 1).await;
     still_serves(&env, hbone, app).await;
 }
@@ -93,7 +69,7 @@ async fn http2_garbage_after_the_handshake_is_a_counted_protocol_error() {
         .await
         .unwrap();
     s.flush().await.unwrap();
-    until_closed(&mut s).await;
+    assert!(closed_by_proxy(&mut s, Duration::from_secs(10)).await);
     wait_for(|| dropped(&env, "protocol error") == 1).await;
 
     // The preface, then a DATA frame on stream 0 (a connection error in HTTP/2).
@@ -103,7 +79,7 @@ async fn http2_garbage_after_the_handshake_is_a_counted_protocol_error() {
     bytes.extend_from_slice(&[0, 0, 4, 0x0, 0, 0, 0, 0, 0, b'j', b'u', b'n', b'k']);
     s.write_all(&bytes).await.unwrap();
     s.flush().await.unwrap();
-    until_closed(&mut s).await;
+    assert!(closed_by_proxy(&mut s, Duration::from_secs(10)).await);
     wait_for(|| dropped(&env, "protocol error") == 2).await;
 
     assert_eq!(env.metrics.tls_handshake_failures.get(), 0);

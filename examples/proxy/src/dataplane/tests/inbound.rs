@@ -245,19 +245,6 @@ async fn the_log_source_is_the_socket_peer_not_the_forwarded_header() {
     assert!(line.contains("src=127."), "the TCP peer (loopback): {line}");
 }
 
-/// Whether the proxy closed `s` within `within`.
-async fn closed_by_proxy(s: &mut TcpStream, within: Duration) -> bool {
-    let mut b = [0u8; 256];
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(end, s.read(&mut b)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
 #[tokio::test]
 async fn silent_connections_to_15008_are_shed_per_pod_and_timed_out() {
     let mut env = Env::with_config(|c| {
@@ -283,6 +270,7 @@ async fn silent_connections_to_15008_are_shed_per_pod_and_timed_out() {
     .await
     .expect("real client locked out by silent connections")
     .unwrap();
+    // This tunnel stays open past the accept deadline.
     let mut tunnel = conn
         .open(&ConnectRequest::new(
             Authority::from_socket_addr(app).unwrap(),

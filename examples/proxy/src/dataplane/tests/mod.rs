@@ -404,6 +404,42 @@ pub(crate) async fn raw_client(
     ClientConnection::connect(tcp, Arc::new(tls), &meshwire_hbone::Http2Config::client()).await
 }
 
+/// Opens a tunnel to `app` on `conn`, sends `payload`, and returns what the app answered
+/// (an echo app answers its name and the payload).
+pub(crate) async fn echo_through(
+    conn: &ClientConnection,
+    app: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut tunnel = conn
+        .open(&ConnectRequest::new(
+            Authority::from_socket_addr(app).unwrap(),
+        ))
+        .await
+        .unwrap();
+    tunnel.write_all(payload).await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tunnel.read_to_end(&mut got).await.unwrap();
+    got
+}
+
+/// Whether the proxy closed `s` within `within`.
+pub(crate) async fn closed_by_proxy(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> bool {
+    let mut b = [0u8; 256];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 /// An HBONE server that is not one of our pods: it presents a certificate for
 /// `identity` from the test CA, is reached as `<ip>:15008` through the test routes,
 /// records each CONNECT request, answers 200 with `reply` as baggage and writes `fake:`.
