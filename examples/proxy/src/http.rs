@@ -191,19 +191,6 @@ pub(crate) mod tests {
         (addr, metrics, stop)
     }
 
-    /// Whether the server closed `s` within `within`.
-    async fn closed_by_server(s: &mut TcpStream, within: std::time::Duration) -> bool {
-        let mut b = [0u8; 256];
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(end, s.read(&mut b)).await {
-                Ok(Ok(0) | Err(_)) => return true,
-                Ok(Ok(_)) => {}
-                Err(_) => return false,
-            }
-        }
-    }
-
     fn dropped(metrics: &Metrics, reason: &str) -> bool {
         metrics.encode().lines().any(|l| {
             l.starts_with("meshwire_connections_dropped_total{")
@@ -218,7 +205,10 @@ pub(crate) mod tests {
         let mut silent = TcpStream::connect(addr).await.unwrap();
         // Half a request line, then nothing.
         silent.write_all(b"GET /met").await.unwrap();
-        assert!(closed_by_server(&mut silent, std::time::Duration::from_secs(10)).await);
+        assert!(
+            crate::test_support::closed_by_proxy(&mut silent, std::time::Duration::from_secs(10))
+                .await
+        );
         assert!(dropped(&metrics, "timeout"), "{}", metrics.encode());
         stop.cancel();
     }
@@ -271,8 +261,17 @@ pub(crate) mod tests {
         .await
         .expect("request locked out by silent connections");
         assert_eq!(code, 200);
-        assert!(closed_by_server(&mut oldest, std::time::Duration::from_secs(10)).await);
-        assert!(!closed_by_server(&mut younger, std::time::Duration::from_millis(200)).await);
+        assert!(
+            crate::test_support::closed_by_proxy(&mut oldest, std::time::Duration::from_secs(10))
+                .await
+        );
+        assert!(
+            !crate::test_support::closed_by_proxy(
+                &mut younger,
+                std::time::Duration::from_millis(200)
+            )
+            .await
+        );
         assert!(dropped(&metrics, "shed"), "{}", metrics.encode());
         stop.cancel();
     }

@@ -21,6 +21,8 @@ mod pods;
 mod readiness;
 mod routing;
 mod signals;
+#[cfg(test)]
+mod test_support;
 mod tls;
 
 use std::process::ExitCode;

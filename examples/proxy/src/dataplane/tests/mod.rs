@@ -15,6 +15,7 @@ use super::*;
 use crate::metrics::{Direction, Security, TrafficLabels};
 use crate::pods::{PodInfo, PodNetwork, Supervisor};
 use crate::routing::{Destination, DestinationWorkload, ServiceTarget};
+pub(crate) use crate::test_support::closed_by_proxy;
 use crate::tls::certs::Managed;
 use meshwire_hbone::client::{ClientConnection, ClientError};
 use meshwire_hbone::headers::{Baggage, Forwarded, WorkloadBaggage, WorkloadKind};
@@ -422,22 +423,6 @@ pub(crate) async fn echo_through(
     let mut got = Vec::new();
     tunnel.read_to_end(&mut got).await.unwrap();
     got
-}
-
-/// Whether the proxy closed `s` within `within`.
-pub(crate) async fn closed_by_proxy(
-    s: &mut (impl tokio::io::AsyncRead + Unpin),
-    within: Duration,
-) -> bool {
-    let mut b = [0u8; 256];
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(end, s.read(&mut b)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => return false,
-        }
-    }
 }
 
 /// An HBONE server that is not one of our pods: it presents a certificate for
