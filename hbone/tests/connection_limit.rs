@@ -106,15 +106,22 @@ async fn a_first_request_in_time_keeps_the_connection() {
     assert_eq!(f.server.stats().accept_timeouts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_client_sheds_the_oldest_silent_connection_of_its_key() {
-    let f = Fixture::start_limited(patient(Duration::from_secs(60)), limit(2, 100)).await;
-    let mut idle = silent_clients(&f, 2).await;
+/// A server with `limit` and a patient accept deadline, two silent connections to it, and
+/// then a real client that must get through (and echo) within ten seconds.
+async fn two_silent_then_a_real_client(limit: ConnectionLimit<u8>) -> (Fixture, Vec<TcpStream>) {
+    let f = Fixture::start_limited(patient(Duration::from_secs(60)), limit).await;
+    let idle = silent_clients(&f, 2).await;
     let pool = f.pool(PoolConfig::default());
     let mut t = tokio::time::timeout(Duration::from_secs(10), open(&pool, &f.key(), PORT_ECHO))
         .await
         .expect("real client locked out by silent connections");
     echo_once(&mut t).await;
+    (f, idle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_sheds_the_oldest_silent_connection_of_its_key() {
+    let (f, mut idle) = two_silent_then_a_real_client(limit(2, 100)).await;
     let mut younger = idle.pop().unwrap();
     let mut oldest = idle.pop().unwrap();
     assert!(closed_by_server(&mut oldest, Duration::from_secs(10)).await);
@@ -124,13 +131,7 @@ async fn a_real_client_sheds_the_oldest_silent_connection_of_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_total_bound_sheds_too() {
-    let f = Fixture::start_limited(patient(Duration::from_secs(60)), limit(100, 2)).await;
-    let mut idle = silent_clients(&f, 2).await;
-    let pool = f.pool(PoolConfig::default());
-    let mut t = tokio::time::timeout(Duration::from_secs(10), open(&pool, &f.key(), PORT_ECHO))
-        .await
-        .expect("real client locked out by silent connections");
-    echo_once(&mut t).await;
+    let (_f, mut idle) = two_silent_then_a_real_client(limit(100, 2)).await;
     assert!(closed_by_server(&mut idle[0], Duration::from_secs(10)).await);
 }
 
