@@ -66,19 +66,7 @@ fn every_path_works_with_the_right_security() {
 
     // enrolled -> enrolled on another node, with a capture between the nodes.
     let marker = "PLAINTEXT-MARKER-7f3a91";
-    let pcap = c.dir().join("fabric.pcap");
-    let tcpdump = c
-        .fabric()
-        .spawn(
-            Command::new("tcpdump")
-                .args(["-i", "any", "-U", "-s", "0", "-w"])
-                .arg(&pcap)
-                .arg("tcp")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .expect("tcpdump in the fabric namespace");
-    wait_for_pcap_header(&pcap);
+    let (tcpdump, pcap) = capture_fabric(&c, "fabric.pcap");
     let f = c
         .flow(Role::Client, Role::ServerFar, &payload(marker, 256 * 1024))
         .unwrap();
@@ -226,6 +214,65 @@ fn labels_enroll_and_unenroll_live() {
 }
 
 #[test]
+fn strict_namespace_refuses_plaintext_and_carries_only_mtls() {
+    let Some((_g, mut c)) = cluster("strict_namespace_refuses_plaintext_and_carries_only_mtls")
+    else {
+        return;
+    };
+    // Permissive (the default): the pod outside the mesh reaches an enrolled pod in plaintext.
+    let f = c
+        .flow(Role::Legacy, Role::ServerFar, &payload("before", 1000))
+        .unwrap();
+    check(&c, &f);
+    assert_eq!(f.inbound_plain, 1.0, "{f:?}");
+
+    c.set_strict(ENROLLED_NS, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let f = c
+            .flow(Role::Legacy, Role::ServerFar, &payload("strict", 1000))
+            .unwrap();
+        if !f.echoed || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!refused.echoed, "plaintext still accepted: {refused:?}");
+    assert!(refused.denied >= 1.0, "{refused:?}\n{}", c.log_tail(30));
+    assert_eq!(refused.inbound_plain, 0.0, "{refused:?}");
+
+    // Between strict pods: mTLS only, nothing of the payload on the wire between the nodes.
+    let marker = "STRICT-PLAINTEXT-MARKER-51c0";
+    let (tcpdump, pcap) = capture_fabric(&c, "strict.pcap");
+    let f = mtls_flow(&c, Role::Client, Role::ServerFar, marker, 64 * 1024);
+    assert_eq!(f.outbound_plain, 0.0, "{f:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    demo::stop(Some(tcpdump)).unwrap();
+    let raw = std::fs::read(&pcap).unwrap();
+    assert!(raw.len() > 24 + 64 * 1024, "the capture holds the transfer");
+    assert!(
+        !contains(&raw, marker.as_bytes()),
+        "the payload crossed the fabric in plaintext"
+    );
+    let app = read_pcap(&pcap, &["tcp port 8080"]);
+    assert_eq!(app.lines().count(), 0, "no plaintext app traffic:\n{app}");
+
+    // Back to permissive: plaintext from outside the mesh is accepted again.
+    c.set_strict(ENROLLED_NS, false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = c
+            .flow(Role::Legacy, Role::ServerFar, &payload("after", 1000))
+            .unwrap();
+        if f.echoed || Instant::now() > deadline {
+            check(&c, &f);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
 fn restarts_keep_traffic_flowing() {
     let Some((_g, mut c)) = cluster("restarts_keep_traffic_flowing") else {
         return;
@@ -351,6 +398,25 @@ fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Starts capturing every TCP packet between the nodes (in the fabric namespace) into
+/// `<state dir>/<name>`; returns once tcpdump captures.
+fn capture_fabric(c: &Cluster, name: &str) -> (testbed::Process, PathBuf) {
+    let pcap = c.dir().join(name);
+    let tcpdump = c
+        .fabric()
+        .spawn(
+            Command::new("tcpdump")
+                .args(["-i", "any", "-U", "-s", "0", "-w"])
+                .arg(&pcap)
+                .arg("tcp")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("tcpdump in the fabric namespace");
+    wait_for_pcap_header(&pcap);
+    (tcpdump, pcap)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
