@@ -19,9 +19,10 @@ pub const STRICT_POLICY_NAME: &str = "istio_converted_static_strict";
 
 /// The entry that matches connections without a peer identity.
 fn no_identity() -> PolicyMatch {
-    let mut m = PolicyMatch::default();
-    m.not_principals = vec![StringMatch::Presence];
-    m
+    PolicyMatch {
+        not_principals: vec![StringMatch::Presence],
+        ..PolicyMatch::default()
+    }
 }
 
 /// Whether `m` matches exactly the connections without a peer identity: only
