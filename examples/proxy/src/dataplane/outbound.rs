@@ -39,7 +39,7 @@ impl DataPlane {
             }
         };
         let local = self.local_workload(&pod).await;
-        let upstream = match self.resolve_outbound(local.as_deref(), orig).await {
+        let upstream = match self.resolve_outbound(&pod, local.as_deref(), orig).await {
             Ok(u) => u,
             Err(failure) => {
                 // Fail closed: reset, never plain TCP.

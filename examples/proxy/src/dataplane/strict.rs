@@ -20,6 +20,7 @@ use meshwire_xds_workload::workload::TunnelProtocol;
 
 use super::DataPlane;
 use super::connection::Failure;
+use crate::pods::Pod;
 
 /// The reason label of an outbound connection of a strict pod that failed closed.
 pub(super) const STRICT_NOT_READY: &str = "strict mtls: destination not ready";
@@ -32,11 +33,15 @@ fn pending(upstream: &Upstream) -> bool {
 }
 
 impl DataPlane {
-    /// Where the outbound connection of `local` (the source pod's workload, if known) to
+    /// Where the outbound connection of `pod` (`local`: its xDS workload, if known) to
     /// `orig` goes. For a strict source whose destination is pending, waits for the store
     /// to change it, up to the configured bound; `Err` when it is still pending then.
+    ///
+    /// A pod whose own workload is unknown is judged by the namespace ZDS gave it, so a
+    /// strict namespace fails closed even then.
     pub(super) async fn resolve_outbound(
         &self,
+        pod: &Pod,
         local: Option<&Workload>,
         orig: SocketAddr,
     ) -> Result<Upstream, Failure> {
@@ -44,7 +49,7 @@ impl DataPlane {
         // Subscribed before the first lookup, so no update between the two is missed.
         let mut changes = self.store.subscribe();
         let mut upstream = self.store.resolve_upstream(network, orig);
-        if !pending(&upstream) || !local.is_some_and(|w| self.store.requires_mtls(w)) {
+        if !pending(&upstream) || !self.source_requires_mtls(pod, local) {
             return Ok(upstream);
         }
         let wait = self.config.strict_hbone_wait;
@@ -65,5 +70,16 @@ impl DataPlane {
             }
         }
         Ok(upstream)
+    }
+
+    fn source_requires_mtls(&self, pod: &Pod, local: Option<&Workload>) -> bool {
+        match local {
+            Some(w) => self.store.requires_mtls(w),
+            None => {
+                let info = &pod.info;
+                let by_namespace = Workload::new(&info.uid, &info.name, &info.namespace);
+                self.store.requires_mtls(&by_namespace)
+            }
+        }
     }
 }

@@ -135,6 +135,19 @@ async fn strict_source_fails_closed_when_the_destination_stays_pending() {
     let failed = logs.lines_with("strict mtls: destination not ready");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].contains("refuses plain TCP"), "{}", failed[0]);
+
+    // The source's own xDS workload unknown: its namespace (from ZDS) still makes it strict.
+    assert!(env.store.remove_address("Kubernetes//Pod/shop/client-1"));
+    let mut s = TcpStream::connect(env.listener("client-1", ListenerKind::Outbound))
+        .await
+        .unwrap();
+    let err = send_and_read(&mut s, b"secret").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(plaintext_outbound(&env), 0, "never plain TCP");
+    assert_eq!(
+        logs.lines_with("strict mtls: destination not ready").len(),
+        2
+    );
 }
 
 #[tokio::test]
