@@ -1,16 +1,17 @@
 //! Strict mutual TLS on the outbound side.
 //!
 //! A pod is strict when a policy that applies to it requires mutual TLS (the agent publishes
-//! its namespace's `istio_converted_static_strict` policy; see
-//! [`WorkloadStore::requires_mtls`](meshwire_xds_workload::WorkloadStore::requires_mtls)). Such a pod never sends plain TCP to a destination that
-//! is enrolled but not ready for HBONE yet (xDS workload `hbone_pending`): the connection
-//! waits up to `STRICT_HBONE_WAIT` for the destination's update, then fails closed (reset,
-//! a `connection failed` log line and `connection_failures{reason="strict mtls: destination
-//! not ready"}`). Destinations outside the mesh (unknown, or `tunnel_protocol` NONE without
+//! its namespace's `istio_converted_static_strict` policy; see [`requires_mtls`]). Such a
+//! pod never sends plain TCP to a destination that is enrolled but not ready for HBONE yet
+//! (xDS workload `hbone_pending`): the connection waits up to `STRICT_HBONE_WAIT` for the
+//! destination's update, then fails closed (reset, a `connection failed` log line and
+//! `connection_failures{reason="strict mtls: destination not ready"}`). Destinations outside the mesh (unknown, or `tunnel_protocol` NONE without
 //! the marker) still get plain TCP, and permissive pods are not affected at all.
 //!
 //! The inbound side needs nothing here: the strict policy denies plaintext on 15006 through
 //! the ordinary L4 authorization.
+//!
+//! [`requires_mtls`]: meshwire_xds_workload::WorkloadStore::requires_mtls
 
 use std::net::SocketAddr;
 
