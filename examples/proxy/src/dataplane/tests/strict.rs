@@ -36,6 +36,16 @@ async fn send_and_read(s: &mut TcpStream, payload: &[u8]) -> io::Result<Vec<u8>>
     Ok(out)
 }
 
+/// Sends a secret from `client-1` and expects a reset, with no plaintext connection counted.
+async fn refused_closed(env: &Env) {
+    let mut s = TcpStream::connect(env.listener("client-1", ListenerKind::Outbound))
+        .await
+        .unwrap();
+    let err = send_and_read(&mut s, b"secret").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(plaintext_outbound(env), 0, "never plain TCP");
+}
+
 fn mtls_outbound(env: &Env) -> u64 {
     value(
         &env.metrics_text(),
@@ -113,12 +123,7 @@ async fn strict_source_fails_closed_when_the_destination_stays_pending() {
     let (_guard, logs) = capture_logs();
 
     *env.nets["client-1"].original_dst.lock().unwrap() = Some(app);
-    let mut s = TcpStream::connect(env.listener("client-1", ListenerKind::Outbound))
-        .await
-        .unwrap();
-    let err = send_and_read(&mut s, b"secret").await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-    assert_eq!(plaintext_outbound(&env), 0, "never plain TCP");
+    refused_closed(&env).await;
     assert_eq!(
         value(
             &env.metrics_text(),
@@ -138,12 +143,7 @@ async fn strict_source_fails_closed_when_the_destination_stays_pending() {
 
     // The source's own xDS workload unknown: its namespace (from ZDS) still makes it strict.
     assert!(env.store.remove_address("Kubernetes//Pod/shop/client-1"));
-    let mut s = TcpStream::connect(env.listener("client-1", ListenerKind::Outbound))
-        .await
-        .unwrap();
-    let err = send_and_read(&mut s, b"secret").await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-    assert_eq!(plaintext_outbound(&env), 0, "never plain TCP");
+    refused_closed(&env).await;
     assert_eq!(
         logs.lines_with("strict mtls: destination not ready").len(),
         2
