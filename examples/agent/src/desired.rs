@@ -94,6 +94,9 @@ pub(crate) struct WorkloadView {
     pub(crate) cluster_id: String,
     /// Advertise HBONE (peers tunnel to it on 15008); otherwise peers send plain TCP.
     pub(crate) hbone: bool,
+    /// Enrolled but not HBONE yet: sources in strict namespaces wait instead of sending
+    /// plain TCP.
+    pub(crate) hbone_pending: bool,
     /// The services it is an endpoint of, with its ports for each.
     pub(crate) services: BTreeMap<NamespacedHostname, Vec<Port>>,
     /// Keys of the policies whose selector it matches.
@@ -125,7 +128,7 @@ impl RemoteReady {
 /// A pod speaks HBONE when its namespace is enrolled and its node's agent has enrolled it:
 /// for a pod of this node, once `local_ready` contains it (the proxy holds it and its rules
 /// are in place); for a pod of another node, once `remote` lists it (that node's agent
-/// reported the same).
+/// reported the same). Until then a pod of an enrolled namespace is `hbone_pending`.
 pub(crate) fn workload_views(
     cluster: &Cluster,
     settings: &Settings,
@@ -143,6 +146,7 @@ pub(crate) fn workload_views(
                 remote.lists(&pod.node, &pod.uid)
             };
             let hbone = enrolled && ready;
+            let hbone_pending = enrolled && !ready;
             WorkloadView {
                 uid: pod.uid.clone(),
                 name: pod.name.clone(),
@@ -153,6 +157,7 @@ pub(crate) fn workload_views(
                 trust_domain: settings.trust_domain.clone(),
                 cluster_id: settings.cluster_id.clone(),
                 hbone,
+                hbone_pending,
                 services: pod.services.clone(),
                 policies: cluster.selected_policies(pod),
             }

@@ -113,6 +113,15 @@ pub(crate) struct Destination {
     pub(crate) not_ports: Vec<u16>,
 }
 
+/// Namespace label that selects the mutual-TLS mode of an enrolled namespace: `strict`
+/// publishes the namespace's strict policy (plaintext into its pods is refused, and its pods
+/// never send plain TCP to an enrolled pod that is not ready yet); absent or any other value
+/// is permissive.
+pub(crate) const MTLS_MODE_LABEL: &str = "io.cilium/mtls-mode";
+
+/// The [`MTLS_MODE_LABEL`] value of strict mode.
+pub(crate) const MTLS_MODE_STRICT: &str = "strict";
+
 impl Cluster {
     /// Whether `namespace` carries `label_key: "true"`.
     pub(crate) fn namespace_enrolled(&self, namespace: &str, label_key: &str) -> bool {
@@ -120,6 +129,21 @@ impl Cluster {
             .get(namespace)
             .and_then(|ns| ns.labels.get(label_key))
             .is_some_and(|v| v == "true")
+    }
+
+    /// The enrolled namespaces (`label_key: "true"`) in strict mutual-TLS mode
+    /// ([`MTLS_MODE_LABEL`]` = `[`MTLS_MODE_STRICT`]), sorted.
+    pub(crate) fn strict_namespaces(&self, label_key: &str) -> Vec<&str> {
+        self.namespaces
+            .values()
+            .filter(|ns| self.namespace_enrolled(&ns.name, label_key))
+            .filter(|ns| {
+                ns.labels
+                    .get(MTLS_MODE_LABEL)
+                    .is_some_and(|v| v == MTLS_MODE_STRICT)
+            })
+            .map(|ns| ns.name.as_str())
+            .collect()
     }
 
     /// The keys (`namespace/name`) of the policies with a selector that `pod` matches.

@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use meshwire_cni::event::{EventKind, Reply};
 use meshwire_netns::NetNs;
 use meshwire_xds_workload::authorization::{ConnectionInfo, PolicyAction};
@@ -245,6 +245,7 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             enroll_by_label(&mut world).await;
             new_pod_and_other_nodes(&mut world).await;
             services_and_policies(&world).await;
+            strict_namespace(&world).await;
             agent_restart(&mut world, || {
                 stop(&mut agent, &show_log);
                 agent = spawn_agent();
@@ -472,6 +473,49 @@ async fn services_and_policies(w: &World<'_>) {
             .decision
             .is_allowed()
     );
+}
+
+/// `io.cilium/mtls-mode: strict` on an enrolled Namespace publishes its strict mutual-TLS
+/// policy (plaintext into its pods denied, mTLS allowed); removing the label withdraws it.
+async fn strict_namespace(w: &World<'_>) {
+    let set_mode = |mode: serde_json::Value| async move {
+        Api::<Namespace>::all(w.api.clone())
+            .patch(
+                "shop",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"io.cilium/mtls-mode": mode}}})),
+            )
+            .await
+            .unwrap();
+    };
+    const KEY: &str = "shop/istio_converted_static_strict";
+    set_mode(json!("strict")).await;
+    wait_for("the strict policy over xDS", LONG, || {
+        w.store.policy(KEY).is_some()
+    })
+    .await;
+    let target = w.store.workload_by_uid(&w.uid("client-1")).unwrap();
+    assert!(w.store.requires_mtls(&target));
+    let dst = SocketAddr::new(w.pod("client-1").ip, 8080);
+    let plaintext = ConnectionInfo::new(w.pod("old-1").ip, dst, None);
+    assert!(!w.store.authorize(&plaintext, &target).decision.is_allowed());
+    let mtls = ConnectionInfo::new(
+        w.pod("client-2").ip,
+        dst,
+        Some(Identity::new("cluster.local", "shop", "client-2")),
+    );
+    assert!(w.store.authorize(&mtls, &target).decision.is_allowed());
+    let old = w.store.workload_by_uid(&w.uid("old-1")).unwrap();
+    assert!(
+        !w.store.requires_mtls(&old),
+        "the legacy namespace stays permissive"
+    );
+
+    set_mode(json!(null)).await;
+    wait_for("the strict policy withdrawn", LONG, || {
+        w.store.policy(KEY).is_none()
+    })
+    .await;
 }
 
 /// An agent restart keeps every pod: the same sandboxes (from its state file), no delete,

@@ -1,7 +1,7 @@
 //! Setting up the cluster: the topology, the workloads file, an agent and a proxy per node;
 //! and tearing it down again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use testbed::{Namespace, Pod, Process, Testbed, TestbedOptions};
 
 use crate::cleanup::StateDir;
 use crate::processes::stop;
-use crate::{ENROLLED_NS, LABEL, PLAIN_NS, Role, TRUST_DOMAIN};
+use crate::{ENROLLED_NS, LABEL, MTLS_MODE_LABEL, PLAIN_NS, Role, TRUST_DOMAIN};
 
 /// Where the agent and proxy binaries are.
 #[derive(Debug, Clone)]
@@ -87,6 +87,8 @@ pub struct Cluster {
     pub(crate) tb: Testbed,
     pub(crate) dir: StateDir,
     pub(crate) enrolled: BTreeMap<String, bool>,
+    /// Namespaces labelled [`MTLS_MODE_LABEL`]` = strict`.
+    pub(crate) strict: BTreeSet<String>,
     pub(crate) policies: bool,
 }
 
@@ -112,6 +114,7 @@ impl Cluster {
             tb,
             dir,
             enrolled: [(ENROLLED_NS.to_owned(), true), (PLAIN_NS.to_owned(), false)].into(),
+            strict: BTreeSet::new(),
             policies: true,
         };
         cluster.start_echo_servers()?;
@@ -176,12 +179,14 @@ impl Cluster {
     pub(crate) fn write_workloads(&self) -> Result<()> {
         let mut y = String::from("namespaces:\n");
         for (ns, on) in &self.enrolled {
-            let labels = if *on {
-                format!("{{ {LABEL}: \"true\" }}")
-            } else {
-                "{}".to_owned()
-            };
-            let _ = writeln!(y, "  - name: {ns}\n    labels: {labels}");
+            let mut labels = Vec::new();
+            if *on {
+                labels.push(format!("{LABEL}: \"true\""));
+            }
+            if self.strict.contains(ns) {
+                labels.push(format!("{MTLS_MODE_LABEL}: strict"));
+            }
+            let _ = writeln!(y, "  - name: {ns}\n    labels: {{ {} }}", labels.join(", "));
         }
         y.push_str("pods:\n");
         for role in Role::ALL {
@@ -214,6 +219,17 @@ impl Cluster {
     /// change up by themselves; use [`Cluster::wait_enrolled`] to wait for it.
     pub fn set_enrolled(&mut self, namespace: &str, on: bool) -> Result<()> {
         self.enrolled.insert(namespace.to_owned(), on);
+        self.write_workloads()
+    }
+
+    /// Sets or removes `io.cilium/mtls-mode: strict` on a namespace in the workloads file
+    /// (strict mutual TLS once the agents publish it; only an enrolled namespace is strict).
+    pub fn set_strict(&mut self, namespace: &str, on: bool) -> Result<()> {
+        if on {
+            self.strict.insert(namespace.to_owned());
+        } else {
+            self.strict.remove(namespace);
+        }
         self.write_workloads()
     }
 

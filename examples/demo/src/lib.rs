@@ -35,6 +35,8 @@ pub use table::table;
 pub const ECHO_PORT: u16 = 8080;
 /// The namespace label that enrolls a namespace.
 pub const LABEL: &str = "io.cilium/mtls-enabled";
+/// The namespace label whose value `strict` turns on strict mutual TLS.
+pub const MTLS_MODE_LABEL: &str = "io.cilium/mtls-mode";
 /// The trust domain of the cluster.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The enrolled namespace.

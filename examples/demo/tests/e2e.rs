@@ -209,6 +209,63 @@ fn labels_enroll_and_unenroll_live() {
 }
 
 #[test]
+fn strict_namespace_refuses_plaintext_and_carries_only_mtls() {
+    let Some((_g, mut c)) = cluster("strict_namespace_refuses_plaintext_and_carries_only_mtls")
+    else {
+        return;
+    };
+    // Permissive (the default): the pod outside the mesh reaches an enrolled pod in plaintext.
+    let f = c
+        .flow(Role::Legacy, Role::ServerFar, &payload("before", 1000))
+        .unwrap();
+    check(&c, &f);
+    assert_eq!(f.inbound_plain, 1.0, "{f:?}");
+
+    c.set_strict(ENROLLED_NS, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let f = c
+            .flow(Role::Legacy, Role::ServerFar, &payload("strict", 1000))
+            .unwrap();
+        if !f.echoed || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!refused.echoed, "plaintext still accepted: {refused:?}");
+    assert!(refused.denied >= 1.0, "{refused:?}\n{}", c.log_tail(30));
+    assert_eq!(refused.inbound_plain, 0.0, "{refused:?}");
+
+    // Between strict pods: mTLS only, nothing of the payload on the wire between the nodes.
+    let marker = "STRICT-PLAINTEXT-MARKER-51c0";
+    let mut capture = c.capture_fabric("strict").unwrap();
+    let f = mtls_flow(&c, Role::Client, Role::ServerFar, marker, 64 * 1024);
+    assert_eq!(f.outbound_plain, 0.0, "{f:?}");
+    let raw = capture.stop().unwrap();
+    assert!(raw.len() > 24 + 64 * 1024, "the capture holds the transfer");
+    assert!(
+        !demo::contains(&raw, marker.as_bytes()),
+        "the payload crossed the fabric in plaintext"
+    );
+    let app = capture.read(&["tcp port 8080"]).unwrap();
+    assert_eq!(app.lines().count(), 0, "no plaintext app traffic:\n{app}");
+
+    // Back to permissive: plaintext from outside the mesh is accepted again.
+    c.set_strict(ENROLLED_NS, false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = c
+            .flow(Role::Legacy, Role::ServerFar, &payload("after", 1000))
+            .unwrap();
+        if f.echoed || Instant::now() > deadline {
+            check(&c, &f);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
 fn restarts_keep_traffic_flowing() {
     let Some((_g, mut c)) = cluster("restarts_keep_traffic_flowing") else {
         return;

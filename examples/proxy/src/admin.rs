@@ -132,6 +132,7 @@ fn workload_json(w: &Workload) -> serde_json::Value {
         "addresses": w.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "network": w.network,
         "protocol": if w.protocol == TunnelProtocol::Hbone { "HBONE" } else { "NONE" },
+        "hbone_pending": w.hbone_pending,
         "identity": w.identity().to_string(),
         "status": if w.status == HealthStatus::Healthy { "healthy" } else { "unhealthy" },
         "services": w.services.iter().map(|(k, ports)| (k.to_string(), ports_json(ports))).collect::<BTreeMap<_, _>>(),
@@ -221,6 +222,7 @@ mod tests {
         );
         let remote = &workloads[1];
         assert_eq!(remote["node"], "node-2");
+        assert_eq!(remote["hbone_pending"], false);
         assert_eq!(remote["addresses"], serde_json::json!(["10.1.0.7"]));
         assert_eq!(remote["identity"], "spiffe://cluster.local/ns/shop/sa/db");
         assert_eq!(

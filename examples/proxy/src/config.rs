@@ -127,6 +127,12 @@ pub(crate) struct Cli {
     #[arg(long, env = "HBONE_ACCEPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) hbone_accept_timeout: Duration,
 
+    /// How long an outbound connection from a pod in strict mutual-TLS mode waits for a
+    /// destination that is enrolled but not ready for HBONE yet (xDS `hbone_pending`);
+    /// past it the connection is reset, never sent as plain TCP.
+    #[arg(long, env = "STRICT_HBONE_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) strict_hbone_wait: Duration,
+
     /// Connections the metrics and readiness endpoints may hold together; beyond it the
     /// oldest connection still waiting for its request headers is closed.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 256)]
@@ -166,6 +172,7 @@ pub(crate) struct Config {
     pub(crate) original_source: bool,
     pub(crate) hbone_limit: meshwire_hbone::server::ConnectionLimitConfig,
     pub(crate) hbone_accept_timeout: Duration,
+    pub(crate) strict_hbone_wait: Duration,
     pub(crate) http: crate::http::HttpLimits,
 }
 
@@ -220,6 +227,7 @@ impl Cli {
             original_source: self.original_source,
             hbone_limit,
             hbone_accept_timeout: self.hbone_accept_timeout,
+            strict_hbone_wait: self.strict_hbone_wait,
             http: crate::http::HttpLimits {
                 max_connections: self.http_max_connections,
                 header_read_timeout: self.http_header_read_timeout,
@@ -317,6 +325,7 @@ mod tests {
         assert_eq!(cfg.hbone_limit.max_per_key, 1024);
         assert_eq!(cfg.hbone_limit.max_total, 16384);
         assert_eq!(cfg.hbone_accept_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.strict_hbone_wait, Duration::from_secs(5));
         assert_eq!(cfg.http.max_connections, 256);
         assert_eq!(cfg.http.header_read_timeout, Duration::from_secs(10));
     }
@@ -378,6 +387,7 @@ mod tests {
             ),
             ("hbone_max_connections", "HBONE_MAX_CONNECTIONS"),
             ("hbone_accept_timeout", "HBONE_ACCEPT_TIMEOUT"),
+            ("strict_hbone_wait", "STRICT_HBONE_WAIT"),
             ("http_max_connections", "HTTP_MAX_CONNECTIONS"),
             ("http_header_read_timeout", "HTTP_HEADER_READ_TIMEOUT"),
         ] {

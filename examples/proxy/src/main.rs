@@ -152,6 +152,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             original_source: config.original_source,
             hbone_limit: config.hbone_limit,
             hbone_accept_timeout: config.hbone_accept_timeout,
+            strict_hbone_wait: config.strict_hbone_wait,
             ..DataPlaneConfig::default()
         },
         metrics.clone(),

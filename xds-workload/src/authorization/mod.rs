@@ -5,6 +5,10 @@
 //! [`TryFrom`] boundary that fails with an [`AuthorizationError`], and convert back with
 //! [`From`] (`From<&AuthorizationPolicy> for pb::istio::security::Authorization`).
 //!
+//! Strict mutual TLS (a `PeerAuthentication` in mode `STRICT`) is an ordinary `DENY` policy
+//! in the shape istiod sends ztunnel, [`AuthorizationPolicy::strict_mtls`]; it denies every
+//! plaintext connection, and [`AuthorizationPolicy::requires_mtls`] recognizes it.
+//!
 //! ```
 //! use meshwire_xds_workload::authorization::{
 //!     AuthorizationPolicy, ConnectionInfo, PolicyAction, PolicyClause, PolicyMatch,
@@ -38,6 +42,9 @@ use ipnet::IpNet;
 use crate::workload::Identity;
 
 mod convert;
+mod strict;
+
+pub use strict::STRICT_POLICY_NAME;
 
 /// Why an `istio.security.Authorization` resource was rejected at the [`TryFrom`] boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

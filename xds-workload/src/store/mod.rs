@@ -296,6 +296,16 @@ impl WorkloadStore {
         evaluate(policies.iter().map(|p| p.as_ref()), conn)
     }
 
+    /// Whether `workload` is in strict mutual-TLS mode: a policy that applies to it
+    /// [requires mutual TLS](AuthorizationPolicy::requires_mtls). Plaintext connections to
+    /// it are denied, and as a source it must not send plain TCP to a workload that is
+    /// [`hbone_pending`](Workload::hbone_pending).
+    pub fn requires_mtls(&self, workload: &Workload) -> bool {
+        self.policies_for(workload)
+            .iter()
+            .any(|p| p.requires_mtls())
+    }
+
     /// Every workload, ordered by uid.
     ///
     /// A snapshot: the `Arc`s are the store's own, and later changes to the store do not

@@ -9,9 +9,10 @@ use ipnet::IpNet;
 use super::{
     Address, AddressError, AppProtocol, ApplicationTunnel, ApplicationTunnelProtocol,
     DEFAULT_CLUSTER_ID, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, GatewayAddress,
-    GatewayDestination, HealthPolicy, HealthStatus, IpFamilies, LoadBalancing, LoadBalancingMode,
-    LoadBalancingScope, Locality, NamespacedHostname, NetworkAddress, NetworkMode, Port, Service,
-    ServiceVip, TunnelProtocol, Visibility, WeightedWaypoint, Workload, WorkloadType,
+    GatewayDestination, HBONE_PENDING_EXTENSION, HealthPolicy, HealthStatus, IpFamilies,
+    LoadBalancing, LoadBalancingMode, LoadBalancingScope, Locality, NamespacedHostname,
+    NetworkAddress, NetworkMode, Port, Service, ServiceVip, TunnelProtocol, Visibility,
+    WeightedWaypoint, Workload, WorkloadType,
 };
 use crate::pb::istio::workload as pb;
 
@@ -187,6 +188,10 @@ impl TryFrom<&pb::Workload> for Workload {
             locality,
             network_mode,
             capacity: w.capacity.unwrap_or(1),
+            hbone_pending: w
+                .extensions
+                .iter()
+                .any(|e| e.name == HBONE_PENDING_EXTENSION),
         })
     }
 }

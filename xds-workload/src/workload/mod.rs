@@ -218,13 +218,24 @@ pub struct Workload {
     pub network_mode: NetworkMode,
     /// Load-balancing weight.
     pub capacity: u32,
+    /// The workload is enrolled in the mesh but cannot receive HBONE yet ([`protocol`] is
+    /// [`TunnelProtocol::None`] for now): a source that requires mutual TLS waits for it
+    /// instead of sending plain TCP. Carried as the `Workload.extensions` entry named
+    /// [`HBONE_PENDING_EXTENSION`], which upstream ztunnel ignores.
+    ///
+    /// [`protocol`]: Self::protocol
+    pub hbone_pending: bool,
 }
+
+/// Name of the `istio.workload.Extension` that marks a [`Workload`] as
+/// [`hbone_pending`](Workload::hbone_pending) (its `config` is left unset).
+pub const HBONE_PENDING_EXTENSION: &str = "meshwire.io/hbone-pending";
 
 impl Workload {
     /// A workload with this uid, name and namespace; every other field takes the value
     /// the [`TryFrom`] boundary gives a message that leaves it unset: no addresses, no
-    /// tunnel, healthy, trust domain [`DEFAULT_TRUST_DOMAIN`], service account
-    /// [`DEFAULT_SERVICE_ACCOUNT`], cluster [`DEFAULT_CLUSTER_ID`] and capacity 1.
+    /// tunnel (and not pending), healthy, trust domain [`DEFAULT_TRUST_DOMAIN`], service
+    /// account [`DEFAULT_SERVICE_ACCOUNT`], cluster [`DEFAULT_CLUSTER_ID`] and capacity 1.
     pub fn new(
         uid: impl Into<String>,
         name: impl Into<String>,
@@ -256,6 +267,7 @@ impl Workload {
             locality: Locality::default(),
             network_mode: NetworkMode::default(),
             capacity: 1,
+            hbone_pending: false,
         }
     }
 

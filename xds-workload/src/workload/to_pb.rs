@@ -3,16 +3,17 @@
 //!
 //! Every conversion keeps what the [`TryFrom`] boundary reads, so converting back gives an
 //! equal value. Defaults are written out (a workload's trust domain is sent even when it is
-//! [`DEFAULT_TRUST_DOMAIN`](super::DEFAULT_TRUST_DOMAIN)); fields the domain types do not
-//! keep (`extensions`) are left empty.
+//! [`DEFAULT_TRUST_DOMAIN`](super::DEFAULT_TRUST_DOMAIN)); the only `Workload.extensions`
+//! entry written is the [`HBONE_PENDING_EXTENSION`] marker; other extensions (which the
+//! domain types do not keep) and every service extension are left out.
 
 use std::net::IpAddr;
 
 use super::{
     Address, AppProtocol, ApplicationTunnelProtocol, GatewayAddress, GatewayDestination,
-    HealthPolicy, HealthStatus, IpFamilies, LoadBalancing, LoadBalancingMode, LoadBalancingScope,
-    Locality, NetworkAddress, NetworkMode, Port, Service, ServiceVip, TunnelProtocol, Visibility,
-    Workload, WorkloadType,
+    HBONE_PENDING_EXTENSION, HealthPolicy, HealthStatus, IpFamilies, LoadBalancing,
+    LoadBalancingMode, LoadBalancingScope, Locality, NetworkAddress, NetworkMode, Port, Service,
+    ServiceVip, TunnelProtocol, Visibility, Workload, WorkloadType,
 };
 use crate::pb::istio::workload as pb;
 
@@ -142,7 +143,14 @@ impl From<&Workload> for pb::Workload {
                 NetworkMode::Standard => pb::NetworkMode::Standard,
                 NetworkMode::HostNetwork => pb::NetworkMode::HostNetwork,
             } as i32,
-            extensions: Vec::new(),
+            extensions: w
+                .hbone_pending
+                .then(|| pb::Extension {
+                    name: HBONE_PENDING_EXTENSION.to_owned(),
+                    config: None,
+                })
+                .into_iter()
+                .collect(),
             capacity: Some(w.capacity),
         }
     }

@@ -106,19 +106,19 @@ impl Publisher for XdsPublisher {
                 .chain(services)
                 .filter_map(|a| ResourceChange::address(&a).into_upsert()),
         );
+        let published = convert::policies(cluster, &self.settings.label_key);
         let policies = self.server.replace(
             AUTHORIZATION_TYPE_URL,
-            cluster
-                .policies
+            published
                 .iter()
-                .filter_map(|p| ResourceChange::policy(&convert::policy(p)).into_upsert()),
+                .filter_map(|p| ResourceChange::policy(p).into_upsert()),
         );
         if addresses + policies > 0 {
             info!(
                 workloads = views.len(),
                 hbone,
                 services = cluster.services.len(),
-                policies = cluster.policies.len(),
+                policies = published.len(),
                 changed = addresses + policies,
                 "xDS resources updated"
             );

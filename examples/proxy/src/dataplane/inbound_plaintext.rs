@@ -59,6 +59,8 @@ impl DataPlane {
         self.open_tcp(&mut rec, labels);
         let conn = ConnectionInfo::new(src.ip(), target, None);
         if let Decision::Deny(reason) = self.store.authorize(&conn, &local).decision {
+            // Refused with a reset (a strict pod's policy denies every plaintext arrival).
+            let _ = stream.set_zero_linger();
             self.metrics.policy_denials.inc();
             return self.connection_failed(rec, &Failure::new(DENIED_BY_POLICY, reason));
         }

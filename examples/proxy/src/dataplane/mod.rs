@@ -1,7 +1,9 @@
 //! The data plane: what happens to a connection accepted on one of a pod's listeners.
 //!
 //! * [`outbound`] (15001): original destination → workload store → HBONE through the pod's
-//!   pool when the destination is enrolled, plain TCP from the pod's namespace otherwise.
+//!   pool when the destination is enrolled, plain TCP from the pod's namespace otherwise;
+//!   [`strict`]: a pod in strict mutual-TLS mode waits for an enrolled destination that is
+//!   not ready yet instead, and fails closed.
 //! * [`inbound_hbone`] (15008): TLS with the pod's certificate (client certificate from the
 //!   same trust domain), then per CONNECT stream: destination check, illegal ports, L4
 //!   authorization with the client's SPIFFE ID, dial the application, 200, splice.
@@ -18,6 +20,7 @@ mod inbound_plaintext;
 mod labels;
 mod outbound;
 mod reauthorize;
+mod strict;
 #[cfg(test)]
 pub(crate) mod tests;
 mod workload;
@@ -64,6 +67,9 @@ pub(crate) struct DataPlaneConfig {
     pub(crate) hbone_limit: ConnectionLimitConfig,
     /// Deadline on 15008 from the accept to the first CONNECT request.
     pub(crate) hbone_accept_timeout: Duration,
+    /// How long an outbound connection of a strict pod waits for a destination that is
+    /// `hbone_pending` to become HBONE before it fails closed.
+    pub(crate) strict_hbone_wait: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -76,6 +82,7 @@ impl Default for DataPlaneConfig {
             original_source: true,
             hbone_limit: ConnectionLimitConfig::default(),
             hbone_accept_timeout: Duration::from_secs(10),
+            strict_hbone_wait: Duration::from_secs(5),
         }
     }
 }

@@ -39,8 +39,15 @@ impl DataPlane {
             }
         };
         let local = self.local_workload(&pod).await;
-        let network = local.as_ref().map_or("", |w| w.network.as_str());
-        let upstream = self.store.resolve_upstream(network, orig);
+        let upstream = match self.resolve_outbound(&pod, local.as_deref(), orig).await {
+            Ok(u) => u,
+            Err(failure) => {
+                // Fail closed: reset, never plain TCP.
+                let _ = stream.set_zero_linger();
+                let rec = ConnRecord::new(Direction::Outbound, Security::Mtls, peer, orig);
+                return self.connection_failed(rec, &failure);
+            }
+        };
         let destination = destination_of(&upstream);
         let src_identity = local
             .as_ref()

@@ -8,7 +8,7 @@ use meshwire_xds_workload::authorization::{
 use meshwire_xds_workload::workload::{TunnelProtocol, Workload, WorkloadType};
 
 use crate::desired::WorkloadView;
-use crate::workloads::{Destination, Policy, PolicyAction, PolicyScope, Source};
+use crate::workloads::{Cluster, Destination, Policy, PolicyAction, PolicyScope, Source};
 
 /// The workload of one pod.
 pub(crate) fn workload(v: &WorkloadView) -> Workload {
@@ -19,6 +19,7 @@ pub(crate) fn workload(v: &WorkloadView) -> Workload {
     } else {
         TunnelProtocol::None
     };
+    w.hbone_pending = v.hbone_pending;
     w.trust_domain.clone_from(&v.trust_domain);
     w.service_account.clone_from(&v.service_account);
     w.node.clone_from(&v.node);
@@ -29,6 +30,16 @@ pub(crate) fn workload(v: &WorkloadView) -> Workload {
     w.services.clone_from(&v.services);
     w.authorization_policies.clone_from(&v.policies);
     w
+}
+
+/// The policies the cluster's authorization policies become, then the strict mutual-TLS
+/// policy ([`AuthorizationPolicy::strict_mtls`]) of every strict namespace.
+pub(crate) fn policies(cluster: &Cluster, label_key: &str) -> Vec<AuthorizationPolicy> {
+    let strict = cluster
+        .strict_namespaces(label_key)
+        .into_iter()
+        .map(AuthorizationPolicy::strict_mtls);
+    cluster.policies.iter().map(policy).chain(strict).collect()
 }
 
 /// `*` is presence, `*x` a suffix, `x*` a prefix, anything else exact.
@@ -123,7 +134,6 @@ mod tests {
 
     use super::*;
     use crate::desired::{RemoteReady, workload_views};
-    use crate::workloads::Cluster;
     use crate::workloads::tests::{EXAMPLE, settings};
 
     #[test]
@@ -253,5 +263,79 @@ policies:
         assert!(!decide(&[a], &conn("10.1.1.1", Some(&id("other")), 80)));
         p.scope = PolicyScope::Global;
         assert_eq!(policy(&p).scope, XdsScope::Global);
+    }
+
+    #[test]
+    fn strict_label_publishes_the_strict_policy_of_enrolled_namespaces() {
+        let c = Cluster::from_yaml(
+            r#"
+namespaces:
+  - name: shop
+    labels: { io.cilium/mtls-enabled: "true", io.cilium/mtls-mode: strict }
+  - name: open
+    labels: { io.cilium/mtls-enabled: "true", io.cilium/mtls-mode: permissive }
+  - name: plain
+    labels: { io.cilium/mtls-enabled: "true" }
+  - name: outside
+    labels: { io.cilium/mtls-mode: strict }
+policies:
+  - name: deny-intruder
+    namespace: plain
+    action: deny
+    rules:
+      - from:
+          - principals: ["cluster.local/ns/shop/sa/intruder"]
+"#,
+        )
+        .unwrap();
+        let label = &settings("node-1").label_key;
+        // Through the wire and back: what a proxy holds.
+        let held: Vec<AuthorizationPolicy> = policies(&c, label)
+            .iter()
+            .map(|p| AuthorizationPolicy::try_from(&sec::Authorization::from(p)).unwrap())
+            .collect();
+        let keys: Vec<String> = held.iter().map(AuthorizationPolicy::key).collect();
+        assert_eq!(
+            keys,
+            ["plain/deny-intruder", "shop/istio_converted_static_strict"],
+            "only the enrolled namespace labelled strict"
+        );
+        let strict = &held[1];
+        assert_eq!(strict.scope, XdsScope::Namespace);
+        assert_eq!(strict.action, XdsAction::Deny);
+        assert!(strict.requires_mtls());
+        let id = "spiffe://cluster.local/ns/open/sa/client";
+        assert!(
+            !decide(&held[1..], &conn("10.10.1.2", None, 8080)),
+            "plaintext"
+        );
+        assert!(
+            decide(&held[1..], &conn("10.10.1.2", Some(id), 8080)),
+            "mTLS"
+        );
+    }
+
+    #[test]
+    fn enrolled_pods_not_ready_are_published_pending() {
+        let c = Cluster::from_yaml(EXAMPLE).unwrap();
+        let ready = BTreeSet::from(["8d2f-1".to_owned()]);
+        let remote = RemoteReady::Gated(Default::default());
+        let views = workload_views(&c, &settings("node-1"), &ready, &remote);
+        let held = |uid: &str| {
+            let v = views.iter().find(|v| v.uid == uid).unwrap();
+            Workload::try_from(&wl::Workload::from(&workload(v))).unwrap()
+        };
+        let client = held("8d2f-1");
+        assert_eq!(client.protocol, TunnelProtocol::Hbone);
+        assert!(!client.hbone_pending, "ready");
+        let server = held("shop/server-1");
+        assert_eq!(server.protocol, TunnelProtocol::None);
+        assert!(
+            server.hbone_pending,
+            "enrolled, its node has not listed it yet"
+        );
+        let old = held("legacy/old-1");
+        assert_eq!(old.protocol, TunnelProtocol::None);
+        assert!(!old.hbone_pending, "namespace not enrolled");
     }
 }

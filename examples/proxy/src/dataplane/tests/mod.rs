@@ -9,6 +9,7 @@ mod istio;
 mod outbound;
 mod pods;
 mod reauthorize;
+mod strict;
 
 use super::workload::{destination_of, peer_workload};
 use super::*;
@@ -332,10 +333,11 @@ pub(crate) fn listener(pod: &Pod, kind: ListenerKind) -> SocketAddr {
     pod.listeners.iter().find(|(k, _)| *k == kind).unwrap().1
 }
 
-/// Writes `payload`, half-closes, reads everything back.
+/// Writes `payload`, half-closes, reads everything back (nothing when the proxy refused the
+/// connection, even with a reset before the write).
 pub(crate) async fn exchange(s: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
-    s.write_all(payload).await.unwrap();
-    s.shutdown().await.unwrap();
+    let _ = s.write_all(payload).await;
+    let _ = s.shutdown().await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
         .await
