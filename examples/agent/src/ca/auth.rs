@@ -17,7 +17,8 @@ use crate::workloads::Cluster;
 pub(crate) struct CallerPolicy {
     /// Bearer tokens of node proxies: token → node name.
     pub(crate) tokens: BTreeMap<String, String>,
-    /// Demo mode: a caller on the loopback of this node's netns is this node's proxy.
+    /// File-source demo mode: a caller on the loopback of this node's netns is this node's
+    /// proxy.
     pub(crate) trust_loopback: bool,
 }
 
@@ -27,13 +28,8 @@ impl CallerPolicy {
     /// In order: a client certificate `spiffe://<trust domain>/node/<node>`, a known bearer
     /// token, then (demo mode) the loopback address.
     pub(crate) fn caller_node(&self, caller: &Credentials, settings: &Settings) -> Option<String> {
-        if let Some(id) = &caller.peer_identity
-            && id.trust_domain().as_str() == settings.trust_domain.as_str()
-            && let Some(node) = id.path().strip_prefix("/node/")
-            && !node.is_empty()
-            && !node.contains('/')
-        {
-            return Some(node.to_owned());
+        if let Some(node) = self.certificate_node(caller, settings) {
+            return Some(node);
         }
         if let Some(token) = &caller.bearer_token
             && let Some(node) = self.tokens.get(token)
@@ -45,6 +41,21 @@ impl CallerPolicy {
             return Some(settings.node.clone());
         }
         None
+    }
+
+    /// The node of a client certificate `spiffe://<trust domain>/node/<node>`, if the caller
+    /// presented one.
+    pub(crate) fn certificate_node(
+        &self,
+        caller: &Credentials,
+        settings: &Settings,
+    ) -> Option<String> {
+        let id = caller.peer_identity.as_ref()?;
+        let node = id.path().strip_prefix("/node/")?;
+        (id.trust_domain().as_str() == settings.trust_domain.as_str()
+            && !node.is_empty()
+            && !node.contains('/'))
+        .then(|| node.to_owned())
     }
 
     /// The policy of the command line: the tokens of `tokens_file` (none when unset) and
