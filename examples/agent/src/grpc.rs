@@ -145,4 +145,4 @@ fn bind_private(private: &Path, path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
