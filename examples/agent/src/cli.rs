@@ -444,7 +444,11 @@ mod tests {
             with(&["--ca-trust-loopback", "true"]).is_err(),
             "loopback trust is for the file-source demo only"
         );
-        assert!(!with(&["--ca-trust-loopback", "false"]).unwrap().trust_loopback());
+        assert!(
+            !with(&["--ca-trust-loopback", "false"])
+                .unwrap()
+                .trust_loopback()
+        );
         let a = with(&[
             "--token-audiences",
             "istio-ca,other",

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use crate::ca::auth::CallerPolicy;
 use crate::ca::authn::Authenticator;
-use crate::ca::tokenreview::TokenReviewer;
 use crate::ca::files as ca_files;
 use crate::ca::service::NodeAuthorizer;
+use crate::ca::tokenreview::TokenReviewer;
 use crate::cli::Args;
 use crate::desired::Settings;
 use crate::driver::{Driver, Inputs};
@@ -153,7 +153,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // xDS admits the callers the CA recognises as node proxies.
     let authenticator = Arc::new(Authenticator {
         policy: callers,
-        reviewer: opened.client.clone().map(|client| reviewer(client.0, &args)),
+        reviewer: opened
+            .client
+            .clone()
+            .map(|client| reviewer(client.0, &args)),
         settings: settings.clone(),
         metrics: metrics.clone(),
     });

@@ -209,7 +209,10 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             .args(["--xds-address", &xds.to_string()])
             .args(["--metrics-address", &metrics.to_string()])
             .args(["--reconcile-interval", "1s"])
-            .args(["--ca-trusted-node-accounts", "meshwire-system/meshwire-proxy"])
+            .args([
+                "--ca-trusted-node-accounts",
+                "meshwire-system/meshwire-proxy",
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(
@@ -232,7 +235,8 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             wait_for("the CNI socket", LONG, || cni_socket.exists()).await;
             // The proxy authenticates with its token: the loopback is not trusted.
             refused_without_token(channel(xds, &root), metrics).await;
-            let (store, xds_task) = xds_client(channel(xds, &root), "n1", Some(token.clone())).await;
+            let (store, xds_task) =
+                xds_client(channel(xds, &root), "n1", Some(token.clone())).await;
             let mut world = World {
                 api: api.clone(),
                 uids,
@@ -292,10 +296,8 @@ async fn refused_without_token(channel: tonic::transport::Channel, metrics: Sock
         type_url: meshwire_xds_workload::resource::ADDRESS_TYPE_URL.to_owned(),
         ..Default::default()
     };
-    let requests = tokio_stream::StreamExt::chain(
-        tokio_stream::once(first),
-        tokio_stream::pending(),
-    );
+    let requests =
+        tokio_stream::StreamExt::chain(tokio_stream::once(first), tokio_stream::pending());
     let refused = AggregatedDiscoveryServiceClient::new(channel)
         .delta_aggregated_resources(requests)
         .await

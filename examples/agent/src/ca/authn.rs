@@ -166,7 +166,8 @@ impl Authenticator {
         caller: &Credentials,
         endpoint: Endpoint,
     ) -> Refusal {
-        self.metrics.refusal(endpoint.as_str(), refusal.reason.as_str());
+        self.metrics
+            .refusal(endpoint.as_str(), refusal.reason.as_str());
         warn!(
             endpoint = endpoint.as_str(),
             reason = refusal.reason.as_str(),

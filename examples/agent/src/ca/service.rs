@@ -39,7 +39,10 @@ impl NodeAuthorizer {
             metrics.failure("certificate_denied");
             let refusal = Refusal::new(
                 reason,
-                format!("{}: {message} (caller: proxy of node {node:?})", req.requested),
+                format!(
+                    "{}: {message} (caller: proxy of node {node:?})",
+                    req.requested
+                ),
             );
             self.authenticator
                 .refused(refusal, &req.credentials, Endpoint::Ca)

@@ -153,7 +153,9 @@ impl TokenReviewer {
             .map_err(|e| Refusal::new(Reason::ReviewFailed, format!("TokenReview failed: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            let why = status.error.unwrap_or_else(|| "not authenticated".to_owned());
+            let why = status
+                .error
+                .unwrap_or_else(|| "not authenticated".to_owned());
             return Err(Refusal::new(
                 Reason::InvalidToken,
                 format!(

@@ -32,7 +32,12 @@ pub const PROXY_ACCOUNT: (&str, &str) = ("meshwire-system", "meshwire-proxy");
 /// audience `istio-ca` (what the proxy's projected token volume holds).
 pub async fn proxy_token(client: &kube::Client, node: &str) -> String {
     let (ns, sa) = PROXY_ACCOUNT;
-    if Api::<Namespace>::all(client.clone()).get_opt(ns).await.unwrap().is_none() {
+    if Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .unwrap()
+        .is_none()
+    {
         create_namespace(client, ns).await;
         let account = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
         Api::<ServiceAccount>::namespaced(client.clone(), ns)

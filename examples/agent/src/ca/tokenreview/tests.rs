@@ -66,7 +66,8 @@ async fn token(
 ) -> String {
     let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
     if let Some((name, uid)) = bound {
-        spec["boundObjectRef"] = json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid});
+        spec["boundObjectRef"] =
+            json!({"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid});
     }
     let request: TokenRequest = serde_json::from_value(json!({ "spec": spec })).unwrap();
     let issued = Api::<ServiceAccount>::namespaced(client.clone(), PROXY_NS)
@@ -122,7 +123,13 @@ async fn proxy_tokens_are_reviewed_by_the_api_server() {
     let wrong_audience = token(&client, PROXY_SA, "other", Some(("proxy-a", &a_uid))).await;
     let untrusted = token(&client, "other", "istio-ca", Some(("intruder", &other_uid))).await;
     let unbound = token(&client, PROXY_SA, "istio-ca", None).await;
-    let gone = token(&client, PROXY_SA, "istio-ca", Some(("proxy-gone", &gone_uid))).await;
+    let gone = token(
+        &client,
+        PROXY_SA,
+        "istio-ca",
+        Some(("proxy-gone", &gone_uid)),
+    )
+    .await;
     Api::<Pod>::namespaced(client.clone(), PROXY_NS)
         .delete("proxy-gone", &DeleteParams::default().grace_period(0))
         .await
@@ -165,9 +172,17 @@ async fn proxy_tokens_are_reviewed_by_the_api_server() {
     // Refused callers, at the CA and at xDS.
     let refused = [
         (None, Code::Unauthenticated, "no_credentials"),
-        (Some(&wrong_audience), Code::Unauthenticated, "invalid_token"),
+        (
+            Some(&wrong_audience),
+            Code::Unauthenticated,
+            "invalid_token",
+        ),
         (Some(&gone), Code::Unauthenticated, "invalid_token"),
-        (Some(&untrusted), Code::PermissionDenied, "untrusted_account"),
+        (
+            Some(&untrusted),
+            Code::PermissionDenied,
+            "untrusted_account",
+        ),
         (Some(&unbound), Code::PermissionDenied, "not_pod_bound"),
     ];
     for (token, code, reason) in refused {
@@ -234,7 +249,11 @@ fn pod_bound_users() {
         ("meshwire-system".into(), "meshwire-proxy".into())
     );
     assert_eq!(bound_pod(&user), Some(("proxy-a".into(), "u-1".into())));
-    for name in ["admin", "system:serviceaccount:ns", "system:serviceaccount:ns:a:b"] {
+    for name in [
+        "admin",
+        "system:serviceaccount:ns",
+        "system:serviceaccount:ns:a:b",
+    ] {
         let user = UserInfo {
             username: Some(name.into()),
             ..Default::default()
