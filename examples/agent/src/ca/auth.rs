@@ -12,14 +12,24 @@ use meshwire_svid::service::server::Credentials;
 use crate::desired::Settings;
 use crate::workloads::Cluster;
 
-/// How callers are recognised as the proxy of a node.
-#[derive(Debug, Clone, Default)]
+/// How callers are recognised as the proxy of a node. [`Debug`](fmt::Debug) shows the nodes
+/// of the tokens, not the tokens.
+#[derive(Clone, Default)]
 pub(crate) struct CallerPolicy {
     /// Bearer tokens of node proxies: token → node name.
     pub(crate) tokens: BTreeMap<String, String>,
     /// File-source demo mode: a caller on the loopback of this node's netns is this node's
     /// proxy.
     pub(crate) trust_loopback: bool,
+}
+
+impl fmt::Debug for CallerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallerPolicy")
+            .field("token_nodes", &self.tokens.values().collect::<Vec<_>>())
+            .field("trust_loopback", &self.trust_loopback)
+            .finish()
+    }
 }
 
 impl CallerPolicy {
@@ -322,6 +332,19 @@ mod tests {
         };
         assert_eq!(strict.caller_node(&at("127.0.0.1:4000", None), &s), None);
         assert_eq!(strict.caller_node(&Credentials::default(), &s), None);
+    }
+
+    #[test]
+    fn debug_does_not_show_tokens() {
+        let policy = CallerPolicy {
+            tokens: CallerPolicy::parse_tokens("node-2 s3cret\n").unwrap(),
+            trust_loopback: false,
+        };
+        let shown = format!("{policy:?}");
+        assert!(
+            shown.contains("node-2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
