@@ -82,13 +82,14 @@ struct Admitted {
 }
 
 impl TokenReviewer {
-    /// A reviewer asking `client`'s API server, for tokens of `audiences` (none: the default
-    /// audience), admitting the `trusted` accounts.
+    /// A reviewer asking `client`'s API server, for tokens of `audiences` (none, or only
+    /// empty ones: the default audience), admitting the `trusted` accounts.
     pub(crate) fn new(
         client: kube::Client,
         audiences: Vec<String>,
         trusted: BTreeSet<Account>,
     ) -> Self {
+        let audiences: Vec<String> = audiences.into_iter().filter(|a| !a.is_empty()).collect();
         let audiences = if audiences.is_empty() {
             vec![DEFAULT_AUDIENCE.to_owned()]
         } else {

@@ -138,7 +138,8 @@ async fn proxy_tokens_are_reviewed_by_the_api_server() {
     let metrics = Arc::new(Metrics::new());
     let reviewer = TokenReviewer::new(
         client.clone(),
-        Vec::new(),
+        // As `TOKEN_AUDIENCES=""` gives: the default audience, istio-ca.
+        vec![String::new()],
         parse_accounts(&format!("{PROXY_NS}/{PROXY_SA}")).unwrap(),
     );
     let authenticator = Arc::new(Authenticator {
