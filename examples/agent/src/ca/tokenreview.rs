@@ -13,7 +13,8 @@
 //!
 //! Admissions are remembered for [`CACHE_TTL`] (at most [`CACHE_CAPACITY`] tokens), so a
 //! proxy that asks for many certificates costs one review; a deleted proxy pod therefore
-//! keeps its admission for at most that long.
+//! keeps its admission for at most that long. At most [`MAX_CONCURRENT_REVIEWS`] reviews run
+//! at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -31,6 +32,10 @@ pub(crate) const CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// How many admitted tokens are remembered at most.
 pub(crate) const CACHE_CAPACITY: usize = 256;
+
+/// How many reviews (with their pod reads) run at once; more callers wait, so a flood of
+/// bogus tokens costs the API server at most this many requests at a time.
+pub(crate) const MAX_CONCURRENT_REVIEWS: usize = 4;
 
 /// The audience proxy tokens are checked for when none is configured (upstream's default).
 pub(crate) const DEFAULT_AUDIENCE: &str = "istio-ca";
@@ -63,6 +68,7 @@ pub(crate) struct TokenReviewer {
     audiences: Vec<String>,
     trusted: BTreeSet<Account>,
     cache: Mutex<HashMap<String, Admitted>>,
+    reviews: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -100,11 +106,21 @@ impl TokenReviewer {
             audiences,
             trusted,
             cache: Mutex::new(HashMap::new()),
+            reviews: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
         }
     }
 
     /// The node of the proxy pod `token` belongs to, or why it is refused.
     pub(crate) async fn node_of(&self, token: &str) -> Result<String, Refusal> {
+        if let Some(node) = self.cached(token) {
+            return Ok(node);
+        }
+        let _permit = self
+            .reviews
+            .acquire()
+            .await
+            .map_err(|_| Refusal::new(Reason::ReviewFailed, "token reviews are shut down"))?;
+        // A review of the same token may have finished while this one waited.
         if let Some(node) = self.cached(token) {
             return Ok(node);
         }

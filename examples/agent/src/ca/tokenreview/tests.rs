@@ -279,3 +279,84 @@ fn pod_bound_users() {
     assert_eq!(check("meshwire-proxy", "u-2"), Err(Reason::PodMismatch));
     assert_eq!(check("other", "u-1"), Err(Reason::PodMismatch));
 }
+
+/// A stand-in API server that answers every request "not authenticated", each answer held
+/// until `release` turns true; it counts the requests it is serving at once.
+#[derive(Clone)]
+struct Stalling {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    total: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Receiver<bool>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<kube::client::Body>> for Stalling {
+    type Response = tonic::codegen::http::Response<http_body_util::Full<hyper::body::Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<kube::client::Body>) -> Self::Future {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_flight.fetch_add(1, SeqCst);
+        self.total.fetch_add(1, SeqCst);
+        let (in_flight, mut release) = (self.in_flight.clone(), self.release.clone());
+        Box::pin(async move {
+            release.wait_for(|r| *r).await.unwrap();
+            in_flight.fetch_sub(1, SeqCst);
+            let body = json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": ""},
+                "status": {"authenticated": false, "error": "unknown token"},
+            });
+            Ok(tonic::codegen::http::Response::builder()
+                .status(201)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(body.to_string().into()))
+                .unwrap())
+        })
+    }
+}
+
+#[tokio::test]
+async fn only_a_few_reviews_run_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (release, released) = tokio::sync::watch::channel(false);
+    let api = Stalling {
+        in_flight: Arc::default(),
+        total: Arc::default(),
+        release: released,
+    };
+    let reviewer = Arc::new(TokenReviewer::new(
+        kube::Client::new(api.clone(), "default"),
+        Vec::new(),
+        parse_accounts("meshwire-system/meshwire-proxy").unwrap(),
+    ));
+    let callers = MAX_CONCURRENT_REVIEWS + 4;
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let reviewer = reviewer.clone();
+            tokio::spawn(async move { reviewer.node_of(&format!("bogus-{i}")).await })
+        })
+        .collect();
+    // On this single-threaded runtime, yielding lets every caller run as far as it can.
+    while api.in_flight.load(SeqCst) < MAX_CONCURRENT_REVIEWS {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(api.in_flight.load(SeqCst), MAX_CONCURRENT_REVIEWS);
+    release.send(true).unwrap();
+    for task in tasks {
+        let refused = task.await.unwrap().unwrap_err();
+        assert_eq!(refused.reason, Reason::InvalidToken, "{}", refused.message);
+    }
+    assert_eq!(api.total.load(SeqCst), callers, "every caller was reviewed");
+}
