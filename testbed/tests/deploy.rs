@@ -98,6 +98,7 @@ fn manifests_pass_a_server_side_dry_run_and_rbac_is_least_privilege() {
     };
     for (verb, what) in [
         ("watch", "pods"),
+        ("get", "pods"),
         ("list", "namespaces"),
         ("list", "services"),
         ("watch", "endpointslices.discovery.k8s.io"),

@@ -1,10 +1,13 @@
 //! Command line and environment configuration.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+use crate::ca::tokenreview::Account;
 
 /// Node agent: enrolls pods by namespace label, hands their network namespace to the node
 /// proxy over ZDS, installs the in-pod redirection rules, serves workload xDS and signs
@@ -138,9 +141,31 @@ pub(crate) struct Args {
     pub(crate) proxy_tokens: Option<PathBuf>,
 
     /// Take any caller on this netns's loopback to be this node's proxy, for the CA and xDS
-    /// (demo mode).
-    #[arg(long, env = "CA_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub(crate) ca_trust_loopback: bool,
+    /// (demo mode). Default: on with the file source, off with Kubernetes, which refuses it.
+    #[arg(long, env = "CA_TRUST_LOOPBACK", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub(crate) ca_trust_loopback: Option<bool>,
+
+    /// Audiences proxy service-account tokens are reviewed for (`--source kubernetes`),
+    /// comma separated.
+    #[arg(
+        long,
+        env = "TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = crate::ca::tokenreview::DEFAULT_AUDIENCE
+    )]
+    pub(crate) token_audiences: Vec<String>,
+
+    /// Service accounts of node proxies, `<namespace>/<name>` comma separated
+    /// (`--source kubernetes`): a token that a TokenReview admits must be one of them, bound
+    /// to a pod; the pod's node is the caller's. Empty: service-account tokens are refused.
+    #[arg(
+        long,
+        env = "CA_TRUSTED_NODE_ACCOUNTS",
+        value_name = "NS/SA,...",
+        default_value = "",
+        value_parser = crate::ca::tokenreview::parse_accounts
+    )]
+    pub(crate) ca_trusted_node_accounts: BTreeSet<Account>,
 
     /// Directory of the nodes' pod status files (`--source file`): this agent writes
     /// `<node-name>.json` (the pods of this node that are fully enrolled) and advertises a
@@ -180,7 +205,20 @@ impl Args {
                 "--workloads <FILE> is required with the file source (the default; or use --source kubernetes)",
             ));
         }
+        if parsed.source == SourceKind::Kubernetes && parsed.ca_trust_loopback == Some(true) {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--ca-trust-loopback is for the file-source demo: with Kubernetes, proxies authenticate with their service-account token",
+            ));
+        }
         Ok(parsed)
+    }
+
+    /// Whether loopback callers are this node's proxy: as set, else only with the file
+    /// source.
+    pub(crate) fn trust_loopback(&self) -> bool {
+        self.ca_trust_loopback
+            .unwrap_or(self.source == SourceKind::File)
     }
 
     /// The pod status directory, or `None` when turned off with `none` (or without a
@@ -296,7 +334,9 @@ mod tests {
         );
         assert_eq!(a.cluster_id, "Kubernetes");
         assert_eq!(a.proxy_tokens, None);
-        assert!(a.ca_trust_loopback);
+        assert!(a.trust_loopback(), "on for the file source");
+        assert_eq!(a.token_audiences, ["istio-ca"]);
+        assert!(a.ca_trusted_node_accounts.is_empty());
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.source, SourceKind::File);
         assert_eq!(a.workloads, Some(PathBuf::from("w.yaml")));
@@ -326,7 +366,7 @@ mod tests {
         assert_eq!(with("none"), None, "`none` turns the gating off");
         assert_eq!(with("/run/s"), Some(PathBuf::from("/run/s")));
         let a = parse(&["--ca-trust-loopback", "false"]).unwrap();
-        assert!(!a.ca_trust_loopback);
+        assert!(!a.trust_loopback());
     }
 
     #[test]
@@ -358,6 +398,10 @@ mod tests {
             ("host-proc", "HOST_PROC"),
             ("cluster-domain", "CLUSTER_DOMAIN"),
             ("root-namespace", "ROOT_NAMESPACE"),
+            ("ca-trust-loopback", "CA_TRUST_LOOPBACK"),
+            ("token-audiences", "TOKEN_AUDIENCES"),
+            ("ca-trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS"),
+            ("proxy-tokens", "PROXY_TOKENS_FILE"),
         ] {
             assert_eq!(
                 arg(long).get_env().and_then(|e| e.to_str()),
@@ -393,6 +437,36 @@ mod tests {
         assert_eq!(a.workloads, None);
         assert_eq!(a.pod_status_dir(), None);
         assert_eq!(a.kubeconfig, Some(PathBuf::from("/etc/k")));
+        assert!(!a.trust_loopback(), "off with Kubernetes");
+        let kube = ["agent", "--source", "kubernetes", "--node-name", "n"];
+        let with = |extra: &[&str]| Args::try_parse_checked(kube.iter().chain(extra));
+        assert!(
+            with(&["--ca-trust-loopback", "true"]).is_err(),
+            "loopback trust is for the file-source demo only"
+        );
+        assert!(
+            !with(&["--ca-trust-loopback", "false"])
+                .unwrap()
+                .trust_loopback()
+        );
+        let a = with(&[
+            "--token-audiences",
+            "istio-ca,other",
+            "--ca-trusted-node-accounts",
+            "meshwire-system/meshwire-proxy, istio-system/ztunnel",
+        ])
+        .unwrap();
+        assert_eq!(a.token_audiences, ["istio-ca", "other"]);
+        assert_eq!(
+            a.ca_trusted_node_accounts.into_iter().collect::<Vec<_>>(),
+            [
+                ("istio-system".to_owned(), "ztunnel".to_owned()),
+                ("meshwire-system".to_owned(), "meshwire-proxy".to_owned())
+            ]
+        );
+        for bad in ["meshwire-proxy", "ns/", "/sa", "a/b/c"] {
+            assert!(with(&["--ca-trusted-node-accounts", bad]).is_err(), "{bad}");
+        }
         assert!(
             Args::try_parse_checked(["agent", "--source", "file", "--node-name", "n"]).is_err()
         );

@@ -2,9 +2,10 @@
 //! optionally xDS in plaintext on a unix socket.
 //!
 //! Both endpoints admit only node proxies. On the TLS port an xDS stream must come from a
-//! caller the CA recognises ([`XdsGate`]: a node client certificate, a proxy token, or, in
-//! demo mode, this node's loopback); the unix socket is created with mode 0600, so only its
-//! owner (root) can connect.
+//! caller the CA recognises ([`XdsGate`], [`Authenticator`]: a node client certificate, a
+//! proxy token, a reviewed projected service-account token, or, in file-source demo mode,
+//! this node's loopback); the unix socket is created with mode 0600, so only its owner
+//! (root) can connect.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,67 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshwire_svid::service::server::{CertificateService, Credentials};
+use meshwire_svid::service::server::CertificateService;
 use meshwire_svid::{IdentityPolicy, TrustBundleSet, TrustDomain};
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
-use tracing::{debug, error, warn};
+use tracing::error;
 
-use crate::ca::auth::CallerPolicy;
+use crate::ca::authn::Authenticator;
 use crate::ca::files::CaMaterial;
 use crate::ca::service::NodeAuthorizer;
-use crate::desired::Settings;
-use crate::metrics::Metrics;
+
+mod gate;
+
+pub(crate) use gate::XdsGate;
 
 /// Mode of the plaintext xDS unix socket: only its owner may connect.
 pub(crate) const XDS_SOCKET_MODE: u32 = 0o600;
-
-/// Admits an xDS stream on the TLS port only from a caller the CA recognises as a node
-/// proxy, by the same rules ([`CallerPolicy::caller_node`]); any other caller gets
-/// `UNAUTHENTICATED` before a single workload is sent.
-#[derive(Debug, Clone)]
-pub(crate) struct XdsGate {
-    callers: Arc<CallerPolicy>,
-    settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
-}
-
-impl XdsGate {
-    pub(crate) fn new(callers: CallerPolicy, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        Self {
-            callers: Arc::new(callers),
-            settings: Arc::new(settings),
-            metrics,
-        }
-    }
-}
-
-impl tonic::service::Interceptor for XdsGate {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let caller = Credentials::of_request(&request);
-        match self.callers.caller_node(&caller, &self.settings) {
-            Some(node) => {
-                debug!(%node, caller = ?caller.remote_addr, "xDS stream admitted");
-                Ok(request)
-            }
-            None => {
-                self.metrics.failure("xds_denied");
-                warn!(
-                    caller = ?caller.remote_addr,
-                    token = caller.bearer_token.is_some(),
-                    certificate = ?caller.peer_identity,
-                    "xDS stream refused: caller is not recognised as a node proxy"
-                );
-                Err(tonic::Status::unauthenticated(
-                    "caller is not recognised as a node proxy: present a node client \
-                     certificate or a proxy token",
-                ))
-            }
-        }
-    }
-}
 
 /// The TLS configuration of the gRPC port: the serving certificate issued by the agent's CA,
 /// and client certificates of the trust domain accepted (not required).
@@ -94,13 +51,13 @@ pub(crate) fn tls_config(
     .context("building the gRPC TLS configuration")
 }
 
-/// Serves xDS (to the callers `gate` admits) and the certificate service over TLS on
-/// `listener` until `shutdown`.
+/// Serves xDS (to the callers `authenticator` recognises) and the certificate service over
+/// TLS on `listener` until `shutdown`.
 pub(crate) async fn serve_tls(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     ads: AdsServer,
-    gate: XdsGate,
+    authenticator: Arc<Authenticator>,
     certificates: CertificateService<NodeAuthorizer>,
     shutdown: CancellationToken,
 ) {
@@ -117,7 +74,7 @@ pub(crate) async fn serve_tls(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(InterceptedService::new(ads.service(), gate))
+        .add_service(XdsGate::new(ads.service(), authenticator))
         .add_service(certificates.into_server())
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
@@ -188,4 +145,4 @@ fn bind_private(private: &Path, path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -24,6 +24,15 @@ pub(crate) struct CauseLabel {
     pub(crate) cause: String,
 }
 
+/// Label set of the caller refusal counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    /// `ca` or `xds`.
+    pub(crate) endpoint: String,
+    /// Why (see `crate::ca::authn`).
+    pub(crate) reason: String,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -50,6 +59,8 @@ pub(crate) struct Metrics {
     pub(crate) certificates_issued: Counter,
     /// `meshwire_agent_workloads_reloads_total`: accepted versions of the workloads file.
     pub(crate) workloads_reloads: Counter,
+    /// `meshwire_agent_caller_refusals_total{endpoint,reason}`: CA and xDS requests refused.
+    pub(crate) caller_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -67,6 +78,7 @@ impl Metrics {
             proxy_resends: Counter::default(),
             certificates_issued: Counter::default(),
             workloads_reloads: Counter::default(),
+            caller_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,7 +136,33 @@ impl Metrics {
             "Versions of the workloads file accepted",
             m.workloads_reloads.clone(),
         );
+        registry.register(
+            "meshwire_agent_caller_refusals",
+            "CA and xDS requests refused, by endpoint (ca, xds) and reason (no_credentials, invalid_token, untrusted_account, not_pod_bound, pod_mismatch, review_failed, other_node, not_enrolled, foreign_identity)",
+            m.caller_refusals.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts a refused CA or xDS request.
+    pub(crate) fn refusal(&self, endpoint: &str, reason: &str) {
+        self.caller_refusals
+            .get_or_create(&RefusalLabels {
+                endpoint: endpoint.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The count of refusals at `endpoint` for `reason`.
+    #[cfg(test)]
+    pub(crate) fn refusals(&self, endpoint: &str, reason: &str) -> u64 {
+        self.caller_refusals
+            .get_or_create(&RefusalLabels {
+                endpoint: endpoint.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     /// Counts a failure with the given cause label.

@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::ca::auth::CallerPolicy;
+use crate::ca::authn::Authenticator;
 use crate::ca::files as ca_files;
 use crate::ca::service::NodeAuthorizer;
+use crate::ca::tokenreview::TokenReviewer;
 use crate::cli::Args;
 use crate::desired::Settings;
 use crate::driver::{Driver, Inputs};
@@ -48,6 +50,17 @@ fn signals() -> anyhow::Result<impl Future<Output = &'static str>> {
     })
 }
 
+/// The reviewer of proxy tokens of the Kubernetes mode.
+fn reviewer(client: kube::Client, args: &Args) -> TokenReviewer {
+    let trusted = &args.ca_trusted_node_accounts;
+    if trusted.is_empty() {
+        warn!("CA_TRUSTED_NODE_ACCOUNTS is empty: proxies' service-account tokens are refused");
+    } else {
+        info!(audiences = ?args.token_audiences, accounts = ?trusted, "proxies authenticate with reviewed service-account tokens");
+    }
+    TokenReviewer::new(client, args.token_audiences.clone(), trusted.clone())
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut stop = std::pin::pin!(signals()?);
@@ -78,7 +91,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .context("cannot manage in-pod redirection rules")?;
     info!(backend = ?backend, "iptables found");
 
-    let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.ca_trust_loopback)?;
+    let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.trust_loopback())?;
 
     let ca = {
         let (cert, key, dir, td) = (
@@ -138,12 +151,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS/CA address {}", args.xds_address))?;
     // xDS admits the callers the CA recognises as node proxies.
-    let gate = grpc::XdsGate::new(callers.clone(), settings.clone(), metrics.clone());
+    let authenticator = Arc::new(Authenticator {
+        policy: callers,
+        reviewer: opened
+            .client
+            .clone()
+            .map(|client| reviewer(client.0, &args)),
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+    });
     let authorizer = NodeAuthorizer {
         cluster: cluster_rx.clone(),
-        settings: settings.clone(),
-        callers,
-        metrics: metrics.clone(),
+        authenticator: authenticator.clone(),
     };
     let cert_service = CertificateService::new(Arc::new(ca.ca), authorizer);
     info!(address = %args.xds_address, root = %ca.root_file.display(), "serving xDS and the CA over TLS");
@@ -151,7 +170,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         grpc_listener,
         tls,
         ads.clone(),
-        gate,
+        authenticator,
         cert_service,
         shutdown.clone(),
     ));

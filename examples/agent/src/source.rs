@@ -36,6 +36,8 @@ pub(crate) struct Opened {
     pub(crate) keep: Option<watch::Sender<Arc<RemoteReady>>>,
     /// The CNI event socket (Kubernetes), to be served after the first pass.
     pub(crate) cni: Option<kube::CniSocket>,
+    /// The API server client (Kubernetes).
+    pub(crate) client: Option<kube::ApiClient>,
 }
 
 /// Opens the source of `args`; its tasks run in `tasks` until `shutdown`. `restored` are
@@ -74,6 +76,7 @@ pub(crate) async fn open(
                 report: NodeReport::Annotations(source.reporter),
                 keep: None,
                 cni: Some(source.cni),
+                client: Some(source.client),
             })
         }
     }
@@ -121,5 +124,6 @@ fn open_file(
         report,
         keep: Some(remote_tx),
         cni: None,
+        client: None,
     })
 }

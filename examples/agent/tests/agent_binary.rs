@@ -116,7 +116,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
 
             // xDS client.
             let channel = channel("127.0.0.1:15012".parse().unwrap(), &root);
-            let (store, ads_task) = xds_client(channel.clone(), "n1").await;
+            let (store, ads_task) = xds_client(channel.clone(), "n1", None).await;
             let hbone = |uid: &str| {
                 store
                     .workload_by_uid(uid)

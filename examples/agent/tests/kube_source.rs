@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use common::kube::{
     Seen, annotate, annotation, client, cni_event, create_namespace, create_pod,
-    install_policy_crd, label, policies, stand_in_proxy, wait_annotation,
+    install_policy_crd, label, policies, proxy_token, stand_in_proxy, wait_annotation,
 };
 use common::{
     channel, free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client,
@@ -179,7 +179,7 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
         .build()
         .unwrap();
     let api = rt.block_on(client(&kubeconfig));
-    let uids = rt.block_on(async {
+    let (uids, token) = rt.block_on(async {
         create_namespace(&api, "shop").await;
         create_namespace(&api, "legacy").await;
         install_policy_crd(&api).await;
@@ -196,7 +196,7 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             "server-1",
             create_pod(&api, "shop", "server-1", "n2", remote).await,
         );
-        uids
+        (uids, proxy_token(&api, "n1").await)
     });
 
     let spawn_agent = || {
@@ -209,6 +209,10 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             .args(["--xds-address", &xds.to_string()])
             .args(["--metrics-address", &metrics.to_string()])
             .args(["--reconcile-interval", "1s"])
+            .args([
+                "--ca-trusted-node-accounts",
+                "meshwire-system/meshwire-proxy",
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(
@@ -229,7 +233,10 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
             let root = state.join("root-cert.pem");
             wait_for("the agent's root certificate", LONG, || root.exists()).await;
             wait_for("the CNI socket", LONG, || cni_socket.exists()).await;
-            let (store, xds_task) = xds_client(channel(xds, &root), "n1").await;
+            // The proxy authenticates with its token: the loopback is not trusted.
+            refused_without_token(channel(xds, &root), metrics).await;
+            let (store, xds_task) =
+                xds_client(channel(xds, &root), "n1", Some(token.clone())).await;
             let mut world = World {
                 api: api.clone(),
                 uids,
@@ -281,6 +288,33 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
 
 /// Sandboxes reported before and after the label; the label enrolls the pods of the
 /// namespace in order (proxy, then rules, then HBONE and the annotation).
+/// An xDS stream without a token is refused (Kubernetes mode trusts no loopback caller),
+/// and counted.
+async fn refused_without_token(channel: tonic::transport::Channel, metrics: SocketAddr) {
+    use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let first = DeltaDiscoveryRequest {
+        type_url: meshwire_xds_workload::resource::ADDRESS_TYPE_URL.to_owned(),
+        ..Default::default()
+    };
+    let requests =
+        tokio_stream::StreamExt::chain(tokio_stream::once(first), tokio_stream::pending());
+    let refused = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(requests)
+        .await
+        .expect_err("an xDS stream without a token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let text = metrics_text(metrics).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"meshwire_agent_caller_refusals_total{endpoint="xds",reason="no_credentials"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 async fn enroll_by_label(w: &mut World<'_>) {
     wait_for("every pod over xDS", LONG, || {
         ["client-1", "old-1", "client-2", "server-1"]

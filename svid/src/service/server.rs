@@ -108,6 +108,10 @@ pub enum Denial {
     /// The caller is known but may not have the identity (gRPC `PERMISSION_DENIED`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The authorizer cannot decide now, e.g. its identity provider is unreachable (gRPC
+    /// `UNAVAILABLE`: the caller may retry).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<Denial> for Status {
@@ -115,6 +119,7 @@ impl From<Denial> for Status {
         match d {
             Denial::Unauthenticated(m) => Self::unauthenticated(m),
             Denial::PermissionDenied(m) => Self::permission_denied(m),
+            Denial::Unavailable(m) => Self::unavailable(m),
         }
     }
 }

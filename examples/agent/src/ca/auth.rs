@@ -12,13 +12,24 @@ use meshwire_svid::service::server::Credentials;
 use crate::desired::Settings;
 use crate::workloads::Cluster;
 
-/// How callers are recognised as the proxy of a node.
-#[derive(Debug, Clone, Default)]
+/// How callers are recognised as the proxy of a node. [`Debug`](fmt::Debug) shows the nodes
+/// of the tokens, not the tokens.
+#[derive(Clone, Default)]
 pub(crate) struct CallerPolicy {
     /// Bearer tokens of node proxies: token → node name.
     pub(crate) tokens: BTreeMap<String, String>,
-    /// Demo mode: a caller on the loopback of this node's netns is this node's proxy.
+    /// File-source demo mode: a caller on the loopback of this node's netns is this node's
+    /// proxy.
     pub(crate) trust_loopback: bool,
+}
+
+impl fmt::Debug for CallerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallerPolicy")
+            .field("token_nodes", &self.tokens.values().collect::<Vec<_>>())
+            .field("trust_loopback", &self.trust_loopback)
+            .finish()
+    }
 }
 
 impl CallerPolicy {
@@ -27,13 +38,8 @@ impl CallerPolicy {
     /// In order: a client certificate `spiffe://<trust domain>/node/<node>`, a known bearer
     /// token, then (demo mode) the loopback address.
     pub(crate) fn caller_node(&self, caller: &Credentials, settings: &Settings) -> Option<String> {
-        if let Some(id) = &caller.peer_identity
-            && id.trust_domain().as_str() == settings.trust_domain.as_str()
-            && let Some(node) = id.path().strip_prefix("/node/")
-            && !node.is_empty()
-            && !node.contains('/')
-        {
-            return Some(node.to_owned());
+        if let Some(node) = self.certificate_node(caller, settings) {
+            return Some(node);
         }
         if let Some(token) = &caller.bearer_token
             && let Some(node) = self.tokens.get(token)
@@ -45,6 +51,21 @@ impl CallerPolicy {
             return Some(settings.node.clone());
         }
         None
+    }
+
+    /// The node of a client certificate `spiffe://<trust domain>/node/<node>`, if the caller
+    /// presented one.
+    pub(crate) fn certificate_node(
+        &self,
+        caller: &Credentials,
+        settings: &Settings,
+    ) -> Option<String> {
+        let id = caller.peer_identity.as_ref()?;
+        let node = id.path().strip_prefix("/node/")?;
+        (id.trust_domain().as_str() == settings.trust_domain.as_str()
+            && !node.is_empty()
+            && !node.contains('/'))
+        .then(|| node.to_owned())
     }
 
     /// The policy of the command line: the tokens of `tokens_file` (none when unset) and
@@ -311,6 +332,19 @@ mod tests {
         };
         assert_eq!(strict.caller_node(&at("127.0.0.1:4000", None), &s), None);
         assert_eq!(strict.caller_node(&Credentials::default(), &s), None);
+    }
+
+    #[test]
+    fn debug_does_not_show_tokens() {
+        let policy = CallerPolicy {
+            tokens: CallerPolicy::parse_tokens("node-2 s3cret\n").unwrap(),
+            trust_loopback: false,
+        };
+        let shown = format!("{policy:?}");
+        assert!(
+            shown.contains("node-2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]

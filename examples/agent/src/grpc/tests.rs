@@ -4,7 +4,10 @@ use meshwire_xds_workload::pb::envoy::service::discovery::v3::DeltaDiscoveryRequ
 use meshwire_xds_workload::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use tokio_stream::StreamExt as _;
 
+use crate::ca::auth::CallerPolicy;
+use crate::ca::authn::Authenticator;
 use crate::ca::files;
+use crate::metrics::Metrics;
 use crate::workloads::Cluster;
 use crate::workloads::tests::{EXAMPLE, settings};
 
@@ -45,6 +48,24 @@ async fn the_xds_socket_is_for_its_owner_only() {
 
 /// Serves xDS and the CA over TLS on a loopback port with `callers`; returns a channel to it.
 async fn serve(callers: CallerPolicy, shutdown: &CancellationToken) -> tonic::transport::Channel {
+    let authenticator = Arc::new(Authenticator {
+        policy: callers,
+        reviewer: None,
+        settings: settings("node-1"),
+        metrics: Arc::new(Metrics::new()),
+    });
+    let cluster = Cluster::from_yaml(EXAMPLE).unwrap();
+    serve_with(authenticator, cluster, shutdown).await.1
+}
+
+/// Serves xDS and the CA over TLS on a loopback port, recognising callers with
+/// `authenticator` and authorizing them against `cluster`; returns the CA root (PEM) and a
+/// channel to the server.
+pub(crate) async fn serve_with(
+    authenticator: Arc<Authenticator>,
+    cluster: Cluster,
+    shutdown: &CancellationToken,
+) -> (String, tonic::transport::Channel) {
     let state = tempfile::tempdir().unwrap();
     let td = TrustDomain::new("cluster.local").unwrap();
     let ca = files::load_or_create(None, None, state.path(), &td).unwrap();
@@ -52,20 +73,16 @@ async fn serve(callers: CallerPolicy, shutdown: &CancellationToken) -> tonic::tr
     let tls = tls_config(&ca, &td).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let metrics = Arc::new(Metrics::new());
-    let s = settings("node-1");
-    let (_, cluster) = tokio::sync::watch::channel(Arc::new(Cluster::from_yaml(EXAMPLE).unwrap()));
+    let (_, cluster) = tokio::sync::watch::channel(Arc::new(cluster));
     let authorizer = NodeAuthorizer {
         cluster,
-        settings: s.clone(),
-        callers: callers.clone(),
-        metrics: metrics.clone(),
+        authenticator: authenticator.clone(),
     };
     tokio::spawn(serve_tls(
         listener,
         tls,
         AdsServer::default(),
-        XdsGate::new(callers, s, metrics),
+        authenticator,
         CertificateService::new(Arc::new(ca.ca), authorizer),
         shutdown.clone(),
     ));
@@ -75,13 +92,15 @@ async fn serve(callers: CallerPolicy, shutdown: &CancellationToken) -> tonic::tr
         None,
     )
     .unwrap();
-    meshwire_svid::tls::channel(&format!("https://127.0.0.1:{port}"), Arc::new(client), None)
-        .unwrap()
+    let channel =
+        meshwire_svid::tls::channel(&format!("https://127.0.0.1:{port}"), Arc::new(client), None)
+            .unwrap();
+    (root, channel)
 }
 
 /// Opens a Delta ADS stream (with `authorization: Bearer <token>` if given); `Ok` once the
 /// server accepted it.
-async fn open_xds(
+pub(crate) async fn open_xds(
     channel: &tonic::transport::Channel,
     token: Option<&str>,
 ) -> Result<(), tonic::Status> {

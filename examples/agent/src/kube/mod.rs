@@ -82,6 +82,18 @@ pub(crate) struct Source {
     pub(crate) reporter: annotate::Reporter,
     /// The CNI event socket, to be served once the first pass is done.
     pub(crate) cni: CniSocket,
+    /// The API server client (the CA reviews proxy tokens with it).
+    pub(crate) client: ApiClient,
+}
+
+/// A client of the API server.
+#[derive(Clone)]
+pub(crate) struct ApiClient(pub(crate) kube::Client);
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiClient")
+    }
 }
 
 /// The bound CNI event socket and what its answers need.
@@ -277,7 +289,7 @@ pub(crate) async fn start(
 
     let (reporter, patcher) = annotate::channel(config.settings);
     tasks.spawn(patcher.run(
-        client,
+        client.clone(),
         stores.pods.clone(),
         changed.subscribe(),
         node,
@@ -299,6 +311,7 @@ pub(crate) async fn start(
         remote: remote_rx,
         reporter,
         cni,
+        client: ApiClient(client),
     })
 }
 

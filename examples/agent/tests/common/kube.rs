@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -23,6 +23,55 @@ use super::rules_installed;
 pub const LABEL: &str = "io.cilium/mtls-enabled";
 /// The pod annotation that reports enrollment.
 pub const ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// Namespace and service account of the node proxies (as in `deploy/`).
+pub const PROXY_ACCOUNT: (&str, &str) = ("meshwire-system", "meshwire-proxy");
+
+/// Plays the node proxy of `node` as Kubernetes knows it: the proxy service account, a
+/// host-network pod of it on `node`, and a token of that account bound to the pod for the
+/// audience `istio-ca` (what the proxy's projected token volume holds).
+pub async fn proxy_token(client: &kube::Client, node: &str) -> String {
+    let (ns, sa) = PROXY_ACCOUNT;
+    if Api::<Namespace>::all(client.clone())
+        .get_opt(ns)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        create_namespace(client, ns).await;
+        let account = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap();
+    }
+    let name = format!("proxy-{node}");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": true,
+            "serviceAccountName": sa,
+            "containers": [{"name": "proxy", "image": "example.invalid/proxy:1"}]
+        }
+    }))
+    .unwrap();
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let request = serde_json::from_value(json!({"spec": {
+        "audiences": ["istio-ca"],
+        "expirationSeconds": 3600,
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": pod.metadata.uid},
+    }}))
+    .unwrap();
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    issued.status.unwrap().token.unwrap()
+}
 
 /// A client of the test API server, from its kubeconfig.
 pub async fn client(kubeconfig: &Path) -> kube::Client {

@@ -116,14 +116,17 @@ pub fn channel(address: SocketAddr, root: &Path) -> tonic::transport::Channel {
     meshwire_svid::tls::channel(&format!("https://{address}"), Arc::new(tls), None).unwrap()
 }
 
-/// An xDS client over `channel` (as the proxy of `node`) that fills a [`WorkloadStore`];
-/// returns the store once the first response is in, and the task (abort it to stop).
+/// An xDS client over `channel` (as the proxy of `node`, sending `token` if given) that
+/// fills a [`WorkloadStore`]; returns the store once the first response is in, and the task
+/// (abort it to stop).
 pub async fn xds_client(
     channel: tonic::transport::Channel,
     node: &str,
+    token: Option<String>,
 ) -> (Arc<WorkloadStore>, tokio::task::JoinHandle<()>) {
     let store = Arc::new(WorkloadStore::new());
     let mut config = ClientConfig::default();
+    config.token = token.map(meshwire_xds_workload::ads::client::TokenSource::Static);
     config.node = NodeInfo::proxy("10.0.0.1".parse().unwrap(), "proxy", "mesh", node);
     let ads = AdsClient::new(config, channel, StoreHandler::new(store.clone())).unwrap();
     let mut synced = ads.synced();
