@@ -1,7 +1,8 @@
 //! Scale of the Kubernetes source: the `agent` binary against a real API server (etcd +
 //! kube-apiserver from `testbed`) holding 1,000 running pods in 100 namespaces on ten
 //! nodes. This node (`n1`) runs 100 of them, in real network namespaces; the others only
-//! reach the agent's xDS. Half of this node's namespaces are enrolled before the agent
+//! reach the agent's xDS. The proxy's xDS client authenticates with a pod-bound token that
+//! the agent reviews, as in a cluster. Half of this node's namespaces are enrolled before the agent
 //! starts.
 //!
 //! Measured, and printed as a table and JSON (several runs, medians; nothing is asserted):
@@ -28,7 +29,7 @@ use meshwire_cni::event::EventKind;
 use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::workload::TunnelProtocol;
 
-use common::kube::{client, cni_event, create_namespace, create_pod, label};
+use common::kube::{client, cni_event, create_namespace, create_pod, label, proxy_token};
 use common::{channel, free_port, xds_client};
 
 const NAMESPACES: usize = 100;
@@ -121,7 +122,7 @@ fn run_once() -> Run {
 
     // The cluster as it is before the agent starts.
     let setup = Instant::now();
-    let (start_uids, flipped_uids) = rt.block_on(async {
+    let (start_uids, flipped_uids, token) = rt.block_on(async {
         let mut start = BTreeSet::new();
         let mut flipped = BTreeSet::new();
         for i in 0..NAMESPACES {
@@ -141,7 +142,7 @@ fn run_once() -> Run {
                 }
             }
         }
-        (start, flipped)
+        (start, flipped, proxy_token(&api, "n1").await)
     });
     eprintln!(
         "  {} pods in {NAMESPACES} namespaces created in {:.1?}",
@@ -185,7 +186,7 @@ fn run_once() -> Run {
                 cni_event(&socket, EventKind::Add, (&ns, &name, ""), &netns, ip).await;
             }
         });
-        let (store, xds_task) = xds_client(channel(xds, &root), "n1").await;
+        let (store, xds_task) = xds_client(channel(xds, &root), "n1", Some(token)).await;
         let total = NAMESPACES * PODS_PER_NAMESPACE;
         wait_until("a complete xDS snapshot", || {
             store.workloads().len() >= total
@@ -241,6 +242,10 @@ fn spawn_agent(
         .arg(state)
         .args(["--xds-address", &xds.to_string()])
         .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--ca-trusted-node-accounts",
+            "meshwire-system/meshwire-proxy",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
