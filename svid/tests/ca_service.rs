@@ -16,7 +16,8 @@ use meshwire_svid::service::pb::istio_certificate_service_server::{
 };
 use meshwire_svid::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use meshwire_svid::service::server::{
-    AuthorizationRequest, Authorizer, CertificateService, Credentials, Denial, serve_tls,
+    AuthorizationRequest, Authorizer, CertificateService, Credentials, Denial, StatsHandle,
+    serve_tls,
 };
 use meshwire_svid::tls::{self, control_plane_client_config, control_plane_server_config};
 use meshwire_svid::verify::SpiffeServerVerifier;
@@ -34,6 +35,8 @@ struct Harness {
     seen: Arc<Mutex<Vec<Credentials>>>,
     /// Every request the authorizer was asked to authorize.
     authorized: Arc<Mutex<Vec<AuthorizationRequest>>>,
+    /// The service's counters.
+    stats: StatsHandle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -66,6 +69,7 @@ async fn start() -> Harness {
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = CertificateService::new(ca.clone(), authorizer);
+    let stats = service.stats();
     tokio::spawn(async move {
         serve_tls(service, listener, Arc::new(tls), async {
             let _ = stopped.await;
@@ -78,6 +82,7 @@ async fn start() -> Harness {
         port,
         seen,
         authorized,
+        stats,
         _stop: stop,
     }
 }
@@ -257,6 +262,7 @@ async fn server_denials_become_grpc_codes() {
             Code::PermissionDenied,
         ),
     ];
+    let refused = cases.len() as u64;
     for (cfg, want, code) in cases {
         let e = client(&h, cfg, None).fetch(&id(want)).await.unwrap_err();
         assert!(
@@ -264,6 +270,10 @@ async fn server_denials_become_grpc_codes() {
             "{want}: {e:?}"
         );
     }
+    let stats = h.stats.get();
+    assert_eq!(stats.issued, 0, "{stats:?}");
+    assert_eq!(stats.unauthenticated + stats.denied, refused, "{stats:?}");
+    assert!(stats.unauthenticated > 0 && stats.denied > 0, "{stats:?}");
 }
 
 #[tokio::test]
@@ -327,6 +337,13 @@ async fn server_rejects_malformed_requests() {
     // The callers were authenticated, but no malformed request reached authorization.
     assert_eq!(h.seen.lock().unwrap().len(), 3);
     assert!(h.authorized.lock().unwrap().is_empty());
+    // Each one is counted as malformed, nothing else.
+    let stats = h.stats.get();
+    assert_eq!(
+        (stats.malformed, stats.issued, stats.denied),
+        (3, 0, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::http_gate::HttpGate;
+
+mod ca_requests;
+
 use crate::reconcile::Outcome;
+pub(crate) use ca_requests::CaRequests;
 
 /// Label set of the failure counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +65,8 @@ pub(crate) struct Metrics {
     pub(crate) workloads_reloads: Counter,
     /// `meshwire_agent_caller_refusals_total{endpoint,reason}`: CA and xDS requests refused.
     pub(crate) caller_refusals: Family<RefusalLabels, Counter>,
+    /// `meshwire_agent_certificate_requests_total{outcome}`, from the certificate service.
+    pub(crate) ca_requests: CaRequests,
 }
 
 impl Metrics {
@@ -79,8 +85,10 @@ impl Metrics {
             certificates_issued: Counter::default(),
             workloads_reloads: Counter::default(),
             caller_refusals: Family::default(),
+            ca_requests: CaRequests::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(m.ca_requests.clone()));
         registry.register(
             "meshwire_agent_enrollments",
             "Pods of this node that became enrolled (advertised as HBONE)",

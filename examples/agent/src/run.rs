@@ -165,6 +165,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         authenticator: authenticator.clone(),
     };
     let cert_service = CertificateService::new(Arc::new(ca.ca), authorizer);
+    metrics.ca_requests.watch(cert_service.stats());
     info!(address = %args.xds_address, root = %ca.root_file.display(), "serving xDS and the CA over TLS");
     tasks.spawn(grpc::serve_tls(
         grpc_listener,

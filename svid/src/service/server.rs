@@ -22,6 +22,10 @@ use crate::service::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::service::{CLUSTER_ID_HEADER, IMPERSONATED_IDENTITY_KEY};
 use crate::tls::PeerInfo;
 
+mod stats;
+
+pub use stats::{ServiceStats, StatsHandle};
+
 /// What a request says about its caller, known before its CSR is read: the input of
 /// [`Authorizer::authenticate`].
 #[derive(Clone, Default)]
@@ -180,6 +184,7 @@ pub struct CertificateService<A> {
     ca: Arc<CertificateAuthority>,
     authorizer: A,
     config: CertificateServiceConfig,
+    stats: StatsHandle,
 }
 
 impl<A> fmt::Debug for CertificateService<A> {
@@ -207,7 +212,14 @@ impl<A: Authorizer> CertificateService<A> {
             ca,
             authorizer,
             config,
+            stats: StatsHandle::default(),
         }
+    }
+
+    /// The service's counters by outcome (issued, unauthenticated, malformed, denied…), as a
+    /// handle that keeps counting after [`into_server`](Self::into_server).
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.clone()
     }
 
     /// The generated tonic server wrapper, ready for `Server::builder().add_service(..)`.
@@ -311,7 +323,9 @@ impl<A: Authorizer> IstioCertificateService for CertificateService<A> {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        self.handle(request).await.map(Response::new)
+        let result = self.handle(request).await;
+        self.stats.record(&result);
+        result.map(Response::new)
     }
 }
 

@@ -78,12 +78,14 @@ pub(crate) async fn serve_with(
         cluster,
         authenticator: authenticator.clone(),
     };
+    let service = CertificateService::new(Arc::new(ca.ca), authorizer);
+    authenticator.metrics.ca_requests.watch(service.stats());
     tokio::spawn(serve_tls(
         listener,
         tls,
         AdsServer::default(),
         authenticator,
-        CertificateService::new(Arc::new(ca.ca), authorizer),
+        service,
         shutdown.clone(),
     ));
     let client = meshwire_svid::tls::control_plane_client_config(
@@ -157,5 +159,57 @@ async fn xds_admits_only_callers_the_ca_recognises() {
     open_xds(&channel, None)
         .await
         .expect("a loopback caller is admitted in demo mode");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn malformed_certificate_requests_are_refused_and_counted() {
+    use meshwire_svid::service::pb::IstioCertificateRequest;
+    use meshwire_svid::service::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+
+    let metrics = Arc::new(Metrics::new());
+    let authenticator = Arc::new(Authenticator {
+        policy: CallerPolicy {
+            trust_loopback: true,
+            ..CallerPolicy::default()
+        },
+        reviewer: None,
+        settings: settings("node-1"),
+        metrics: metrics.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let (_, channel) = serve_with(
+        authenticator,
+        Cluster::from_yaml(EXAMPLE).unwrap(),
+        &shutdown,
+    )
+    .await;
+    let mut ca = IstioCertificateServiceClient::new(channel);
+    for csr in [
+        "",
+        "not a CSR",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    ] {
+        let e = ca
+            .create_certificate(IstioCertificateRequest {
+                csr: csr.to_owned(),
+                validity_duration: 3600,
+                metadata: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{csr:?}: {e:?}");
+    }
+    let text = metrics.encode();
+    assert!(
+        text.lines()
+            .any(|l| l == "meshwire_agent_certificate_requests_total{outcome=\"malformed\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "meshwire_agent_certificate_requests_total{outcome=\"issued\"} 0"),
+        "{text}"
+    );
     shutdown.cancel();
 }
