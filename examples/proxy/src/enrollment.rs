@@ -54,6 +54,7 @@ async fn run_zds(
     zds_config.path = socket;
     // Whoever owns the socket decides which pods are served: only trusted agents.
     zds_config.agent_uids = agent_uids;
+    let metrics = supervisor.metrics();
     let client =
         meshwire_zds::client::Client::new(zds_config, move |update: meshwire_zds::Update| {
             let supervisor = supervisor.clone();
@@ -63,6 +64,14 @@ async fn run_zds(
                     .map_err(|e| Nack(format!("{e:#}")))
             }
         });
+    let mut events = client.events();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let meshwire_zds::client::ClientEvent::Disconnected { error, .. } = event {
+                metrics.zds_disconnected(&error);
+            }
+        }
+    });
     let mut ready = client.readiness();
     tokio::spawn(async move {
         loop {
@@ -113,5 +122,63 @@ async fn apply_zds(
             tracing::debug!(update = ?other, "ignoring unknown ZDS update");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{DataPlane, DataPlaneConfig, Dispatch};
+    use crate::metrics::Metrics;
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::time::Duration;
+
+    /// An "agent" that answers the proxy's hello with an add that lacks its netns fd: the
+    /// proxy refuses it, counts an unreadable message and connects again.
+    #[tokio::test]
+    async fn a_malformed_message_from_the_agent_is_counted_and_the_proxy_reconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ztunnel.sock");
+        let listener = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        listener.listen(8).unwrap();
+        let agent = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (conn, _) = listener.accept().unwrap();
+                let mut hello = [std::mem::MaybeUninit::new(0u8); 1024];
+                let _ = conn.recv(&mut hello);
+                // An add without the netns fd that must come with it.
+                let _ = conn.send(&[0x0a, 0x04, 0x0a, 0x02, b'u', b'1']);
+                // The proxy answers with a NACK and closes.
+                let mut buf = [std::mem::MaybeUninit::new(0u8); 1024];
+                while conn.recv(&mut buf).is_ok_and(|n| n > 0) {}
+            }
+        });
+        let metrics = Metrics::new();
+        let store = Arc::new(meshwire_xds_workload::WorkloadStore::new());
+        let pki = Arc::new(meshwire_svid::test_util::TestPki::new("cluster.local"));
+        let certs =
+            crate::tls::certs::Managed::new(pki, meshwire_svid::provider::ring(), metrics.clone());
+        let dp = DataPlane::new(DataPlaneConfig::default(), metrics.clone(), store, certs);
+        let supervisor = Supervisor::new(Arc::new(Dispatch(dp)), metrics.clone());
+        let zds = tokio::spawn(run_zds(
+            path,
+            Vec::new(),
+            0,
+            supervisor,
+            Arc::new(Readiness::default()),
+        ));
+        let line = "meshwire_zds_disconnects_total{reason=\"unreadable message\"} 2";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !metrics.encode().lines().any(|l| l == line) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                metrics.encode()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        zds.abort();
+        agent.join().unwrap();
     }
 }

@@ -173,6 +173,11 @@ impl Supervisor {
         self.lock().values().cloned().collect()
     }
 
+    /// The metrics it counts in.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     pub(crate) fn get(&self, uid: &str) -> Option<Arc<Pod>> {
         self.lock().get(uid).cloned()
     }

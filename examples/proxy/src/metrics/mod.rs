@@ -118,6 +118,15 @@ pub(crate) struct DroppedLabels {
     pub(crate) reason: &'static str,
 }
 
+/// Labels of `meshwire_zds_disconnects_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ZdsLabels {
+    /// `unreadable message` (malformed, truncated or oversized, or with the wrong file
+    /// descriptors), `protocol error` (a message that breaks the session) or `connection`
+    /// (connecting failed, or the connection ended).
+    pub(crate) reason: &'static str,
+}
+
 /// All metrics of the proxy and the registry they are encoded from.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -132,6 +141,8 @@ pub(crate) struct Metrics {
     pub(crate) pods: Gauge,
     /// Connections closed before they were served (slowloris defence).
     pub(crate) dropped: Family<DroppedLabels, Counter>,
+    /// ZDS connections to the agent that ended, by reason (the client reconnects).
+    pub(crate) zds_disconnects: Family<ZdsLabels, Counter>,
     /// The standard Istio metrics (`istio_` prefix).
     pub(crate) istio: IstioMetrics,
     /// Tasks alive in the proxy's runtime, read at every scrape (a leak shows here).
@@ -205,6 +216,12 @@ impl Metrics {
             "Connections closed before they were served, by listener (hbone, http) and reason (shed, refused, timeout)",
             dropped.clone(),
         );
+        let zds_disconnects = Family::<ZdsLabels, Counter>::default();
+        registry.register(
+            "zds_disconnects",
+            "ZDS connections to the agent that ended or could not be made, by reason (unreadable message, protocol error, connection); the proxy reconnects",
+            zds_disconnects.clone(),
+        );
         let tasks_alive = Gauge::default();
         registry.register(
             "tasks_alive",
@@ -226,7 +243,22 @@ impl Metrics {
             active_connections,
             pods,
             dropped,
+            zds_disconnects,
         })
+    }
+
+    /// Counts a ZDS connection that ended (or was never made) because of `error`.
+    pub(crate) fn zds_disconnected(&self, error: &meshwire_zds::client::ClientError) {
+        use meshwire_zds::client::ClientError;
+        use meshwire_zds::session::CloseReason;
+        let reason = match error {
+            ClientError::Closed(CloseReason::Read(_)) => "unreadable message",
+            ClientError::Closed(CloseReason::Protocol(_)) => "protocol error",
+            _ => "connection",
+        };
+        self.zds_disconnects
+            .get_or_create(&ZdsLabels { reason })
+            .inc();
     }
 
     /// Counts a connection closed before it was served.
