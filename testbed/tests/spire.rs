@@ -1,0 +1,45 @@
+//! The test SPIRE deployment: a real spire-server and spire-agent start, the delegate's
+//! entry is in the server, the agent serves its admin socket, and both stop cleanly
+//! (also across an agent restart).
+
+// Helpers outside #[test] functions: a failed step should abort the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use testbed::spire::{DELEGATE_ID, NODE_ID};
+use testbed::{Spire, SpireConfig};
+
+#[test]
+fn spire_server_and_agent_start_restart_and_stop() {
+    let mut spire = Spire::start(SpireConfig::default()).unwrap();
+    eprintln!("SPIRE fixture started in {:?}", spire.startup_time());
+    assert!(spire.admin_socket().exists());
+
+    // `entry show -output json` splits IDs into trust domain and path.
+    let entries = spire.entries_json().unwrap();
+    let ids: Vec<String> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "spiffe://{}{}",
+                e["spiffe_id"]["trust_domain"].as_str().unwrap(),
+                e["spiffe_id"]["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(ids.iter().any(|i| i == DELEGATE_ID), "{ids:?}");
+    assert!(ids.iter().any(|i| i == NODE_ID), "{ids:?}");
+
+    spire.stop_agent();
+    assert!(
+        !spire.log_tail("agent", 200).is_empty(),
+        "the agent wrote no log"
+    );
+    spire.restart_agent().unwrap();
+    assert!(spire.admin_socket().exists());
+
+    let dir = spire.dir().to_owned();
+    drop(spire);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
