@@ -58,7 +58,7 @@ mod topology;
 
 pub use error::Error;
 pub use kube::KubeApiServer;
-pub use spire::{Spire, SpireConfig};
 pub use namespace::{NETNS_DIR, Namespace, Process, delete_own_namespaces};
 pub use privileged::{Privileged, SKIP_ENV, check_privileges, require_privileged};
+pub use spire::{Spire, SpireConfig};
 pub use topology::{Node, Pod, Testbed, TestbedOptions};

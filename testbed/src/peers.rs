@@ -66,7 +66,11 @@ pub fn peer_binary(group: PeerGroup, name: &str) -> Result<PathBuf, Error> {
                 format!(
                     "not built; build it with `bash testbed/peers/build.sh {}` (needs Go{})",
                     group.dir_name(),
-                    if group == PeerGroup::Spire { " and gcc" } else { "" }
+                    if group == PeerGroup::Spire {
+                        " and gcc"
+                    } else {
+                        ""
+                    }
                 ),
             ),
         })

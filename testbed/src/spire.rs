@@ -77,7 +77,12 @@ impl Spire {
         peer_binary(PeerGroup::Spire, "spire-server")?;
         peer_binary(PeerGroup::Spire, "spire-agent")?;
         let dir = std::env::temp_dir().join(format!("meshwire-spire-{:08x}", rand_u64() as u32));
-        for sub in ["server/private", "agent/public", "agent/admin", "agent/keys"] {
+        for sub in [
+            "server/private",
+            "agent/public",
+            "agent/admin",
+            "agent/keys",
+        ] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
         }
@@ -91,7 +96,8 @@ impl Spire {
         spire.start_server()?;
         let bundle = spire.server_cli(&["bundle", "show"])?;
         std::fs::write(spire.dir.join("bundle.pem"), bundle).map_err(io_err("writing bundle"))?;
-        let token = spire.server_cli(&["token", "generate", "-spiffeID", NODE_ID, "-ttl", "600"])?;
+        let token =
+            spire.server_cli(&["token", "generate", "-spiffeID", NODE_ID, "-ttl", "600"])?;
         let token = token
             .split_whitespace()
             .nth(1)
@@ -158,10 +164,7 @@ impl Spire {
         let bin = peer_binary(PeerGroup::Spire, "spire-server")?;
         let socket = self.server_socket();
         let out = crate::namespace::run_checked(
-            Command::new(bin)
-                .args(args)
-                .arg("-socketPath")
-                .arg(&socket),
+            Command::new(bin).args(args).arg("-socketPath").arg(&socket),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -225,7 +228,9 @@ impl Spire {
         let bin = peer_binary(PeerGroup::Spire, "spire-agent")?;
         let log = append_log(&self.dir, "agent.log")?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("run").arg("-config").arg(self.dir.join("agent.conf"));
+        cmd.arg("run")
+            .arg("-config")
+            .arg(self.dir.join("agent.conf"));
         if let Some(token) = token {
             cmd.arg("-joinToken").arg(token);
         }
