@@ -15,7 +15,6 @@ use meshwire_svid::manager::{CertificateManager, CertificateSource, ManagerConfi
 use meshwire_svid::spire::registrar::{EntrySpec, Registrar, RegistrarConfig};
 use meshwire_svid::spire::source::{SourceConfig, SpireSource, Subject};
 use meshwire_svid::spire::{Selector, SpireError};
-use testbed::spire::DELEGATE_ID;
 use testbed::{Spire, SpireConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -36,8 +35,13 @@ fn id(s: &str) -> SpiffeId {
     s.parse().unwrap()
 }
 
+/// The proxies' ID, as the fixture's agent authorizes it (the default trust domain).
 fn delegate() -> SpiffeId {
-    id(DELEGATE_ID)
+    id(&format!(
+        "spiffe://{}{}",
+        testbed::spire::DEFAULT_TRUST_DOMAIN,
+        testbed::spire::DELEGATE_PATH
+    ))
 }
 
 fn td() -> meshwire_svid::TrustDomain {

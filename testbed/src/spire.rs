@@ -7,10 +7,11 @@
 //!   and on a unix socket ([`Spire::server_socket`]) for the Entry API and the CLI.
 //! * The agent keeps its key on disk (a restart needs no new token), attests workloads with
 //!   the `unix` attestor, and serves the Delegated Identity API on its admin socket
-//!   ([`Spire::admin_socket`]) to [`DELEGATE_ID`]. The entry for that ID
-//!   (parent [`NODE_ID`], selector `unix:uid:<delegate uid>`) is created at start, so the
-//!   calling test process is an authorized delegate.
-//! * Entries for workloads are parented to [`DELEGATE_ID`] (as the Cilium operator does);
+//!   ([`Spire::admin_socket`]) to [`Spire::delegate_id`] (`spiffe://<td>/ztunnel`). The
+//!   entry for that ID (parent [`Spire::node_id`], selector `unix:uid:<delegate uid>`) is
+//!   created at start, so processes of that uid (by default: the test's) are authorized
+//!   delegates.
+//! * Entries for workloads are parented to the delegate's ID (as the Cilium operator does);
 //!   the server hands them to the agent because the delegate's entry is parented to it.
 //!
 //! [`Spire::start`] returns once both are healthy and the delegate's SVID reached the agent.
@@ -24,12 +25,12 @@ use crate::error::Error;
 use crate::peers::{PeerGroup, peer_binary};
 use crate::procs::{append_log, free_port, io_err, rand_u64, tail, terminate};
 
-/// The trust domain of the test SPIRE deployment.
-pub const TRUST_DOMAIN: &str = "example.org";
-/// The SPIFFE ID the agent's join token gives it an alias for (the node).
-pub const NODE_ID: &str = "spiffe://example.org/node1";
-/// The SPIFFE ID of the authorized delegate (the node proxy).
-pub const DELEGATE_ID: &str = "spiffe://example.org/ztunnel";
+/// The default trust domain of the test SPIRE deployment.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+/// The path of the SPIFFE ID the agent's join token gives it an alias for (the node).
+pub const NODE_PATH: &str = "/node1";
+/// The path of the authorized delegate's SPIFFE ID (the node proxy), as in Cilium.
+pub const DELEGATE_PATH: &str = "/ztunnel";
 
 /// How long the server and agent may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -47,6 +48,8 @@ pub struct SpireConfig {
     /// The uid the delegate's entry selects (`unix:uid:<uid>`). Default: this process's
     /// effective uid.
     pub delegate_uid: u32,
+    /// The trust domain. Default: [`DEFAULT_TRUST_DOMAIN`].
+    pub trust_domain: String,
 }
 
 impl Default for SpireConfig {
@@ -55,6 +58,7 @@ impl Default for SpireConfig {
             default_x509_svid_ttl: Duration::from_secs(3600),
             ca_ttl: Duration::from_secs(24 * 3600),
             delegate_uid: nix::unistd::geteuid().as_raw(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Spire {
     server: Option<Child>,
     agent: Option<Child>,
     startup: Duration,
+    trust_domain: String,
 }
 
 impl Spire {
@@ -91,13 +96,15 @@ impl Spire {
             server: None,
             agent: None,
             startup: Duration::ZERO,
+            trust_domain: config.trust_domain.clone(),
         };
         spire.write_server_config(&config, free_port()?)?;
         spire.start_server()?;
         let bundle = spire.server_cli(&["bundle", "show"])?;
         std::fs::write(spire.dir.join("bundle.pem"), bundle).map_err(io_err("writing bundle"))?;
+        let (node_id, delegate_id) = (spire.node_id(), spire.delegate_id());
         let token =
-            spire.server_cli(&["token", "generate", "-spiffeID", NODE_ID, "-ttl", "600"])?;
+            spire.server_cli(&["token", "generate", "-spiffeID", &node_id, "-ttl", "600"])?;
         let token = token
             .split_whitespace()
             .nth(1)
@@ -110,9 +117,9 @@ impl Spire {
             "entry",
             "create",
             "-parentID",
-            NODE_ID,
+            &node_id,
             "-spiffeID",
-            DELEGATE_ID,
+            &delegate_id,
             "-selector",
             &format!("unix:uid:{}", config.delegate_uid),
         ])?;
@@ -121,6 +128,21 @@ impl Spire {
         spire.wait_agent_ready()?;
         spire.startup = started.elapsed();
         Ok(spire)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The node's SPIFFE ID (the agent's alias), `spiffe://<td>/node1`.
+    pub fn node_id(&self) -> String {
+        format!("spiffe://{}{NODE_PATH}", self.trust_domain)
+    }
+
+    /// The authorized delegate's SPIFFE ID, `spiffe://<td>/ztunnel`.
+    pub fn delegate_id(&self) -> String {
+        format!("spiffe://{}{DELEGATE_PATH}", self.trust_domain)
     }
 
     /// How long [`Spire::start`] took (configuration, both processes, first delegate SVID).
@@ -300,7 +322,7 @@ impl Spire {
             r#"server {{
   bind_address = "127.0.0.1"
   bind_port = "{port}"
-  trust_domain = "{TRUST_DOMAIN}"
+  trust_domain = "{td}"
   data_dir = "{d}/server"
   socket_path = "{d}/server/private/api.sock"
   log_level = "DEBUG"
@@ -317,6 +339,7 @@ plugins {{
   NodeAttestor "join_token" {{ plugin_data {{}} }}
 }}
 "#,
+            td = self.trust_domain,
             ca_ttl = config.ca_ttl.as_secs(),
             svid_ttl = config.default_x509_svid_ttl.as_secs(),
         );
@@ -333,14 +356,14 @@ plugins {{
             .unwrap_or_default();
         let text = format!(
             r#"agent {{
-  trust_domain = "{TRUST_DOMAIN}"
+  trust_domain = "{td}"
   server_address = "127.0.0.1"
   server_port = "{port}"
   data_dir = "{d}/agent"
   socket_path = "{d}/agent/public/api.sock"
   admin_socket_path = "{d}/agent/admin/admin.sock"
   trust_bundle_path = "{d}/bundle.pem"
-  authorized_delegates = ["{DELEGATE_ID}"]
+  authorized_delegates = ["{delegate}"]
   log_level = "DEBUG"
   experimental {{ sync_interval = "1s" }}
 }}
@@ -349,7 +372,9 @@ plugins {{
   KeyManager "disk" {{ plugin_data {{ directory = "{d}/agent/keys" }} }}
   WorkloadAttestor "unix" {{ plugin_data {{}} }}
 }}
-"#
+"#,
+            td = self.trust_domain,
+            delegate = self.delegate_id(),
         );
         std::fs::write(self.dir.join("agent.conf"), text).map_err(io_err("writing agent.conf"))
     }

@@ -5,7 +5,6 @@
 // Helpers outside #[test] functions: a failed step should abort the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use testbed::spire::{DELEGATE_ID, NODE_ID};
 use testbed::{Spire, SpireConfig};
 
 #[test]
@@ -28,8 +27,8 @@ fn spire_server_and_agent_start_restart_and_stop() {
             )
         })
         .collect();
-    assert!(ids.iter().any(|i| i == DELEGATE_ID), "{ids:?}");
-    assert!(ids.iter().any(|i| i == NODE_ID), "{ids:?}");
+    assert!(ids.contains(&spire.delegate_id()), "{ids:?}");
+    assert!(ids.contains(&spire.node_id()), "{ids:?}");
 
     spire.stop_agent();
     assert!(
