@@ -281,6 +281,12 @@ fn svids_by_selectors_and_by_pid_and_short_ttl_rotation() {
         assert_ne!(serial, serial2);
         assert_ne!(key, key2);
         assert_eq!(second.svid.spiffe_id(), &web_id);
+
+        // When the manager forgets the identity, its subscription ends.
+        assert!(source.subscribed().contains(&web_id));
+        drop(handle);
+        assert!(!source.subscribed().contains(&web_id));
+        assert!(source.subscribed().contains(&pid_id));
     });
     let _ = workload.kill();
     let _ = workload.wait();
@@ -365,4 +371,39 @@ fn agent_restart_resubscribes_and_the_valid_svid_is_served_meanwhile() {
         "new SVID {:?} after the agent was ready again",
         restarted.elapsed()
     );
+}
+
+#[test]
+fn server_outage_shorter_than_the_svid_lifetime_keeps_serving_and_rotation_resumes() {
+    let mut spire = start_spire();
+    let rt = runtime();
+    let web_id = id("spiffe://example.org/ns/shop/sa/web");
+    let source = rt.block_on(async {
+        let mut web = sa_entry("shop", "web");
+        web.x509_svid_ttl = Some(Duration::from_secs(30));
+        registrar(&spire)
+            .reconcile(&delegate(), &[web])
+            .await
+            .unwrap();
+        source(&spire, Duration::from_secs(2))
+    });
+    let first = rt.block_on(source.fetch(&web_id)).unwrap();
+
+    // The server is down for a few seconds: the agent keeps the SVID, the source serves it.
+    spire.stop_server();
+    let during = rt.block_on(source.fetch(&web_id)).unwrap();
+    assert!(during.svid.not_after() > std::time::SystemTime::now());
+    std::thread::sleep(Duration::from_secs(3));
+    spire.start_server().unwrap();
+
+    // Back up: the agent rotates again (the 30 s SVID is replaced within a minute).
+    rt.block_on(eventually(
+        "a rotated SVID after the server outage",
+        Duration::from_secs(60),
+        async || {
+            source.fetch(&web_id).await.is_ok_and(|f| {
+                f.svid.leaf() != first.svid.leaf() && f.svid.leaf() != during.svid.leaf()
+            })
+        },
+    ));
 }

@@ -327,4 +327,9 @@ impl CertificateSource for SpireSource {
         self.record_handed(id, &svid);
         Ok(FetchedSvid::new(X509Svid::clone(&svid), roots))
     }
+
+    /// Ends the identity's subscription (see [`SpireSource::forget`]).
+    fn forget(&self, id: &SpiffeId) {
+        Self::forget(self, id);
+    }
 }
