@@ -136,7 +136,7 @@ pub(crate) struct Args {
     pub(crate) spire_server_socket: Option<String>,
 
     /// Parent SPIFFE ID of the registered entries: the node proxies' own ID, which their
-    /// SPIRE agents list in `authorized_delegates` [default: spiffe://<trust domain>/ztunnel].
+    /// SPIRE agents list in `authorized_delegates`. Default: `spiffe://<trust domain>/ztunnel`.
     #[arg(long, env = "SPIRE_PARENT_ID", value_name = "SPIFFE_ID")]
     pub(crate) spire_parent_id: Option<String>,
 

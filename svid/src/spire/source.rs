@@ -143,7 +143,7 @@ impl fmt::Debug for SpireSource {
 
 impl SpireSource {
     /// A source over `channel` to the agent's admin socket (see
-    /// [`unix_channel`](super::unix_channel)). Starts following the trust bundles. Must be
+    /// [`unix_channel`]). Starts following the trust bundles. Must be
     /// called inside a tokio runtime.
     pub fn new(channel: Channel, config: SourceConfig) -> Self {
         let (tx, bundles) = watch::channel(None);
