@@ -70,22 +70,10 @@ fn sa_entry(ns: &str, sa: &str) -> EntrySpec {
 /// The SPIFFE IDs of the server's entries parented to the delegate, with their TTLs, read
 /// with the SPIRE CLI (not through the code under test).
 fn server_entries(spire: &Spire) -> BTreeSet<(String, i64)> {
-    let json = spire.entries_json().unwrap();
-    json["entries"]
-        .as_array()
+    spire
+        .entries_under(testbed::spire::DELEGATE_PATH)
         .unwrap()
-        .iter()
-        .filter(|e| e["parent_id"]["path"] == "/ztunnel")
-        .map(|e| {
-            (
-                format!(
-                    "spiffe://{}{}",
-                    e["spiffe_id"]["trust_domain"].as_str().unwrap(),
-                    e["spiffe_id"]["path"].as_str().unwrap()
-                ),
-                e["x509_svid_ttl"].as_i64().unwrap(),
-            )
-        })
+        .into_iter()
         .collect()
 }
 

@@ -201,6 +201,29 @@ impl Spire {
         })
     }
 
+    /// The entries whose parent ID has the path `parent_path` (e.g. [`DELEGATE_PATH`]): their
+    /// SPIFFE IDs (`spiffe://…`) and X.509-SVID lifetimes in seconds (0: the server's
+    /// default), read with the CLI.
+    pub fn entries_under(&self, parent_path: &str) -> Result<Vec<(String, i64)>, Error> {
+        let json = self.entries_json()?;
+        let entries = json["entries"].as_array().cloned().unwrap_or_default();
+        Ok(entries
+            .iter()
+            .filter(|e| e["parent_id"]["path"] == parent_path)
+            .map(|e| {
+                let id = &e["spiffe_id"];
+                (
+                    format!(
+                        "spiffe://{}{}",
+                        id["trust_domain"].as_str().unwrap_or_default(),
+                        id["path"].as_str().unwrap_or_default()
+                    ),
+                    e["x509_svid_ttl"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
     /// Stops the agent (SIGTERM), as in an agent restart or crash; its key and SVID stay on
     /// disk.
     pub fn stop_agent(&mut self) {

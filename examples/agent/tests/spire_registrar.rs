@@ -25,13 +25,11 @@ fn write_atomic(path: &Path, text: &str) {
 /// The SPIFFE IDs of the server's entries parented to `spiffe://example.org/ztunnel`, read
 /// with the SPIRE CLI.
 fn registered(spire: &Spire) -> BTreeSet<String> {
-    let json = spire.entries_json().unwrap();
-    json["entries"]
-        .as_array()
+    spire
+        .entries_under(testbed::spire::DELEGATE_PATH)
         .unwrap()
-        .iter()
-        .filter(|e| e["parent_id"]["path"] == "/ztunnel")
-        .map(|e| e["spiffe_id"]["path"].as_str().unwrap().to_owned())
+        .into_iter()
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -82,9 +80,12 @@ fn agent_registers_spire_entries_for_enrolled_namespaces() {
     let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // `shop` is enrolled: its pods' service accounts, on this node and on n2.
-    let enrolled: BTreeSet<String> = ["/ns/shop/sa/client", "/ns/shop/sa/server"]
-        .map(str::to_owned)
-        .into();
+    let enrolled: BTreeSet<String> = [
+        "spiffe://example.org/ns/shop/sa/client",
+        "spiffe://example.org/ns/shop/sa/server",
+    ]
+    .map(str::to_owned)
+    .into();
     wait_until("entries for the enrolled namespace", &show_log, || {
         registered(&spire) == enrolled
     });

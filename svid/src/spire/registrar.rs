@@ -209,6 +209,18 @@ fn code_of(status: Option<&types::Status>) -> (tonic::Code, String) {
     })
 }
 
+/// The per-item results of a batch call, checked to be one per item sent.
+fn one_per_item<T>(call: &'static str, results: Vec<T>, sent: usize) -> Result<Vec<T>, SpireError> {
+    if results.len() == sent {
+        Ok(results)
+    } else {
+        Err(SpireError::BadResponse {
+            call,
+            reason: format!("{} results for {sent} items", results.len()),
+        })
+    }
+}
+
 /// A client of the SPIRE server's Entry API.
 #[derive(Debug, Clone)]
 pub struct Registrar {
@@ -281,20 +293,17 @@ impl Registrar {
                 output_mask: None,
             };
             let mut client = self.client.clone();
-            let results = deadline(
+            let response = deadline(
                 "BatchCreateEntry",
                 self.config.timeout,
                 client.batch_create_entry(request),
             )
-            .await?
-            .into_inner()
-            .results;
-            if results.len() != batch.len() {
-                return Err(SpireError::BadResponse {
-                    call: "BatchCreateEntry",
-                    reason: format!("{} results for {} entries", results.len(), batch.len()),
-                });
-            }
+            .await?;
+            let results = one_per_item(
+                "BatchCreateEntry",
+                response.into_inner().results,
+                batch.len(),
+            )?;
             let mut updates = Vec::new();
             for (spec, result) in batch.iter().zip(results) {
                 match code_of(result.status.as_ref()) {
@@ -339,20 +348,17 @@ impl Registrar {
                 output_mask: None,
             };
             let mut client = self.client.clone();
-            let results = deadline(
+            let response = deadline(
                 "BatchUpdateEntry",
                 self.config.timeout,
                 client.batch_update_entry(request),
             )
-            .await?
-            .into_inner()
-            .results;
-            if results.len() != batch.len() {
-                return Err(SpireError::BadResponse {
-                    call: "BatchUpdateEntry",
-                    reason: format!("{} results for {} entries", results.len(), batch.len()),
-                });
-            }
+            .await?;
+            let results = one_per_item(
+                "BatchUpdateEntry",
+                response.into_inner().results,
+                batch.len(),
+            )?;
             for (entry, result) in batch.iter().zip(results) {
                 match code_of(result.status.as_ref()) {
                     (tonic::Code::Ok, _) => report.updated += 1,
@@ -376,20 +382,17 @@ impl Registrar {
                 ids: batch.to_vec(),
             };
             let mut client = self.client.clone();
-            let results = deadline(
+            let response = deadline(
                 "BatchDeleteEntry",
                 self.config.timeout,
                 client.batch_delete_entry(request),
             )
-            .await?
-            .into_inner()
-            .results;
-            if results.len() != batch.len() {
-                return Err(SpireError::BadResponse {
-                    call: "BatchDeleteEntry",
-                    reason: format!("{} results for {} ids", results.len(), batch.len()),
-                });
-            }
+            .await?;
+            let results = one_per_item(
+                "BatchDeleteEntry",
+                response.into_inner().results,
+                batch.len(),
+            )?;
             for (id, result) in batch.iter().zip(results) {
                 match code_of(result.status.as_ref()) {
                     (tonic::Code::Ok | tonic::Code::NotFound, _) => report.deleted += 1,
