@@ -24,10 +24,10 @@ if [ "${#need[@]}" -gt 0 ] && [ "${MESHWIRE_SKIP_PRIVILEGED:-0}" != 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The real peers some tests start (kube-apiserver and etcd), built from pinned Go modules
-# into target/peers (a no-op when they are up to date).
+# The real peers some tests start (kube-apiserver and etcd; spire-server and spire-agent),
+# built from pinned Go modules into target/peers (a no-op when they are up to date).
 echo "==> building the test peers (testbed/peers)"
-bash testbed/peers/build.sh kube
+bash testbed/peers/build.sh kube spire
 
 echo "==> cargo test --workspace --locked"
 cargo test --workspace --locked "$@"

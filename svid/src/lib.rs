@@ -21,6 +21,7 @@
 //! | `service` | the Istio certificate service: gRPC `client`, `server`, generated `pb` | `service` |
 //! | `manager` | one certificate per identity, refreshed at half-life; a rustls resolver fed by it | `manager` |
 //! | `spiffe` | conversions with the `spiffe` crate | `spiffe` |
+//! | `spire` | SPIRE as the CA: a certificate source over the agent's Delegated Identity API, a registrar over the server's Entry API | `spire` |
 //! | `test_util` | a throw-away test PKI | `test-util` |
 //!
 //! What it does **not** do: open data-plane sockets, read the environment or files it was
@@ -106,6 +107,8 @@
 //!   channel of [`tls`]. Implies `ca`.
 //! - `manager` (default): the `manager` module (tokio, backon).
 //! - `spiffe`: conversions with the `spiffe` crate (`spiffe` module).
+//! - `spire`: SPIRE as the certificate source and a registrar of its entries (`spire`
+//!   module; spire-api, tonic). Implies `manager` and `spiffe`.
 //! - `test-util`: a test PKI (`test_util` module) for other crates' tests. Implies `ca`.
 //!
 //! With no provider feature the core still builds; pass any `CryptoProvider` of your own
@@ -129,6 +132,9 @@ pub mod service;
 #[cfg(feature = "spiffe")]
 #[cfg_attr(docsrs, doc(cfg(feature = "spiffe")))]
 pub mod spiffe;
+#[cfg(feature = "spire")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spire")))]
+pub mod spire;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;

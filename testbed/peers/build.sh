@@ -75,7 +75,9 @@ for w in "${want[@]}"; do
             echo "error: SPIRE's sqlite datastore needs cgo; install gcc" >&2
             exit 1
         fi
-        CGO_ENABLED=1 build spire "-X github.com/spiffe/spire/pkg/common/version.gittag=v1.13.3" \
+        # SPIRE's release builds stamp the tag without its "v" (upstream Makefile: git_tag:v%=%);
+        # "v1.13.3" makes the sqlite migration code panic at start-up (semver.MustParse).
+        CGO_ENABLED=1 build spire "-X github.com/spiffe/spire/pkg/common/version.gittag=1.13.3" \
             spire-server=github.com/spiffe/spire/cmd/spire-server \
             spire-agent=github.com/spiffe/spire/cmd/spire-agent
         ;;

@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::error::Error;
 use crate::peers::{PeerGroup, peer_binary};
+use crate::procs::{append_log, free_port, io_err, log_file, rand_u64, tail};
 
 /// How long the API server may take to answer `/readyz` after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,24 +44,11 @@ pub struct KubeApiServer {
     etcd_url: String,
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
 fn cert_err(e: rcgen::Error) -> Error {
     Error::Io {
         context: "making the API server's certificates".to_owned(),
         source: std::io::Error::other(e.to_string()),
     }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16, Error> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("binding a free port"))?;
-    Ok(l.local_addr()
-        .map_err(io_err("reading a free port"))?
-        .port())
 }
 
 /// Files of the API server's PKI, written into `dir`.
@@ -253,9 +241,7 @@ impl KubeApiServer {
 
     /// The last `lines` lines of the API server's log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.dir, "kube-apiserver.log", lines)
     }
 
     fn write_kubeconfig(&self) -> Result<(), Error> {
@@ -380,24 +366,6 @@ impl Drop for KubeApiServer {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, Error> {
-    std::fs::File::create(dir.join(name)).map_err(io_err(format!("creating {name}")))
-}
-
-/// The log file `name` in `dir`, appended to (a restarted process keeps the earlier lines).
-fn append_log(dir: &Path, name: &str) -> Result<std::fs::File, Error> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(name))
-        .map_err(io_err(format!("opening {name}")))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, Error> {

@@ -52,10 +52,13 @@ pub mod kube;
 mod namespace;
 pub mod peers;
 mod privileged;
+mod procs;
+pub mod spire;
 mod topology;
 
 pub use error::Error;
 pub use kube::KubeApiServer;
 pub use namespace::{NETNS_DIR, Namespace, Process, delete_own_namespaces};
 pub use privileged::{Privileged, SKIP_ENV, check_privileges, require_privileged};
+pub use spire::{Spire, SpireConfig};
 pub use topology::{Node, Pod, Testbed, TestbedOptions};

@@ -63,7 +63,15 @@ pub fn peer_binary(group: PeerGroup, name: &str) -> Result<PathBuf, Error> {
             context: format!("peer binary {}", path.display()),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "not built; run testbed/peers/build.sh",
+                format!(
+                    "not built; build it with `bash testbed/peers/build.sh {}` (needs Go{})",
+                    group.dir_name(),
+                    if group == PeerGroup::Spire {
+                        " and gcc"
+                    } else {
+                        ""
+                    }
+                ),
             ),
         })
     }

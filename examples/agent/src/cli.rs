@@ -132,6 +132,21 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) http_header_read_timeout: Duration,
 
+    /// SPIRE server API socket (`unix:///path` or `/path`). Set: this agent registers one
+    /// SPIRE entry per service account of every enrolled namespace (selectors `k8s:ns`,
+    /// `k8s:sa`; parent `--spire-parent-id`) and deletes those of unenrolled namespaces.
+    #[arg(long, env = "SPIRE_SERVER_SOCKET", value_name = "SOCKET")]
+    pub(crate) spire_server_socket: Option<String>,
+
+    /// Parent SPIFFE ID of the registered entries: the node proxies' own ID, which their
+    /// SPIRE agents list in `authorized_delegates`. Default: `spiffe://<trust domain>/ztunnel`.
+    #[arg(long, env = "SPIRE_PARENT_ID", value_name = "SPIFFE_ID")]
+    pub(crate) spire_parent_id: Option<String>,
+
+    /// Deadline of each call to the SPIRE server (e.g. 10s).
+    #[arg(long, env = "SPIRE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) spire_timeout: Duration,
+
     /// Cluster id of the workloads this agent publishes.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub(crate) cluster_id: String,

@@ -18,6 +18,7 @@ mod reconcile;
 mod run;
 mod safe_file;
 mod source;
+mod spire;
 mod state;
 mod status;
 mod workloads;

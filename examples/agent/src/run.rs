@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshwire_svid::TrustDomain;
 use meshwire_svid::service::server::CertificateService;
+use meshwire_svid::{SpiffeId, TrustDomain};
 use meshwire_xds_workload::ads::server::AdsServer;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -142,6 +142,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut cluster_rx = opened.cluster;
+    if let Some(server_socket) = &args.spire_server_socket {
+        let parent = match &args.spire_parent_id {
+            Some(p) => SpiffeId::new(p).with_context(|| format!("--spire-parent-id {p:?}"))?,
+            None => SpiffeId::new(&format!("spiffe://{trust_domain}/ztunnel"))?,
+        };
+        let role = crate::spire::RegistrarRole {
+            server_socket: server_socket.clone(),
+            parent,
+            trust_domain: trust_domain.clone(),
+            label_key: settings.label_key.clone(),
+            timeout: args.spire_timeout,
+            interval: args.reconcile_interval,
+        };
+        tasks.spawn(crate::spire::run(
+            role,
+            cluster_rx.clone(),
+            shutdown.clone(),
+        ));
+    }
     let remote_rx = opened.remote;
 
     // xDS and the CA on one TLS gRPC port.

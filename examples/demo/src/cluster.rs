@@ -74,6 +74,10 @@ pub struct ClusterOptions {
     pub rules: &'static str,
     /// Extra environment of every proxy (for example smaller connection limits).
     pub proxy_env: Vec<(String, String)>,
+    /// SPIRE issues the workload certificates instead of the agents' built-in CA: a real
+    /// SPIRE server and agent start (testbed's fixture), node-1's agent registers the
+    /// entries (`--spire-server-socket`), and the proxies run with `SPIRE_ENABLED`.
+    pub spire: bool,
 }
 
 /// The demo cluster: two nodes, five pods, an agent and a proxy per node.
@@ -82,6 +86,7 @@ pub struct Cluster {
     pub(crate) opts: ClusterOptions,
     // Field order is drop order: processes before namespaces, the state directory last.
     pub(crate) nodes: Vec<NodeProcs>,
+    pub(crate) spire: Option<testbed::Spire>,
     pub(crate) echo_stops: BTreeMap<Role, Arc<AtomicBool>>,
     pub(crate) pods: BTreeMap<Role, Pod>,
     pub(crate) tb: Testbed,
@@ -109,6 +114,7 @@ impl Cluster {
         let mut cluster = Self {
             opts,
             nodes: Vec::new(),
+            spire: None,
             echo_stops: BTreeMap::new(),
             pods,
             tb,
@@ -117,6 +123,11 @@ impl Cluster {
             strict: BTreeSet::new(),
             policies: true,
         };
+        if cluster.opts.spire {
+            let mut config = testbed::SpireConfig::default();
+            config.trust_domain = TRUST_DOMAIN.to_owned();
+            cluster.spire = Some(testbed::Spire::start(config).context("cannot start SPIRE")?);
+        }
         cluster.start_echo_servers()?;
         cluster.write_workloads()?;
         for (i, name) in ["node-1", "node-2"].into_iter().enumerate() {
@@ -136,6 +147,11 @@ impl Cluster {
         }
         cluster.wait_enrolled(Duration::from_secs(60))?;
         Ok(cluster)
+    }
+
+    /// The SPIRE deployment, when [`ClusterOptions::spire`] is set.
+    pub fn spire(&self) -> Option<&testbed::Spire> {
+        self.spire.as_ref()
     }
 
     /// The state directory (workloads file, logs, sockets).

@@ -1,7 +1,8 @@
 //! The one-command demo: two nodes of real network namespaces, an agent and a proxy on each,
 //! traffic along every path, a table of what happened, and a clean-up (also on Ctrl-C).
 //!
-//! Run it as root from the repository: `sudo cargo run --release -p demo`.
+//! Run it as root from the repository: `sudo cargo run --release -p demo`; add `-- --spire`
+//! to have a real SPIRE server and agent issue the workload certificates.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,6 +45,8 @@ fn run() -> Result<()> {
         );
     }
     install_interrupt_handler()?;
+    // `--spire`: SPIRE issues the workload certificates (a real SPIRE server and agent).
+    let spire = std::env::args().skip(1).any(|a| a == "--spire");
     let binaries = build_binaries()?;
 
     step("building two nodes and five pods (network namespaces, veth pairs, bridges)");
@@ -53,6 +56,7 @@ fn run() -> Result<()> {
         reconcile_interval: Duration::from_secs(2),
         rules: "istio",
         proxy_env: Vec::new(),
+        spire,
     })?;
     println!(
         "    agent + proxy running on node-1 and node-2; state and logs in {}",

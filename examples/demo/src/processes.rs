@@ -30,6 +30,12 @@ impl Cluster {
             .args(["--rules", self.opts.rules])
             .arg("--reconcile-interval")
             .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()));
+        // One registrar for the cluster, as the Cilium operator is.
+        if let Some(spire) = &self.spire
+            && i == 0
+        {
+            cmd.arg("--spire-server-socket").arg(spire.server_socket());
+        }
         let proc = self.spawn_on_node(i, "agent", &mut cmd)?;
         self.nodes[i].agent = Some(proc);
         Ok(())
@@ -44,6 +50,10 @@ impl Cluster {
             .arg("--xds-root-ca")
             .arg(self.root_cert(i))
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)));
+        if let Some(spire) = &self.spire {
+            cmd.env("SPIRE_ENABLED", "true")
+                .env("SPIRE_ADMIN_ENDPOINT_SOCKET", spire.admin_endpoint());
+        }
         let proc = self.spawn_on_node(i, "proxy", &mut cmd)?;
         self.nodes[i].proxy = Some(proc);
         self.wait_proxy_ready(i, Duration::from_secs(60))

@@ -27,6 +27,14 @@ fn cluster_with(
     test: &str,
     rules: &'static str,
 ) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    cluster_full(test, rules, false)
+}
+
+fn cluster_full(
+    test: &str,
+    rules: &'static str,
+    spire: bool,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
     testbed::require_privileged(test)?;
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let cluster = Cluster::start(ClusterOptions {
@@ -35,6 +43,7 @@ fn cluster_with(
         reconcile_interval: Duration::from_millis(500),
         rules,
         proxy_env: Vec::new(),
+        spire,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     Some((guard, cluster))
@@ -391,4 +400,110 @@ fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+/// Seconds since midnight of a log line's timestamp (`2026-01-02T03:04:05.678901Z …`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.get(11..)?.split(['Z', ' ']).next()?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// For every pod of node `i` the proxy added: the time from its ZDS add ("pod added") to the
+/// first "workload certificate ready" of its identity, from the proxy's log.
+fn add_to_first_svid(c: &Cluster, i: usize) -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(c.dir().join(format!("node-{}/proxy.log", i + 1)))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for role in Role::ALL.into_iter().filter(|r| r.node() == i) {
+        let name = format!("pod={}", role.name());
+        let added = text
+            .lines()
+            .find(|l| l.contains("pod added") && l.contains(&name))
+            .and_then(log_time);
+        let ready = text
+            .lines()
+            .find(|l| {
+                l.contains("workload certificate ready")
+                    && l.contains(&format!("identity={}", role.spiffe_id()))
+            })
+            .and_then(log_time);
+        if let (Some(a), Some(r)) = (added, ready) {
+            out.push((role.name().to_owned(), r - a));
+        }
+    }
+    out
+}
+
+/// The lifetime of each certificate node `i`'s proxy holds, from `/config_dump`.
+fn held_lifetimes(c: &Cluster, i: usize) -> Vec<(String, u64)> {
+    let (code, body) = c.http_get(i, 15000, "/config_dump").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    dump["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|cert| {
+            Some((
+                cert["identity"].as_str()?.to_owned(),
+                cert["not_after"].as_u64()? - cert["not_before"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn spire_issues_the_workload_certificates() {
+    // The built-in CA first, as the baseline of the measurement.
+    let Some((g, baseline)) = cluster("spire_issues_the_workload_certificates") else {
+        return;
+    };
+    mtls_flow(&baseline, Role::Client, Role::ServerFar, "ca", 20_000);
+    let ca_times = add_to_first_svid(&baseline, 0);
+    drop(baseline);
+    drop(g);
+
+    let Some((_g, c)) = cluster_full("spire_issues_the_workload_certificates", "istio", true)
+    else {
+        return;
+    };
+    // Across nodes and on one node, both identities checked by the proxies.
+    mtls_flow(&c, Role::Client, Role::ServerFar, "spire-far", 20_000);
+    let f = mtls_flow(&c, Role::Client, Role::ServerNear, "spire-near", 20_000);
+    assert_eq!(
+        f.server_identity.as_deref(),
+        Some(Role::ServerNear.spiffe_id().as_str())
+    );
+    // The certificates are SPIRE's (its default lifetime is 1 h plus the 10 s back-dating
+    // of NotBefore), not the built-in CA's 24 h ones.
+    let lifetimes = held_lifetimes(&c, 0);
+    assert!(!lifetimes.is_empty(), "{}", c.log_tail(30));
+    for (id, secs) in &lifetimes {
+        assert!(*secs <= 3600 + 60, "{id} lives {secs} s: not a SPIRE SVID");
+    }
+    // The registrar wrote one entry per service account of the enrolled namespace.
+    let spire = c.spire().unwrap();
+    let entries: Vec<String> = spire
+        .entries_under(testbed::spire::DELEGATE_PATH)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for role in [
+        Role::Client,
+        Role::ServerNear,
+        Role::ServerFar,
+        Role::Intruder,
+    ] {
+        assert!(entries.contains(&role.spiffe_id()), "{entries:?}");
+    }
+    assert!(!entries.contains(&Role::Legacy.spiffe_id()), "{entries:?}");
+    let spire_times = add_to_first_svid(&c, 0);
+    eprintln!(
+        "SPIRE fixture start {:?}; ZDS add -> first SVID (node-1): built-in CA {ca_times:?}, SPIRE {spire_times:?}",
+        spire.startup_time()
+    );
 }

@@ -142,6 +142,21 @@ pub(crate) struct Cli {
     #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) http_header_read_timeout: Duration,
 
+    /// Take workload certificates from the local SPIRE agent (Delegated Identity API, by the
+    /// pod's `k8s:ns` / `k8s:sa` selectors) instead of the certificate service
+    /// (`CA_ADDRESS`). The SPIRE agent must list this proxy's SPIFFE ID in
+    /// `authorized_delegates`.
+    #[arg(long, env = "SPIRE_ENABLED", default_value = "false", action = clap::ArgAction::Set, value_name = "true|false")]
+    pub(crate) spire_enabled: bool,
+
+    /// The SPIRE agent's admin socket (with `SPIRE_ENABLED`).
+    #[arg(long, env = "SPIRE_ADMIN_ENDPOINT_SOCKET", default_value = meshwire_svid::spire::DEFAULT_ADMIN_ENDPOINT)]
+    pub(crate) spire_admin_endpoint_socket: String,
+
+    /// Deadline of every SPIRE call, and the longest wait for a pod's SVID.
+    #[arg(long, env = "SPIRE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) spire_timeout: Duration,
+
     /// Log output format (`plain` is taken as `text`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "plain", "json"])]
     pub(crate) log_format: String,
@@ -174,6 +189,17 @@ pub(crate) struct Config {
     pub(crate) hbone_accept_timeout: Duration,
     pub(crate) strict_hbone_wait: Duration,
     pub(crate) http: crate::http::HttpLimits,
+    /// SPIRE instead of the certificate service, when enabled.
+    pub(crate) spire: Option<SpireSettings>,
+}
+
+/// Where the SPIRE agent is, with `SPIRE_ENABLED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SpireSettings {
+    /// The admin socket (`unix:///path`).
+    pub(crate) admin_socket: String,
+    /// Deadline of every call.
+    pub(crate) timeout: Duration,
 }
 
 impl Cli {
@@ -202,6 +228,13 @@ impl Cli {
         if self.hbone_accept_timeout.is_zero() || self.http_header_read_timeout.is_zero() {
             bail!("--hbone-accept-timeout and --http-header-read-timeout must be positive");
         }
+        if self.spire_enabled && self.spire_timeout.is_zero() {
+            bail!("--spire-timeout must be positive");
+        }
+        let spire = self.spire_enabled.then(|| SpireSettings {
+            admin_socket: self.spire_admin_endpoint_socket.clone(),
+            timeout: self.spire_timeout,
+        });
         let mut hbone_limit = meshwire_hbone::server::ConnectionLimitConfig::default();
         hbone_limit.max_per_key = self.hbone_max_connections_per_pod;
         hbone_limit.max_total = self.hbone_max_connections;
@@ -232,6 +265,7 @@ impl Cli {
                 max_connections: self.http_max_connections,
                 header_read_timeout: self.http_header_read_timeout,
             },
+            spire,
         })
     }
 }
@@ -347,6 +381,40 @@ mod tests {
     }
 
     #[test]
+    fn spire_is_chosen_by_one_flag() {
+        let cfg = parse(&["--node-name", "n"]).unwrap().into_config().unwrap();
+        assert_eq!(cfg.spire, None);
+        let cfg = parse(&["--node-name", "n", "--spire-enabled", "true"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            cfg.spire,
+            Some(SpireSettings {
+                admin_socket: "unix:///run/spire/sockets/admin.sock".to_owned(),
+                timeout: Duration::from_secs(10),
+            })
+        );
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--spire-enabled",
+            "true",
+            "--spire-admin-endpoint-socket",
+            "unix:///tmp/a.sock",
+            "--spire-timeout",
+            "3s",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            cfg.spire.map(|s| (s.admin_socket, s.timeout)),
+            Some(("unix:///tmp/a.sock".to_owned(), Duration::from_secs(3)))
+        );
+    }
+
+    #[test]
     fn node_name_is_required() {
         let err = parse(&[]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
@@ -390,6 +458,9 @@ mod tests {
             ("strict_hbone_wait", "STRICT_HBONE_WAIT"),
             ("http_max_connections", "HTTP_MAX_CONNECTIONS"),
             ("http_header_read_timeout", "HTTP_HEADER_READ_TIMEOUT"),
+            ("spire_enabled", "SPIRE_ENABLED"),
+            ("spire_admin_endpoint_socket", "SPIRE_ADMIN_ENDPOINT_SOCKET"),
+            ("spire_timeout", "SPIRE_TIMEOUT"),
         ] {
             assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
         }

@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use meshwire_svid::spire::source::{SourceConfig, SpireSource};
 use meshwire_xds_workload::WorkloadStore;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -90,7 +91,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         node = %config.node_name,
         zds = %config.zds_socket.display(),
         xds = %config.xds_address,
-        ca = %config.ca_address,
+        ca = %config.spire.as_ref().map_or(config.ca_address.as_str(), |s| s.admin_socket.as_str()),
         mark = config.packet_mark,
         "proxy starting"
     );
@@ -125,14 +126,6 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let Some(xds_root) = control::wait_for_root_pem(&config.xds_root_ca, &shutdown).await else {
         return stop_servers(http_stop, servers).await;
     };
-    let ca_root = if config.ca_root_ca == config.xds_root_ca {
-        xds_root.clone()
-    } else {
-        match control::wait_for_root_pem(&config.ca_root_ca, &shutdown).await {
-            Some(pem) => pem,
-            None => return stop_servers(http_stop, servers).await,
-        }
-    };
     let token = control::TokenValue::parse(config.auth_token.as_deref());
 
     let store = Arc::new(WorkloadStore::new());
@@ -142,8 +135,28 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
     tokio::spawn(control::log_xds_events(xds_events));
 
-    let ca = control::ca_client(&config, &ca_root, token.as_ref(), &crypto)?;
-    let certs = tls::certs::Managed::new(ca, crypto, metrics.clone());
+    // Workload certificates: from the SPIRE agent, or from the certificate service.
+    let certs: Arc<dyn tls::certs::Certificates> = match &config.spire {
+        Some(spire) => {
+            let mut source_config = SourceConfig::default();
+            source_config.timeout = spire.timeout;
+            let source = SpireSource::connect_unix(&spire.admin_socket, source_config)?;
+            tracing::info!(admin_socket = %spire.admin_socket, "workload certificates from SPIRE");
+            tls::certs::Managed::new(source, crypto, metrics.clone())
+        }
+        None => {
+            let ca_root = if config.ca_root_ca == config.xds_root_ca {
+                xds_root.clone()
+            } else {
+                match control::wait_for_root_pem(&config.ca_root_ca, &shutdown).await {
+                    Some(pem) => pem,
+                    None => return stop_servers(http_stop, servers).await,
+                }
+            };
+            let ca = control::ca_client(&config, &ca_root, token.as_ref(), &crypto)?;
+            tls::certs::Managed::new(ca, crypto, metrics.clone())
+        }
+    };
 
     let dataplane = DataPlane::new(
         DataPlaneConfig {

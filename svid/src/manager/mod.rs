@@ -32,6 +32,12 @@ pub trait CertificateSource: Send + Sync + 'static {
     /// Obtains a fresh certificate for `id`.
     fn fetch(&self, id: &SpiffeId)
     -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send;
+
+    /// The manager forgot `id` (its last holder is gone): a source that keeps state per
+    /// identity (a SPIRE subscription) may drop it. The default does nothing.
+    fn forget(&self, id: &SpiffeId) {
+        let _ = id;
+    }
 }
 
 impl<T: CertificateSource> CertificateSource for Arc<T> {
@@ -41,6 +47,9 @@ impl<T: CertificateSource> CertificateSource for Arc<T> {
         id: &SpiffeId,
     ) -> impl Future<Output = Result<FetchedSvid, Self::Error>> + Send {
         T::fetch(self, id)
+    }
+    fn forget(&self, id: &SpiffeId) {
+        T::forget(self, id);
     }
 }
 
@@ -344,6 +353,7 @@ impl<S: CertificateSource> Release for Shared<S> {
         }
         tracing::debug!(identity = %id, "forgot identity");
         drop(st);
+        self.source.forget(id);
         self.wake.notify_one();
     }
 

@@ -125,10 +125,15 @@ impl<S: CertificateSource> Managed<S> {
         let identity = id.to_string();
         // Ends when the manager forgets the identity (its state sender is dropped).
         tokio::spawn(async move {
+            // A source may hand out the same certificate again (SPIRE before it rotated):
+            // log each certificate once.
+            let mut logged: Option<CertificateDer<'static>> = None;
             loop {
                 let state = changes.borrow_and_update().clone();
                 match (&state.certificate, &state.last_error) {
+                    (Some(c), _) if logged.as_ref() == Some(c.svid.leaf()) => {}
                     (Some(c), _) => {
+                        logged = Some(c.svid.leaf().clone());
                         tracing::info!(
                             identity = %identity,
                             not_after = unix(c.svid.not_after()),
