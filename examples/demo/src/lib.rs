@@ -11,10 +11,12 @@
 //! namespaces (and with them every rule the agent installed) are deleted and the state
 //! directory is removed.
 
+pub mod bench;
 mod cleanup;
 mod cluster;
 mod echo;
 mod flow;
+pub mod launch;
 mod metrics;
 mod probe;
 mod processes;

@@ -1,0 +1,114 @@
+//! The node-level benchmark: the demo's two-node cluster with the real agent and proxy,
+//! measured with the benchmark's own traffic generator. Prints a table and JSON.
+//!
+//! Run it as root from the repository: `sudo cargo run --release -p demo --bin bench`
+//! (a quick round), or with `-- --runs 5 --seconds 8` for the full measurement.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use demo::bench::{self, Options, Round, Servers, report};
+use demo::launch::step;
+use demo::{Cluster, ClusterOptions, Role};
+
+const USAGE: &str = "usage: bench [--runs N] [--seconds S] [--tunnels N] [--json FILE]
+  --runs N      rounds over every path; the report shows medians (default 1)
+  --seconds S   length of each throughput measurement (default 2; latency and
+                connection rate take half of it)
+  --tunnels N   idle tunnels held open for the memory figure (default 1000)
+  --json FILE   write the JSON report to FILE instead of standard output";
+
+#[derive(Debug)]
+struct Args {
+    runs: usize,
+    opts: Options,
+    json: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        runs: 1,
+        opts: Options::default(),
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--runs" => args.runs = value()?.parse().context("--runs")?,
+            "--seconds" => {
+                args.opts.duration =
+                    Duration::from_secs_f64(value()?.parse().context("--seconds")?);
+            }
+            "--tunnels" => args.opts.idle_tunnels = value()?.parse().context("--tunnels")?,
+            "--json" => args.json = Some(value()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    if args.runs == 0 || args.opts.duration.is_zero() {
+        bail!("--runs and --seconds must be positive");
+    }
+    Ok(args)
+}
+
+fn main() {
+    match run() {
+        Ok(()) => {}
+        Err(_) if demo::launch::interrupted() => {
+            eprintln!("interrupted: cleaned up");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let binaries = demo::launch::prepare("benchmark")?;
+    step("building two nodes and five pods, starting the agents and proxies");
+    let mut cluster = Cluster::start(ClusterOptions {
+        binaries,
+        log: "info".into(),
+        reconcile_interval: Duration::from_millis(500),
+        rules: "istio",
+        proxy_env: Vec::new(),
+    })?;
+    let _servers = [
+        Servers::start(cluster.pod(Role::ServerFar))?,
+        Servers::start(cluster.pod(Role::Legacy))?,
+    ];
+    let mut rounds: Vec<Round> = Vec::new();
+    for i in 0..args.runs {
+        step(&format!(
+            "round {}/{}: passthrough, HBONE, memory, then direct ({:?} per throughput figure)",
+            i + 1,
+            args.runs,
+            args.opts.duration
+        ));
+        rounds.push(
+            bench::measure(&mut cluster, &args.opts)
+                .with_context(|| format!("round {} (logs: {})", i + 1, cluster.logs_hint()))?,
+        );
+    }
+    let extra = report::Extra::default();
+    print!("{}", report::table(&rounds, &extra));
+    let json = serde_json::to_string_pretty(&report::json(&rounds, &extra))?;
+    match &args.json {
+        Some(path) => {
+            std::fs::write(path, json + "\n").with_context(|| format!("writing {path}"))?
+        }
+        None => println!("{json}"),
+    }
+    drop(cluster);
+    Ok(())
+}
