@@ -133,7 +133,8 @@ impl Round {
 }
 
 /// One round: the enrolled paths (passthrough, HBONE) and the proxies' memory, then
-/// `shop` unenrolled for the direct path, then enrolled again. The benchmark servers must
+/// `shop` unenrolled for the direct path, then enrolled again. Only the first round's
+/// memory figure means much: later rounds reuse what the allocator kept from the first. The benchmark servers must
 /// run in `shop/server-far` and `legacy/legacy` ([`Servers::start`]).
 pub fn measure(cluster: &mut Cluster, opts: &Options) -> Result<Round> {
     let mut round = Round::default();
@@ -203,17 +204,6 @@ fn measure_path(cluster: &Cluster, path: Path, opts: &Options) -> Result<PathFig
         opts.duration / 2,
     )?;
     Ok(f)
-}
-
-/// New HBONE connections per second from `shop/client` to `shop/server-far`: warm when
-/// the source proxy keeps its pooled connection, cold when it releases it as soon as it is
-/// unused (`POOL_UNUSED_RELEASE_TIMEOUT=0s`).
-pub fn hbone_connection_rate(cluster: &Cluster, opts: &Options) -> Result<f64> {
-    traffic::connection_rate(
-        cluster.pod(Role::Client),
-        address(cluster, Role::ServerFar, traffic::ONCE_PORT),
-        opts.duration / 2,
-    )
 }
 
 fn measure_memory(cluster: &Cluster, opts: &Options) -> Result<MemoryFigures> {

@@ -101,15 +101,8 @@ fn samples(rounds: &[Round], path: Path, get: fn(&PathFigures) -> f64) -> (Vec<f
     (values, ratios)
 }
 
-/// The HBONE connection rate with a cold pool, one sample per round, if measured.
-#[derive(Debug, Clone, Default)]
-pub struct Extra {
-    /// New HBONE connections per second with a TLS handshake each (cold pool), per round.
-    pub cold_conns_per_s: Vec<f64>,
-}
-
 /// The table: medians over the rounds, ratio to direct in parentheses.
-pub fn table(rounds: &[Round], extra: &Extra) -> String {
+pub fn table(rounds: &[Round]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -145,37 +138,17 @@ pub fn table(rounds: &[Round], extra: &Extra) -> String {
             num(direct)
         );
     }
-    if !extra.cold_conns_per_s.is_empty() {
-        let direct_rate = median(&samples(rounds, Path::Direct, |f| f.conns_per_s).0);
-        let cold = median(&extra.cold_conns_per_s);
+    if let Some(first) = rounds.first() {
+        let m = &first.memory;
         let _ = writeln!(
             out,
-            "new HBONE connections, cold pool (TLS each): {}/s ({:.2}x direct)",
-            num(cold),
-            if direct_rate > 0.0 {
-                cold / direct_rate
-            } else {
-                0.0
-            }
+            "proxy memory (both, RSS, first round): idle {} KiB, with {} idle HBONE tunnels {} KiB: {} bytes per tunnel",
+            m.idle_kib.iter().sum::<u64>(),
+            m.tunnels,
+            m.loaded_kib.iter().sum::<u64>(),
+            num(m.bytes_per_tunnel())
         );
     }
-    let per_tunnel: Vec<f64> = rounds.iter().map(|r| r.memory.bytes_per_tunnel()).collect();
-    let idle: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.memory.idle_kib.iter().sum::<u64>() as f64)
-        .collect();
-    let loaded: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.memory.loaded_kib.iter().sum::<u64>() as f64)
-        .collect();
-    let _ = writeln!(
-        out,
-        "proxy memory (both, RSS): idle {} KiB, with {} idle tunnels {} KiB, {} bytes per tunnel",
-        num(median(&idle)),
-        rounds.first().map_or(0, |r| r.memory.tunnels),
-        num(median(&loaded)),
-        num(median(&per_tunnel))
-    );
     out
 }
 
@@ -198,7 +171,7 @@ fn num(v: f64) -> String {
 }
 
 /// The same figures as JSON: per path the median and every round's value and ratio.
-pub fn json(rounds: &[Round], extra: &Extra) -> Value {
+pub fn json(rounds: &[Round]) -> Value {
     let mut paths = Map::new();
     for p in Path::ALL {
         let mut figures = Map::new();
@@ -223,20 +196,16 @@ pub fn json(rounds: &[Round], extra: &Extra) -> Value {
         }
         paths.insert(p.name().to_owned(), Value::Object(figures));
     }
-    let per_tunnel: Vec<f64> = rounds.iter().map(|r| r.memory.bytes_per_tunnel()).collect();
+    let memory = rounds.first().map(|r| &r.memory);
     json!({
         "rounds": rounds.len(),
         "paths": paths,
-        "hbone_cold_conns_per_s": {
-            "median": median(&extra.cold_conns_per_s),
-            "rounds": extra.cold_conns_per_s,
-        },
-        "memory": {
-            "tunnels": rounds.first().map_or(0, |r| r.memory.tunnels),
-            "idle_kib": rounds.iter().map(|r| r.memory.idle_kib).collect::<Vec<_>>(),
-            "loaded_kib": rounds.iter().map(|r| r.memory.loaded_kib).collect::<Vec<_>>(),
-            "bytes_per_tunnel": { "median": median(&per_tunnel), "rounds": per_tunnel },
-        },
+        "memory": memory.map(|m| json!({
+            "tunnels": m.tunnels,
+            "idle_kib": m.idle_kib,
+            "loaded_kib": m.loaded_kib,
+            "bytes_per_tunnel": m.bytes_per_tunnel(),
+        })),
     })
 }
 
@@ -278,7 +247,7 @@ mod tests {
         let (values, ratios) = samples(&rounds, Path::Hbone, |f| f.gbps_1);
         assert_eq!(values, [2.0, 3.0]);
         assert_eq!(median(&ratios), 0.375);
-        let j = json(&rounds, &Extra::default());
+        let j = json(&rounds);
         assert_eq!(
             j["paths"]["hbone"]["gbps_1"]["ratio_to_direct"]["median"],
             0.375

@@ -16,13 +16,15 @@ const USAGE: &str = "usage: bench [--runs N] [--seconds S] [--tunnels N] [--json
   --seconds S   length of each throughput measurement (default 2; latency and
                 connection rate take half of it)
   --tunnels N   idle tunnels held open for the memory figure (default 1000)
-  --json FILE   write the JSON report to FILE instead of standard output";
+  --json FILE   write the JSON report to FILE instead of standard output
+  --proxy-env K=V  extra environment of both proxies (repeatable), for experiments";
 
 #[derive(Debug)]
 struct Args {
     runs: usize,
     opts: Options,
     json: Option<String>,
+    proxy_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -30,6 +32,7 @@ fn parse_args() -> Result<Args> {
         runs: 1,
         opts: Options::default(),
         json: None,
+        proxy_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -45,6 +48,13 @@ fn parse_args() -> Result<Args> {
             }
             "--tunnels" => args.opts.idle_tunnels = value()?.parse().context("--tunnels")?,
             "--json" => args.json = Some(value()?),
+            "--proxy-env" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--proxy-env {kv}: expected KEY=VALUE"))?;
+                args.proxy_env.push((k.to_owned(), v.to_owned()));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -81,7 +91,7 @@ fn run() -> Result<()> {
         log: "info".into(),
         reconcile_interval: Duration::from_millis(500),
         rules: "istio",
-        proxy_env: Vec::new(),
+        proxy_env: args.proxy_env.clone(),
     })?;
     let _servers = [
         Servers::start(cluster.pod(Role::ServerFar))?,
@@ -100,9 +110,8 @@ fn run() -> Result<()> {
                 .with_context(|| format!("round {} (logs: {})", i + 1, cluster.logs_hint()))?,
         );
     }
-    let extra = report::Extra::default();
-    print!("{}", report::table(&rounds, &extra));
-    let json = serde_json::to_string_pretty(&report::json(&rounds, &extra))?;
+    print!("{}", report::table(&rounds));
+    let json = serde_json::to_string_pretty(&report::json(&rounds))?;
     match &args.json {
         Some(path) => {
             std::fs::write(path, json + "\n").with_context(|| format!("writing {path}"))?
