@@ -21,6 +21,7 @@ mod pods;
 mod readiness;
 mod routing;
 mod signals;
+mod splice;
 mod tls;
 
 use std::process::ExitCode;
