@@ -40,6 +40,22 @@ pub fn prepare(what: &str) -> Result<Binaries> {
     build_binaries()
 }
 
+/// Ends the program with the outcome of its run: 0, 130 after Ctrl-C or SIGTERM (the run
+/// dropped its cluster on the way out, so everything is cleaned up), or 1 with the error.
+pub fn exit_with(what: &str, result: Result<()>) {
+    match result {
+        Ok(()) => {}
+        Err(_) if interrupted() => {
+            eprintln!("interrupted: cleaned up");
+            std::process::exit(130);
+        }
+        Err(e) => {
+            eprintln!("{what} failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Prints a step of the program's progress.
 pub fn step(what: &str) {
     println!("==> {what}");

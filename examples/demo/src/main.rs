@@ -10,18 +10,7 @@ use demo::launch::step;
 use demo::{Cluster, ClusterOptions, ENROLLED_NS, Role};
 
 fn main() {
-    match run() {
-        Ok(()) => {}
-        Err(_) if demo::launch::interrupted() => {
-            // `run` dropped the cluster on its way out: everything is cleaned up.
-            eprintln!("interrupted: cleaned up");
-            std::process::exit(130);
-        }
-        Err(e) => {
-            eprintln!("demo failed: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    demo::launch::exit_with("demo", run());
 }
 
 fn run() -> Result<()> {

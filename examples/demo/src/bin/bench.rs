@@ -69,17 +69,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() {
-    match run() {
-        Ok(()) => {}
-        Err(_) if demo::launch::interrupted() => {
-            eprintln!("interrupted: cleaned up");
-            std::process::exit(130);
-        }
-        Err(e) => {
-            eprintln!("bench failed: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    demo::launch::exit_with("bench", run());
 }
 
 fn run() -> Result<()> {
