@@ -127,7 +127,6 @@ mod config;
 mod keepalive;
 #[cfg(test)]
 mod tests;
-mod tls_io;
 
 pub mod client;
 pub mod headers;

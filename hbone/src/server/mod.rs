@@ -383,10 +383,7 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         info: &ConnectionInfo,
     ) -> Result<
         (
-            h2::server::Connection<
-                tokio_rustls::server::TlsStream<crate::tls_io::BufferedIo<IO>>,
-                Bytes,
-            >,
+            h2::server::Connection<tokio_rustls::server::TlsStream<IO>, Bytes>,
             SpiffeId,
         ),
         ServerError,
@@ -400,14 +397,10 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             .server_config(info)
             .await
             .map_err(|e| ServerError::TlsConfig(Box::new(e)))?;
-        let mut stream = tokio_rustls::TlsAcceptor::from(tls)
-            .accept(crate::tls_io::buffered(io))
+        let stream = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(io)
             .await
             .map_err(ServerError::Tls)?;
-        stream
-            .get_mut()
-            .1
-            .set_buffer_limit(Some(crate::tls_io::TLS_SEND_BUFFER));
         let peer = stream
             .get_ref()
             .1
