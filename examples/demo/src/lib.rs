@@ -11,11 +11,13 @@
 //! namespaces (and with them every rule the agent installed) are deleted and the state
 //! directory is removed.
 
+pub mod bench;
 mod capture;
 mod cleanup;
 mod cluster;
 mod echo;
 mod flow;
+pub mod launch;
 mod metrics;
 mod probe;
 mod processes;

@@ -4,50 +4,20 @@
 //! Run it as root from the repository: `sudo cargo run --release -p demo`; add `-- --spire`
 //! to have a real SPIRE server and agent issue the workload certificates.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role};
-
-/// Set once Ctrl-C or SIGTERM arrived: errors after that are the interruption's doing.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use anyhow::Result;
+use demo::launch::step;
+use demo::{Cluster, ClusterOptions, ENROLLED_NS, Role};
 
 fn main() {
-    match run() {
-        Ok(()) => {}
-        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
-            // `run` dropped the cluster on its way out: everything is cleaned up.
-            eprintln!("interrupted: cleaned up");
-            std::process::exit(130);
-        }
-        Err(e) => {
-            eprintln!("demo failed: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    demo::launch::exit_with("demo", run());
 }
 
 fn run() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "the demo builds network namespaces and iptables rules, so it must run as root: run `cargo run --release -p demo` from a root shell"
-        );
-    }
-    if testbed::check_privileges().is_err() {
-        install_packages()?;
-    }
-    if let Err(e) = testbed::check_privileges() {
-        bail!(
-            "{e} (the demo needs the iptables and iproute2 packages: apt-get install -y iptables iproute2)"
-        );
-    }
-    install_interrupt_handler()?;
+    let binaries = demo::launch::prepare("demo")?;
     // `--spire`: SPIRE issues the workload certificates (a real SPIRE server and agent).
     let spire = std::env::args().skip(1).any(|a| a == "--spire");
-    let binaries = build_binaries()?;
 
     step("building two nodes and five pods (network namespaces, veth pairs, bridges)");
     let mut cluster = Cluster::start(ClusterOptions {
@@ -117,96 +87,6 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Installs `iptables` and `iproute2` with apt-get, the one thing the demo needs beyond the
-/// Rust toolchain.
-fn install_packages() -> Result<()> {
-    if Command::new("apt-get").arg("--version").output().is_err() {
-        bail!(
-            "iptables or iproute2 is missing and there is no apt-get to install them: install the iptables and iproute2 packages, then run the demo again"
-        );
-    }
-    step("installing iptables and iproute2 (apt-get)");
-    let update = Command::new("apt-get").args(["update", "-qq"]).status()?;
-    let install = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "iptables", "iproute2"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?;
-    if !update.success() || !install.success() {
-        bail!(
-            "apt-get could not install iptables and iproute2; install them, then run the demo again"
-        );
-    }
-    Ok(())
-}
-
-fn step(what: &str) {
-    println!("==> {what}");
-}
-
 fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| b"meshwire-demo-"[i % 14]).collect()
-}
-
-/// Builds the agent and proxy with the same profile as this binary, when run through cargo.
-fn build_binaries() -> Result<Binaries> {
-    let exe = std::env::current_exe().context("cannot find the demo executable")?;
-    let dir: PathBuf = exe
-        .parent()
-        .context("the demo executable has no directory")?
-        .to_owned();
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        step("building the agent and proxy binaries");
-        let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "agent", "-p", "proxy"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().context("cannot run cargo build")?;
-        if !status.success() {
-            bail!("cargo build -p agent -p proxy failed");
-        }
-    }
-    Binaries::in_dir(&dir)
-}
-
-/// On Ctrl-C or SIGTERM: stop the children and delete this process's namespaces, then exit.
-fn install_interrupt_handler() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
-    // Register the handlers before returning, so no signal is missed once the demo runs.
-    let mut term = rt
-        .block_on(async {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        })
-        .context("cannot install the SIGTERM handler")?;
-    let mut int = rt
-        .block_on(async {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        })
-        .context("cannot install the SIGINT handler")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let name = rt.block_on(async {
-                tokio::select! {
-                    _ = int.recv() => "interrupted",
-                    _ = term.recv() => "terminated",
-                }
-            });
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            eprintln!("\n{name}: cleaning up");
-            // The agents and proxies share our process group: on Ctrl-C the terminal
-            // signalled them too; on SIGTERM do it here. Our own handler absorbs it.
-            let _ =
-                nix::sys::signal::killpg(nix::unistd::getpgrp(), nix::sys::signal::Signal::SIGTERM);
-            std::thread::sleep(Duration::from_millis(500));
-            testbed::delete_own_namespaces();
-            demo::remove_own_state_dirs();
-            std::process::exit(130);
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
 }

@@ -2,7 +2,8 @@
 //! when one side reaches end of stream, the write half of the other side is shut down and the
 //! opposite direction keeps flowing until it ends too.
 //!
-//! An HBONE tunnel is spliced with its socket by [`meshwire_hbone::tunnel::copy_bidirectional_with`] (chunks go
+//! Plain TCP on both sides goes through [`splice`](crate::splice) (zero-copy, splice(2)),
+//! with the buffered copy here as the fallback. An HBONE tunnel is spliced with its socket by [`meshwire_hbone::tunnel::copy_bidirectional_with`] (chunks go
 //! between HTTP/2 frames and the socket without a copy through a proxy buffer), reporting into
 //! the same counters as the plain TCP ↔ TCP copy here.
 
@@ -14,6 +15,8 @@ use meshwire_hbone::tunnel::{CopyDirection, CopyObserver};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::splice::{Pipes, splice_bidirectional};
 
 /// Initial copy buffer per direction.
 const SMALL_BUFFER: usize = 16 * 1024;
@@ -59,7 +62,7 @@ impl Meter {
         self.to_downstream.load(Ordering::Relaxed)
     }
 
-    fn add(&self, way: Way, bytes: u64) {
+    pub(crate) fn add(&self, way: Way, bytes: u64) {
         self.total.inc_by(bytes);
         match way {
             Way::ToUpstream => {
@@ -76,7 +79,7 @@ impl Meter {
 
 /// The direction of a piece of a connection's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Way {
+pub(crate) enum Way {
     /// From the side that connected to the proxy towards the side the proxy connected to.
     ToUpstream,
     /// Back.
@@ -101,7 +104,15 @@ impl Ends {
     /// they run).
     pub(crate) async fn copy(self, meter: &Meter) -> io::Result<()> {
         match self {
-            Self::Tcp(a, b) => copy_bidirectional(a, b, meter).await,
+            // Zero-copy when the two pipes can be had; buffered when the process is out of
+            // file descriptors for them.
+            Self::Tcp(a, b) => match Pipes::new() {
+                Ok(pipes) => splice_bidirectional(&a, &b, pipes, meter).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pipes for splice(2): buffered copy");
+                    copy_bidirectional(a, b, meter).await
+                }
+            },
             Self::SocketToTunnel(socket, tunnel) => {
                 let meter = TunnelMeter {
                     meter,
@@ -234,8 +245,19 @@ mod tests {
         assert_eq!((total.get(), up.get(), down.get()), (300_006, 300_000, 6));
     }
 
-    /// client -> (TCP) -> `copy_bidirectional` -> (TCP) -> server, all on loopback.
-    async fn tcp_relay() -> (
+    /// How the TCP relay of the tests copies.
+    #[derive(Clone, Copy, Debug)]
+    enum Relay {
+        /// The buffered copy (the fallback).
+        Buffered,
+        /// What the proxy uses: [`Ends::Tcp`], zero-copy with splice(2).
+        Spliced,
+    }
+
+    /// client -> (TCP) -> relay -> (TCP) -> server, all on loopback.
+    async fn tcp_relay(
+        relay: Relay,
+    ) -> (
         TcpStream,
         TcpStream,
         Arc<Meter>,
@@ -249,7 +271,10 @@ mod tests {
         let proxy = tokio::spawn(async move {
             let (inbound, _) = front.accept().await.unwrap();
             let outbound = TcpStream::connect(back_addr).await.unwrap();
-            copy_bidirectional(inbound, outbound, &s).await
+            match relay {
+                Relay::Buffered => copy_bidirectional(inbound, outbound, &s).await,
+                Relay::Spliced => Ends::Tcp(inbound, outbound).copy(&s).await,
+            }
         });
         let client = TcpStream::connect(front_addr).await.unwrap();
         let (server, _) = back.accept().await.unwrap();
@@ -258,42 +283,83 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_half_close_reaches_the_peer() {
-        let (mut client, mut server, stats, proxy) = tcp_relay().await;
-        client.write_all(b"ping").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut buf = Vec::new();
-        server.read_to_end(&mut buf).await.unwrap();
-        assert_eq!(buf, b"ping");
-        server.write_all(b"pong").await.unwrap();
-        drop(server);
-        let mut buf = Vec::new();
-        client.read_to_end(&mut buf).await.unwrap();
-        assert_eq!(buf, b"pong");
-        proxy.await.unwrap().unwrap();
-        assert_eq!((stats.to_upstream(), stats.to_downstream()), (4, 4));
+        for relay in [Relay::Buffered, Relay::Spliced] {
+            let (mut client, mut server, stats, proxy) = tcp_relay(relay).await;
+            client.write_all(b"ping").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut buf = Vec::new();
+            server.read_to_end(&mut buf).await.unwrap();
+            assert_eq!(buf, b"ping", "{relay:?}");
+            server.write_all(b"pong").await.unwrap();
+            drop(server);
+            let mut buf = Vec::new();
+            client.read_to_end(&mut buf).await.unwrap();
+            assert_eq!(buf, b"pong", "{relay:?}");
+            proxy.await.unwrap().unwrap();
+            assert_eq!((stats.to_upstream(), stats.to_downstream()), (4, 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_transfer_arrives_intact_and_counted_both_ways() {
+        for relay in [Relay::Buffered, Relay::Spliced] {
+            let (client, server, stats, proxy) = tcp_relay(relay).await;
+            // More than a pipe and a socket buffer hold, in both directions at once.
+            let up: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+            let down: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+            let exchange = |mut s: TcpStream, out: Vec<u8>| {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let send = async {
+                        w.write_all(&out).await.unwrap();
+                        w.shutdown().await.unwrap();
+                    };
+                    let mut got = Vec::new();
+                    let recv = r.read_to_end(&mut got);
+                    let (_, n) = tokio::join!(send, recv);
+                    n.unwrap();
+                    got
+                })
+            };
+            let at_server = exchange(server, down.clone());
+            let at_client = exchange(client, up.clone());
+            assert!(
+                at_server.await.unwrap() == up,
+                "{relay:?}: upstream bytes differ"
+            );
+            assert!(
+                at_client.await.unwrap() == down,
+                "{relay:?}: downstream bytes differ"
+            );
+            proxy.await.unwrap().unwrap();
+            assert_eq!(stats.to_upstream(), 6_000_000, "{relay:?}");
+            assert_eq!(stats.to_downstream(), 3_000_000, "{relay:?}");
+        }
     }
 
     #[tokio::test]
     async fn an_error_ends_both_directions_and_keeps_counts() {
-        let (mut client, mut server, stats, proxy) = tcp_relay().await;
-        client.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        server.read_exact(&mut buf).await.unwrap();
-        // Abort the server side with RST.
-        socket2::SockRef::from(&server)
-            .set_linger(Some(std::time::Duration::ZERO))
-            .unwrap();
-        drop(server);
-        let result = tokio::time::timeout(std::time::Duration::from_secs(5), proxy)
-            .await
-            .expect("copy must end when a side resets")
-            .unwrap();
-        assert!(result.is_err());
-        assert_eq!(stats.to_upstream(), 5);
-        // The client sees the connection end too.
-        let mut rest = Vec::new();
-        let _ = client.read_to_end(&mut rest).await;
-        assert!(rest.is_empty());
+        for relay in [Relay::Buffered, Relay::Spliced] {
+            let (mut client, mut server, stats, proxy) = tcp_relay(relay).await;
+            client.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            server.read_exact(&mut buf).await.unwrap();
+            // Abort the server side with RST.
+            socket2::SockRef::from(&server)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(server);
+            let result = tokio::time::timeout(std::time::Duration::from_secs(5), proxy)
+                .await
+                .expect("copy must end when a side resets")
+                .unwrap();
+            assert!(result.is_err(), "{relay:?}");
+            assert_eq!(stats.to_upstream(), 5, "{relay:?}");
+            // The client sees the connection end too.
+            let mut rest = Vec::new();
+            let _ = client.read_to_end(&mut rest).await;
+            assert!(rest.is_empty(), "{relay:?}");
+        }
     }
 
     #[test]

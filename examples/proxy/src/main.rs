@@ -21,6 +21,7 @@ mod pods;
 mod readiness;
 mod routing;
 mod signals;
+mod splice;
 #[cfg(test)]
 mod test_support;
 mod tls;

@@ -1,0 +1,245 @@
+//! The node-level benchmark: throughput, CPU per byte, request/response latency, connection
+//! rate and memory of the real agent and proxy on the two-node cluster, each path next to
+//! the same pods talking directly.
+//!
+//! [`measure`] runs one round over the three paths on a started [`Cluster`]; [`report`]
+//! turns several rounds into medians, a table and JSON.
+
+use std::net::{IpAddr, SocketAddr};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::{Cluster, ENROLLED_NS, Role};
+
+mod procstat;
+pub mod report;
+mod traffic;
+
+pub use procstat::{cpu_time, rss_kib};
+pub use traffic::Servers;
+
+/// How long and how often to measure.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// Length of each throughput measurement; latency and connection rate take half of it.
+    pub duration: Duration,
+    /// Idle tunnels held open for the memory figure.
+    pub idle_tunnels: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(2),
+            idle_tunnels: 1000,
+        }
+    }
+}
+
+/// A path through the cluster, from `shop/client` on node 1 to a pod on node 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    /// `shop/client` → `shop/server-far` with `shop` not enrolled: no proxy at all.
+    Direct,
+    /// `shop/client` → `legacy/legacy`: the source proxy passes plain TCP through.
+    Passthrough,
+    /// `shop/client` → `shop/server-far`: HBONE between the two proxies.
+    Hbone,
+}
+
+impl Path {
+    /// The three paths, direct first.
+    pub const ALL: [Self; 3] = [Self::Direct, Self::Passthrough, Self::Hbone];
+
+    /// A short name (also the JSON key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Passthrough => "passthrough",
+            Self::Hbone => "hbone",
+        }
+    }
+
+    fn destination(self) -> Role {
+        match self {
+            Self::Passthrough => Role::Legacy,
+            Self::Direct | Self::Hbone => Role::ServerFar,
+        }
+    }
+}
+
+/// What one round measured on one path.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PathFigures {
+    /// Throughput of one stream, Gbit/s.
+    pub gbps_1: f64,
+    /// Throughput of eight streams together, Gbit/s.
+    pub gbps_8: f64,
+    /// CPU seconds of both proxies per GB carried, one stream.
+    pub cpu_s_per_gb_1: f64,
+    /// CPU seconds of both proxies per GB carried, eight streams.
+    pub cpu_s_per_gb_8: f64,
+    /// One-byte request/response round trip, median, microseconds.
+    pub rr_p50_us: f64,
+    /// One-byte request/response round trip, 99th percentile, microseconds.
+    pub rr_p99_us: f64,
+    /// New connections per second (for HBONE: over the warm pool).
+    pub conns_per_s: f64,
+}
+
+/// Resident memory of the two proxies, KiB.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MemoryFigures {
+    /// Both proxies with no connections.
+    pub idle_kib: [u64; 2],
+    /// Both proxies holding the idle tunnels.
+    pub loaded_kib: [u64; 2],
+    /// How many idle tunnels were open.
+    pub tunnels: usize,
+}
+
+impl MemoryFigures {
+    /// Bytes per idle tunnel, both proxies together.
+    pub fn bytes_per_tunnel(&self) -> f64 {
+        let idle: u64 = self.idle_kib.iter().sum();
+        let loaded: u64 = self.loaded_kib.iter().sum();
+        if self.tunnels == 0 {
+            return 0.0;
+        }
+        loaded.saturating_sub(idle) as f64 * 1024.0 / self.tunnels as f64
+    }
+}
+
+/// One round over every path.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Round {
+    /// Per path, in [`Path::ALL`] order.
+    pub paths: Vec<(Path, PathFigures)>,
+    /// Proxy memory, idle and with idle HBONE tunnels.
+    pub memory: MemoryFigures,
+}
+
+impl Round {
+    /// The figures of `path`.
+    pub fn path(&self, path: Path) -> Option<&PathFigures> {
+        self.paths.iter().find(|(p, _)| *p == path).map(|(_, f)| f)
+    }
+}
+
+/// One round: the enrolled paths (passthrough, HBONE) and the proxies' memory, then
+/// `shop` unenrolled for the direct path, then enrolled again. Only the first round's
+/// memory figure means much: later rounds reuse what the allocator kept from the first. The benchmark servers must
+/// run in `shop/server-far` and `legacy/legacy` ([`Servers::start`]).
+pub fn measure(cluster: &mut Cluster, opts: &Options) -> Result<Round> {
+    let mut round = Round::default();
+    for path in [Path::Passthrough, Path::Hbone] {
+        round.paths.push((path, measure_path(cluster, path, opts)?));
+    }
+    round.memory = measure_memory(cluster, opts)?;
+    cluster.set_enrolled(ENROLLED_NS, false)?;
+    cluster.wait_enrolled(Duration::from_secs(60))?;
+    let direct = measure_path(cluster, Path::Direct, opts);
+    cluster.set_enrolled(ENROLLED_NS, true)?;
+    cluster.wait_enrolled(Duration::from_secs(60))?;
+    round.paths.insert(0, (Path::Direct, direct?));
+    Ok(round)
+}
+
+fn address(cluster: &Cluster, role: Role, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(cluster.pod(role).ipv4()), port)
+}
+
+/// Both proxies' CPU time so far.
+fn proxies_cpu(cluster: &Cluster) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    for i in 0..2 {
+        let Some(pid) = cluster.proxy_pid(i) else {
+            bail!("the proxy of node-{} is not running", i + 1)
+        };
+        total += cpu_time(pid)?;
+    }
+    Ok(total)
+}
+
+fn measure_path(cluster: &Cluster, path: Path, opts: &Options) -> Result<PathFigures> {
+    let client = cluster.pod(Role::Client);
+    let to = path.destination();
+    let mut f = PathFigures::default();
+    for (streams, gbps, cpu) in [
+        (1, &mut f.gbps_1, &mut f.cpu_s_per_gb_1),
+        (8, &mut f.gbps_8, &mut f.cpu_s_per_gb_8),
+    ] {
+        let cpu_before = proxies_cpu(cluster)?;
+        let (bytes, elapsed) = traffic::throughput(
+            client,
+            address(cluster, to, traffic::SINK_PORT),
+            streams,
+            opts.duration,
+        )?;
+        let cpu_used = proxies_cpu(cluster)?.saturating_sub(cpu_before);
+        *gbps = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
+        *cpu = if bytes == 0 {
+            0.0
+        } else {
+            cpu_used.as_secs_f64() / (bytes as f64 / 1e9)
+        };
+    }
+    let mut rtts = traffic::request_response(
+        client,
+        address(cluster, to, traffic::RR_PORT),
+        opts.duration / 2,
+    )?;
+    rtts.sort_unstable();
+    f.rr_p50_us = percentile_us(&rtts, 50.0);
+    f.rr_p99_us = percentile_us(&rtts, 99.0);
+    f.conns_per_s = traffic::connection_rate(
+        client,
+        address(cluster, to, traffic::ONCE_PORT),
+        opts.duration / 2,
+    )?;
+    Ok(f)
+}
+
+fn measure_memory(cluster: &Cluster, opts: &Options) -> Result<MemoryFigures> {
+    let rss = |cluster: &Cluster| -> Result<[u64; 2]> {
+        let mut out = [0; 2];
+        for (i, o) in out.iter_mut().enumerate() {
+            let Some(pid) = cluster.proxy_pid(i) else {
+                bail!("the proxy of node-{} is not running", i + 1)
+            };
+            *o = rss_kib(pid)?;
+        }
+        Ok(out)
+    };
+    // Let the connections of the earlier measurements close.
+    thread::sleep(Duration::from_millis(500));
+    let idle_kib = rss(cluster)?;
+    let conns = traffic::open_idle(
+        cluster.pod(Role::Client),
+        address(cluster, Role::ServerFar, traffic::RR_PORT),
+        opts.idle_tunnels,
+    )?;
+    thread::sleep(Duration::from_millis(500));
+    let loaded_kib = rss(cluster)?;
+    drop(conns);
+    Ok(MemoryFigures {
+        idle_kib,
+        loaded_kib,
+        tunnels: opts.idle_tunnels,
+    })
+}
+
+/// The `p`th percentile of sorted samples, in microseconds.
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
