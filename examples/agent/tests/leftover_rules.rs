@@ -83,11 +83,15 @@ fn rules_left_in_an_unenrolled_pod_are_removed_at_start_up_without_a_state_file(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The agent logs the removal once its rules command returned: give the line a moment.
+    let logged =
+        |t: &str| t.contains("left by an earlier run") && t.contains("redirection rules removed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logged(&show_log()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let text = show_log();
-    assert!(
-        text.contains("left by an earlier run") && text.contains("redirection rules removed"),
-        "{text}"
-    );
+    assert!(logged(&text), "{text}");
     // The pod to enroll keeps its rules: with no proxy connected it is only offered.
     assert!(
         RuleSet::istio().verify(&enrolled_ns).unwrap().is_clean(),
