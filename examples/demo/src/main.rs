@@ -1,7 +1,8 @@
 //! The one-command demo: two nodes of real network namespaces, an agent and a proxy on each,
 //! traffic along every path, a table of what happened, and a clean-up (also on Ctrl-C).
 //!
-//! Run it as root from the repository: `sudo cargo run --release -p demo`.
+//! Run it as root from the repository: `sudo cargo run --release -p demo`; with
+//! `-- --kubernetes` the cluster lives in a real Kubernetes API server (see the README).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role};
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role, Source};
 
 /// Set once Ctrl-C or SIGTERM arrived: errors after that are the interruption's doing.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -29,7 +30,26 @@ fn main() {
     }
 }
 
+/// The source chosen on the command line: `--kubernetes` or nothing.
+fn source_from_args() -> Result<Source> {
+    let mut source = Source::File;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--kubernetes" => source = Source::Kubernetes,
+            "-h" | "--help" => {
+                println!(
+                    "usage: demo [--kubernetes]\n\n  --kubernetes  run the cluster from a real Kubernetes API server (etcd and\n                kube-apiserver from MESHWIRE_PEERS_DIR, or built with Go) instead of\n                a workloads file"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (usage: demo [--kubernetes])"),
+        }
+    }
+    Ok(source)
+}
+
 fn run() -> Result<()> {
+    let source = source_from_args()?;
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "the demo builds network namespaces and iptables rules, so it must run as root: run `cargo run --release -p demo` from a root shell"
@@ -47,12 +67,18 @@ fn run() -> Result<()> {
     let binaries = build_binaries()?;
 
     step("building two nodes and five pods (network namespaces, veth pairs, bridges)");
+    if source == Source::Kubernetes {
+        step(
+            "starting a Kubernetes API server (etcd, kube-apiserver) with the pods and the policy",
+        );
+    }
     let mut cluster = Cluster::start(ClusterOptions {
         binaries,
         log: "info".into(),
         reconcile_interval: Duration::from_secs(2),
         rules: "istio",
         proxy_env: Vec::new(),
+        source,
     })?;
     println!(
         "    agent + proxy running on node-1 and node-2; state and logs in {}",
@@ -61,6 +87,12 @@ fn run() -> Result<()> {
     println!(
         "    namespace `{ENROLLED_NS}` is enrolled (label io.cilium/mtls-enabled=\"true\"); `legacy` is not"
     );
+    if let Some(server) = cluster.api_server() {
+        println!(
+            "    while it runs: kubectl --kubeconfig {} get namespaces,pods,authorizationpolicies -A",
+            server.kubeconfig().display()
+        );
+    }
 
     let mut rows = Vec::new();
     step("sending traffic along every path");

@@ -10,15 +10,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use testbed::Process;
 
+use testbed::kube::ProxyAccount;
+
+use crate::kube::token_file;
 use crate::{Cluster, Role};
 
 impl Cluster {
     pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
         let mut cmd = Command::new(&self.opts.binaries.agent);
-        cmd.arg("--workloads")
-            .arg(self.workloads_path())
-            .args(["--node-name", &node.name])
+        match &self.kube {
+            Some(kube) => cmd
+                .args(["--source", "kubernetes", "--kubeconfig"])
+                .arg(kube.server.kubeconfig())
+                .arg("--cni-socket")
+                .arg(self.cni_socket(i))
+                .arg("--ca-trusted-node-accounts")
+                .arg(ProxyAccount::default().qualified()),
+            None => cmd.arg("--workloads").arg(self.workloads_path()),
+        };
+        cmd.args(["--node-name", &node.name])
             .arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .arg("--state-dir")
@@ -44,6 +55,9 @@ impl Cluster {
             .arg("--xds-root-ca")
             .arg(self.root_cert(i))
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)));
+        if self.kube.is_some() {
+            cmd.arg("--auth-token-file").arg(token_file(&node.dir));
+        }
         let proc = self.spawn_on_node(i, "proxy", &mut cmd)?;
         self.nodes[i].proxy = Some(proc);
         self.wait_proxy_ready(i, Duration::from_secs(60))

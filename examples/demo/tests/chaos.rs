@@ -165,6 +165,7 @@ fn chaos_soak_loses_nothing_and_leaks_nothing() {
         reconcile_interval: Duration::from_millis(500),
         rules: "istio",
         proxy_env: Vec::new(),
+        source: demo::Source::File,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
 

@@ -10,7 +10,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
+mod common;
+
+use common::{check, mtls_flow, payload, retry_until_encrypted};
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role};
 
 /// The clusters are heavy (8 processes each); run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -35,25 +38,10 @@ fn cluster_with(
         reconcile_interval: Duration::from_millis(500),
         rules,
         proxy_env: Vec::new(),
+        source: demo::Source::File,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     Some((guard, cluster))
-}
-
-fn payload(tag: &str, n: usize) -> Vec<u8> {
-    tag.bytes().cycle().take(n).collect()
-}
-
-#[track_caller]
-fn check(c: &Cluster, f: &Flow) {
-    assert!(
-        f.echoed,
-        "{} -> {}: {:?}\n{}",
-        f.from.label(),
-        f.to.label(),
-        f,
-        c.log_tail(30)
-    );
 }
 
 #[test]
@@ -363,32 +351,5 @@ fn proxy_does_not_leak_fds_over_a_thousand_connections() {
             "fds before {fds_before:?}, after {fds:?}; tasks before {tasks_before:?}, after {t:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Sends `n` bytes from `from` to `to`, and checks they came back over mTLS with `from`'s
-/// identity verified by the destination's proxy.
-#[track_caller]
-fn mtls_flow(c: &Cluster, from: Role, to: Role, tag: &str, n: usize) -> Flow {
-    let f = c.flow(from, to, &payload(tag, n)).unwrap();
-    check(c, &f);
-    assert!(f.encrypted(), "{f:?}");
-    assert_eq!(
-        f.peer_identity.as_deref(),
-        Some(from.spiffe_id().as_str()),
-        "{f:?}"
-    );
-    f
-}
-
-fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let f = c.flow(from, to, &payload("retry", 2000)).unwrap();
-        if (f.echoed && f.encrypted()) || Instant::now() > deadline {
-            check(c, &f);
-            return f;
-        }
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
