@@ -122,7 +122,12 @@ fn run() -> Result<()> {
         ));
     }
 
-    step(&format!("removing the label from `{ENROLLED_NS}`"));
+    let how = if source == Source::Kubernetes {
+        " (on the Namespace: kubectl label namespace)"
+    } else {
+        " (workloads file)"
+    };
+    step(&format!("removing the label from `{ENROLLED_NS}`{how}"));
     cluster.set_enrolled(ENROLLED_NS, false)?;
     cluster.wait_enrolled(Duration::from_secs(30))?;
     rows.push((
@@ -130,7 +135,7 @@ fn run() -> Result<()> {
         cluster.flow(Role::Client, Role::ServerFar, &payload(64 * 1024))?,
     ));
 
-    step(&format!("adding the label back to `{ENROLLED_NS}`"));
+    step(&format!("adding the label back to `{ENROLLED_NS}`{how}"));
     cluster.set_enrolled(ENROLLED_NS, true)?;
     cluster.wait_enrolled(Duration::from_secs(30))?;
     rows.push((

@@ -47,6 +47,25 @@ fn policy_denies_the_intruder_only(c: &Cluster) {
     mtls_flow(c, Role::Client, Role::ServerFar, "allowed", 1000);
 }
 
+/// Removes the enrollment label (rules gone, traffic direct) and adds it back (mTLS, the
+/// policy still applies).
+#[track_caller]
+fn unlabel_and_relabel(c: &mut Cluster) {
+    c.set_enrolled(ENROLLED_NS, false).unwrap();
+    c.wait_enrolled(SETTLE).unwrap();
+    assert!(!c.has_rules(Role::Client).unwrap());
+    let f = c
+        .flow(Role::Client, Role::ServerFar, &payload("direct", 5000))
+        .unwrap();
+    check(c, &f);
+    assert!(f.direct(), "traffic still goes through a proxy: {f:?}");
+    c.set_enrolled(ENROLLED_NS, true).unwrap();
+    c.wait_enrolled(SETTLE).unwrap();
+    let f = retry_until_encrypted(c, Role::Client, Role::ServerFar);
+    assert!(f.encrypted(), "{f:?}");
+    policy_denies_the_intruder_only(c);
+}
+
 #[test]
 fn kubernetes_mode_labels_policy_and_restarts_keep_traffic_flowing() {
     if testbed::require_privileged(
@@ -91,19 +110,7 @@ fn kubernetes_mode_labels_policy_and_restarts_keep_traffic_flowing() {
     policy_denies_the_intruder_only(&c);
 
     // kubectl label namespace shop io.cilium/mtls-enabled- : direct; relabelled: mTLS.
-    c.set_enrolled(ENROLLED_NS, false).unwrap();
-    c.wait_enrolled(SETTLE).unwrap();
-    assert!(!c.has_rules(Role::Client).unwrap());
-    let f = c
-        .flow(Role::Client, Role::ServerFar, &payload("direct", 5000))
-        .unwrap();
-    check(&c, &f);
-    assert!(f.direct(), "traffic still goes through a proxy: {f:?}");
-    c.set_enrolled(ENROLLED_NS, true).unwrap();
-    c.wait_enrolled(SETTLE).unwrap();
-    let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
-    assert!(f.encrypted(), "{f:?}");
-    policy_denies_the_intruder_only(&c);
+    unlabel_and_relabel(&mut c);
 
     // Restarts: each node's agent (it remembers the sandboxes), then the server's proxy
     // (it authenticates again with its token).
@@ -125,16 +132,5 @@ fn kubernetes_mode_labels_policy_and_restarts_keep_traffic_flowing() {
     c.start_api_server().unwrap();
     let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
     assert!(f.encrypted(), "{f:?}");
-    c.set_enrolled(ENROLLED_NS, false).unwrap();
-    c.wait_enrolled(SETTLE).unwrap();
-    let f = c
-        .flow(Role::Client, Role::ServerFar, &payload("after", 5000))
-        .unwrap();
-    check(&c, &f);
-    assert!(f.direct(), "{f:?}");
-    c.set_enrolled(ENROLLED_NS, true).unwrap();
-    c.wait_enrolled(SETTLE).unwrap();
-    let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
-    assert!(f.encrypted(), "{f:?}");
-    policy_denies_the_intruder_only(&c);
+    unlabel_and_relabel(&mut c);
 }
