@@ -163,10 +163,15 @@ impl AdminClient {
                 "podIPs": [{"ip": ip.to_string()}]
             }}),
         )?;
-        Ok(pod["metadata"]["uid"]
+        pod["metadata"]["uid"]
             .as_str()
-            .unwrap_or_default()
-            .to_owned())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Api {
+                method: "POST".to_owned(),
+                path: pods,
+                status: 201,
+                body: format!("no uid in {pod}"),
+            })
     }
 
     /// Creates the custom resource definition in `yaml` and waits until `list_path` (the
