@@ -52,6 +52,18 @@ pub enum Error {
     /// A pod was handed to a test bed that does not have its node.
     #[error("pod {0} belongs to a node this test bed does not have")]
     ForeignPod(String),
+    /// The API server answered a request with an unexpected status.
+    #[error("{method} {path}: HTTP {status}: {body}")]
+    Api {
+        /// The request method.
+        method: String,
+        /// The request path.
+        path: String,
+        /// The status code.
+        status: u16,
+        /// The response body.
+        body: String,
+    },
     /// The topology is too large for the address plan.
     #[error("too many {0} (at most 250)")]
     Limit(&'static str),

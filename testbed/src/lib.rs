@@ -17,6 +17,10 @@
 //!   bed; [`Namespace::recreate`] replaces it with a new one under the same path, the way
 //!   a pod sandbox is recreated.
 //!
+//! * [`KubeApiServer`] runs a real `etcd` and `kube-apiserver` and creates the objects a
+//!   test needs ([`kube`]); [`LoopbackRelay`] makes its loopback port reachable inside a
+//!   node's namespace, as a node reaches its API server.
+//!
 //! Addresses (`10.0.0.0/8`, `fd00::/8`) exist only inside the namespaces the test
 //! bed created; the host namespace is never changed and nothing leaves the machine.
 //!
@@ -53,6 +57,7 @@ mod namespace;
 pub mod peers;
 mod privileged;
 mod procs;
+mod relay;
 pub mod spire;
 mod topology;
 
@@ -60,5 +65,6 @@ pub use error::Error;
 pub use kube::KubeApiServer;
 pub use namespace::{NETNS_DIR, Namespace, Process, delete_own_namespaces};
 pub use privileged::{Privileged, SKIP_ENV, check_privileges, require_privileged};
+pub use relay::LoopbackRelay;
 pub use spire::{Spire, SpireConfig};
 pub use topology::{Node, Pod, Testbed, TestbedOptions};

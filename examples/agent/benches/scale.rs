@@ -29,7 +29,7 @@ use meshwire_cni::event::EventKind;
 use meshwire_xds_workload::WorkloadStore;
 use meshwire_xds_workload::workload::TunnelProtocol;
 
-use common::kube::{client, cni_event, create_namespace, create_pod, label, proxy_token};
+use common::kube::{cni_event, label, proxy_token};
 use common::{channel, free_port, xds_client};
 
 const NAMESPACES: usize = 100;
@@ -118,23 +118,24 @@ fn run_once() -> Run {
         .enable_all()
         .build()
         .unwrap();
-    let api = rt.block_on(client(&kubeconfig));
 
     // The cluster as it is before the agent starts.
     let setup = Instant::now();
-    let (start_uids, flipped_uids, token) = rt.block_on(async {
+    let admin = kube_server.admin();
+    let (start_uids, flipped_uids, token) = {
         let mut start = BTreeSet::new();
         let mut flipped = BTreeSet::new();
         for i in 0..NAMESPACES {
             let ns = ns_name(i);
-            create_namespace(&api, &ns).await;
+            admin.create_namespace(&ns).unwrap();
             let enrolled = i < ENROLLED_AT_START || i >= LOCAL_NAMESPACES && i % 2 == 0;
             if enrolled {
-                label(&api, &ns, true).await;
+                label(&admin, &ns, true);
             }
             for j in 0..PODS_PER_NAMESPACE {
                 let (node, ip) = placement(i, j, &local_ips);
-                let uid = create_pod(&api, &ns, &format!("pod-{j}"), &node, ip).await;
+                let name = format!("pod-{j}");
+                let uid = admin.create_pod(&ns, &name, &name, &node, ip).unwrap();
                 if i < ENROLLED_AT_START {
                     start.insert(uid);
                 } else if i == FLIPPED {
@@ -142,8 +143,8 @@ fn run_once() -> Run {
                 }
             }
         }
-        (start, flipped, proxy_token(&api, "n1").await)
-    });
+        (start, flipped, proxy_token(&admin, "n1"))
+    };
     eprintln!(
         "  {} pods in {NAMESPACES} namespaces created in {:.1?}",
         NAMESPACES * PODS_PER_NAMESPACE,
@@ -200,7 +201,7 @@ fn run_once() -> Run {
         let enrolled_at_start = started.elapsed();
 
         let flip = Instant::now();
-        label(&api, &ns_name(FLIPPED), true).await;
+        label(&admin, &ns_name(FLIPPED), true);
         wait_until("the flipped namespace's pods as HBONE", || {
             hbone_count(&store, &flipped_uids) == flipped_uids.len()
         })

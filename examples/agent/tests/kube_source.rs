@@ -30,8 +30,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use common::kube::{
-    Seen, annotate, annotation, client, cni_event, create_namespace, create_pod,
-    install_policy_crd, label, policies, proxy_token, stand_in_proxy, wait_annotation,
+    Seen, annotate, annotation, client, cni_event, install_policy_crd, label, policies,
+    proxy_token, stand_in_proxy, wait_annotation,
 };
 use common::{
     channel, free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client,
@@ -51,6 +51,7 @@ struct TestPod {
 /// What the phases share.
 struct World<'a> {
     api: kube::Client,
+    admin: testbed::kube::AdminClient,
     /// Pod uids by name.
     uids: BTreeMap<&'static str, String>,
     pods: &'a [TestPod],
@@ -179,25 +180,20 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
         .build()
         .unwrap();
     let api = rt.block_on(client(&kubeconfig));
-    let (uids, token) = rt.block_on(async {
-        create_namespace(&api, "shop").await;
-        create_namespace(&api, "legacy").await;
-        install_policy_crd(&api).await;
-        let mut uids = BTreeMap::new();
-        // client-3 is created later, while the agent runs.
-        for p in pods.iter().filter(|p| p.name != "client-3") {
-            uids.insert(
-                p.name,
-                create_pod(&api, p.namespace, p.name, "n1", p.ip).await,
-            );
-        }
-        let remote = "10.10.2.2".parse().unwrap();
-        uids.insert(
-            "server-1",
-            create_pod(&api, "shop", "server-1", "n2", remote).await,
-        );
-        (uids, proxy_token(&api, "n1").await)
-    });
+    let admin = kube_server.admin();
+    admin.create_namespace("shop").unwrap();
+    admin.create_namespace("legacy").unwrap();
+    install_policy_crd(&admin);
+    let mut uids = BTreeMap::new();
+    // client-3 is created later, while the agent runs.
+    for p in pods.iter().filter(|p| p.name != "client-3") {
+        let uid = admin.create_pod(p.namespace, p.name, p.name, "n1", p.ip);
+        uids.insert(p.name, uid.unwrap());
+    }
+    let remote = "10.10.2.2".parse().unwrap();
+    let uid = admin.create_pod("shop", "server-1", "server-1", "n2", remote);
+    uids.insert("server-1", uid.unwrap());
+    let token = proxy_token(&admin, "n1");
 
     let spawn_agent = || {
         Command::new(env!("CARGO_BIN_EXE_agent"))
@@ -239,6 +235,7 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
                 xds_client(channel(xds, &root), "n1", Some(token.clone())).await;
             let mut world = World {
                 api: api.clone(),
+                admin: admin.clone(),
                 uids,
                 pods: &pods,
                 cni_socket: cni_socket.clone(),
@@ -334,7 +331,7 @@ async fn enroll_by_label(w: &mut World<'_>) {
 
     // Labelled with no proxy connected: an ADD cannot be enrolled and fails, so the runtime
     // retries it.
-    label(&w.api, "shop", true).await;
+    label(&w.admin, "shop", true);
     let reply = w.cni_add("client-2").await;
     assert!(matches!(reply, Reply::Failed { .. }), "{reply:?}");
 
@@ -389,7 +386,10 @@ async fn enroll_by_label(w: &mut World<'_>) {
 /// node is HBONE only while its node's agent says `enabled`.
 async fn new_pod_and_other_nodes(w: &mut World<'_>) {
     let p = w.pod("client-3");
-    let uid = create_pod(&w.api, "shop", "client-3", "n1", p.ip).await;
+    let uid = w
+        .admin
+        .create_pod("shop", "client-3", "client-3", "n1", p.ip)
+        .unwrap();
     w.uids.insert("client-3", uid.clone());
     let reply = cni_event(
         &w.cni_socket,
@@ -640,7 +640,7 @@ async fn api_server_outage(w: &mut World<'_>, kube_server: &mut testbed::KubeApi
 /// Unlabelling unenrolls in order: the annotation and the rules are gone before the proxy
 /// lets go.
 async fn unlabel(w: &mut World<'_>) {
-    label(&w.api, "shop", false).await;
+    label(&w.admin, "shop", false);
     let released = w
         .distinct(3, |seen| match seen {
             Seen::Del {

@@ -34,12 +34,14 @@ fn state_dir_prefix() -> String {
     format!("meshwire-demo-{}-", std::process::id())
 }
 
-/// Removes the state directories of this process's clusters (emergency clean-up).
+/// Removes the state directories of this process's clusters and of their API servers
+/// (emergency clean-up).
 pub fn remove_own_state_dirs() {
-    let prefix = state_dir_prefix();
+    let prefixes = [state_dir_prefix(), testbed::kube::dir_prefix()];
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

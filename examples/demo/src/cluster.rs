@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use testbed::{Namespace, Pod, Process, Testbed, TestbedOptions};
 
 use crate::cleanup::StateDir;
+use crate::kube::{KubeMode, node_name};
 use crate::processes::stop;
 use crate::{ENROLLED_NS, LABEL, MTLS_MODE_LABEL, PLAIN_NS, Role, TRUST_DOMAIN};
 
@@ -61,6 +62,18 @@ pub(crate) struct NodeProcs {
     pub(crate) proxy: Option<Process>,
 }
 
+/// Where the agents read the cluster from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// A workloads file the cluster writes (the default).
+    #[default]
+    File,
+    /// A real Kubernetes API server (etcd and kube-apiserver, see `testbed::kube`) holding
+    /// Namespaces, Pods and an AuthorizationPolicy; the proxies authenticate with pod-bound
+    /// service-account tokens.
+    Kubernetes,
+}
+
 /// Options for [`Cluster::start`].
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -78,6 +91,8 @@ pub struct ClusterOptions {
     /// SPIRE server and agent start (testbed's fixture), node-1's agent registers the
     /// entries (`--spire-server-socket`), and the proxies run with `SPIRE_ENABLED`.
     pub spire: bool,
+    /// Where the agents read the cluster from.
+    pub source: Source,
 }
 
 /// The demo cluster: two nodes, five pods, an agent and a proxy per node.
@@ -88,6 +103,7 @@ pub struct Cluster {
     pub(crate) nodes: Vec<NodeProcs>,
     pub(crate) spire: Option<testbed::Spire>,
     pub(crate) echo_stops: BTreeMap<Role, Arc<AtomicBool>>,
+    pub(crate) kube: Option<KubeMode>,
     pub(crate) pods: BTreeMap<Role, Pod>,
     pub(crate) tb: Testbed,
     pub(crate) dir: StateDir,
@@ -98,8 +114,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the topology, writes the workloads file and starts an agent and a proxy on
-    /// each node, then waits until every enrolled pod is enrolled.
+    /// Builds the topology, writes the workloads file (or, with [`Source::Kubernetes`],
+    /// starts the API server and creates the objects there) and starts an agent and a proxy
+    /// on each node, then waits until every enrolled pod is enrolled.
     pub fn start(opts: ClusterOptions) -> Result<Self> {
         let mut tb = Testbed::with_options(TestbedOptions::new().ipv6(false).clone())
             .context("cannot build the test bed")?;
@@ -116,6 +133,7 @@ impl Cluster {
             nodes: Vec::new(),
             spire: None,
             echo_stops: BTreeMap::new(),
+            kube: None,
             pods,
             tb,
             dir,
@@ -129,22 +147,31 @@ impl Cluster {
             cluster.spire = Some(testbed::Spire::start(config).context("cannot start SPIRE")?);
         }
         cluster.start_echo_servers()?;
-        cluster.write_workloads()?;
-        for (i, name) in ["node-1", "node-2"].into_iter().enumerate() {
-            let dir = cluster.dir.path().join(name);
+        for i in 0..2 {
+            let name = node_name(i);
+            let dir = cluster.dir.path().join(&name);
             std::fs::create_dir_all(&dir)?;
             cluster.nodes.push(NodeProcs {
-                name: name.to_owned(),
+                name,
                 dir,
                 agent: None,
                 proxy: None,
             });
+        }
+        if cluster.opts.source == Source::Kubernetes {
+            let dirs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.dir.clone()).collect();
+            cluster.kube = Some(KubeMode::start(&cluster.tb, &cluster.pods, &dirs)?);
+        } else {
+            cluster.write_workloads()?;
+        }
+        for i in 0..cluster.nodes.len() {
             cluster.start_agent(i)?;
         }
         for i in 0..cluster.nodes.len() {
             cluster.wait_for_file(&cluster.root_cert(i), Duration::from_secs(60))?;
             cluster.start_proxy(i)?;
         }
+        cluster.announce_sandboxes()?;
         cluster.wait_enrolled(Duration::from_secs(60))?;
         Ok(cluster)
     }
@@ -231,22 +258,38 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets the enrollment label of a namespace in the workloads file. The agents pick the
-    /// change up by themselves; use [`Cluster::wait_enrolled`] to wait for it.
+    /// Sets the enrollment label of a namespace in the workloads file (in Kubernetes mode:
+    /// on the Namespace, with `kubectl label namespace`). The agents pick the change up by
+    /// themselves; use [`Cluster::wait_enrolled`] to wait for it.
     pub fn set_enrolled(&mut self, namespace: &str, on: bool) -> Result<()> {
         self.enrolled.insert(namespace.to_owned(), on);
-        self.write_workloads()
+        match &self.kube {
+            Some(kube) => kube.label(namespace, LABEL, on.then_some("true")),
+            None => self.write_workloads(),
+        }
     }
 
     /// Sets or removes `io.cilium/mtls-mode: strict` on a namespace in the workloads file
-    /// (strict mutual TLS once the agents publish it; only an enrolled namespace is strict).
+    /// (in Kubernetes mode: on the Namespace); strict mutual TLS once the agents publish it,
+    /// only an enrolled namespace is strict.
     pub fn set_strict(&mut self, namespace: &str, on: bool) -> Result<()> {
         if on {
             self.strict.insert(namespace.to_owned());
         } else {
             self.strict.remove(namespace);
         }
-        self.write_workloads()
+        match &self.kube {
+            Some(kube) => kube.label(namespace, MTLS_MODE_LABEL, on.then_some("strict")),
+            None => self.write_workloads(),
+        }
+    }
+
+    /// The uid of `role`'s pod, as the agents publish it over xDS.
+    pub fn uid(&self, role: Role) -> String {
+        match &self.kube {
+            Some(kube) => kube.uid(role).to_owned(),
+            None => format!("uid-{}", role.name()),
+        }
     }
 
     /// Whether the enrollment label of `namespace` is on.

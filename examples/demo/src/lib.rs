@@ -7,6 +7,11 @@
 //! node. Every pod runs an echo server on [`ECHO_PORT`]; [`Cluster::flow`] connects from one
 //! pod to another, sends a payload, reads the echo and reports what the proxies saw.
 //!
+//! With [`Source::Kubernetes`] the same cluster lives in a real Kubernetes API server
+//! instead of the workloads file: Namespaces (enrolled by label, `kubectl label namespace`),
+//! Pods, the deny-intruder `AuthorizationPolicy`, agents in Kubernetes mode told about each
+//! pod sandbox by a CNI ADD, and proxies authenticated by pod-bound tokens.
+//!
 //! Everything is torn down when the [`Cluster`] is dropped: processes are stopped, the
 //! namespaces (and with them every rule the agent installed) are deleted and the state
 //! directory is removed.
@@ -17,6 +22,7 @@ mod cleanup;
 mod cluster;
 mod echo;
 mod flow;
+mod kube;
 pub mod launch;
 mod metrics;
 mod probe;
@@ -26,7 +32,7 @@ mod table;
 
 pub use capture::{Capture, contains};
 pub use cleanup::remove_own_state_dirs;
-pub use cluster::{Binaries, Cluster, ClusterOptions};
+pub use cluster::{Binaries, Cluster, ClusterOptions, Source};
 pub use flow::Flow;
 pub use metrics::Metrics;
 pub use processes::stop;

@@ -71,7 +71,7 @@ impl Cluster {
                             } else {
                                 "NONE"
                             };
-                            let got = seen.get(&format!("uid-{}", role.name()));
+                            let got = seen.get(&self.uid(role));
                             if got.map(String::as_str) != Some(want) {
                                 pending.push(format!(
                                     "proxy on node-{} sees {} as {}, want {want}",

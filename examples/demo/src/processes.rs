@@ -10,15 +10,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use testbed::Process;
 
+use testbed::kube::ProxyAccount;
+
+use crate::kube::token_file;
 use crate::{Cluster, Role};
 
 impl Cluster {
     pub(crate) fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
         let mut cmd = Command::new(&self.opts.binaries.agent);
-        cmd.arg("--workloads")
-            .arg(self.workloads_path())
-            .args(["--node-name", &node.name])
+        match &self.kube {
+            Some(kube) => cmd
+                .args(["--source", "kubernetes", "--kubeconfig"])
+                .arg(kube.server.kubeconfig())
+                .arg("--cni-socket")
+                .arg(self.cni_socket(i))
+                .arg("--ca-trusted-node-accounts")
+                .arg(ProxyAccount::default().qualified()),
+            None => cmd.arg("--workloads").arg(self.workloads_path()),
+        };
+        cmd.args(["--node-name", &node.name])
             .arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .arg("--state-dir")
@@ -53,6 +64,9 @@ impl Cluster {
         if let Some(spire) = &self.spire {
             cmd.env("SPIRE_ENABLED", "true")
                 .env("SPIRE_ADMIN_ENDPOINT_SOCKET", spire.admin_endpoint());
+        }
+        if self.kube.is_some() {
+            cmd.arg("--auth-token-file").arg(token_file(&node.dir));
         }
         let proc = self.spawn_on_node(i, "proxy", &mut cmd)?;
         self.nodes[i].proxy = Some(proc);

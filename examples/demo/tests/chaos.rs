@@ -166,6 +166,7 @@ fn chaos_soak_loses_nothing_and_leaks_nothing() {
         rules: "istio",
         proxy_env: Vec::new(),
         spire: false,
+        source: demo::Source::File,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
 

@@ -10,7 +10,10 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Flow, Role};
+mod common;
+
+use common::{check, mtls_flow, payload, retry_until_encrypted};
+use demo::{Binaries, Cluster, ClusterOptions, ENROLLED_NS, Role};
 
 /// The clusters are heavy (8 processes each); run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -44,25 +47,10 @@ fn cluster_full(
         rules,
         proxy_env: Vec::new(),
         spire,
+        source: demo::Source::File,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     Some((guard, cluster))
-}
-
-fn payload(tag: &str, n: usize) -> Vec<u8> {
-    tag.bytes().cycle().take(n).collect()
-}
-
-#[track_caller]
-fn check(c: &Cluster, f: &Flow) {
-    assert!(
-        f.echoed,
-        "{} -> {}: {:?}\n{}",
-        f.from.label(),
-        f.to.label(),
-        f,
-        c.log_tail(30)
-    );
 }
 
 #[test]
@@ -375,32 +363,6 @@ fn proxy_does_not_leak_fds_over_a_thousand_connections() {
     }
 }
 
-/// Sends `n` bytes from `from` to `to`, and checks they came back over mTLS with `from`'s
-/// identity verified by the destination's proxy.
-#[track_caller]
-fn mtls_flow(c: &Cluster, from: Role, to: Role, tag: &str, n: usize) -> Flow {
-    let f = c.flow(from, to, &payload(tag, n)).unwrap();
-    check(c, &f);
-    assert!(f.encrypted(), "{f:?}");
-    assert_eq!(
-        f.peer_identity.as_deref(),
-        Some(from.spiffe_id().as_str()),
-        "{f:?}"
-    );
-    f
-}
-
-fn retry_until_encrypted(c: &Cluster, from: Role, to: Role) -> Flow {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let f = c.flow(from, to, &payload("retry", 2000)).unwrap();
-        if (f.echoed && f.encrypted()) || Instant::now() > deadline {
-            check(c, &f);
-            return f;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 /// Seconds since midnight of a log line's timestamp (`2026-01-02T03:04:05.678901Z …`).
 fn log_time(line: &str) -> Option<f64> {
     let t = line.get(11..)?.split(['Z', ' ']).next()?;

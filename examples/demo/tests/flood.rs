@@ -112,6 +112,7 @@ fn idle_floods_do_not_lock_out_real_clients_or_leak() {
             ("HTTP_HEADER_READ_TIMEOUT", "2m"),
         ]),
         spire: false,
+        source: demo::Source::File,
     })
     .unwrap_or_else(|e| panic!("cannot start the cluster: {e:#}"));
     let target = Role::ServerFar;

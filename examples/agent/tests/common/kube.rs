@@ -7,14 +7,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use meshwire_cni::event::{EventKind, PodEvent, Reply};
 use meshwire_netns::NetNs;
 use meshwire_zds::Update;
 use serde_json::json;
+use testbed::kube::AdminClient;
 use tokio::sync::mpsc;
 
 use super::rules_installed;
@@ -24,53 +23,32 @@ pub const LABEL: &str = "io.cilium/mtls-enabled";
 /// The pod annotation that reports enrollment.
 pub const ANNOTATION: &str = "ambient.istio.io/redirection";
 
-/// Namespace and service account of the node proxies (as in `deploy/`).
-pub const PROXY_ACCOUNT: (&str, &str) = ("meshwire-system", "meshwire-proxy");
+/// Sets or removes the enrollment label of `namespace` (the API server's set-up helpers
+/// are in `testbed::kube::objects`).
+pub fn label(admin: &AdminClient, namespace: &str, on: bool) {
+    admin
+        .label_namespace(namespace, LABEL, on.then_some("true"))
+        .unwrap();
+}
 
-/// Plays the node proxy of `node` as Kubernetes knows it: the proxy service account, a
-/// host-network pod of it on `node`, and a token of that account bound to the pod for the
-/// audience `istio-ca` (what the proxy's projected token volume holds).
-pub async fn proxy_token(client: &kube::Client, node: &str) -> String {
-    let (ns, sa) = PROXY_ACCOUNT;
-    if Api::<Namespace>::all(client.clone())
-        .get_opt(ns)
-        .await
+/// Installs the AuthorizationPolicy CRD of `deploy/` and waits until it is served.
+pub fn install_policy_crd(admin: &AdminClient) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/30-authorizationpolicy-crd.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    admin
+        .install_crd(
+            &yaml,
+            "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies",
+        )
+        .unwrap();
+}
+
+/// Plays the node proxy of `node` as Kubernetes knows it; its pod-bound token.
+pub fn proxy_token(admin: &AdminClient, node: &str) -> String {
+    admin
+        .proxy_token(&testbed::kube::ProxyAccount::default(), node)
         .unwrap()
-        .is_none()
-    {
-        create_namespace(client, ns).await;
-        let account = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
-        Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .create(&PostParams::default(), &account)
-            .await
-            .unwrap();
-    }
-    let name = format!("proxy-{node}");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "hostNetwork": true,
-            "serviceAccountName": sa,
-            "containers": [{"name": "proxy", "image": "example.invalid/proxy:1"}]
-        }
-    }))
-    .unwrap();
-    let pod = Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
-    let request = serde_json::from_value(json!({"spec": {
-        "audiences": ["istio-ca"],
-        "expirationSeconds": 3600,
-        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": pod.metadata.uid},
-    }}))
-    .unwrap();
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap();
-    issued.status.unwrap().token.unwrap()
 }
 
 /// A client of the test API server, from its kubeconfig.
@@ -80,61 +58,6 @@ pub async fn client(kubeconfig: &Path) -> kube::Client {
         .await
         .unwrap();
     kube::Client::try_from(config).unwrap()
-}
-
-pub async fn create_namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
-
-/// Sets or removes the enrollment label of `namespace`.
-pub async fn label(client: &kube::Client, namespace: &str, on: bool) {
-    let value = if on { json!("true") } else { json!(null) };
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
-        )
-        .await
-        .unwrap();
-}
-
-/// Creates a running pod on `node` with `ip` and service account `name` (as the scheduler
-/// and the kubelet would); returns its uid.
-pub async fn create_pod(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    node: &str,
-    ip: IpAddr,
-) -> String {
-    let api = Api::<Pod>::namespaced(client.clone(), namespace);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": name,
-            "containers": [{"name": "app", "image": "example.invalid/app:1"}]
-        }
-    }))
-    .unwrap();
-    let created = api.create(&PostParams::default(), &pod).await.unwrap();
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": "Running",
-            "podIP": ip.to_string(),
-            "podIPs": [{"ip": ip.to_string()}]
-        }})),
-    )
-    .await
-    .unwrap();
-    created.metadata.uid.unwrap()
 }
 
 /// The pod's redirection annotation.
@@ -208,37 +131,6 @@ pub fn policies(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
             "authorizationpolicies",
         ),
     )
-}
-
-/// Installs the AuthorizationPolicy CRD of `deploy/` and waits until it is served.
-pub async fn install_policy_crd(client: &kube::Client) {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/30-authorizationpolicy-crd.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let crd: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "apiextensions.k8s.io",
-            "v1",
-            "CustomResourceDefinition",
-        )),
-    );
-    crds.create(
-        &PostParams::default(),
-        &serde_json::from_value(crd).unwrap(),
-    )
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while policies(client, "default")
-        .list(&Default::default())
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the CRD is never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What the stand-in proxy was told, with the pod's state at that moment.

@@ -83,6 +83,7 @@ fn run() -> Result<()> {
         rules: "istio",
         proxy_env: args.proxy_env.clone(),
         spire: false,
+        source: demo::Source::File,
     })?;
     let _servers = [
         Servers::start(cluster.pod(Role::ServerFar))?,

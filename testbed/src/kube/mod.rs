@@ -26,11 +26,21 @@ use crate::error::Error;
 use crate::peers::{PeerGroup, peer_binary};
 use crate::procs::{append_log, free_port, io_err, log_file, rand_u64, tail};
 
+pub mod objects;
+
+pub use objects::ProxyAccount;
+
 /// How long the API server may take to answer `/readyz` after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The service-account token issuer the API server is configured with.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The name prefix of this process's API server directories in the temporary directory
+/// (for an emergency clean-up that cannot run the destructors).
+pub fn dir_prefix() -> String {
+    format!("meshwire-kube-{}-", std::process::id())
+}
 
 /// A running etcd + kube-apiserver pair, removed on drop.
 #[derive(Debug)]
@@ -97,11 +107,7 @@ impl KubeApiServer {
     /// API server is ready.
     pub fn start() -> Result<Self, Error> {
         let etcd_bin = peer_binary(PeerGroup::Kube, "etcd")?;
-        let dir = std::env::temp_dir().join(format!(
-            "meshwire-kube-{}-{}",
-            std::process::id(),
-            free_port()?
-        ));
+        let dir = std::env::temp_dir().join(format!("{}{}", dir_prefix(), free_port()?));
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut server = Self {
             dir: dir.clone(),
@@ -259,11 +265,83 @@ impl KubeApiServer {
         std::fs::write(self.kubeconfig(), text).map_err(io_err("writing the kubeconfig"))
     }
 
-    /// Sends one HTTP/1.1 request as admin and returns the status code and body.
+    /// An admin client of this server (cheap to clone, usable from any thread while the
+    /// server is restarted).
+    pub fn admin(&self) -> AdminClient {
+        AdminClient {
+            port: self.port,
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+        }
+    }
+
+    /// Sends one HTTP/1.1 request as admin (see [`AdminClient::request`]).
     pub fn request(
         &self,
         method: &str,
         path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), Error> {
+        self.admin().request(method, path, body)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.apiserver.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(Error::Command {
+                    command: "kube-apiserver".to_owned(),
+                    status: status.code(),
+                    stderr: self.log_tail(20),
+                });
+            }
+            if let Ok((200, _)) = self.request("GET", "/readyz", None) {
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(Error::Io {
+                    context: format!(
+                        "kube-apiserver not ready after {READY_TIMEOUT:?}; log tail:\n{}",
+                        self.log_tail(20)
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A client of the test API server as admin (`system:masters`): one HTTP/1.1 request per
+/// connection, enough for test set-up. The object helpers are in [`objects`].
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    port: u16,
+    token: String,
+    ca_pem: String,
+}
+
+impl AdminClient {
+    /// Sends one HTTP/1.1 request as admin (a JSON body, if any) and returns the status code
+    /// and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), Error> {
+        self.request_as(method, path, "application/json", body)
+    }
+
+    /// Like [`Self::request`] with the body's content type (`application/merge-patch+json`,
+    /// `application/yaml`…).
+    pub fn request_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), Error> {
         let mut roots = rustls::RootCertStore::empty();
@@ -302,7 +380,7 @@ impl KubeApiServer {
         let body = body.unwrap_or("");
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/json\r\nAccept: application/json\r\n\
+             Content-Type: {content_type}\r\nAccept: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.token,
             body.len()
@@ -321,34 +399,6 @@ impl KubeApiServer {
             });
         }
         parse_response(&response)
-    }
-
-    fn wait_ready(&mut self) -> Result<(), Error> {
-        let start = Instant::now();
-        loop {
-            if let Some(child) = self.apiserver.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(Error::Command {
-                    command: "kube-apiserver".to_owned(),
-                    status: status.code(),
-                    stderr: self.log_tail(20),
-                });
-            }
-            if let Ok((200, _)) = self.request("GET", "/readyz", None) {
-                return Ok(());
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(Error::Io {
-                    context: format!(
-                        "kube-apiserver not ready after {READY_TIMEOUT:?}; log tail:\n{}",
-                        self.log_tail(20)
-                    ),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 
