@@ -47,12 +47,14 @@ impl DataPlane {
         orig: SocketAddr,
     ) -> Result<Upstream, Failure> {
         let network = local.map_or("", |w| w.network.as_str());
-        // Subscribed before the first lookup, so no update between the two is missed.
-        let mut changes = self.store.subscribe();
-        let mut upstream = self.store.resolve_upstream(network, orig);
+        let upstream = self.store.resolve_upstream(network, orig);
         if !pending(&upstream) || !self.source_requires_mtls(pod, local) {
             return Ok(upstream);
         }
+        // Only the rare waiting connection subscribes; it looks again once subscribed, so
+        // an update between the first lookup and the subscription is not missed.
+        let mut changes = self.store.subscribe();
+        let mut upstream = self.store.resolve_upstream(network, orig);
         let wait = self.config.strict_hbone_wait;
         tracing::debug!(dst = %orig, ?wait, "strict mtls: waiting for the destination to be ready for HBONE");
         let deadline = tokio::time::Instant::now() + wait;
