@@ -190,7 +190,7 @@ fn run_once() -> Run {
         let (store, xds_task) = xds_client(channel(xds, &root), "n1", Some(token)).await;
         let total = NAMESPACES * PODS_PER_NAMESPACE;
         wait_until("a complete xDS snapshot", || {
-            store.workloads().len() >= total
+            store.workload_count() >= total
         })
         .await;
         let snapshot = started.elapsed();
@@ -288,31 +288,31 @@ fn main() {
             "agent start -> first complete xDS snapshot (1,000 workloads)",
             ms(|r| r.snapshot),
             "ms",
-            2000.0,
+            Some(2000.0),
         ),
         (
             "agent start -> 50 enrolled local pods HBONE",
             ms(|r| r.enrolled_at_start),
             "ms",
-            f64::NAN,
+            None,
         ),
         (
             "label change -> 10 pods of the namespace enrolled",
             ms(|r| r.label_change),
             "ms",
-            2000.0,
+            Some(2000.0),
         ),
         (
             "agent resident memory at the end",
             mib(|r| r.rss_mib),
             "MiB",
-            100.0,
+            Some(100.0),
         ),
         (
             "agent peak resident memory",
             mib(|r| r.peak_mib),
             "MiB",
-            100.0,
+            Some(100.0),
         ),
     ];
     println!(
@@ -320,11 +320,7 @@ fn main() {
     );
     println!("{:<62} {:>10} {:>10}", "measure", "median", "target");
     for (name, value, unit, target) in &rows {
-        let target = if target.is_nan() {
-            "-".to_owned()
-        } else {
-            format!("< {target} {unit}")
-        };
+        let target = target.map_or_else(|| "-".to_owned(), |t| format!("< {t} {unit}"));
         println!("{name:<62} {value:>7.1} {unit:<3} {target:>10}");
     }
     let json: serde_json::Value = rows
