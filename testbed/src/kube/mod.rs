@@ -147,12 +147,24 @@ impl KubeApiServer {
                 .map_err(io_err(format!("starting {}", etcd_bin.display())))?,
         );
 
-        server.port = free_port()?;
         server.etcd_url = etcd_url;
-        server.spawn_apiserver()?;
-        server.write_kubeconfig()?;
-        server.wait_ready()?;
-        Ok(server)
+        // The free port may be taken by another process before the API server binds it:
+        // then try another one.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            server.port = free_port()?;
+            server.spawn_apiserver()?;
+            server.write_kubeconfig()?;
+            match server.wait_ready() {
+                Err(Error::Command { stderr, .. })
+                    if attempts < 3 && stderr.contains("address already in use") =>
+                {
+                    server.apiserver = None;
+                }
+                other => break other.map(|()| server),
+            }
+        }
     }
 
     /// Starts the API server process (etcd must run).
