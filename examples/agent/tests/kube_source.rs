@@ -330,9 +330,18 @@ async fn enroll_by_label(w: &mut World<'_>) {
     assert_eq!(w.cni_add("old-1").await, Reply::NotEnrolled);
 
     // Labelled with no proxy connected: an ADD cannot be enrolled and fails, so the runtime
-    // retries it.
+    // retries it. The agent learns of the label through its watch, so an ADD sent before
+    // the watch delivers it is still (rightly) not enrolled: repeat it until the agent
+    // answers otherwise.
     label(&w.admin, "shop", true);
-    let reply = w.cni_add("client-2").await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    let reply = loop {
+        let reply = w.cni_add("client-2").await;
+        if reply != Reply::NotEnrolled || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(matches!(reply, Reply::Failed { .. }), "{reply:?}");
 
     // The proxy connects: both pods with known sandboxes are handed over before any rule
