@@ -16,7 +16,9 @@
 //!   [`NetNs::run_async`] on a dedicated short-lived thread so that no async worker
 //!   thread ever changes namespace, and [`ns::NsThread`]: one long-lived thread inside
 //!   a namespace that runs jobs until dropped (one thread per pod, not per socket).
-//!   The socket functions take either ([`ns::RunIn`]).
+//!   The socket functions take either ([`ns::RunIn`]). [`ns::processes_in`] finds the
+//!   processes living in a namespace by scanning `/proc` (for identity providers that
+//!   attest a workload by process id).
 //! * [`socket`]: proxy sockets. [`socket::bind_listener_in`] (`SO_MARK`,
 //!   `SO_REUSEPORT`, optional `IP_TRANSPARENT`), [`socket::connect_in`] /
 //!   [`socket::socket_in`] (`SO_MARK`, optional source binding), and

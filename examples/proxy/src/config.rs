@@ -143,9 +143,9 @@ pub(crate) struct Cli {
     pub(crate) http_header_read_timeout: Duration,
 
     /// Take workload certificates from the local SPIRE agent (Delegated Identity API, by the
-    /// pod's `k8s:ns` / `k8s:sa` selectors) instead of the certificate service
-    /// (`CA_ADDRESS`). The SPIRE agent must list this proxy's SPIFFE ID in
-    /// `authorized_delegates`.
+    /// pod's selectors or a process of the pod, see `--spire-subject`) instead of the
+    /// certificate service (`CA_ADDRESS`). The SPIRE agent must list this proxy's SPIFFE ID
+    /// in `authorized_delegates`.
     #[arg(long, env = "SPIRE_ENABLED", default_value = "false", action = clap::ArgAction::Set, value_name = "true|false")]
     pub(crate) spire_enabled: bool,
 
@@ -156,6 +156,15 @@ pub(crate) struct Cli {
     /// Deadline of every SPIRE call, and the longest wait for a pod's SVID.
     #[arg(long, env = "SPIRE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub(crate) spire_timeout: Duration,
+
+    /// How pods are identified to SPIRE (with `SPIRE_ENABLED`): `selectors` sends the
+    /// pod's `k8s:ns:<namespace>` and `k8s:sa:<service account>` (from ZDS/xDS), trusted as
+    /// given; `pid` sends the PID of a process of the pod, found in `/proc` by the pod's
+    /// network namespace, and the SPIRE agent's workload attestors find its selectors
+    /// (e.g. `unix:uid:<uid>`). With `pid`, a pod with no process yet gets no certificate
+    /// until one appears (looked for up to `SPIRE_TIMEOUT` per attempt, then retried).
+    #[arg(long, env = "SPIRE_SUBJECT", default_value = "selectors", value_enum)]
+    pub(crate) spire_subject: SpireSubject,
 
     /// Log output format (`plain` is taken as `text`).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "plain", "json"])]
@@ -200,6 +209,17 @@ pub(crate) struct SpireSettings {
     pub(crate) admin_socket: String,
     /// Deadline of every call.
     pub(crate) timeout: Duration,
+    /// How pods are identified to the agent.
+    pub(crate) subject: SpireSubject,
+}
+
+/// How pods are identified to the SPIRE agent (`SPIRE_SUBJECT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SpireSubject {
+    /// The pod's `k8s:ns` and `k8s:sa` selectors.
+    Selectors,
+    /// The PID of a process in the pod's network namespace.
+    Pid,
 }
 
 impl Cli {
@@ -234,6 +254,7 @@ impl Cli {
         let spire = self.spire_enabled.then(|| SpireSettings {
             admin_socket: self.spire_admin_endpoint_socket.clone(),
             timeout: self.spire_timeout,
+            subject: self.spire_subject,
         });
         let mut hbone_limit = meshwire_hbone::server::ConnectionLimitConfig::default();
         hbone_limit.max_per_key = self.hbone_max_connections_per_pod;
@@ -393,6 +414,7 @@ mod tests {
             Some(SpireSettings {
                 admin_socket: "unix:///run/spire/sockets/admin.sock".to_owned(),
                 timeout: Duration::from_secs(10),
+                subject: SpireSubject::Selectors,
             })
         );
         let cfg = parse(&[
@@ -404,14 +426,21 @@ mod tests {
             "unix:///tmp/a.sock",
             "--spire-timeout",
             "3s",
+            "--spire-subject",
+            "pid",
         ])
         .unwrap()
         .into_config()
         .unwrap();
         assert_eq!(
-            cfg.spire.map(|s| (s.admin_socket, s.timeout)),
-            Some(("unix:///tmp/a.sock".to_owned(), Duration::from_secs(3)))
+            cfg.spire.map(|s| (s.admin_socket, s.timeout, s.subject)),
+            Some((
+                "unix:///tmp/a.sock".to_owned(),
+                Duration::from_secs(3),
+                SpireSubject::Pid
+            ))
         );
+        assert!(parse(&["--node-name", "n", "--spire-subject", "cgroup"]).is_err());
     }
 
     #[test]
@@ -461,6 +490,7 @@ mod tests {
             ("spire_enabled", "SPIRE_ENABLED"),
             ("spire_admin_endpoint_socket", "SPIRE_ADMIN_ENDPOINT_SOCKET"),
             ("spire_timeout", "SPIRE_TIMEOUT"),
+            ("spire_subject", "SPIRE_SUBJECT"),
         ] {
             assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
         }

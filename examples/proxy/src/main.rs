@@ -21,13 +21,14 @@ mod pods;
 mod readiness;
 mod routing;
 mod signals;
+mod spire_pid;
 mod splice;
 #[cfg(test)]
 mod test_support;
 mod tls;
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use clap::Parser;
 use meshwire_svid::spire::source::{SourceConfig, SpireSource};
@@ -137,13 +138,24 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     tokio::spawn(control::log_xds_events(xds_events));
 
     // Workload certificates: from the SPIRE agent, or from the certificate service.
+    // PID mode finds the pods' processes through the data plane, made further down.
+    let dataplane_slot = Arc::new(OnceLock::<Weak<DataPlane>>::new());
     let certs: Arc<dyn tls::certs::Certificates> = match &config.spire {
         Some(spire) => {
             let mut source_config = SourceConfig::default();
             source_config.timeout = spire.timeout;
             let source = SpireSource::connect_unix(&spire.admin_socket, source_config)?;
-            tracing::info!(admin_socket = %spire.admin_socket, "workload certificates from SPIRE");
-            tls::certs::Managed::new(source, crypto, metrics.clone())
+            tracing::info!(admin_socket = %spire.admin_socket, subject = ?spire.subject, "workload certificates from SPIRE");
+            match spire.subject {
+                config::SpireSubject::Selectors => {
+                    tls::certs::Managed::new(source, crypto, metrics.clone())
+                }
+                config::SpireSubject::Pid => tls::certs::Managed::new(
+                    spire_pid::PidSource::new(source, dataplane_slot.clone(), spire.timeout),
+                    crypto,
+                    metrics.clone(),
+                ),
+            }
         }
         None => {
             let ca_root = if config.ca_root_ca == config.xds_root_ca {
@@ -173,6 +185,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         store.clone(),
         certs,
     );
+    let _ = dataplane_slot.set(Arc::downgrade(&dataplane));
     let supervisor = Supervisor::new(Arc::new(Dispatch(dataplane.clone())), metrics.clone());
 
     let dump = admin::dump_fn(dataplane.clone(), supervisor.clone(), readiness.clone());

@@ -94,6 +94,10 @@ impl PodNetwork for PodNamespace {
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
         meshwire_netns::socket::original_dst(stream)
     }
+
+    fn netns(&self) -> Option<meshwire_netns::ns::NsId> {
+        Some(self.ns.id())
+    }
 }
 
 /// Fails early, with a clear message, when the proxy cannot mark sockets (it would otherwise

@@ -46,6 +46,11 @@ pub(crate) trait PodNetwork: Send + Sync + fmt::Debug + 'static {
     }
     /// The destination a redirected connection was originally sent to.
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
+    /// The identity of the pod's network namespace, when it is a real one (the PID mode of
+    /// SPIRE looks for the pod's processes by it).
+    fn netns(&self) -> Option<meshwire_netns::ns::NsId> {
+        None
+    }
 }
 
 /// Which listener accepted a connection.

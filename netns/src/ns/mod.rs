@@ -13,8 +13,10 @@ use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 
 use crate::error::Error;
 
+mod procs;
 mod thread;
 
+pub use procs::{is_in, namespace_of, processes_in};
 pub use thread::{NsThread, RunIn};
 
 /// The identity of a namespace: the device and inode of its `nsfs` file.

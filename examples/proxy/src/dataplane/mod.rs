@@ -201,6 +201,18 @@ impl DataPlane {
             })
     }
 
+    /// The network namespaces of the pods held here whose workload identity is `id`.
+    pub(crate) fn namespaces_of(&self, id: &SpiffeId) -> Vec<meshwire_netns::ns::NsId> {
+        let pods: Vec<Arc<Pod>> = self.pod_states().values().map(|s| s.pod.clone()).collect();
+        pods.iter()
+            .filter(|p| {
+                self.find_local(p)
+                    .is_some_and(|w| w.identity().to_string() == id.to_string())
+            })
+            .filter_map(|p| p.net.netns())
+            .collect()
+    }
+
     /// Like [`find_local`](Self::find_local), waiting up to the lookup timeout for xDS to
     /// deliver the workload.
     pub(crate) async fn local_workload(&self, pod: &Pod) -> Option<Arc<Workload>> {
