@@ -2,18 +2,15 @@
 //! presents to a new connection, processes that run in a pod as a user of their own (what
 //! SPIRE attests in PID mode), and the time stamps of the proxies' log lines.
 
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use meshwire_svid::verify::dangerous::AcceptAnySpiffeServer;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::{Cluster, Role};
 
@@ -25,8 +22,8 @@ const HBONE_PORT: u16 = 15008;
 pub struct PresentedCert {
     /// The serial number, in hex.
     pub serial: String,
-    /// The SPIFFE ID of its URI SAN, if any.
-    pub spiffe_id: Option<String>,
+    /// The SPIFFE ID of its URI SAN.
+    pub spiffe_id: String,
     /// Start of its validity (whole seconds).
     pub not_before: SystemTime,
     /// End of its validity (whole seconds).
@@ -45,30 +42,26 @@ impl Cluster {
             .with_context(|| format!("connect to {target}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let seen = Arc::new(Recorder {
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-            leaf: Mutex::new(None),
-        });
-        let mut config = rustls::ClientConfig::builder_with_provider(seen.provider.clone())
+        // The chain is not checked: only the certificate is wanted.
+        let provider = meshwire_svid::provider::ring();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(seen.clone())
+            .with_custom_certificate_verifier(AcceptAnySpiffeServer::new(provider))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
         let mut conn =
             rustls::ClientConnection::new(Arc::new(config), ServerName::from(target.ip()))?;
-        while conn.is_handshaking() && seen.leaf().is_none() {
-            match conn.complete_io(&mut tcp) {
-                Ok(_) => {}
-                // The proxy refuses a client without a certificate, after it sent its own.
-                Err(e) if e.kind() != ErrorKind::WouldBlock => break,
-                Err(_) => {}
-            }
+        // In TLS 1.3 the client's side of the handshake is over before the proxy refuses
+        // a client without a certificate of the mesh.
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .with_context(|| format!("TLS handshake with {target}"))?;
         }
-        let der = seen
-            .leaf()
+        let chain = conn
+            .peer_certificates()
             .ok_or_else(|| anyhow!("{} presented no certificate on {target}", role.label()))?;
-        parse_leaf(&der)
+        parse_leaf(chain)
     }
 
     /// Starts a long-running process (`sleep`) in `role`'s pod network namespace as user and
@@ -117,98 +110,23 @@ fn days_since_epoch(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn parse_leaf(der: &[u8]) -> Result<PresentedCert> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
+fn parse_leaf(chain: &[CertificateDer<'_>]) -> Result<PresentedCert> {
+    let leaf = chain.first().context("an empty certificate chain")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| anyhow!("the presented certificate does not parse: {e}"))?;
     let time = |t: x509_parser::time::ASN1Time| -> Result<SystemTime> {
         let secs = u64::try_from(t.timestamp()).context("validity before 1970")?;
         Ok(UNIX_EPOCH + Duration::from_secs(secs))
     };
-    let spiffe_id = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-                    Some((*uri).to_owned())
-                }
-                _ => None,
-            })
-        });
     if cert.tbs_certificate.raw_serial().is_empty() {
         bail!("the presented certificate has no serial number");
     }
     Ok(PresentedCert {
         serial: cert.tbs_certificate.raw_serial_as_string(),
-        spiffe_id,
+        spiffe_id: meshwire_svid::tls::peer_spiffe_id(chain)?.to_string(),
         not_before: time(cert.validity().not_before)?,
         not_after: time(cert.validity().not_after)?,
     })
-}
-
-/// A verifier that accepts any server certificate and keeps the leaf.
-#[derive(Debug)]
-struct Recorder {
-    provider: Arc<CryptoProvider>,
-    leaf: Mutex<Option<Vec<u8>>>,
-}
-
-impl Recorder {
-    fn leaf(&self) -> Option<Vec<u8>> {
-        self.leaf
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.leaf.lock().unwrap_or_else(PoisonError::into_inner) = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

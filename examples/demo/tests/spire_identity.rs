@@ -53,16 +53,18 @@ fn start(
     Some((guard, cluster))
 }
 
+/// A cluster with SPIRE whose proxies identify pods by PID, and the pods' processes.
+struct PidCluster {
+    cluster: Cluster,
+    /// The process of each enrolled pod (killed on drop).
+    processes: Vec<(Role, testbed::Process)>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
 /// A cluster with SPIRE whose proxies identify pods by PID, with a process of its own
 /// user in every enrolled pod, and an entry (parented to the SPIRE agent's node ID) for the
 /// client's and the servers' users but none for the intruder's.
-fn pid_mode_cluster(
-    test: &str,
-) -> Option<(
-    std::sync::MutexGuard<'static, ()>,
-    Cluster,
-    Vec<(Role, testbed::Process)>,
-)> {
+fn pid_mode_cluster(test: &str) -> Option<PidCluster> {
     let timeout = format!("{}s", SPIRE_TIMEOUT.as_secs());
     let (guard, c) = start(
         test,
@@ -98,18 +100,23 @@ fn pid_mode_cluster(
             ])
             .unwrap();
     }
-    Some((guard, c, procs))
+    Some(PidCluster {
+        cluster: c,
+        processes: procs,
+        _serial: guard,
+    })
 }
 
 #[test]
 fn spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry() {
     let test = "spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry";
-    let Some((_g, c, procs)) = pid_mode_cluster(test) else {
+    let Some(pid_cluster) = pid_mode_cluster(test) else {
         return;
     };
+    let c = &pid_cluster.cluster;
 
     // Item 1: the proxies obtain the pods' SVIDs by PID, across nodes.
-    let f = retry_until_encrypted(&c, Role::Client, Role::ServerFar);
+    let f = retry_until_encrypted(c, Role::Client, Role::ServerFar);
     assert_eq!(
         f.peer_identity.as_deref(),
         Some(Role::Client.spiffe_id().as_str())
@@ -123,7 +130,7 @@ fn spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry() {
     // never matches.
     for role in [Role::Client, Role::ServerFar] {
         let cert = c.presented_certificate(role).unwrap();
-        assert_eq!(cert.spiffe_id.as_deref(), Some(role.spiffe_id().as_str()));
+        assert_eq!(cert.spiffe_id, role.spiffe_id());
         assert_eq!(
             cert.not_after.duration_since(cert.not_before).unwrap(),
             SVID_TTL + SPIRE_BACKDATE,
@@ -132,7 +139,7 @@ fn spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry() {
         );
     }
     // Each proxy asked by the PID of the pod's own process, found by its network namespace.
-    for (role, proc) in &procs {
+    for (role, proc) in &pid_cluster.processes {
         if matches!(role, Role::Client | Role::ServerFar) {
             let log = c.proxy_log(role.node());
             let wanted = format!("identity={} pid={}", role.spiffe_id(), proc.id());
@@ -173,7 +180,7 @@ fn spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry() {
             !text.contains("temporarily unavailable") && !text.contains("timed out"),
             "the connection hung instead of being closed: {text}"
         );
-        if let Some(line) = no_entry_line(&c) {
+        if let Some(line) = no_entry_line(c) {
             break (line, took);
         }
         assert!(
@@ -219,7 +226,6 @@ fn spire_pid_mode_issues_each_pods_svid_and_fails_closed_without_an_entry() {
     eprintln!(
         "no SPIRE entry: connection closed after {took:?} (SPIRE_TIMEOUT {SPIRE_TIMEOUT:?}); {line}"
     );
-    drop(procs);
 }
 
 /// How soon a rotated certificate reached a new HBONE connection.
@@ -286,7 +292,7 @@ fn measure_rotation(c: &Cluster, backdate: Duration) -> Rotation {
 
 /// When server-far's proxy logged the SVID stream item carrying `cert`.
 fn stream_item_time(c: &Cluster, cert: &PresentedCert) -> Option<SystemTime> {
-    let id = cert.spiffe_id.as_deref()?;
+    let id = cert.spiffe_id.as_str();
     let expiry = cert
         .not_after
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -313,11 +319,12 @@ fn rotated_certificates_reach_new_connections_with_spire_and_the_builtin_ca() {
     drop(ca);
     drop(g);
 
-    let Some((_g, c, procs)) = pid_mode_cluster(test) else {
+    let Some(pid_cluster) = pid_mode_cluster(test) else {
         return;
     };
-    retry_until_encrypted(&c, Role::Client, Role::ServerFar);
-    let spire = measure_rotation(&c, SPIRE_BACKDATE);
+    let c = &pid_cluster.cluster;
+    retry_until_encrypted(c, Role::Client, Role::ServerFar);
+    let spire = measure_rotation(c, SPIRE_BACKDATE);
     eprintln!(
         "rotation -> first new HBONE connection presenting the new certificate: \
          SPIRE {:?} after issue (NotBefore + 10 s), {:?} after the SVID stream item \
@@ -329,5 +336,4 @@ fn rotated_certificates_reach_new_connections_with_spire_and_the_builtin_ca() {
         builtin.from_issue,
         builtin.carried
     );
-    drop(procs);
 }

@@ -170,18 +170,27 @@ mod tests {
         PidSource::new(spire, Arc::new(Fixed(namespaces)), wait)
     }
 
+    /// A fresh pod namespace and a source that looks for processes in it (privileged).
+    fn pod_source(
+        test: &str,
+        wait: Duration,
+    ) -> Option<(testbed::Privileged, testbed::Namespace, PidSource<Fixed>)> {
+        let privileged = testbed::require_privileged(test)?;
+        let pod = testbed::Namespace::new().unwrap();
+        let netns = meshwire_netns::NetNs::from_path(pod.path()).unwrap().id();
+        Some((privileged, pod, source(vec![netns], wait)))
+    }
+
     fn id() -> SpiffeId {
         SpiffeId::new("spiffe://cluster.local/ns/shop/sa/client").unwrap()
     }
 
     #[tokio::test]
     async fn no_process_is_a_clear_error_after_the_wait() {
-        let Some(_p) = testbed::require_privileged("spire_pid::no_process") else {
+        let Some((_p, _pod, src)) = pod_source("spire_pid::no_process", Duration::from_millis(300))
+        else {
             return;
         };
-        let pod = testbed::Namespace::new().unwrap();
-        let netns = meshwire_netns::NetNs::from_path(pod.path()).unwrap().id();
-        let src = source(vec![netns], Duration::from_millis(300));
         let err = src.fetch(&id()).await.unwrap_err();
         assert!(matches!(err, PidError::NoProcess { pods: 1, .. }), "{err}");
         let text = err.to_string();
@@ -200,12 +209,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_pods_process_is_picked_and_kept_while_it_lives() {
-        let Some(_p) = testbed::require_privileged("spire_pid::picked") else {
+        let Some((_p, pod, src)) = pod_source("spire_pid::picked", Duration::from_secs(5)) else {
             return;
         };
-        let pod = testbed::Namespace::new().unwrap();
-        let netns = meshwire_netns::NetNs::from_path(pod.path()).unwrap().id();
-        let src = source(vec![netns], Duration::from_secs(5));
         // A process that appears while the fetch waits is found.
         let spawner = {
             let pod_path = pod.path().to_owned();
