@@ -139,6 +139,9 @@ pub mod spire;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 pub mod tls;
+#[cfg(any(feature = "service", feature = "spire"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "service", feature = "spire"))))]
+pub mod uds;
 pub mod verify;
 pub mod x509;
 
