@@ -44,7 +44,10 @@ fn without_the_ca_xds_is_on_the_unix_socket_only_and_no_key_exists() {
     let log = dir.path().join("agent.log");
     std::fs::write(
         &file,
-        workloads(false, &[("client", pods[0].path()), ("old", pods[1].path())]),
+        workloads(
+            false,
+            &[("client", pods[0].path()), ("old", pods[1].path())],
+        ),
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
@@ -71,12 +74,10 @@ fn without_the_ca_xds_is_on_the_unix_socket_only_and_no_key_exists() {
         rt.block_on(async move {
             // xDS over the plaintext socket: the workloads of the file arrive.
             let channel = meshwire_svid::uds::channel(socket, Duration::from_secs(5));
-            let (store, ads_task) = tokio::time::timeout(
-                Duration::from_secs(30),
-                xds_client(channel, "n1", None),
-            )
-            .await
-            .expect("xDS on the unix socket");
+            let (store, ads_task) =
+                tokio::time::timeout(Duration::from_secs(30), xds_client(channel, "n1", None))
+                    .await
+                    .expect("xDS on the unix socket");
             wait_for("the workloads over xDS", Duration::from_secs(20), || {
                 store.workload_by_uid("uid-client").is_some()
             })
@@ -112,9 +113,5 @@ fn without_the_ca_xds_is_on_the_unix_socket_only_and_no_key_exists() {
             f.display()
         );
     }
-    assert!(
-        show_log().contains("built-in CA off"),
-        "{}",
-        show_log()
-    );
+    assert!(show_log().contains("built-in CA off"), "{}", show_log());
 }

@@ -569,13 +569,19 @@ mod tests {
             cfg.xds_address,
             XdsEndpoint::Unix(PathBuf::from("/var/run/cilium/xds.sock"))
         );
-        assert_eq!(cfg.xds_address.to_string(), "unix:///var/run/cilium/xds.sock");
+        assert_eq!(
+            cfg.xds_address.to_string(),
+            "unix:///var/run/cilium/xds.sock"
+        );
         assert_eq!(cfg.ca_address, None, "SPIRE issues the certificates");
 
         // Without SPIRE the certificate service must be named: it is not on the socket.
         let unix = ["--node-name", "n", "--xds-address", "unix:///run/xds.sock"];
         let e = parse(&unix).unwrap().into_config().unwrap_err();
-        assert!(format!("{e:#}").contains("--ca-address is required"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("--ca-address is required"),
+            "{e:#}"
+        );
         let with_ca = [&unix[..], &["--ca-address", "https://10.0.0.1:15012"]].concat();
         let cfg = parse(&with_ca).unwrap().into_config().unwrap();
         assert_eq!(cfg.ca_address.as_deref(), Some("https://10.0.0.1:15012"));
@@ -587,7 +593,14 @@ mod tests {
             "unix://",
             "unix:///var/run/",
         ] {
-            let args = ["--node-name", "n", "--xds-address", bad, "--spire-enabled", "true"];
+            let args = [
+                "--node-name",
+                "n",
+                "--xds-address",
+                bad,
+                "--spire-enabled",
+                "true",
+            ];
             let e = parse(&args).unwrap().into_config().unwrap_err();
             let text = format!("{e:#}");
             assert!(

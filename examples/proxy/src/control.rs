@@ -305,14 +305,12 @@ mod tests {
         .unwrap();
         let stop = CancellationToken::new();
         let crypto = meshwire_svid::provider::ring();
-        let (xds, root) = tokio::time::timeout(
-            Duration::from_secs(5),
-            xds_channel(&config, &crypto, &stop),
-        )
-        .await
-        .expect("no wait for a root certificate")
-        .unwrap()
-        .unwrap();
+        let (xds, root) =
+            tokio::time::timeout(Duration::from_secs(5), xds_channel(&config, &crypto, &stop))
+                .await
+                .expect("no wait for a root certificate")
+                .unwrap()
+                .unwrap();
         assert_eq!(root, None);
         let token = TokenValue::parse(config.auth_token.as_deref());
         let store = Arc::new(WorkloadStore::new());
@@ -320,12 +318,10 @@ mod tests {
         let running = tokio::spawn(ads.run(stop.clone().cancelled_owned()));
 
         // The listener speaks HTTP/2 without TLS: the handshake succeeding proves plaintext.
-        let (path, headers) = tokio::time::timeout(
-            Duration::from_secs(10),
-            first_plaintext_request(listener),
-        )
-        .await
-        .unwrap();
+        let (path, headers) =
+            tokio::time::timeout(Duration::from_secs(10), first_plaintext_request(listener))
+                .await
+                .unwrap();
         assert_eq!(
             path,
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
