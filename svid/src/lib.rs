@@ -145,7 +145,7 @@ pub mod uds;
 pub mod verify;
 pub mod x509;
 
-pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
+pub use bundle::{BundleError, SharedTrustBundles, TrustBundle, TrustBundleSet};
 pub use id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use verify::IdentityPolicy;
 pub use x509::{SvidError, X509Svid};

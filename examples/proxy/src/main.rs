@@ -144,7 +144,10 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             source_config.timeout = spire.timeout;
             let source = SpireSource::connect_unix(&spire.admin_socket, source_config)?;
             tracing::info!(admin_socket = %spire.admin_socket, "workload certificates from SPIRE");
-            tls::certs::Managed::new(source, crypto, metrics.clone())
+            // Peers are checked against SPIRE's bundles as they arrive, not as they were
+            // when the certificate was fetched.
+            let roots = source.shared_bundles();
+            tls::certs::Managed::with_live_roots(source, crypto, metrics.clone(), roots)
         }
         (None, Some(ca_address)) => {
             let ca_root = match xds_root {
