@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{stop, wait_for, workloads, xds_client};
+use common::{block_on, stop, wait_for, workloads, xds_client};
 
 /// Every file below `dir`, recursively.
 fn files_below(dir: &Path) -> Vec<PathBuf> {
@@ -67,11 +67,7 @@ fn without_the_ca_xds_is_on_the_unix_socket_only_and_no_key_exists() {
 
     let socket = xds_socket.clone();
     let result = node.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        block_on(async move {
             // xDS over the plaintext socket: the workloads of the file arrive.
             let channel = meshwire_svid::uds::channel(socket, Duration::from_secs(5));
             let (store, ads_task) =
