@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
@@ -160,5 +161,67 @@ impl FromIterator<TrustBundle> for TrustBundleSet {
             set.insert(b);
         }
         set
+    }
+}
+
+/// Trust bundles that may be replaced while the verifiers built on them are in use: every
+/// handshake checks the peer against the set current at that moment. Clones share the set.
+///
+/// Feed it from a bundle source that changes (the SPIRE agent's bundle stream, which adds the
+/// next root during a CA rotation and drops the old one later): a root added here is
+/// trusted by every verifier at once, without new TLS configurations or new certificates.
+/// A fixed [`TrustBundleSet`] converts into one that nobody replaces.
+#[derive(Clone, Default)]
+pub struct SharedTrustBundles {
+    current: Arc<RwLock<Arc<TrustBundleSet>>>,
+}
+
+impl SharedTrustBundles {
+    /// A shared set starting with `set`.
+    pub fn new(set: TrustBundleSet) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(set))),
+        }
+    }
+
+    /// The set now.
+    pub fn current(&self) -> Arc<TrustBundleSet> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the set for every holder of a clone; handshakes from now on use `set`.
+    pub fn replace(&self, set: TrustBundleSet) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+    }
+}
+
+impl fmt::Debug for SharedTrustBundles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedTrustBundles")
+            .field(&self.current())
+            .finish()
+    }
+}
+
+impl From<TrustBundleSet> for SharedTrustBundles {
+    fn from(set: TrustBundleSet) -> Self {
+        Self::new(set)
+    }
+}
+
+impl From<&TrustBundleSet> for SharedTrustBundles {
+    fn from(set: &TrustBundleSet) -> Self {
+        Self::new(set.clone())
+    }
+}
+
+impl From<Arc<TrustBundleSet>> for SharedTrustBundles {
+    fn from(set: Arc<TrustBundleSet>) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(set)),
+        }
     }
 }

@@ -139,10 +139,13 @@ pub mod spire;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 pub mod tls;
+#[cfg(any(feature = "service", feature = "spire"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "service", feature = "spire"))))]
+pub mod uds;
 pub mod verify;
 pub mod x509;
 
-pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
+pub use bundle::{BundleError, SharedTrustBundles, TrustBundle, TrustBundleSet};
 pub use id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use verify::IdentityPolicy;
 pub use x509::{SvidError, X509Svid};

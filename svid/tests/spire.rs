@@ -1,8 +1,9 @@
 //! The `spire` module against a real SPIRE v1.13.3 server and agent (testbed's fixture):
 //! the registrar reconciles entries on the server, and the certificate source gets SVIDs
 //! by selectors and by PID, follows a short-TTL rotation, survives an agent restart (and
-//! serves the valid SVID while the agent is down), and reports a clear error for an
-//! identity that has no entry or whose entry was deleted.
+//! serves the valid SVID while the agent is down), reports a clear error for an identity
+//! that has no entry or whose entry was deleted, and carries a CA rotation (`localauthority
+//! x509 prepare`, `activate`) into verifiers that are already running.
 
 // Helpers outside #[test] functions: a failed step should abort the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -409,4 +410,91 @@ fn server_outage_shorter_than_the_svid_lifetime_keeps_serving_and_rotation_resum
             })
         },
     ));
+}
+
+/// The authority ID in the output of `spire-server localauthority x509 prepare`.
+fn authority_id(cli_output: &str) -> String {
+    cli_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Authority ID:"))
+        .unwrap_or_else(|| panic!("no authority ID in {cli_output:?}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_ca_rotation_reaches_running_verifiers_through_the_shared_bundles() {
+    use meshwire_svid::verify::SpiffeServerVerifier;
+    let spire = start_spire();
+    runtime().block_on(async {
+        let mut web = sa_entry("shop", "web");
+        // Re-signed on every agent sync: an SVID of the next CA comes soon after it is active.
+        web.x509_svid_ttl = Some(Duration::from_secs(10));
+        registrar(&spire)
+            .reconcile(&delegate(), &[web])
+            .await
+            .unwrap();
+        let source = source(&spire, Duration::from_secs(10));
+        let web_id = id("spiffe://example.org/ns/shop/sa/web");
+        let first = first_fetch(&source, &web_id).await;
+        let roots = |s: &SpireSource| {
+            s.shared_bundles()
+                .current()
+                .get(&td())
+                .unwrap()
+                .roots()
+                .len()
+        };
+        assert_eq!(roots(&source), 1);
+        let verifier = |roots: meshwire_svid::SharedTrustBundles| {
+            SpiffeServerVerifier::builder(meshwire_svid::provider::default())
+                .roots(roots)
+                .policy(meshwire_svid::IdentityPolicy::exact([web_id.clone()]))
+                .build_server_verifier()
+                .unwrap()
+        };
+        // Built before the rotation: one follows the bundles, one keeps the first root.
+        let live = verifier(source.shared_bundles());
+        let frozen = verifier((*source.shared_bundles().current()).clone().into());
+
+        // The next CA is prepared: the agent pushes a bundle with both roots.
+        let prepared = spire
+            .server_cli(&["localauthority", "x509", "prepare"])
+            .unwrap();
+        let next = authority_id(&prepared);
+        eventually(
+            "a bundle with two roots",
+            Duration::from_secs(30),
+            async || roots(&source) == 2,
+        )
+        .await;
+        // Activated: SVIDs are signed by it from now on.
+        spire
+            .server_cli(&["localauthority", "x509", "activate", "-authorityID", &next])
+            .unwrap();
+        let verify = |v: &SpiffeServerVerifier, svid: &meshwire_svid::X509Svid| {
+            v.verify_peer(
+                svid.leaf(),
+                &svid.cert_chain()[1..],
+                meshwire_svid::pki_types::UnixTime::now(),
+            )
+        };
+        let start = Instant::now();
+        let rotated = loop {
+            let fetched = source.fetch(&web_id).await.unwrap();
+            if verify(&frozen, &fetched.svid).is_err() {
+                break fetched.svid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no SVID of the next CA within 60 s"
+            );
+        };
+        assert_eq!(verify(&live, &rotated), Ok(web_id.clone()));
+        assert_eq!(verify(&live, &first.svid), Ok(web_id.clone()), "both roots");
+        eprintln!(
+            "SVID of the activated CA {:?} after activation",
+            start.elapsed()
+        );
+    });
 }

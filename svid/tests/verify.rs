@@ -401,3 +401,49 @@ fn data_plane_configs_never_resume_sessions() {
         assert_eq!(handshake_kind(&c, &s), Some(rustls::HandshakeKind::Full));
     }
 }
+
+#[test]
+fn verifiers_on_shared_bundles_follow_their_replacement() {
+    let ours = TestPki::new("cluster.local");
+    let next = TestPki::new("cluster.local");
+    let shared = meshwire_svid::SharedTrustBundles::new(ours.roots().clone());
+    let verifier = SpiffeServerVerifier::builder(provider::default())
+        .roots(shared.clone())
+        .policy(IdentityPolicy::exact([id(ALICE)]))
+        .build_server_verifier()
+        .unwrap();
+    let alice_next = next.svid(&id(ALICE));
+    let alice_ours = ours.svid(&id(ALICE));
+    // Both roots have the same subject: webpki tries the old one and finds its signature bad.
+    let untrusted = |r| {
+        matches!(
+            r,
+            Err(PeerVerifyError::UnknownIssuer | PeerVerifyError::BadSignature)
+        )
+    };
+    assert!(untrusted(verifier.verify_peer(
+        alice_next.leaf(),
+        &[],
+        now()
+    )));
+    // A rotation: both roots for a while, the verifier untouched.
+    let both = [ours.bundle().roots(), next.bundle().roots()].concat();
+    shared.replace(TrustBundleSet::from(
+        TrustBundle::new(td("cluster.local"), both).unwrap(),
+    ));
+    assert_eq!(
+        verifier.verify_peer(alice_next.leaf(), &[], now()),
+        Ok(id(ALICE))
+    );
+    assert_eq!(
+        verifier.verify_peer(alice_ours.leaf(), &[], now()),
+        Ok(id(ALICE))
+    );
+    // The old root dropped.
+    shared.replace(next.roots().clone());
+    assert!(untrusted(verifier.verify_peer(
+        alice_ours.leaf(),
+        &[],
+        now()
+    )));
+}

@@ -74,7 +74,8 @@ pub(crate) struct Args {
     )]
     pub(crate) zds_socket: PathBuf,
 
-    /// Address of the TLS gRPC endpoint serving workload xDS and the certificate service.
+    /// Address of the TLS gRPC endpoint serving workload xDS and the certificate service
+    /// (not opened with `--ca none`).
     #[arg(
         long,
         env = "XDS_LISTEN_ADDRESS",
@@ -87,6 +88,14 @@ pub(crate) struct Args {
     /// 0600: only its owner (the agent's user) can connect.
     #[arg(long, env = "XDS_UNIX_SOCKET", value_name = "PATH")]
     pub(crate) xds_unix_socket: Option<PathBuf>,
+
+    /// The certificate authority built into the agent. `builtin`: it signs workload
+    /// certificates on the TLS endpoint (`--xds-address`), its root is written to
+    /// `<state-dir>/root-cert.pem`. `none`: no CA at all, for when SPIRE issues the
+    /// certificates: no key is generated, read or written, no root file, no TLS endpoint;
+    /// workload xDS is served only on `--xds-unix-socket`, which is then required.
+    #[arg(long, env = "AGENT_CA", value_enum, default_value_t = CaMode::Builtin)]
+    pub(crate) ca: CaMode,
 
     /// Directory for agent state; the CA root is written to `<state-dir>/root-cert.pem`.
     #[arg(
@@ -220,6 +229,20 @@ impl Args {
                 "--workloads <FILE> is required with the file source (the default; or use --source kubernetes)",
             ));
         }
+        if parsed.ca == CaMode::None {
+            if parsed.xds_unix_socket.is_none() {
+                return Err(Self::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--ca none needs --xds-unix-socket <PATH>: without the CA there is no TLS endpoint, so workload xDS is served only on that unix socket",
+                ));
+            }
+            if parsed.ca_cert.is_some() {
+                return Err(Self::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--ca-cert and --ca-key load the built-in CA: drop them, or drop --ca none",
+                ));
+            }
+        }
         if parsed.source == SourceKind::Kubernetes && parsed.ca_trust_loopback == Some(true) {
             return Err(Self::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
@@ -257,6 +280,15 @@ impl Args {
             }
         }
     }
+}
+
+/// Whether the agent runs its own certificate authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CaMode {
+    /// The built-in CA, with xDS and the certificate service on the TLS endpoint.
+    Builtin,
+    /// No CA (SPIRE issues the certificates): xDS on the unix socket only.
+    None,
 }
 
 /// Where the agent reads the cluster from.
@@ -339,6 +371,7 @@ mod tests {
             "127.0.0.1:15012".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(a.xds_unix_socket, None);
+        assert_eq!(a.ca, CaMode::Builtin);
         assert_eq!(a.state_dir, PathBuf::from("/var/run/meshwire/agent"));
         assert_eq!(a.ca_cert, None);
         assert_eq!(a.rules, RulesPreset::Istio);
@@ -400,6 +433,7 @@ mod tests {
             ("zds-socket", "ZDS_SOCKET"),
             ("xds-address", "XDS_LISTEN_ADDRESS"),
             ("xds-unix-socket", "XDS_UNIX_SOCKET"),
+            ("ca", "AGENT_CA"),
             ("state-dir", "AGENT_STATE_DIR"),
             ("ca-cert", "CA_CERT_FILE"),
             ("ca-key", "CA_KEY_FILE"),
@@ -485,6 +519,31 @@ mod tests {
         assert!(
             Args::try_parse_checked(["agent", "--source", "file", "--node-name", "n"]).is_err()
         );
+    }
+
+    #[test]
+    fn the_ca_can_be_turned_off_with_xds_on_the_unix_socket_only() {
+        let base = ["agent", "--workloads", "w.yaml", "--node-name", "n1"];
+        let with = |extra: &[&str]| Args::try_parse_checked(base.iter().chain(extra));
+        let a = with(&["--ca", "none", "--xds-unix-socket", "/run/xds.sock"]).unwrap();
+        assert_eq!(a.ca, CaMode::None);
+        let e = with(&["--ca", "none"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--xds-unix-socket"), "{e}");
+        let e = with(&[
+            "--ca",
+            "none",
+            "--xds-unix-socket",
+            "/run/xds.sock",
+            "--ca-cert",
+            "c",
+            "--ca-key",
+            "k",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(with(&["--ca", "builtin"]).is_ok());
+        assert!(with(&["--ca", "spire"]).is_err(), "only builtin or none");
     }
 
     #[test]

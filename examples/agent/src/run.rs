@@ -18,7 +18,7 @@ use crate::ca::authn::Authenticator;
 use crate::ca::files as ca_files;
 use crate::ca::service::NodeAuthorizer;
 use crate::ca::tokenreview::TokenReviewer;
-use crate::cli::Args;
+use crate::cli::{Args, CaMode};
 use crate::desired::Settings;
 use crate::driver::{Driver, Inputs};
 use crate::effects::rules::NetnsRules;
@@ -91,20 +91,28 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .context("cannot manage in-pod redirection rules")?;
     info!(backend = ?backend, "iptables found");
 
-    let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.trust_loopback())?;
-
-    let ca = {
-        let (cert, key, dir, td) = (
-            args.ca_cert.clone(),
-            args.ca_key.clone(),
-            args.state_dir.clone(),
-            trust_domain.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            ca_files::load_or_create(cert.as_deref(), key.as_deref(), &dir, &td)
-        })
-        .await
-        .context("CA task")??
+    // The built-in CA with the policy of its callers, unless turned off (SPIRE issues the
+    // certificates): then no key is generated, read or written.
+    let builtin = match args.ca {
+        CaMode::Builtin => {
+            let callers = CallerPolicy::load(args.proxy_tokens.as_deref(), args.trust_loopback())?;
+            let (cert, key, dir, td) = (
+                args.ca_cert.clone(),
+                args.ca_key.clone(),
+                args.state_dir.clone(),
+                trust_domain.clone(),
+            );
+            let ca = tokio::task::spawn_blocking(move || {
+                ca_files::load_or_create(cert.as_deref(), key.as_deref(), &dir, &td)
+            })
+            .await
+            .context("CA task")??;
+            Some((ca, callers))
+        }
+        CaMode::None => {
+            info!("built-in CA off: no CA key, no root certificate, no TLS endpoint");
+            None
+        }
     };
 
     let metrics = Arc::new(Metrics::new());
@@ -163,37 +171,39 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let remote_rx = opened.remote;
 
-    // xDS and the CA on one TLS gRPC port.
+    // xDS and the CA on one TLS gRPC port, when the agent has a CA.
     let ads = AdsServer::default();
-    let tls = grpc::tls_config(&ca, &trust_domain)?;
-    let grpc_listener = TcpListener::bind(args.xds_address)
-        .await
-        .with_context(|| format!("binding the xDS/CA address {}", args.xds_address))?;
-    // xDS admits the callers the CA recognises as node proxies.
-    let authenticator = Arc::new(Authenticator {
-        policy: callers,
-        reviewer: opened
-            .client
-            .clone()
-            .map(|client| reviewer(client.0, &args)),
-        settings: settings.clone(),
-        metrics: metrics.clone(),
-    });
-    let authorizer = NodeAuthorizer {
-        cluster: cluster_rx.clone(),
-        authenticator: authenticator.clone(),
-    };
-    let cert_service = CertificateService::new(Arc::new(ca.ca), authorizer);
-    metrics.ca_requests.watch(cert_service.stats());
-    info!(address = %args.xds_address, root = %ca.root_file.display(), "serving xDS and the CA over TLS");
-    tasks.spawn(grpc::serve_tls(
-        grpc_listener,
-        tls,
-        ads.clone(),
-        authenticator,
-        cert_service,
-        shutdown.clone(),
-    ));
+    if let Some((ca, callers)) = builtin {
+        let tls = grpc::tls_config(&ca, &trust_domain)?;
+        let grpc_listener = TcpListener::bind(args.xds_address)
+            .await
+            .with_context(|| format!("binding the xDS/CA address {}", args.xds_address))?;
+        // xDS admits the callers the CA recognises as node proxies.
+        let authenticator = Arc::new(Authenticator {
+            policy: callers,
+            reviewer: opened
+                .client
+                .clone()
+                .map(|client| reviewer(client.0, &args)),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+        });
+        let authorizer = NodeAuthorizer {
+            cluster: cluster_rx.clone(),
+            authenticator: authenticator.clone(),
+        };
+        let cert_service = CertificateService::new(Arc::new(ca.ca), authorizer);
+        metrics.ca_requests.watch(cert_service.stats());
+        info!(address = %args.xds_address, root = %ca.root_file.display(), "serving xDS and the CA over TLS");
+        tasks.spawn(grpc::serve_tls(
+            grpc_listener,
+            tls,
+            ads.clone(),
+            authenticator,
+            cert_service,
+            shutdown.clone(),
+        ));
+    }
     if let Some(path) = &args.xds_unix_socket {
         let listener = grpc::bind_unix(path)?;
         info!(path = %path.display(), "serving xDS on a unix socket (plaintext, mode 0600: its owner only)");

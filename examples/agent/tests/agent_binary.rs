@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 mod common;
 use common::{
-    channel, metric, metrics_text, rules_installed, stop, wait_for, workloads, xds_client,
+    block_on, channel, metric, metrics_text, rules_installed, stop, wait_for, workloads, xds_client,
 };
 
 /// What the stand-in proxy saw.
@@ -103,11 +103,7 @@ fn agent_enrolls_in_order_serves_xds_and_signs_only_local_identities() {
     let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let result = node.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        block_on(async move {
             let root = state.join("root-cert.pem");
             wait_for("the root certificate", Duration::from_secs(20), || {
                 root.exists()

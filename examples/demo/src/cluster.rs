@@ -89,7 +89,9 @@ pub struct ClusterOptions {
     pub proxy_env: Vec<(String, String)>,
     /// SPIRE issues the workload certificates instead of the agents' built-in CA: a real
     /// SPIRE server and agent start (testbed's fixture), node-1's agent registers the
-    /// entries (`--spire-server-socket`), and the proxies run with `SPIRE_ENABLED`.
+    /// entries (`--spire-server-socket`), the proxies run with `SPIRE_ENABLED`, and no node
+    /// holds a CA key: the agents run with `--ca none` and serve xDS on a unix socket only,
+    /// which the proxies read (`XDS_ADDRESS=unix://…`).
     pub spire: bool,
     /// Where the agents read the cluster from.
     pub source: Source,
@@ -168,7 +170,7 @@ impl Cluster {
             cluster.start_agent(i)?;
         }
         for i in 0..cluster.nodes.len() {
-            cluster.wait_for_file(&cluster.root_cert(i), Duration::from_secs(60))?;
+            cluster.wait_for_file(&cluster.control_plane_file(i), Duration::from_secs(60))?;
             cluster.start_proxy(i)?;
         }
         cluster.announce_sandboxes()?;
@@ -206,8 +208,28 @@ impl Cluster {
         self.nodes[i].proxy.as_ref().map(Process::id)
     }
 
+    /// The agent state directory of node `i`.
+    pub fn agent_state_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("agent")
+    }
+
     pub(crate) fn root_cert(&self, i: usize) -> PathBuf {
-        self.nodes[i].dir.join("agent").join("root-cert.pem")
+        self.agent_state_dir(i).join("root-cert.pem")
+    }
+
+    /// The plaintext xDS socket of node `i`'s agent (with SPIRE, its only xDS endpoint).
+    pub(crate) fn xds_socket(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("xds").join("xds.sock")
+    }
+
+    /// What node `i`'s proxy needs from its agent before it starts: the xDS socket with
+    /// SPIRE, else the root of the agent's CA.
+    fn control_plane_file(&self, i: usize) -> PathBuf {
+        if self.spire.is_some() {
+            self.xds_socket(i)
+        } else {
+            self.root_cert(i)
+        }
     }
 
     pub(crate) fn log_file(&self, i: usize, what: &str) -> PathBuf {

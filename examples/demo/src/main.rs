@@ -62,6 +62,11 @@ fn run() -> Result<()> {
     println!(
         "    namespace `{ENROLLED_NS}` is enrolled (label io.cilium/mtls-enabled=\"true\"); `legacy` is not"
     );
+    if spire {
+        println!(
+            "    SPIRE issues the workload certificates; the agents run without a CA (--ca none: no key on any node) and serve xDS on a unix socket only"
+        );
+    }
     if let Some(server) = cluster.api_server() {
         println!(
             "    while it runs: kubectl --kubeconfig {} get namespaces,pods,authorizationpolicies -A",

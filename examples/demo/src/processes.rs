@@ -33,19 +33,27 @@ impl Cluster {
             .arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .arg("--state-dir")
-            .arg(node.dir.join("agent"))
-            .arg("--ca-cert")
-            .arg(self.dir.path().join("ca-cert.pem"))
-            .arg("--ca-key")
-            .arg(self.dir.path().join("ca-key.pem"))
+            .arg(self.agent_state_dir(i))
             .args(["--rules", self.opts.rules])
             .arg("--reconcile-interval")
             .arg(format!("{}ms", self.opts.reconcile_interval.as_millis()));
-        // One registrar for the cluster, as the Cilium operator is.
-        if let Some(spire) = &self.spire
-            && i == 0
-        {
-            cmd.arg("--spire-server-socket").arg(spire.server_socket());
+        match &self.spire {
+            // SPIRE is the CA: none on the node, xDS on the unix socket only.
+            Some(spire) => {
+                cmd.args(["--ca", "none", "--xds-unix-socket"])
+                    .arg(self.xds_socket(i));
+                // One registrar for the cluster, as the Cilium operator is.
+                if i == 0 {
+                    cmd.arg("--spire-server-socket").arg(spire.server_socket());
+                }
+            }
+            // One root for the cluster, shared by the agents.
+            None => {
+                cmd.arg("--ca-cert")
+                    .arg(self.dir.path().join("ca-cert.pem"))
+                    .arg("--ca-key")
+                    .arg(self.dir.path().join("ca-key.pem"));
+            }
         }
         let proc = self.spawn_on_node(i, "agent", &mut cmd)?;
         self.nodes[i].agent = Some(proc);
@@ -58,12 +66,19 @@ impl Cluster {
         cmd.arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .args(["--node-name", &node.name])
-            .arg("--xds-root-ca")
-            .arg(self.root_cert(i))
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)));
-        if let Some(spire) = &self.spire {
-            cmd.env("SPIRE_ENABLED", "true")
-                .env("SPIRE_ADMIN_ENDPOINT_SOCKET", spire.admin_endpoint());
+        match &self.spire {
+            Some(spire) => {
+                cmd.env("SPIRE_ENABLED", "true")
+                    .env("SPIRE_ADMIN_ENDPOINT_SOCKET", spire.admin_endpoint())
+                    .env(
+                        "XDS_ADDRESS",
+                        format!("unix://{}", self.xds_socket(i).display()),
+                    );
+            }
+            None => {
+                cmd.arg("--xds-root-ca").arg(self.root_cert(i));
+            }
         }
         if self.kube.is_some() {
             cmd.arg("--auth-token-file").arg(token_file(&node.dir));

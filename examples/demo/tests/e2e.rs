@@ -402,6 +402,33 @@ fn add_to_first_svid(c: &Cluster, i: usize) -> Vec<(String, f64)> {
     out
 }
 
+/// The files below `dir` (except SPIRE's own, below `spire`) that are named like a key or
+/// hold a PEM private key.
+fn files_holding_private_keys(dir: &std::path::Path, spire: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.starts_with(spire) {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let named_key = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("key"));
+            let text = std::fs::read(&path).unwrap_or_default();
+            if named_key || String::from_utf8_lossy(&text).contains("PRIVATE KEY") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
 /// The lifetime of each certificate node `i`'s proxy holds, from `/config_dump`.
 fn held_lifetimes(c: &Cluster, i: usize) -> Vec<(String, u64)> {
     let (code, body) = c.http_get(i, 15000, "/config_dump").unwrap();
@@ -444,10 +471,12 @@ fn spire_issues_the_workload_certificates() {
     );
     // The certificates are SPIRE's (its default lifetime is 1 h plus the 10 s back-dating
     // of NotBefore), not the built-in CA's 24 h ones.
-    let lifetimes = held_lifetimes(&c, 0);
-    assert!(!lifetimes.is_empty(), "{}", c.log_tail(30));
-    for (id, secs) in &lifetimes {
-        assert!(*secs <= 3600 + 60, "{id} lives {secs} s: not a SPIRE SVID");
+    for i in 0..2 {
+        let lifetimes = held_lifetimes(&c, i);
+        assert!(!lifetimes.is_empty(), "{}", c.log_tail(30));
+        for (id, secs) in &lifetimes {
+            assert!(*secs <= 3600 + 60, "{id} lives {secs} s: not a SPIRE SVID");
+        }
     }
     // The registrar wrote one entry per service account of the enrolled namespace.
     let spire = c.spire().unwrap();
@@ -466,6 +495,28 @@ fn spire_issues_the_workload_certificates() {
         assert!(entries.contains(&role.spiffe_id()), "{entries:?}");
     }
     assert!(!entries.contains(&Role::Legacy.spiffe_id()), "{entries:?}");
+    // No node holds a CA key: the agents run without their CA, so no key file (nor any file
+    // holding a private key) exists in the cluster's state, and their TLS port (xDS and the
+    // certificate service) is closed; xDS reached the proxies over the unix socket.
+    let keys = files_holding_private_keys(c.dir(), spire.dir());
+    assert!(keys.is_empty(), "private keys on the nodes: {keys:?}");
+    for i in 0..2 {
+        assert!(
+            !c.agent_state_dir(i).join("root-cert.pem").exists(),
+            "node-{} has a CA root",
+            i + 1
+        );
+        let tls = c
+            .node_ns(i)
+            .run(|| std::net::TcpStream::connect("127.0.0.1:15012").map(drop))
+            .unwrap();
+        assert_eq!(
+            tls.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "node-{}'s agent listens on its TLS port",
+            i + 1
+        );
+    }
     let spire_times = add_to_first_svid(&c, 0);
     eprintln!(
         "SPIRE fixture start {:?}; ZDS add -> first SVID (node-1): built-in CA {ca_times:?}, SPIRE {spire_times:?}",

@@ -33,17 +33,20 @@ pub(crate) struct Cli {
     #[arg(long = "zds-agent-uid", env = "ZDS_AGENT_UID", value_delimiter = ',')]
     pub(crate) zds_agent_uids: Vec<u32>,
 
-    /// Workload xDS endpoint (Delta ADS over gRPC/TLS).
+    /// Workload xDS endpoint (Delta ADS): `https://host:port` (gRPC over TLS, the server
+    /// verified against `XDS_ROOT_CA`), or `unix:///absolute/path` (plaintext gRPC on the node
+    /// agent's unix socket, which its file mode guards; `XDS_ROOT_CA` is then not read). The
+    /// bearer token and `clusterid` header are sent either way.
     #[arg(long, env = "XDS_ADDRESS", default_value = DEFAULT_XDS_ADDRESS)]
     pub(crate) xds_address: String,
 
     /// PEM root(s) that sign the xDS serving certificate: a file (waited for until it exists),
-    /// or the PEM text itself.
+    /// or the PEM text itself. Not read with a `unix://` xDS address.
     #[arg(long, env = "XDS_ROOT_CA", default_value = DEFAULT_XDS_ROOT_CA)]
     pub(crate) xds_root_ca: String,
 
     /// Certificate service endpoint (IstioCertificateService over gRPC/TLS) [default: the xDS
-    /// address].
+    /// address; required with a `unix://` xDS address unless `SPIRE_ENABLED`].
     #[arg(long, env = "CA_ADDRESS")]
     pub(crate) ca_address: Option<String>,
 
@@ -177,9 +180,10 @@ pub(crate) struct Cli {
 pub(crate) struct Config {
     pub(crate) zds_socket: PathBuf,
     pub(crate) zds_agent_uids: Vec<u32>,
-    pub(crate) xds_address: String,
+    pub(crate) xds_address: XdsEndpoint,
     pub(crate) xds_root_ca: String,
-    pub(crate) ca_address: String,
+    /// The certificate service; `None` only with SPIRE and a unix xDS socket (nothing to ask).
+    pub(crate) ca_address: Option<String>,
     pub(crate) ca_root_ca: String,
     pub(crate) node_name: String,
     pub(crate) cluster_id: String,
@@ -200,6 +204,42 @@ pub(crate) struct Config {
     pub(crate) http: crate::http::HttpLimits,
     /// SPIRE instead of the certificate service, when enabled.
     pub(crate) spire: Option<SpireSettings>,
+}
+
+/// Where workload xDS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum XdsEndpoint {
+    /// gRPC over TLS to this `https://` URI, verified against `XDS_ROOT_CA`.
+    Tls(String),
+    /// Plaintext gRPC on this unix socket (`unix:///path`).
+    Unix(PathBuf),
+}
+
+impl XdsEndpoint {
+    /// Parses `XDS_ADDRESS`: `unix:///absolute/path`, or an `https://` address (the scheme
+    /// may be left out).
+    pub(crate) fn parse(address: &str) -> anyhow::Result<Self> {
+        let address = address.trim();
+        let Some(path) = address.strip_prefix("unix:") else {
+            return normalize_address(address).map(Self::Tls);
+        };
+        let path = path.strip_prefix("//").unwrap_or_default();
+        if !path.starts_with('/') || path.ends_with('/') || path.contains('\0') {
+            bail!(
+                "{address:?}: a unix socket address is unix:// followed by the socket's absolute path, e.g. unix:///var/run/cilium/xds.sock"
+            );
+        }
+        Ok(Self::Unix(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for XdsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls(uri) => f.write_str(uri),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
 }
 
 /// Where the SPIRE agent is, with `SPIRE_ENABLED`.
@@ -231,10 +271,14 @@ impl Cli {
         if self.packet_mark == 0 {
             bail!("--packet-mark must not be 0 (the in-pod rules exempt marked sockets)");
         }
-        let xds_address = normalize_address(&self.xds_address).context("--xds-address")?;
-        let ca_address = match self.ca_address {
-            Some(a) => normalize_address(&a).context("--ca-address")?,
-            None => xds_address.clone(),
+        let xds_address = XdsEndpoint::parse(&self.xds_address).context("--xds-address")?;
+        let ca_address = match (self.ca_address, &xds_address) {
+            (Some(a), _) => Some(normalize_address(&a).context("--ca-address")?),
+            (None, XdsEndpoint::Tls(uri)) => Some(uri.clone()),
+            (None, XdsEndpoint::Unix(_)) if self.spire_enabled => None,
+            (None, XdsEndpoint::Unix(_)) => bail!(
+                "--ca-address is required with a unix:// --xds-address (the certificate service is served over TLS), unless --spire-enabled"
+            ),
         };
         if self.secret_ttl.is_zero() {
             bail!("--secret-ttl must be positive");
@@ -364,8 +408,11 @@ mod tests {
             cfg.zds_socket,
             PathBuf::from("/var/run/ztunnel/ztunnel.sock")
         );
-        assert_eq!(cfg.xds_address, "https://127.0.0.1:15012");
-        assert_eq!(cfg.ca_address, "https://127.0.0.1:15012");
+        assert_eq!(
+            cfg.xds_address,
+            XdsEndpoint::Tls("https://127.0.0.1:15012".to_owned())
+        );
+        assert_eq!(cfg.ca_address.as_deref(), Some("https://127.0.0.1:15012"));
         assert_eq!(cfg.xds_root_ca, "/var/run/meshwire/agent/root-cert.pem");
         assert_eq!(cfg.ca_root_ca, "/var/run/meshwire/agent/root-cert.pem");
         assert_eq!(cfg.node_name, "node-1");
@@ -527,12 +574,70 @@ mod tests {
         .unwrap()
         .into_config()
         .unwrap();
-        assert_eq!(cfg.xds_address, "https://localhost:15012");
-        assert_eq!(cfg.ca_address, "https://10.0.0.1:15012");
+        assert_eq!(cfg.xds_address.to_string(), "https://localhost:15012");
+        assert_eq!(cfg.ca_address.as_deref(), Some("https://10.0.0.1:15012"));
         assert_eq!(cfg.ca_root_ca, "/tmp/ca.pem");
         assert_eq!(cfg.xds_root_ca, DEFAULT_XDS_ROOT_CA);
         assert_eq!(cfg.packet_mark, 4096);
         assert_eq!(cfg.secret_ttl, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn xds_over_a_unix_socket() {
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--xds-address",
+            "unix:///var/run/cilium/xds.sock",
+            "--spire-enabled",
+            "true",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            cfg.xds_address,
+            XdsEndpoint::Unix(PathBuf::from("/var/run/cilium/xds.sock"))
+        );
+        assert_eq!(
+            cfg.xds_address.to_string(),
+            "unix:///var/run/cilium/xds.sock"
+        );
+        assert_eq!(cfg.ca_address, None, "SPIRE issues the certificates");
+
+        // Without SPIRE the certificate service must be named: it is not on the socket.
+        let unix = ["--node-name", "n", "--xds-address", "unix:///run/xds.sock"];
+        let e = parse(&unix).unwrap().into_config().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--ca-address is required"),
+            "{e:#}"
+        );
+        let with_ca = [&unix[..], &["--ca-address", "https://10.0.0.1:15012"]].concat();
+        let cfg = parse(&with_ca).unwrap().into_config().unwrap();
+        assert_eq!(cfg.ca_address.as_deref(), Some("https://10.0.0.1:15012"));
+
+        for bad in [
+            "unix://relative/xds.sock",
+            "unix:/var/run/xds.sock",
+            "unix:",
+            "unix://",
+            "unix:///var/run/",
+        ] {
+            let args = [
+                "--node-name",
+                "n",
+                "--xds-address",
+                bad,
+                "--spire-enabled",
+                "true",
+            ];
+            let e = parse(&args).unwrap().into_config().unwrap_err();
+            let text = format!("{e:#}");
+            assert!(
+                text.contains("--xds-address") && text.contains("unix:///"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     #[test]

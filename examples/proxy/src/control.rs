@@ -1,5 +1,5 @@
 //! Control-plane plumbing: the root that signs the xDS/CA serving certificate, the gRPC
-//! channels, and the bearer token.
+//! channels (TLS, or plaintext on the agent's unix socket for xDS), and the bearer token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::config::Config;
+use crate::config::{Config, XdsEndpoint};
 
 /// Reads root certificates in PEM: `value` names a file when such a file exists, otherwise it
 /// must be inline PEM.
@@ -65,14 +65,38 @@ pub(crate) fn channel(
         .with_context(|| format!("control-plane channel to {address}"))
 }
 
+/// How long a connection to the agent's xDS unix socket may take.
+const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel workload xDS is read over, with the root that verifies its server (`None` on
+/// a unix socket, where no TLS is spoken and `XDS_ROOT_CA` is not read). For TLS, waits for
+/// the root file; `None` when `stop` fired first.
+pub(crate) async fn xds_channel(
+    config: &Config,
+    crypto: &Arc<CryptoProvider>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(Channel, Option<Vec<u8>>)>> {
+    match &config.xds_address {
+        XdsEndpoint::Unix(path) => Ok(Some((
+            meshwire_svid::uds::channel(path.clone(), UNIX_CONNECT_TIMEOUT),
+            None,
+        ))),
+        XdsEndpoint::Tls(uri) => {
+            let Some(root) = wait_for_root_pem(&config.xds_root_ca, stop).await else {
+                return Ok(None);
+            };
+            Ok(Some((channel(uri, &root, crypto.clone())?, Some(root))))
+        }
+    }
+}
+
 /// The workload xDS client of the proxy: announced with the configured node identity and
-/// cluster, feeding `store`, over TLS verified against `root_pem`.
+/// cluster, with its bearer token, feeding `store`, over `xds_channel` (see [`xds_channel`]).
 pub(crate) fn ads_client(
     config: &Config,
-    root_pem: &[u8],
+    xds_channel: Channel,
     token: Option<&TokenValue>,
     store: Arc<WorkloadStore>,
-    crypto: &Arc<CryptoProvider>,
 ) -> anyhow::Result<AdsClient<StoreHandler>> {
     let mut xds_config = ClientConfig::default();
     xds_config.node = NodeInfo::proxy(
@@ -84,20 +108,21 @@ pub(crate) fn ads_client(
     .with_metadata("CLUSTER_ID", config.cluster_id.as_str());
     xds_config.cluster_id = Some(config.cluster_id.clone());
     xds_config.token = token.map(TokenValue::for_xds);
-    let xds_channel = channel(&config.xds_address, root_pem, crypto.clone())?;
     AdsClient::new(xds_config, xds_channel, StoreHandler::new(store))
         .map_err(|e| anyhow::anyhow!("xDS client: {e}"))
 }
 
 /// The certificate service client of the proxy: certificates of the configured lifetime for
-/// the identities of its pods (impersonation), over TLS verified against `root_pem`.
+/// the identities of its pods (impersonation), from `address` over TLS verified against
+/// `root_pem`.
 pub(crate) fn ca_client(
     config: &Config,
+    address: &str,
     root_pem: &[u8],
     token: Option<&TokenValue>,
     crypto: &Arc<CryptoProvider>,
 ) -> anyhow::Result<meshwire_svid::service::client::CaClient> {
-    let ca_channel = channel(&config.ca_address, root_pem, crypto.clone())?;
+    let ca_channel = channel(address, root_pem, crypto.clone())?;
     let mut ca_config = meshwire_svid::service::client::CaClientConfig::default();
     ca_config.cluster_id = config.cluster_id.clone();
     ca_config.ttl = config.secret_ttl;
@@ -239,6 +264,73 @@ mod tests {
         let pem = root_pem();
         assert!(channel("https://127.0.0.1:15012", pem.as_bytes(), crypto.clone()).is_ok());
         assert!(channel("https://127.0.0.1:15012", b"no pem", crypto).is_err());
+    }
+
+    /// Accepts one plaintext HTTP/2 connection on `listener` and returns the path and headers
+    /// of its first request.
+    async fn first_plaintext_request(
+        listener: tokio::net::UnixListener,
+    ) -> (String, http::HeaderMap) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(stream).await.unwrap();
+        let (request, _respond) = conn.accept().await.unwrap().unwrap();
+        (request.uri().path().to_owned(), request.headers().clone())
+    }
+
+    #[tokio::test]
+    async fn xds_over_a_unix_socket_is_plaintext_and_keeps_the_headers() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("xds.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let address = format!("unix://{}", socket.display());
+        let config = crate::config::Cli::try_parse_from([
+            "proxy",
+            "--node-name",
+            "node-1",
+            "--xds-address",
+            &address,
+            // Never read: nothing exists there, and waiting for it would hang the test.
+            "--xds-root-ca",
+            "/nonexistent/root-cert.pem",
+            "--spire-enabled",
+            "true",
+            "--auth-token-file",
+            "secret-token",
+            "--cluster-id",
+            "cluster-7",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let stop = CancellationToken::new();
+        let crypto = meshwire_svid::provider::ring();
+        let (xds, root) =
+            tokio::time::timeout(Duration::from_secs(5), xds_channel(&config, &crypto, &stop))
+                .await
+                .expect("no wait for a root certificate")
+                .unwrap()
+                .unwrap();
+        assert_eq!(root, None);
+        let token = TokenValue::parse(config.auth_token.as_deref());
+        let store = Arc::new(WorkloadStore::new());
+        let ads = ads_client(&config, xds, token.as_ref(), store).unwrap();
+        let running = tokio::spawn(ads.run(stop.clone().cancelled_owned()));
+
+        // The listener speaks HTTP/2 without TLS: the handshake succeeding proves plaintext.
+        let (path, headers) =
+            tokio::time::timeout(Duration::from_secs(10), first_plaintext_request(listener))
+                .await
+                .unwrap();
+        assert_eq!(
+            path,
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+        );
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header("authorization"), Some("Bearer secret-token"));
+        assert_eq!(header("clusterid"), Some("cluster-7"));
+        stop.cancel();
+        let _ = running.await;
     }
 
     #[test]

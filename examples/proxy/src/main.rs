@@ -93,7 +93,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         node = %config.node_name,
         zds = %config.zds_socket.display(),
         xds = %config.xds_address,
-        ca = %config.spire.as_ref().map_or(config.ca_address.as_str(), |s| s.admin_socket.as_str()),
+        ca = %config.spire.as_ref().map(|s| s.admin_socket.as_str()).or(config.ca_address.as_deref()).unwrap_or("none"),
         mark = config.packet_mark,
         "proxy starting"
     );
@@ -124,14 +124,15 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
         http_stop.clone(),
     ));
 
-    // Control plane: the root may appear only once the agent has started.
-    let Some(xds_root) = control::wait_for_root_pem(&config.xds_root_ca, &shutdown).await else {
+    // Control plane: over TLS, the root may appear only once the agent has started.
+    let Some((xds_channel, xds_root)) = control::xds_channel(&config, &crypto, &shutdown).await?
+    else {
         return stop_servers(http_stop, servers).await;
     };
     let token = control::TokenValue::parse(config.auth_token.as_deref());
 
     let store = Arc::new(WorkloadStore::new());
-    let ads = control::ads_client(&config, &xds_root, token.as_ref(), store.clone(), &crypto)?;
+    let ads = control::ads_client(&config, xds_channel, token.as_ref(), store.clone())?;
     let synced = ads.synced();
     let xds_events = ads.events();
     let ads_task = tokio::spawn(ads.run(shutdown.clone().cancelled_owned()));
@@ -140,35 +141,39 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     // Workload certificates: from the SPIRE agent, or from the certificate service.
     // PID mode finds the pods' processes through the data plane, made further down.
     let dataplane_slot = Arc::new(OnceLock::<Weak<DataPlane>>::new());
-    let certs: Arc<dyn tls::certs::Certificates> = match &config.spire {
-        Some(spire) => {
+    let certs: Arc<dyn tls::certs::Certificates> = match (&config.spire, &config.ca_address) {
+        (Some(spire), _) => {
             let mut source_config = SourceConfig::default();
             source_config.timeout = spire.timeout;
             let source = SpireSource::connect_unix(&spire.admin_socket, source_config)?;
             tracing::info!(admin_socket = %spire.admin_socket, subject = ?spire.subject, "workload certificates from SPIRE");
+            // Peers are checked against SPIRE's bundles as they arrive, not as they were
+            // when the certificate was fetched.
+            let roots = source.shared_bundles();
             match spire.subject {
                 config::SpireSubject::Selectors => {
-                    tls::certs::Managed::new(source, crypto, metrics.clone())
+                    tls::certs::Managed::with_live_roots(source, crypto, metrics.clone(), roots)
                 }
-                config::SpireSubject::Pid => tls::certs::Managed::new(
+                config::SpireSubject::Pid => tls::certs::Managed::with_live_roots(
                     spire_pid::PidSource::new(source, dataplane_slot.clone(), spire.timeout),
                     crypto,
                     metrics.clone(),
+                    roots,
                 ),
             }
         }
-        None => {
-            let ca_root = if config.ca_root_ca == config.xds_root_ca {
-                xds_root.clone()
-            } else {
-                match control::wait_for_root_pem(&config.ca_root_ca, &shutdown).await {
+        (None, Some(ca_address)) => {
+            let ca_root = match xds_root {
+                Some(pem) if config.ca_root_ca == config.xds_root_ca => pem,
+                _ => match control::wait_for_root_pem(&config.ca_root_ca, &shutdown).await {
                     Some(pem) => pem,
                     None => return stop_servers(http_stop, servers).await,
-                }
+                },
             };
-            let ca = control::ca_client(&config, &ca_root, token.as_ref(), &crypto)?;
+            let ca = control::ca_client(&config, ca_address, &ca_root, token.as_ref(), &crypto)?;
             tls::certs::Managed::new(ca, crypto, metrics.clone())
         }
+        (None, None) => anyhow::bail!("no certificate service and no SPIRE agent configured"),
     };
 
     let dataplane = DataPlane::new(

@@ -11,7 +11,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::CertificateHandle;
-use crate::bundle::TrustBundleSet;
+use crate::bundle::SharedTrustBundles;
 use crate::tls::{TlsConfigError, client_config_with_resolver, server_config_with_resolver};
 use crate::verify::{IdentityPolicy, SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::x509::FetchedSvid;
@@ -28,8 +28,9 @@ use crate::x509::FetchedSvid;
 /// the resolver to [`tls::client_config_with_resolver`] /
 /// [`tls::server_config_with_resolver`] with a verifier of your own.
 ///
-/// Only the certificate rotates through the resolver; the trust bundles are fixed when a
-/// configuration is built.
+/// The certificate rotates through the resolver. The trust bundles are fixed when a
+/// configuration is built from a [`TrustBundleSet`](crate::TrustBundleSet), and follow
+/// every replacement when it is built from [`SharedTrustBundles`].
 ///
 /// [`tls::client_config_with_resolver`]: crate::tls::client_config_with_resolver
 /// [`tls::server_config_with_resolver`]: crate::tls::server_config_with_resolver
@@ -96,14 +97,15 @@ impl CertificateResolver {
 
     /// A data-plane client configuration (as [`tls::client_config`](crate::tls::client_config))
     /// that presents this resolver's current certificate and accepts a server whose SVID
-    /// chains to `roots` and satisfies `expected`.
+    /// chains to `roots` (fixed, or [`SharedTrustBundles`] followed at each handshake) and
+    /// satisfies `expected`.
     pub fn client_config(
         self: &Arc<Self>,
-        roots: &TrustBundleSet,
+        roots: impl Into<SharedTrustBundles>,
         expected: IdentityPolicy,
     ) -> Result<rustls::ClientConfig, TlsConfigError> {
         let verifier = SpiffeServerVerifier::builder(self.provider.clone())
-            .roots(roots.clone())
+            .roots(roots)
             .policy(expected)
             .build_server_verifier()?;
         client_config_with_resolver(self.provider.clone(), self.clone(), verifier)
@@ -111,14 +113,15 @@ impl CertificateResolver {
 
     /// A data-plane server configuration (as [`tls::server_config`](crate::tls::server_config))
     /// that presents this resolver's current certificate and requires a client whose SVID
-    /// chains to `roots` and satisfies `clients`.
+    /// chains to `roots` (fixed, or [`SharedTrustBundles`] followed at each handshake) and
+    /// satisfies `clients`.
     pub fn server_config(
         self: &Arc<Self>,
-        roots: &TrustBundleSet,
+        roots: impl Into<SharedTrustBundles>,
         clients: IdentityPolicy,
     ) -> Result<rustls::ServerConfig, TlsConfigError> {
         let verifier = SpiffeClientVerifier::builder(self.provider.clone())
-            .roots(roots.clone())
+            .roots(roots)
             .policy(clients)
             .build_client_verifier()?;
         server_config_with_resolver(self.provider.clone(), self.clone(), verifier)

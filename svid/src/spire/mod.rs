@@ -20,8 +20,7 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::id::SpiffeId;
 use crate::spiffe::ConversionError;
@@ -182,15 +181,5 @@ pub fn unix_channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel
             reason: "not an absolute unix socket path (unix:///path/to/socket)".to_owned(),
         });
     }
-    let path = std::path::PathBuf::from(path);
-    // The URI is a placeholder: the connector ignores it and dials the socket.
-    let uri = Endpoint::from_static("http://spire.invalid").connect_timeout(connect_timeout);
-    let connect = tower::service_fn(move |_: http::Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    });
-    Ok(uri.connect_with_connector_lazy(connect))
+    Ok(crate::uds::channel(path, connect_timeout))
 }

@@ -8,7 +8,9 @@
 //! stream delivered since the previous fetch, or, when none arrived within the deadline,
 //! the current one while it is still valid. The trust bundles of every trust domain are
 //! followed (`SubscribeToX509Bundles`) and handed out with each SVID as its roots (several
-//! during a CA rotation), and to verifiers through [`SpireSource::bundles`].
+//! during a CA rotation), and to verifiers as they arrive: [`SpireSource::bundles`] to
+//! watch them, [`SpireSource::shared_bundles`] to build verifiers that check every handshake
+//! against the latest ones.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +26,7 @@ use tonic::transport::Channel;
 
 use super::stream::{SvidState, follow_bundles, follow_svids};
 use super::{Selector, SpireError, unix_channel};
-use crate::bundle::TrustBundleSet;
+use crate::bundle::{SharedTrustBundles, TrustBundleSet};
 use crate::id::SpiffeId;
 use crate::manager::CertificateSource;
 use crate::x509::{FetchedSvid, X509Svid};
@@ -109,6 +111,7 @@ struct Inner {
     subjects: Mutex<HashMap<SpiffeId, Subject>>,
     subscriptions: Mutex<HashMap<SpiffeId, Subscription>>,
     bundles: watch::Receiver<Option<TrustBundleSet>>,
+    shared: SharedTrustBundles,
     bundle_task: AbortHandle,
 }
 
@@ -147,8 +150,14 @@ impl SpireSource {
     /// called inside a tokio runtime.
     pub fn new(channel: Channel, config: SourceConfig) -> Self {
         let (tx, bundles) = watch::channel(None);
-        let bundle_task =
-            tokio::spawn(follow_bundles(channel.clone(), config.clone(), tx)).abort_handle();
+        let shared = SharedTrustBundles::default();
+        let bundle_task = tokio::spawn(follow_bundles(
+            channel.clone(),
+            config.clone(),
+            tx,
+            shared.clone(),
+        ))
+        .abort_handle();
         Self {
             inner: Arc::new(Inner {
                 channel,
@@ -156,6 +165,7 @@ impl SpireSource {
                 subjects: Mutex::new(HashMap::new()),
                 subscriptions: Mutex::new(HashMap::new()),
                 bundles,
+                shared,
                 bundle_task,
             }),
         }
@@ -185,6 +195,16 @@ impl SpireSource {
     /// every push, e.g. when a new root is added during a CA rotation.
     pub fn bundles(&self) -> watch::Receiver<Option<TrustBundleSet>> {
         self.inner.bundles.clone()
+    }
+
+    /// The trust bundles the agent sent last, for verifiers
+    /// ([`SpiffeVerifierBuilder::roots`](crate::verify::SpiffeVerifierBuilder::roots),
+    /// [`CertificateResolver::client_config`](crate::manager::CertificateResolver::client_config)):
+    /// every push replaces them before [`bundles`](Self::bundles) announces it, so a root
+    /// SPIRE adds during a CA rotation is trusted at the next handshake, without new TLS
+    /// configurations or SVIDs. Empty until the first push.
+    pub fn shared_bundles(&self) -> SharedTrustBundles {
+        self.inner.shared.clone()
     }
 
     /// The identities with a running subscription.

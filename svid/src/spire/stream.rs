@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::source::{SourceConfig, Subject};
 use super::{SpireError, deadline};
-use crate::bundle::TrustBundleSet;
+use crate::bundle::{SharedTrustBundles, TrustBundleSet};
 use crate::id::SpiffeId;
 use crate::x509::X509Svid;
 
@@ -157,11 +157,13 @@ fn svid_for(
     })
 }
 
-/// Follows the trust bundles until aborted.
+/// Follows the trust bundles until aborted: each push replaces `shared`, then is sent on
+/// `tx`.
 pub(super) async fn follow_bundles(
     channel: Channel,
     config: SourceConfig,
     tx: watch::Sender<Option<TrustBundleSet>>,
+    shared: SharedTrustBundles,
 ) {
     const CALL: &str = "SubscribeToX509Bundles";
     let client = spire_api::DelegatedIdentityClient::new(channel);
@@ -177,6 +179,7 @@ pub(super) async fn follow_bundles(
                             Ok(ours) => {
                                 delays = backoff(&config);
                                 tracing::debug!(bundles = ours.len(), "SPIRE pushed trust bundles");
+                                shared.replace(ours.clone());
                                 tx.send_replace(Some(ours));
                             }
                             Err(e) => {

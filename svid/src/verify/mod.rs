@@ -17,7 +17,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::bundle::TrustBundleSet;
+use crate::bundle::SharedTrustBundles;
 use crate::id::{SpiffeId, TrustDomain};
 use crate::x509::{SvidError, inspect_leaf};
 
@@ -209,7 +209,7 @@ macro_rules! verifier_methods {
 #[derive(Clone)]
 struct Core {
     provider: Arc<CryptoProvider>,
-    roots: Arc<TrustBundleSet>,
+    roots: SharedTrustBundles,
     policy: IdentityPolicy,
 }
 
@@ -223,8 +223,8 @@ impl Core {
     ) -> Result<SpiffeId, PeerVerifyError> {
         let leaf = inspect_leaf(end_entity).map_err(PeerVerifyError::NotSvid)?;
         let id = leaf.spiffe_id;
-        let bundle = self
-            .roots
+        let roots = self.roots.current();
+        let bundle = roots
             .get(id.trust_domain())
             .ok_or_else(|| PeerVerifyError::NoBundle(id.trust_domain().clone()))?;
         let ee = webpki::EndEntityCert::try_from(end_entity)?;
@@ -279,7 +279,7 @@ pub enum VerifierBuilderError {
 #[derive(Clone)]
 pub struct SpiffeVerifierBuilder {
     provider: Arc<CryptoProvider>,
-    roots: Option<Arc<TrustBundleSet>>,
+    roots: Option<SharedTrustBundles>,
     policy: Option<IdentityPolicy>,
     client_auth_optional: bool,
 }
@@ -311,8 +311,11 @@ impl SpiffeVerifierBuilder {
         self
     }
 
-    /// The trust bundles to validate peer chains against (required).
-    pub fn roots(mut self, roots: impl Into<Arc<TrustBundleSet>>) -> Self {
+    /// The trust bundles to validate peer chains against (required): a fixed
+    /// [`TrustBundleSet`](crate::TrustBundleSet), or [`SharedTrustBundles`] whose
+    /// replacements every later handshake sees (they must hold a bundle when the verifier is
+    /// built).
+    pub fn roots(mut self, roots: impl Into<SharedTrustBundles>) -> Self {
         self.roots = Some(roots.into());
         self
     }
@@ -335,7 +338,7 @@ impl SpiffeVerifierBuilder {
 
     fn core(self) -> Result<Core, VerifierBuilderError> {
         let roots = self.roots.ok_or(VerifierBuilderError::NoRoots)?;
-        if roots.is_empty() {
+        if roots.current().is_empty() {
             return Err(VerifierBuilderError::NoRoots);
         }
         let policy = self.policy.ok_or(VerifierBuilderError::NoPolicy)?;

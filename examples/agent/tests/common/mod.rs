@@ -137,6 +137,16 @@ pub async fn xds_client(
     (store, task)
 }
 
+/// Runs `f` to completion on a current-thread runtime of its own (on the calling thread,
+/// so inside whatever network namespace that thread entered).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Sends SIGTERM to the agent and checks that it exits cleanly within 10 s.
 pub fn stop(agent: &mut Child, show_log: &dyn Fn() -> String) {
     let st = Command::new("kill")

@@ -10,7 +10,9 @@ use futures_util::future::BoxFuture;
 use meshwire_svid::manager::{
     CertificateManager, CertificateResolver, CertificateSource, ManagerConfig, Priority,
 };
-use meshwire_svid::{IdentityPolicy, SpiffeId, TrustBundle, TrustBundleSet, X509Svid};
+use meshwire_svid::{
+    IdentityPolicy, SharedTrustBundles, SpiffeId, TrustBundle, TrustBundleSet, X509Svid,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 
@@ -71,20 +73,26 @@ pub(crate) trait Certificates: Send + Sync + 'static {
     fn held(&self) -> Vec<CertSummary>;
 }
 
-/// [`Certificates`] backed by the `svid` certificate manager (CA client in production, a local
-/// CA in tests): one resolver per identity a pod here needs, whose certificate the manager
-/// refreshes at half-life (configurations present the new one without being rebuilt); the
-/// expiry metric follows every refresh.
+/// [`Certificates`] backed by the `svid` certificate manager (CA client or SPIRE in
+/// production, a local CA in tests): one resolver per identity a pod here needs, whose
+/// certificate the manager refreshes at half-life (configurations present the new one without
+/// being rebuilt); the expiry metric follows every refresh.
+///
+/// Peers are verified against the roots that came with the identity's certificate (so new
+/// roots count from its next refresh), or, with [`Managed::with_live_roots`], against trust
+/// bundles that change under the configurations (SPIRE's, as the agent pushes them).
 pub(crate) struct Managed<S> {
     manager: CertificateManager<S>,
     crypto: Arc<CryptoProvider>,
     metrics: Arc<crate::metrics::Metrics>,
+    live_roots: Option<SharedTrustBundles>,
     held: Mutex<HashMap<SpiffeId, Held>>,
 }
 
 struct Held {
     resolver: Arc<CertificateResolver>,
-    /// The server configuration and the CA roots it trusts (rebuilt when the roots change).
+    /// The server configuration and the certificate's roots it trusts (rebuilt when the
+    /// roots change; with live roots the key is empty and never changes).
     server: Option<(Vec<CertificateDer<'static>>, Arc<rustls::ServerConfig>)>,
 }
 
@@ -104,8 +112,40 @@ impl<S: CertificateSource> Managed<S> {
             manager: CertificateManager::new(source, ManagerConfig::default()),
             crypto,
             metrics,
+            live_roots: None,
             held: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Like [`Managed::new`], but every configuration verifies peers against `roots` as they
+    /// are at each handshake (SPIRE's trust bundles: a root added during a CA rotation is
+    /// trusted at once, without a certificate refresh).
+    pub(crate) fn with_live_roots(
+        source: S,
+        crypto: Arc<CryptoProvider>,
+        metrics: Arc<crate::metrics::Metrics>,
+        roots: SharedTrustBundles,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            manager: CertificateManager::new(source, ManagerConfig::default()),
+            crypto,
+            metrics,
+            live_roots: Some(roots),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What `id`'s configurations verify peers against, given the roots that came with its
+    /// certificate; and the part of those roots a cached configuration depends on.
+    fn verifier_roots(
+        &self,
+        id: &SpiffeId,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> anyhow::Result<(SharedTrustBundles, Vec<CertificateDer<'static>>)> {
+        match &self.live_roots {
+            Some(live) => Ok((live.clone(), Vec::new())),
+            None => Ok((bundles(id, &roots)?.into(), roots)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SpiffeId, Held>> {
@@ -198,9 +238,8 @@ impl<S: CertificateSource> Certificates for Managed<S> {
         let id = id.clone();
         Box::pin(async move {
             let (resolver, roots) = self.ready(&id).await?;
-            Ok(Arc::new(
-                resolver.client_config(&bundles(&id, &roots)?, expected)?,
-            ))
+            let (verifier_roots, _) = self.verifier_roots(&id, roots)?;
+            Ok(Arc::new(resolver.client_config(verifier_roots, expected)?))
         })
     }
 
@@ -211,19 +250,20 @@ impl<S: CertificateSource> Certificates for Managed<S> {
         let id = id.clone();
         Box::pin(async move {
             let (resolver, roots) = self.ready(&id).await?;
+            let (verifier_roots, key) = self.verifier_roots(&id, roots)?;
             if let Some(h) = self.lock().get(&id)
                 && let Some((r, cfg)) = &h.server
-                && *r == roots
+                && *r == key
                 && Arc::ptr_eq(&h.resolver, &resolver)
             {
                 return Ok(cfg.clone());
             }
             let policy = IdentityPolicy::SameTrustDomain(id.trust_domain().clone());
-            let cfg = Arc::new(resolver.server_config(&bundles(&id, &roots)?, policy)?);
+            let cfg = Arc::new(resolver.server_config(verifier_roots, policy)?);
             if let Some(h) = self.lock().get_mut(&id)
                 && Arc::ptr_eq(&h.resolver, &resolver)
             {
-                h.server = Some((roots, cfg.clone()));
+                h.server = Some((key, cfg.clone()));
             }
             Ok(cfg)
         })
