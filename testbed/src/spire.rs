@@ -63,6 +63,22 @@ impl Default for SpireConfig {
     }
 }
 
+/// A registration entry as the server reports it ([`Spire::entries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The server's entry id.
+    pub id: String,
+    /// The SPIFFE ID it issues (`spiffe://…`).
+    pub spiffe_id: String,
+    /// Its parent ID (`spiffe://…`).
+    pub parent_id: String,
+    /// Its selectors as `type:value`, sorted.
+    pub selectors: Vec<String>,
+    /// The X.509-SVID lifetime in seconds (0: the server's default).
+    pub x509_svid_ttl: i64,
+}
+
 /// A running SPIRE server and agent, stopped and removed on drop.
 #[derive(Debug)]
 pub struct Spire {
@@ -201,26 +217,54 @@ impl Spire {
         })
     }
 
+    /// The server's registration entries, read with the CLI.
+    pub fn entries(&self) -> Result<Vec<Entry>, Error> {
+        let json = self.entries_json()?;
+        let id = |v: &serde_json::Value| {
+            format!(
+                "spiffe://{}{}",
+                v["trust_domain"].as_str().unwrap_or_default(),
+                v["path"].as_str().unwrap_or_default()
+            )
+        };
+        let entries = json["entries"].as_array().cloned().unwrap_or_default();
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let mut selectors: Vec<String> = e["selectors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        format!(
+                            "{}:{}",
+                            s["type"].as_str().unwrap_or_default(),
+                            s["value"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                selectors.sort();
+                Entry {
+                    id: e["id"].as_str().unwrap_or_default().to_owned(),
+                    spiffe_id: id(&e["spiffe_id"]),
+                    parent_id: id(&e["parent_id"]),
+                    selectors,
+                    x509_svid_ttl: e["x509_svid_ttl"].as_i64().unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
     /// The entries whose parent ID has the path `parent_path` (e.g. [`DELEGATE_PATH`]): their
     /// SPIFFE IDs (`spiffe://…`) and X.509-SVID lifetimes in seconds (0: the server's
     /// default), read with the CLI.
     pub fn entries_under(&self, parent_path: &str) -> Result<Vec<(String, i64)>, Error> {
-        let json = self.entries_json()?;
-        let entries = json["entries"].as_array().cloned().unwrap_or_default();
-        Ok(entries
-            .iter()
-            .filter(|e| e["parent_id"]["path"] == parent_path)
-            .map(|e| {
-                let id = &e["spiffe_id"];
-                (
-                    format!(
-                        "spiffe://{}{}",
-                        id["trust_domain"].as_str().unwrap_or_default(),
-                        id["path"].as_str().unwrap_or_default()
-                    ),
-                    e["x509_svid_ttl"].as_i64().unwrap_or_default(),
-                )
-            })
+        let parent = format!("spiffe://{}{parent_path}", self.trust_domain);
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.parent_id == parent)
+            .map(|e| (e.spiffe_id, e.x509_svid_ttl))
             .collect())
     }
 

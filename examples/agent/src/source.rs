@@ -68,6 +68,7 @@ pub(crate) async fn open(
                 },
                 cni_socket: args.cni_socket.clone(),
                 proc_dir: args.host_proc.clone(),
+                service_accounts: args.spire_server_socket.is_some(),
             };
             let source = kube::start(config, restored, metrics.clone(), tasks, shutdown).await?;
             Ok(Opened {

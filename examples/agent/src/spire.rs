@@ -1,16 +1,21 @@
 //! The SPIRE registrar role (`--spire-server-socket`): one SPIRE registration entry per
 //! service account of every enrolled namespace, parented to the node proxies' SPIFFE ID
-//! (`--spire-parent-id`), reconciled on the SPIRE server whenever the cluster changes and
-//! at every reconcile interval. Unenrolled namespaces lose their entries. Works with both
-//! workload sources (they share the [`Cluster`] view).
+//! (`--spire-parent-id`), reconciled on the SPIRE server whenever the set of entries
+//! changes and at every reconcile interval. Unenrolled namespaces lose their entries.
+//!
+//! The service accounts are the cluster's ServiceAccount objects with the Kubernetes source
+//! (as the Cilium operator does: an account's entry exists before its first pod starts, so
+//! the pod's first connection does not wait for the entry to reach the SPIRE agent, and
+//! scaling to zero and back does not churn entries), and the pods' service accounts with
+//! the workloads file (which has no ServiceAccount objects).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshwire_svid::spire::registrar::{EntrySpec, Registrar, RegistrarConfig};
 use meshwire_svid::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,17 +38,13 @@ pub(crate) struct RegistrarRole {
     pub(crate) interval: Duration,
 }
 
-/// The entries `cluster` calls for: one per (namespace, service account) of the pods in
-/// enrolled namespaces, on every node.
+/// The entries `cluster` calls for: one per service account of every enrolled namespace,
+/// sorted by (namespace, service account).
 pub(crate) fn desired_entries(cluster: &Cluster, role: &RegistrarRole) -> Vec<EntrySpec> {
-    let accounts: BTreeSet<(&str, &str)> = cluster
-        .pods
+    cluster
+        .service_accounts
         .iter()
-        .filter(|p| cluster.namespace_enrolled(&p.namespace, &role.label_key))
-        .map(|p| (p.namespace.as_str(), p.service_account.as_str()))
-        .collect();
-    accounts
-        .into_iter()
+        .filter(|(ns, _)| cluster.namespace_enrolled(ns, &role.label_key))
         .filter_map(|(ns, sa)| {
             EntrySpec::for_service_account(&role.trust_domain, &role.parent, ns, sa)
                 .inspect_err(|e| warn!(namespace = ns, service_account = sa, error = %e, "no SPIRE entry for this service account"))
@@ -52,7 +53,9 @@ pub(crate) fn desired_entries(cluster: &Cluster, role: &RegistrarRole) -> Vec<En
         .collect()
 }
 
-/// Reconciles the SPIRE entries with `cluster` until `shutdown`.
+/// Reconciles the SPIRE entries with `cluster` until `shutdown`: at once, whenever the
+/// cluster changes the desired entries (other changes, such as pod status updates, cost
+/// no call), and every interval (repairing what others changed on the server).
 pub(crate) async fn run(
     role: RegistrarRole,
     mut cluster: watch::Receiver<Arc<Cluster>>,
@@ -68,9 +71,26 @@ pub(crate) async fn run(
         }
     };
     info!(server = %role.server_socket, parent = %role.parent, "registering SPIRE entries for enrolled namespaces");
+    // A ticker, not a sleep restarted at each change: frequent cluster changes must not
+    // starve the periodic pass. Its first tick is immediate.
+    let mut ticker = tokio::time::interval(role.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The desired entries the server was last made equal to, without failures.
+    let mut in_place: Option<Vec<EntrySpec>> = None;
+    let mut due = false;
     loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = cluster.changed() => if changed.is_err() { return },
+            _ = ticker.tick() => due = true,
+        }
         let snapshot = cluster.borrow_and_update().clone();
         let desired = desired_entries(&snapshot, &role);
+        if !due && in_place.as_ref() == Some(&desired) {
+            continue;
+        }
+        due = false;
+        in_place = None;
         match registrar.reconcile(&role.parent, &desired).await {
             Ok(report) => {
                 if report.created + report.updated + report.deleted > 0 {
@@ -85,13 +105,11 @@ pub(crate) async fn run(
                 for f in &report.failed {
                     warn!(entry = %f.entry, operation = f.operation, code = ?f.code, message = %f.message, "SPIRE refused an entry");
                 }
+                if report.failed.is_empty() {
+                    in_place = Some(desired);
+                }
             }
             Err(e) => warn!(error = %e, "reconciling SPIRE entries failed; retrying"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = cluster.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(role.interval) => {}
         }
     }
 }
@@ -101,19 +119,44 @@ mod tests {
     use super::*;
     use crate::workloads::tests::EXAMPLE;
 
-    #[test]
-    fn entries_follow_enrolled_namespaces_service_accounts() {
-        // `shop` is enrolled (pods with service accounts `client` and the default one, on
-        // two nodes); `legacy` is not.
-        let cluster = Cluster::from_yaml(EXAMPLE).unwrap();
-        let role = RegistrarRole {
+    fn role() -> RegistrarRole {
+        RegistrarRole {
             server_socket: "/run/spire/server.sock".to_owned(),
             parent: "spiffe://cluster.local/ztunnel".parse().unwrap(),
             trust_domain: "cluster.local".parse().unwrap(),
             label_key: "io.cilium/mtls-enabled".to_owned(),
             timeout: Duration::from_secs(1),
             interval: Duration::from_secs(1),
-        };
+        }
+    }
+
+    #[test]
+    fn entries_follow_the_service_accounts_not_the_pods() {
+        // As the Kubernetes source sees it: `shop` (enrolled) has the ServiceAccounts `idle`
+        // (no pod) and `web`; its pod of `client` has no ServiceAccount object (any more).
+        let mut cluster = Cluster::from_yaml(EXAMPLE).unwrap();
+        cluster.service_accounts = [("shop", "idle"), ("shop", "web"), ("legacy", "default")]
+            .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()))
+            .into();
+        let ids: Vec<String> = desired_entries(&cluster, &role())
+            .iter()
+            .map(|e| e.spiffe_id.to_string())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://cluster.local/ns/shop/sa/idle",
+                "spiffe://cluster.local/ns/shop/sa/web"
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_follow_enrolled_namespaces_service_accounts() {
+        // `shop` is enrolled (pods with service accounts `client` and the default one, on
+        // two nodes); `legacy` is not.
+        let cluster = Cluster::from_yaml(EXAMPLE).unwrap();
+        let role = role();
         let ids: Vec<String> = desired_entries(&cluster, &role)
             .iter()
             .map(|e| e.spiffe_id.to_string())

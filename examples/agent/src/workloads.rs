@@ -5,7 +5,7 @@
 //! [`Cluster`]; every problem found is reported at once, each naming the entry it is about.
 //! The Kubernetes source (`crate::kube`) builds the same [`Cluster`] from the API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ pub(crate) struct Cluster {
     /// Services, published over xDS as they are, sorted by (namespace, hostname); the file
     /// source has none.
     pub(crate) services: Vec<Arc<Service>>,
+    /// Service accounts as `(namespace, name)`: the Kubernetes source's ServiceAccount
+    /// objects (watched only for the SPIRE registrar, else none), the file source's pods'
+    /// service accounts.
+    pub(crate) service_accounts: BTreeSet<(String, String)>,
 }
 
 /// A namespace and its labels.

@@ -14,7 +14,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +29,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use common::kube::{
-    Seen, annotate, annotation, client, cni_event, install_policy_crd, label, policies,
-    proxy_token, stand_in_proxy, wait_annotation,
+    Seen, agent_command, annotate, annotation, client, cni_event, install_policy_crd, label,
+    policies, proxy_token, stand_in_proxy, wait_annotation,
 };
 use common::{
     channel, free_port, metric, metrics_text, rules_installed, stop, wait_for, xds_client,
@@ -196,28 +195,13 @@ fn kubernetes_source_enrolls_by_label_publishes_services_and_policies_and_rides_
     let token = proxy_token(&admin, "n1");
 
     let spawn_agent = || {
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args(["--source", "kubernetes", "--node-name", "n1"])
-            .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
-            .args(["--zds-socket", zds_socket.to_str().unwrap()])
-            .args(["--cni-socket", cni_socket.to_str().unwrap()])
-            .args(["--state-dir", state.to_str().unwrap()])
+        agent_command(&kubeconfig, dir.path())
             .args(["--xds-address", &xds.to_string()])
             .args(["--metrics-address", &metrics.to_string()])
-            .args(["--reconcile-interval", "1s"])
             .args([
                 "--ca-trusted-node-accounts",
                 "meshwire-system/meshwire-proxy",
             ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
             .spawn()
             .unwrap()
     };

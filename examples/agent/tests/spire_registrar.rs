@@ -6,43 +6,19 @@
 //! without them unless `MESHWIRE_SKIP_PRIVILEGED=1` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use testbed::{Spire, SpireConfig};
 
 mod common;
+use common::spire::wait_registered;
 use common::{stop, workloads};
 
 fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The SPIFFE IDs of the server's entries parented to `spiffe://example.org/ztunnel`, read
-/// with the SPIRE CLI.
-fn registered(spire: &Spire) -> BTreeSet<String> {
-    spire
-        .entries_under(testbed::spire::DELEGATE_PATH)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect()
-}
-
-fn wait_until(what: &str, show_log: &dyn Fn() -> String, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what}: not after 30 s\n{}",
-            show_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -80,21 +56,18 @@ fn agent_registers_spire_entries_for_enrolled_namespaces() {
     let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // `shop` is enrolled: its pods' service accounts, on this node and on n2.
-    let enrolled: BTreeSet<String> = [
-        "spiffe://example.org/ns/shop/sa/client",
-        "spiffe://example.org/ns/shop/sa/server",
-    ]
-    .map(str::to_owned)
-    .into();
-    wait_until("entries for the enrolled namespace", &show_log, || {
-        registered(&spire) == enrolled
-    });
+    wait_registered(
+        &spire,
+        &[
+            "spiffe://example.org/ns/shop/sa/client",
+            "spiffe://example.org/ns/shop/sa/server",
+        ],
+        &show_log,
+    );
 
     // Unenrolled: the entries go.
     write_atomic(&file, &workloads(false, &pod_list));
-    wait_until("no entries after unenrolling", &show_log, || {
-        registered(&spire).is_empty()
-    });
+    wait_registered(&spire, &[], &show_log);
     assert!(
         show_log().contains("SPIRE entries reconciled"),
         "{}",

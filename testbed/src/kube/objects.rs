@@ -103,6 +103,20 @@ impl AdminClient {
         )
     }
 
+    /// Deletes the object at `path` at once (grace period 0: no kubelet confirms a pod's
+    /// end); one that does not exist counts as deleted.
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        match self.call(
+            "DELETE",
+            path,
+            "application/json",
+            &json!({"gracePeriodSeconds": 0}).to_string(),
+        ) {
+            Ok(_) | Err(Error::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the Namespace `name` (if it does not exist).
     pub fn create_namespace(&self, name: &str) -> Result<(), Error> {
         self.create("/api/v1/namespaces", &json!({"metadata": {"name": name}}))

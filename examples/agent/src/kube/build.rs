@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
@@ -29,6 +29,8 @@ pub(crate) struct Stores {
     pub(crate) services: Store<Service>,
     pub(crate) slices: Store<EndpointSlice>,
     pub(crate) policies: Store<DynamicObject>,
+    /// Empty (never written) unless the source watches them.
+    pub(crate) service_accounts: Store<ServiceAccount>,
 }
 
 impl Stores {
@@ -40,6 +42,7 @@ impl Stores {
             services: self.services.state(),
             slices: self.slices.state(),
             policies: self.policies.state(),
+            service_accounts: self.service_accounts.state(),
         }
     }
 }

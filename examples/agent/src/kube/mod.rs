@@ -1,8 +1,8 @@
 //! The Kubernetes workload source: the agent's view of the cluster read from an API server.
 //!
 //! Watches (kube-rs watchers into reflector stores) of Namespaces, Pods, Services,
-//! EndpointSlices and `security.istio.io/v1` AuthorizationPolicies feed the same cluster
-//! model the workloads file does. Each local pod's network namespace comes from the CNI
+//! EndpointSlices, `security.istio.io/v1` AuthorizationPolicies and (for the SPIRE
+//! registrar only) ServiceAccounts feed the same cluster model the workloads file does. Each local pod's network namespace comes from the CNI
 //! plugin (its event socket), from `/proc` at start-up, or from the previous run. The
 //! enrollment status of this node's pods is written to their `ambient.istio.io/redirection`
 //! annotation, and the annotations of other nodes' pods gate their HBONE.
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, store::Writer};
@@ -69,6 +69,8 @@ pub(crate) struct Config {
     pub(crate) cni_socket: PathBuf,
     /// The host's `/proc`, to find the network namespaces of pods that already run.
     pub(crate) proc_dir: PathBuf,
+    /// Whether to watch ServiceAccounts (the SPIRE registrar's entries follow them).
+    pub(crate) service_accounts: bool,
 }
 
 /// A started Kubernetes source.
@@ -224,6 +226,16 @@ pub(crate) async fn start(
         w,
         trim_meta::<DynamicObject>
     );
+    // Without the registrar, nobody reads them: no watch (and no RBAC needed).
+    let (service_accounts, w) = reflector::store::<ServiceAccount>();
+    if config.service_accounts {
+        watch_kind!(
+            "ServiceAccount",
+            Api::all(client.clone()),
+            w,
+            trim_meta::<ServiceAccount>
+        );
+    }
 
     for (kind, mut rx) in listings {
         loop {
@@ -245,11 +257,13 @@ pub(crate) async fn start(
         services,
         slices,
         policies,
+        service_accounts,
     };
     info!(
         namespaces = stores.namespaces.len(),
         pods = stores.pods.len(),
         services = stores.services.len(),
+        service_accounts = stores.service_accounts.len(),
         "Kubernetes objects listed"
     );
 

@@ -1,5 +1,5 @@
 //! The API server's objects to the cluster model: Namespaces, Pods, Services with their
-//! EndpointSlices and AuthorizationPolicies to a [`Cluster`]; the pod annotations of other
+//! EndpointSlices, AuthorizationPolicies and ServiceAccounts to a [`Cluster`]; the pod annotations of other
 //! nodes to [`RemoteReady`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Namespace as KubeNamespace, Pod as KubePod, Service as KubeService,
+    Namespace as KubeNamespace, Pod as KubePod, Service as KubeService, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -47,6 +47,8 @@ pub(crate) struct Objects {
     pub(crate) services: Vec<Arc<KubeService>>,
     pub(crate) slices: Vec<Arc<EndpointSlice>>,
     pub(crate) policies: Vec<Arc<DynamicObject>>,
+    /// Empty unless the source watches them (for the SPIRE registrar).
+    pub(crate) service_accounts: Vec<Arc<ServiceAccount>>,
 }
 
 /// What the agent learnt of a local pod's sandbox (from the CNI plugin or `/proc`).
@@ -110,11 +112,18 @@ pub(crate) fn cluster(
     }
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
+    let service_accounts = objects
+        .service_accounts
+        .iter()
+        .filter_map(|sa| Some((sa.metadata.namespace.clone()?, sa.metadata.name.clone()?)))
+        .collect();
+
     let cluster = Cluster {
         namespaces,
         pods,
         policies,
         services,
+        service_accounts,
     };
     (cluster, notes)
 }

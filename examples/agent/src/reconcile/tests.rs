@@ -182,6 +182,7 @@ const C: &Cluster = &Cluster {
     pods: Vec::new(),
     policies: Vec::new(),
     services: Vec::new(),
+    service_accounts: BTreeSet::new(),
 };
 
 #[tokio::test]

@@ -381,11 +381,17 @@ impl RawFile {
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
         if problems.is_empty() {
+            // The file has no ServiceAccount objects: its pods' accounts stand for them.
+            let service_accounts = pods
+                .iter()
+                .map(|p| (p.namespace.clone(), p.service_account.clone()))
+                .collect();
             Ok(Cluster {
                 namespaces,
                 pods,
                 policies,
                 services: Vec::new(),
+                service_accounts,
             })
         } else {
             Err(WorkloadsError::Invalid(problems))

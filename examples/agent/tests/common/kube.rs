@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -22,6 +23,34 @@ use super::rules_installed;
 pub const LABEL: &str = "io.cilium/mtls-enabled";
 /// The pod annotation that reports enrollment.
 pub const ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// The agent of node `n1` with `--source kubernetes` as the tests run it: the API server of
+/// `kubeconfig`, and in `dir` its ZDS socket `ztunnel.sock`, CNI socket `cni.sock`, state
+/// `state/` and log `agent.log` (appended to: a restarted agent adds to it); reconciling
+/// every second. The test adds its own flags, then spawns it.
+pub fn agent_command(kubeconfig: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+    cmd.args(["--source", "kubernetes", "--node-name", "n1"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--zds-socket")
+        .arg(dir.join("ztunnel.sock"))
+        .arg("--cni-socket")
+        .arg(dir.join("cni.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--reconcile-interval", "1s"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("agent.log"))
+                .unwrap(),
+        );
+    cmd
+}
 
 /// Sets or removes the enrollment label of `namespace` (the API server's set-up helpers
 /// are in `testbed::kube::objects`).

@@ -1,10 +1,11 @@
 //! What the agent's binary tests share: the workloads file, waiting, the redirection
 //! rules, metrics, stopping the agent, a proxy's xDS client, and (`kube`) the test's side of
-//! a Kubernetes cluster.
+//! a Kubernetes cluster, and (`spire`) the entries on the SPIRE server.
 
 #![allow(dead_code, unreachable_pub)] // each test uses its own part
 
 pub mod kube;
+pub mod spire;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -116,6 +116,11 @@ fn objects() -> Objects {
                 "metadata": {"name": "nothing", "namespace": "legacy"}
             })),
         ],
+        service_accounts: vec![
+            obj(json!({"metadata": {"name": "sa-web", "namespace": "shop"}})),
+            obj(json!({"metadata": {"name": "idle", "namespace": "shop"}})),
+            obj(json!({"metadata": {"name": "default", "namespace": "legacy"}})),
+        ],
     }
 }
 
@@ -172,6 +177,17 @@ fn pods_namespaces_and_sandboxes() {
     );
     assert_eq!(by("u-db").netns, None, "another node's pod");
     assert_eq!(by("u-plain").service_account, "default");
+    // The ServiceAccount objects as they are, with or without pods (`sa-db` has a pod
+    // but no object).
+    let accounts: Vec<(&str, &str)> = c
+        .service_accounts
+        .iter()
+        .map(|(ns, sa)| (ns.as_str(), sa.as_str()))
+        .collect();
+    assert_eq!(
+        accounts,
+        [("legacy", "default"), ("shop", "idle"), ("shop", "sa-web")]
+    );
 }
 
 #[test]
