@@ -101,6 +101,7 @@ fn manifests_pass_a_server_side_dry_run_and_rbac_is_least_privilege() {
         ("get", "pods"),
         ("list", "namespaces"),
         ("list", "services"),
+        ("watch", "serviceaccounts"),
         ("watch", "endpointslices.discovery.k8s.io"),
         ("watch", "authorizationpolicies.security.istio.io"),
         ("patch", "pods/status"),

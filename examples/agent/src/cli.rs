@@ -143,7 +143,8 @@ pub(crate) struct Args {
 
     /// SPIRE server API socket (`unix:///path` or `/path`). Set: this agent registers one
     /// SPIRE entry per service account of every enrolled namespace (selectors `k8s:ns`,
-    /// `k8s:sa`; parent `--spire-parent-id`) and deletes those of unenrolled namespaces.
+    /// `k8s:sa`; parent `--spire-parent-id`) and deletes those of unenrolled namespaces and
+    /// of accounts gone. With Kubernetes, the accounts are the ServiceAccount objects.
     #[arg(long, env = "SPIRE_SERVER_SOCKET", value_name = "SOCKET")]
     pub(crate) spire_server_socket: Option<String>,
 
