@@ -41,6 +41,13 @@ use crate::metrics::Metrics;
 use crate::pods::Supervisor;
 use crate::readiness::Readiness;
 
+/// jemalloc instead of glibc's malloc: HTTP/2 frames are read into a fresh buffer of up to a
+/// whole DATA frame (hundreds of KiB) each, which glibc serves from new mappings or trimmed
+/// heap pages (a page fault per 4 KiB touched); jemalloc keeps freed pages for reuse, at
+/// about the same idle memory. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
     let json_logs = cli.log_format == "json";
