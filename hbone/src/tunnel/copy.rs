@@ -158,17 +158,12 @@ where
         let mut want = COPY_MIN_READ;
         let mut buf = BytesMut::new();
         loop {
-            // Reads fill one block after the other: each read's bytes go to HTTP/2 as a
-            // shared slice of the block, so that one allocation serves several reads.
-            if buf.capacity() < COPY_MIN_READ {
-                buf.reserve(want);
-            }
-            let room = buf.capacity();
+            buf.reserve(want);
             let n = io_read.read_buf(&mut buf).await?;
             if n == 0 {
                 break;
             }
-            if n >= room.min(want) && want < COPY_MAX_READ {
+            if n >= want && want < COPY_MAX_READ {
                 want *= 2;
             }
             let mut data = buf.split().freeze();
