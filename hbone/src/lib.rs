@@ -127,6 +127,7 @@ mod config;
 mod keepalive;
 #[cfg(test)]
 mod tests;
+mod tls_io;
 
 pub mod client;
 pub mod headers;

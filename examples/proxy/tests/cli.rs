@@ -144,3 +144,27 @@ fn sigterm_while_waiting_for_the_control_plane_exits_cleanly() {
     );
     assert!(err.contains("SIGTERM"), "{err}");
 }
+
+/// The binary allocates with jemalloc, with the options `main.rs` sets (one arena, background
+/// purging, 1 s decay): jemalloc lists its options on exit when asked through the environment.
+#[test]
+fn allocator_is_jemalloc_with_the_idle_memory_options() {
+    let out = proxy()
+        .arg("--help")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 1",
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(
+            stats.contains(option),
+            "{option} not in jemalloc's stats:\n{stats}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use super::ClientError;
 use crate::config::Http2Config;
 use crate::keepalive::{ClientDriver, ClientExit};
 use crate::request::{ConnectRequest, ConnectResponse, Rejection};
+use crate::tls_io::{BufferedIo, TLS_SEND_BUFFER, buffered};
 use crate::tunnel::{StreamSlot, Tunnel};
 
 /// The name used for the TLS handshake. SNI is disabled on HBONE and the SPIFFE
@@ -25,14 +26,21 @@ pub(crate) fn placeholder_server_name() -> rustls::pki_types::ServerName<'static
 pub(crate) async fn tls_connect<T>(
     io: T,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<(tokio_rustls::client::TlsStream<T>, Option<SpiffeId>), ClientError>
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<BufferedIo<T>>,
+        Option<SpiffeId>,
+    ),
+    ClientError,
+>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(placeholder_server_name(), io)
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(placeholder_server_name(), buffered(io))
         .await
         .map_err(|e| ClientError::Tls(Arc::new(e)))?;
+    stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let peer = stream
         .get_ref()
         .1

@@ -383,7 +383,10 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
         info: &ConnectionInfo,
     ) -> Result<
         (
-            h2::server::Connection<tokio_rustls::server::TlsStream<IO>, Bytes>,
+            h2::server::Connection<
+                tokio_rustls::server::TlsStream<crate::tls_io::BufferedIo<IO>>,
+                Bytes,
+            >,
             SpiffeId,
         ),
         ServerError,
@@ -397,10 +400,14 @@ impl<H: Handler, T: ServerTlsProvider> Server<H, T> {
             .server_config(info)
             .await
             .map_err(|e| ServerError::TlsConfig(Box::new(e)))?;
-        let stream = tokio_rustls::TlsAcceptor::from(tls)
-            .accept(io)
+        let mut stream = tokio_rustls::TlsAcceptor::from(tls)
+            .accept(crate::tls_io::buffered(io))
             .await
             .map_err(ServerError::Tls)?;
+        stream
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(crate::tls_io::TLS_SEND_BUFFER));
         let peer = stream
             .get_ref()
             .1

@@ -338,7 +338,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     ) -> Result<
         (
             Arc<PooledConn>,
-            ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
+            ClientDriver<tokio_rustls::client::TlsStream<crate::tls_io::BufferedIo<C::Io>>>,
         ),
         ClientError,
     > {
@@ -387,7 +387,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         &self,
         key: PoolKey,
         shared: Arc<ConnShared>,
-        mut driver: ClientDriver<tokio_rustls::client::TlsStream<C::Io>>,
+        mut driver: ClientDriver<tokio_rustls::client::TlsStream<crate::tls_io::BufferedIo<C::Io>>>,
     ) {
         let state: Weak<PoolState> = Arc::downgrade(&self.inner.state);
         let idle = self.inner.config.idle_timeout;
