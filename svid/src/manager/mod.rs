@@ -242,8 +242,9 @@ impl<S> Shared<S> {
 ///   once; queued fetches start by priority.
 /// - A source that pushes rotations ([`CertificateSource::pushes`], e.g. SPIRE's stream) has
 ///   its new certificate fetched and installed as soon as it announces it, also with
-///   [`Priority::Rotation`], without waiting for the refresh time. A fetch returning the
-///   certificate already held (same chain, same roots) changes nothing for holders.
+///   [`Priority::Rotation`], without waiting for the refresh time (a push while a retry
+///   waits fetches at once too; a failure still lengthens the back-off). A fetch returning
+///   the certificate already held (same chain, same roots) changes nothing for holders.
 /// - A failed fetch is retried after an exponential back-off (backon's `ExponentialBuilder`:
 ///   from [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
 ///   [`max_backoff`](ManagerConfig::max_backoff), each delay stretched by a random 0–100 %
