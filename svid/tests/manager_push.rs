@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshwire_svid::SpiffeId;
-use meshwire_svid::manager::{CertificateManager, CertificateSource, ManagerConfig, Priority};
+use meshwire_svid::manager::{
+    CertificateHandle, CertificateManager, CertificateSource, ManagerConfig, Priority,
+};
 use meshwire_svid::test_util::TestPki;
 use meshwire_svid::x509::FetchedSvid;
 use tokio::sync::watch;
@@ -100,13 +102,24 @@ async fn run_until(mut done: impl FnMut() -> bool) {
     assert!(done(), "the manager did not get there");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_pushed_certificate_is_installed_without_waiting_for_the_refresh_time() {
+/// A manager over a pushing source, holding `id()` with its first certificate.
+async fn held() -> (
+    Arc<Pushing>,
+    CertificateManager<Arc<Pushing>>,
+    CertificateHandle,
+    Arc<FetchedSvid>,
+) {
     let source = Arc::new(Pushing::new(&id()));
     let mgr = CertificateManager::new(source.clone(), ManagerConfig::default());
-    let start = Instant::now();
     let h = mgr.hold(&id(), Priority::OnDemand);
     let first = h.get().await.unwrap();
+    (source, mgr, h, first)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pushed_certificate_is_installed_without_waiting_for_the_refresh_time() {
+    let (source, mgr, h, first) = held().await;
+    let start = Instant::now();
     let mut changes = h.subscribe();
     changes.borrow_and_update();
 
@@ -145,11 +158,8 @@ async fn a_pushed_certificate_is_installed_without_waiting_for_the_refresh_time(
 
 #[tokio::test(start_paused = true)]
 async fn pushes_do_not_stop_the_refresh_at_half_life() {
-    let source = Arc::new(Pushing::new(&id()));
-    let mgr = CertificateManager::new(source.clone(), ManagerConfig::default());
     let start = Instant::now();
-    let h = mgr.hold(&id(), Priority::OnDemand);
-    h.get().await.unwrap();
+    let (source, _mgr, h, _) = held().await;
     // Nothing pushed: the next fetch is the refresh, at half-life.
     let mut changes = h.subscribe();
     changes.borrow_and_update();

@@ -10,14 +10,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshwire_svid::SpiffeId;
-use meshwire_svid::manager::{CertificateManager, CertificateSource, ManagerConfig, Priority};
+use meshwire_svid::manager::{
+    CertificateManager, CertificateSource, CertificateState, ManagerConfig, Priority,
+};
 use meshwire_svid::spire::registrar::{EntrySpec, Registrar, RegistrarConfig};
 use meshwire_svid::spire::source::{SourceConfig, SpireSource, Subject};
 use meshwire_svid::spire::{Selector, SpireError};
+use meshwire_svid::x509::FetchedSvid;
 use testbed::{Spire, SpireConfig};
+use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -90,7 +95,7 @@ fn serial_and_key(svid: &meshwire_svid::X509Svid) -> (Vec<u8>, Vec<u8>) {
 
 /// The first SVID of `id`, registered a moment ago: the entry reaches the agent within its
 /// sync interval, or a few of them on a loaded machine, so fetches are retried.
-async fn first_fetch(source: &SpireSource, id: &SpiffeId) -> meshwire_svid::x509::FetchedSvid {
+async fn first_fetch(source: &SpireSource, id: &SpiffeId) -> FetchedSvid {
     let start = Instant::now();
     loop {
         match source.fetch(id).await {
@@ -110,6 +115,27 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut f:
         assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The manager's next certificate other than `old`, waited for up to 60 s.
+async fn next_certificate(
+    rx: &mut watch::Receiver<CertificateState>,
+    old: &FetchedSvid,
+    what: &str,
+) -> Arc<FetchedSvid> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            rx.changed().await.unwrap();
+            let cert = rx.borrow_and_update().certificate.clone();
+            if let Some(c) = cert
+                && c.svid.leaf() != old.svid.leaf()
+            {
+                return c;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 60 s"))
 }
 
 #[test]
@@ -265,19 +291,7 @@ fn svids_by_selectors_and_by_pid_and_short_ttl_rotation() {
         let (serial, key) = serial_and_key(&first.svid);
         let mut rx = handle.subscribe();
         let rotated_at = Instant::now();
-        let second = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                rx.changed().await.unwrap();
-                let cert = rx.borrow_and_update().certificate.clone();
-                if let Some(c) = cert
-                    && c.svid.leaf() != first.svid.leaf()
-                {
-                    return c;
-                }
-            }
-        })
-        .await
-        .expect("SPIRE rotated the 30 s SVID within 60 s");
+        let second = next_certificate(&mut rx, &first, "SPIRE rotated the 30 s SVID").await;
         eprintln!(
             "rotation seen by the manager {:?} after its first SVID",
             rotated_at.elapsed()
@@ -328,19 +342,12 @@ fn an_svid_the_agent_pushes_reaches_the_manager_before_its_refresh_time() {
             .unwrap();
         assert_eq!(report.updated, 1, "{report:?}");
         let changed_at = Instant::now();
-        let second = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                rx.changed().await.unwrap();
-                let cert = rx.borrow_and_update().certificate.clone();
-                if let Some(c) = cert
-                    && c.svid.leaf() != first.svid.leaf()
-                {
-                    return c;
-                }
-            }
-        })
-        .await
-        .expect("the pushed SVID reached the manager within 60 s of the entry change");
+        let second = next_certificate(
+            &mut rx,
+            &first,
+            "the pushed SVID reached the manager after the entry change",
+        )
+        .await;
         eprintln!(
             "pushed SVID installed by the manager {:?} after the entry change",
             changed_at.elapsed()

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{
-    CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked, next_seq,
+    CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked, live, next_seq,
 };
 use crate::id::SpiffeId;
 use crate::x509::FetchedSvid;
@@ -136,11 +136,7 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
     let cfg = &shared.config;
     let mut st = shared.lock();
     let st = &mut *st;
-    let Some(e) = st
-        .entries
-        .get_mut(&id)
-        .filter(|e| e.generation == generation)
-    else {
+    let Some(e) = live(&mut st.entries, &id, generation) else {
         // Forgotten meanwhile; the slot was released then.
         return;
     };
@@ -229,11 +225,7 @@ async fn watch_pushes<S: CertificateSource>(
         {
             let mut st = shared.lock();
             let seq = next_seq(&mut st);
-            let Some(e) = st
-                .entries
-                .get_mut(&id)
-                .filter(|e| e.generation == generation)
-            else {
+            let Some(e) = live(&mut st.entries, &id, generation) else {
                 return;
             };
             if e.task.is_some() {

@@ -348,6 +348,15 @@ impl<S: CertificateSource> CertificateManager<S> {
     }
 }
 
+/// The entry of `id` if it is still the one of `generation` (not forgotten meanwhile).
+fn live<'a>(
+    entries: &'a mut HashMap<SpiffeId, Entry>,
+    id: &SpiffeId,
+    generation: u64,
+) -> Option<&'a mut Entry> {
+    entries.get_mut(id).filter(|e| e.generation == generation)
+}
+
 fn next_seq(st: &mut State) -> u64 {
     st.seq += 1;
     st.seq
