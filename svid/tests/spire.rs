@@ -1,6 +1,7 @@
 //! The `spire` module against a real SPIRE v1.13.3 server and agent (testbed's fixture):
 //! the registrar reconciles entries on the server, and the certificate source gets SVIDs
-//! by selectors and by PID, follows a short-TTL rotation, survives an agent restart (and
+//! by selectors and by PID, follows a short-TTL rotation, hands an SVID the agent pushes to
+//! the manager at once, survives an agent restart (and
 //! serves the valid SVID while the agent is down), reports a clear error for an identity
 //! that has no entry or whose entry was deleted, and carries a CA rotation (`localauthority
 //! x509 prepare`, `activate`) into verifiers that are already running.
@@ -9,14 +10,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshwire_svid::SpiffeId;
-use meshwire_svid::manager::{CertificateManager, CertificateSource, ManagerConfig, Priority};
+use meshwire_svid::manager::{
+    CertificateManager, CertificateSource, CertificateState, ManagerConfig, Priority,
+};
 use meshwire_svid::spire::registrar::{EntrySpec, Registrar, RegistrarConfig};
 use meshwire_svid::spire::source::{SourceConfig, SpireSource, Subject};
 use meshwire_svid::spire::{Selector, SpireError};
+use meshwire_svid::x509::FetchedSvid;
 use testbed::{Spire, SpireConfig};
+use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -89,7 +95,7 @@ fn serial_and_key(svid: &meshwire_svid::X509Svid) -> (Vec<u8>, Vec<u8>) {
 
 /// The first SVID of `id`, registered a moment ago: the entry reaches the agent within its
 /// sync interval, or a few of them on a loaded machine, so fetches are retried.
-async fn first_fetch(source: &SpireSource, id: &SpiffeId) -> meshwire_svid::x509::FetchedSvid {
+async fn first_fetch(source: &SpireSource, id: &SpiffeId) -> FetchedSvid {
     let start = Instant::now();
     loop {
         match source.fetch(id).await {
@@ -109,6 +115,27 @@ async fn eventually<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut f:
         assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The manager's next certificate other than `old`, waited for up to 60 s.
+async fn next_certificate(
+    rx: &mut watch::Receiver<CertificateState>,
+    old: &FetchedSvid,
+    what: &str,
+) -> Arc<FetchedSvid> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            rx.changed().await.unwrap();
+            let cert = rx.borrow_and_update().certificate.clone();
+            if let Some(c) = cert
+                && c.svid.leaf() != old.svid.leaf()
+            {
+                return c;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within 60 s"))
 }
 
 #[test]
@@ -264,19 +291,7 @@ fn svids_by_selectors_and_by_pid_and_short_ttl_rotation() {
         let (serial, key) = serial_and_key(&first.svid);
         let mut rx = handle.subscribe();
         let rotated_at = Instant::now();
-        let second = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                rx.changed().await.unwrap();
-                let cert = rx.borrow_and_update().certificate.clone();
-                if let Some(c) = cert
-                    && c.svid.leaf() != first.svid.leaf()
-                {
-                    return c;
-                }
-            }
-        })
-        .await
-        .expect("SPIRE rotated the 30 s SVID within 60 s");
+        let second = next_certificate(&mut rx, &first, "SPIRE rotated the 30 s SVID").await;
         eprintln!(
             "rotation seen by the manager {:?} after its first SVID",
             rotated_at.elapsed()
@@ -294,6 +309,53 @@ fn svids_by_selectors_and_by_pid_and_short_ttl_rotation() {
     });
     let _ = workload.kill();
     let _ = workload.wait();
+}
+
+#[test]
+fn an_svid_the_agent_pushes_reaches_the_manager_before_its_refresh_time() {
+    let spire = start_spire();
+    runtime().block_on(async {
+        let reg = registrar(&spire);
+        let mut entry = sa_entry("shop", "pushed");
+        entry.x509_svid_ttl = Some(Duration::from_secs(600));
+        reg.reconcile(&delegate(), std::slice::from_ref(&entry))
+            .await
+            .unwrap();
+        let source = source(&spire, Duration::from_secs(10));
+        let pushed_id = id("spiffe://example.org/ns/shop/sa/pushed");
+        first_fetch(&source, &pushed_id).await;
+
+        let manager = CertificateManager::new(source.clone(), ManagerConfig::default());
+        let handle = manager.hold(&pushed_id, Priority::OnDemand);
+        let first = handle.get().await.unwrap();
+        let refresh_at = first.svid.refresh_at();
+        let mut rx = handle.subscribe();
+        rx.borrow_and_update();
+
+        // A changed entry (a shorter TTL) makes the agent mint and push a new SVID at its
+        // next sync, long before the first one's half-life (5 minutes on), when the manager
+        // would otherwise fetch again.
+        entry.x509_svid_ttl = Some(Duration::from_secs(300));
+        let report = reg
+            .reconcile(&delegate(), std::slice::from_ref(&entry))
+            .await
+            .unwrap();
+        assert_eq!(report.updated, 1, "{report:?}");
+        let changed_at = Instant::now();
+        let second = next_certificate(
+            &mut rx,
+            &first,
+            "the pushed SVID reached the manager after the entry change",
+        )
+        .await;
+        eprintln!(
+            "pushed SVID installed by the manager {:?} after the entry change",
+            changed_at.elapsed()
+        );
+        assert!(std::time::SystemTime::now() < refresh_at);
+        assert_eq!(second.svid.spiffe_id(), &pushed_id);
+        assert!(second.svid.not_after() < first.svid.not_after());
+    });
 }
 
 #[test]

@@ -145,6 +145,12 @@ impl<P: PodNamespaces> CertificateSource for PidSource<P> {
             .remove(id);
         CertificateSource::forget(&self.spire, id);
     }
+
+    /// The SVIDs SPIRE pushes for the process picked last (a new process means a new
+    /// subscription, announced after the fetch that starts it).
+    fn pushes(&self, id: &SpiffeId) -> Option<tokio::sync::watch::Receiver<()>> {
+        CertificateSource::pushes(&self.spire, id)
+    }
 }
 
 #[cfg(test)]

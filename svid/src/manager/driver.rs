@@ -1,15 +1,18 @@
 //! The manager's scheduler: one driver task that expires certificates, queues due refreshes
-//! and retries, and starts fetches by priority within the concurrency limit.
+//! and retries, and starts fetches by priority within the concurrency limit; and one task per
+//! identity whose source pushes rotations, which queues a fetch on each push.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use futures_util::FutureExt as _;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::{CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked};
+use super::{
+    CertificateSource, FetchError, ManagerConfig, Priority, Shared, SourcePanicked, live, next_seq,
+};
 use crate::id::SpiffeId;
 use crate::x509::FetchedSvid;
 
@@ -80,10 +83,7 @@ fn step<S: CertificateSource>(shared: &Arc<Shared<S>>) -> Option<Instant> {
         {
             e.scheduled = None;
             seq += 1;
-            e.queued = Some(match e.queued {
-                Some((q, s)) => (q.max(p), s),
-                None => (p, seq),
-            });
+            e.enqueue(p, seq);
         }
     }
     st.seq = seq;
@@ -125,14 +125,18 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             Ok(Err(e)) => Err(Arc::new(e)),
             Err(_) => Err(Arc::new(SourcePanicked)),
         };
+    // Asked before taking the lock: the source may take locks of its own.
+    let pushes = match &result {
+        Ok(_) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.source.pushes(&id)))
+                .unwrap_or_default()
+        }
+        Err(_) => None,
+    };
     let cfg = &shared.config;
     let mut st = shared.lock();
     let st = &mut *st;
-    let Some(e) = st
-        .entries
-        .get_mut(&id)
-        .filter(|e| e.generation == generation)
-    else {
+    let Some(e) = live(&mut st.entries, &id, generation) else {
         // Forgotten meanwhile; the slot was released then.
         return;
     };
@@ -146,11 +150,33 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             e.expires = Some(after(now, expires_in));
             e.scheduled = Some((after(now, refresh_in), Priority::Rotation));
             e.backoff = None;
-            tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
-            e.state.send_modify(|s| {
+            if let Some(w) = e.watcher.take() {
+                w.abort();
+            }
+            e.watcher = pushes.map(|rx| {
+                tokio::spawn(watch_pushes(
+                    Arc::downgrade(&shared),
+                    id.clone(),
+                    generation,
+                    rx,
+                ))
+                .abort_handle()
+            });
+            e.state.send_if_modified(|s| {
+                s.attempts += 1;
+                let same = s.certificate.as_deref().is_some_and(|held| {
+                    held.svid.cert_chain() == fetched.svid.cert_chain()
+                        && held.roots == fetched.roots
+                });
+                if same {
+                    // Holders keep the certificate (and the keys built from it) they have.
+                    tracing::debug!(identity = %id, ?refresh_in, "certificate unchanged");
+                    return s.last_error.take().is_some();
+                }
+                tracing::debug!(identity = %id, ?refresh_in, ?expires_in, "certificate installed");
                 s.certificate = Some(Arc::new(fetched));
                 s.last_error = None;
-                s.attempts += 1;
+                true
             });
         }
         Err(err) => {
@@ -181,4 +207,33 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
         }
     }
     shared.wake.notify_one();
+}
+
+/// Follows the pushes of `id`'s source: each one queues a fetch at [`Priority::Rotation`]
+/// unless one is running (whose end asks the source again). Ends when the source drops its
+/// sender, the entry is gone, or the manager is.
+async fn watch_pushes<S: CertificateSource>(
+    weak: Weak<Shared<S>>,
+    id: SpiffeId,
+    generation: u64,
+    mut pushes: watch::Receiver<()>,
+) {
+    while pushes.changed().await.is_ok() {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        {
+            let mut st = shared.lock();
+            let seq = next_seq(&mut st);
+            let Some(e) = live(&mut st.entries, &id, generation) else {
+                return;
+            };
+            if e.task.is_some() {
+                continue;
+            }
+            tracing::debug!(identity = %id, "the source pushed a certificate");
+            e.enqueue(Priority::Rotation, seq);
+        }
+        shared.wake.notify_one();
+    }
 }

@@ -1,5 +1,6 @@
 //! The certificate manager: one certificate per identity, shared by every holder, refreshed
-//! at half-life, fetched with bounded concurrency and priorities, retried with back-off; and
+//! at half-life or as soon as the source pushes a new one, fetched with bounded concurrency
+//! and priorities, retried with back-off; and
 //! a rustls certificate resolver that always presents the current certificate
 //! ([`CertificateResolver`]).
 
@@ -38,6 +39,18 @@ pub trait CertificateSource: Send + Sync + 'static {
     fn forget(&self, id: &SpiffeId) {
         let _ = id;
     }
+
+    /// Pushed certificates: called after each successful fetch of `id`, returns a receiver
+    /// that changes when the source holds a certificate for `id` other than the one that
+    /// fetch returned (a rotation the SPIRE agent pushed on its stream). The manager then
+    /// fetches again at once instead of at the refresh time; the receiver must therefore be
+    /// marked changed already if such a certificate arrived before this call. A receiver
+    /// whose sender is gone stops the watch until the next successful fetch. The default,
+    /// `None`, suits sources that only answer fetches (the CA client).
+    fn pushes(&self, id: &SpiffeId) -> Option<watch::Receiver<()>> {
+        let _ = id;
+        None
+    }
 }
 
 impl<T: CertificateSource> CertificateSource for Arc<T> {
@@ -50,6 +63,9 @@ impl<T: CertificateSource> CertificateSource for Arc<T> {
     }
     fn forget(&self, id: &SpiffeId) {
         T::forget(self, id);
+    }
+    fn pushes(&self, id: &SpiffeId) -> Option<watch::Receiver<()>> {
+        T::pushes(self, id)
     }
 }
 
@@ -144,6 +160,8 @@ struct Entry {
     queued: Option<(Priority, u64)>,
     /// A fetch is running.
     task: Option<AbortHandle>,
+    /// Follows the source's pushes ([`CertificateSource::pushes`]).
+    watcher: Option<AbortHandle>,
     /// The next refresh or retry, and its priority.
     scheduled: Option<(Instant, Priority)>,
     /// The retry delays after consecutive failures; reset by a success.
@@ -151,6 +169,24 @@ struct Entry {
     /// When the held certificate expires.
     expires: Option<Instant>,
     generation: u64,
+}
+
+impl Entry {
+    /// Queues a fetch at `priority` (keeping a higher one and the place of a queued fetch).
+    fn enqueue(&mut self, priority: Priority, seq: u64) {
+        self.queued = Some(match self.queued {
+            Some((q, s)) => (q.max(priority), s),
+            None => (priority, seq),
+        });
+    }
+
+    /// Aborts the fetch and the push watcher; returns whether a fetch was running.
+    fn stop(&mut self) -> bool {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.task.take().map(|t| t.abort()).is_some()
+    }
 }
 
 #[derive(Default)]
@@ -181,9 +217,7 @@ impl<S> Drop for Shared<S> {
             Err(p) => p.into_inner(),
         };
         for e in st.entries.values_mut() {
-            if let Some(t) = e.task.take() {
-                t.abort();
-            }
+            e.stop();
         }
     }
 }
@@ -206,6 +240,11 @@ impl<S> Shared<S> {
 /// - A certificate is refreshed at half-life ([`X509Svid::refresh_at`](crate::X509Svid::refresh_at))
 ///   with [`Priority::Rotation`]. At most [`ManagerConfig::max_in_flight`] fetches run at
 ///   once; queued fetches start by priority.
+/// - A source that pushes rotations ([`CertificateSource::pushes`], e.g. SPIRE's stream) has
+///   its new certificate fetched and installed as soon as it announces it, also with
+///   [`Priority::Rotation`], without waiting for the refresh time (a push while a retry
+///   waits fetches at once too; a failure still lengthens the back-off). A fetch returning
+///   the certificate already held (same chain, same roots) changes nothing for holders.
 /// - A failed fetch is retried after an exponential back-off (backon's `ExponentialBuilder`:
 ///   from [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
 ///   [`max_backoff`](ManagerConfig::max_backoff), each delay stretched by a random 0–100 %
@@ -280,6 +319,7 @@ impl<S: CertificateSource> CertificateManager<S> {
                         state: tx,
                         queued: Some((priority, seq)),
                         task: None,
+                        watcher: None,
                         scheduled: None,
                         backoff: None,
                         expires: None,
@@ -306,6 +346,15 @@ impl<S: CertificateSource> CertificateManager<S> {
     pub fn in_flight(&self) -> usize {
         self.shared.lock().in_flight
     }
+}
+
+/// The entry of `id` if it is still the one of `generation` (not forgotten meanwhile).
+fn live<'a>(
+    entries: &'a mut HashMap<SpiffeId, Entry>,
+    id: &SpiffeId,
+    generation: u64,
+) -> Option<&'a mut Entry> {
+    entries.get_mut(id).filter(|e| e.generation == generation)
 }
 
 fn next_seq(st: &mut State) -> u64 {
@@ -345,10 +394,9 @@ impl<S: CertificateSource> Release for Shared<S> {
         if e.holders > 0 {
             return;
         }
-        if let Some(e) = st.entries.remove(id)
-            && let Some(task) = e.task
+        if let Some(mut e) = st.entries.remove(id)
+            && e.stop()
         {
-            task.abort();
             st.in_flight = st.in_flight.saturating_sub(1);
         }
         tracing::debug!(identity = %id, "forgot identity");

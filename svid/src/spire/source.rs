@@ -6,7 +6,10 @@
 //! rotations pushed by the agent and re-subscribes with back-off when the stream fails (an
 //! agent restart); it keeps the last SVID meanwhile. A fetch returns the newest SVID the
 //! stream delivered since the previous fetch, or, when none arrived within the deadline,
-//! the current one while it is still valid. The trust bundles of every trust domain are
+//! the current one while it is still valid. Each new SVID on the stream is announced to the
+//! certificate manager ([`CertificateSource::pushes`]), which fetches it at once: a rotation
+//! reaches new connections as soon as the agent pushes it, not at the manager's refresh
+//! time. The trust bundles of every trust domain are
 //! followed (`SubscribeToX509Bundles`) and handed out with each SVID as its roots (several
 //! during a CA rotation), and to verifiers as they arrive: [`SpireSource::bundles`] to
 //! watch them, [`SpireSource::shared_bundles`] to build verifiers that check every handshake
@@ -101,6 +104,8 @@ struct Subscription {
     subject: Subject,
     rx: watch::Receiver<SvidState>,
     task: AbortHandle,
+    /// Changes when the stream brings a new SVID (its sender is the stream task's).
+    pushed: watch::Receiver<()>,
     /// The leaf of the SVID the last fetch returned.
     handed: Option<CertificateDer<'static>>,
 }
@@ -239,12 +244,14 @@ impl SpireSource {
             old.task.abort();
         }
         let (tx, rx) = watch::channel(SvidState::default());
+        let (pushed_tx, pushed) = watch::channel(());
         let task = tokio::spawn(follow_svids(
             self.inner.channel.clone(),
             id.clone(),
             subject.clone(),
             self.inner.config.clone(),
             tx,
+            pushed_tx,
         ))
         .abort_handle();
         subs.insert(
@@ -253,6 +260,7 @@ impl SpireSource {
                 subject,
                 rx: rx.clone(),
                 task,
+                pushed,
                 handed: None,
             },
         );
@@ -351,5 +359,27 @@ impl CertificateSource for SpireSource {
     /// Ends the identity's subscription (see [`SpireSource::forget`]).
     fn forget(&self, id: &SpiffeId) {
         Self::forget(self, id);
+    }
+
+    /// The SVIDs the agent pushes for `id` from now on, already marked changed when the
+    /// stream holds one other than the SVID the last fetch returned; `None` without a
+    /// subscription. Ends with the subscription (forgotten, or replaced by another subject).
+    fn pushes(&self, id: &SpiffeId) -> Option<watch::Receiver<()>> {
+        let subs = lock(&self.inner.subscriptions);
+        let sub = subs.get(id)?;
+        let mut pushes = sub.pushed.clone();
+        // Seen from now; the stream stores each SVID before announcing it, so one stored
+        // before this point is caught below, one stored after it is announced.
+        pushes.borrow_and_update();
+        let newer = sub
+            .rx
+            .borrow()
+            .svid
+            .as_ref()
+            .is_some_and(|svid| sub.handed.as_ref() != Some(svid.leaf()));
+        if newer {
+            pushes.mark_changed();
+        }
+        Some(pushes)
     }
 }

@@ -43,6 +43,7 @@ pub(super) async fn follow_svids(
     subject: Subject,
     config: SourceConfig,
     tx: watch::Sender<SvidState>,
+    pushed: watch::Sender<()>,
 ) {
     const CALL: &str = "SubscribeToX509SVIDs";
     let mut delays = backoff(&config);
@@ -62,7 +63,7 @@ pub(super) async fn follow_svids(
                     match stream.message().await {
                         Ok(Some(message)) => {
                             delays = backoff(&config);
-                            apply(&tx, &id, &subject, &message);
+                            apply(&tx, &pushed, &id, &subject, &message);
                         }
                         Ok(None) => break SpireError::StreamEnded { call: CALL },
                         Err(status) => break SpireError::status(CALL, status),
@@ -79,9 +80,12 @@ pub(super) async fn follow_svids(
     }
 }
 
-/// Takes one stream message: the SVID for `id`, or why there is none.
+/// Takes one stream message: the SVID for `id`, or why there is none. A new SVID (not the
+/// one held, which the agent sends again on each subscription) is announced on `pushed`
+/// once it is in `tx`.
 fn apply(
     tx: &watch::Sender<SvidState>,
+    pushed: &watch::Sender<()>,
     id: &SpiffeId,
     subject: &Subject,
     message: &SubscribeToX509sviDsResponse,
@@ -89,10 +93,18 @@ fn apply(
     match svid_for(id, subject, message) {
         Ok(svid) => {
             tracing::debug!(identity = %id, not_after = ?svid.not_after(), "SPIRE pushed an SVID");
+            let mut new = false;
             tx.send_modify(|s| {
+                new = s
+                    .svid
+                    .as_ref()
+                    .is_none_or(|held| held.leaf() != svid.leaf());
                 s.svid = Some(Arc::new(svid));
                 s.error = None;
             });
+            if new {
+                pushed.send_replace(());
+            }
         }
         // The entry is gone (or never existed): stop serving the identity.
         Err(e @ (SpireError::NoEntry { .. } | SpireError::OtherIdentity { .. })) => {
