@@ -295,6 +295,9 @@ impl Cli {
         if self.spire_enabled && self.spire_timeout.is_zero() {
             bail!("--spire-timeout must be positive");
         }
+        if !self.spire_enabled && self.spire_subject == SpireSubject::Pid {
+            bail!("--spire-subject pid (SPIRE_SUBJECT) needs --spire-enabled true (SPIRE_ENABLED)");
+        }
         let spire = self.spire_enabled.then(|| SpireSettings {
             admin_socket: self.spire_admin_endpoint_socket.clone(),
             timeout: self.spire_timeout,
@@ -488,6 +491,12 @@ mod tests {
             ))
         );
         assert!(parse(&["--node-name", "n", "--spire-subject", "cgroup"]).is_err());
+        // PID mode without SPIRE would be silently ignored: refused instead.
+        let err = parse(&["--node-name", "n", "--spire-subject", "pid"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("needs --spire-enabled"), "{err:#}");
     }
 
     #[test]

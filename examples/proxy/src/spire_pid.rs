@@ -133,9 +133,9 @@ impl<P: PodNamespaces> CertificateSource for PidSource<P> {
     async fn fetch(&self, id: &SpiffeId) -> Result<FetchedSvid, PidError> {
         let pid = self.process_of(id).await?;
         tracing::debug!(identity = %id, pid, "asking SPIRE by PID");
-        // A new PID replaces the identity's subscription; the same one keeps it.
-        self.spire.set_subject(id, Subject::Pid(pid));
-        Ok(self.spire.fetch(id).await?)
+        // A new PID replaces the identity's subscription; the same one keeps it. Asked by
+        // exactly this PID: never by the selectors the proxy would assert itself.
+        Ok(self.spire.fetch_as(id, Subject::Pid(pid)).await?)
     }
 
     fn forget(&self, id: &SpiffeId) {

@@ -217,6 +217,21 @@ impl SpireSource {
         lock(&self.inner.subscriptions).keys().cloned().collect()
     }
 
+    /// Fetches `id`'s SVID attested through exactly `subject` (replacing a subscription of
+    /// `id` with another subject), with no fall-back to another subject: a caller that
+    /// names its workloads by PID never has them asked for by selectors instead.
+    pub async fn fetch_as(
+        &self,
+        id: &SpiffeId,
+        subject: Subject,
+    ) -> Result<FetchedSvid, SpireError> {
+        let until = Instant::now() + self.inner.config.timeout;
+        let svid = self.svid(id, subject, until).await?;
+        let roots = self.roots(id, until).await?;
+        self.record_handed(id, &svid);
+        Ok(FetchedSvid::new(X509Svid::clone(&svid), roots))
+    }
+
     fn subject_for(&self, id: &SpiffeId) -> Result<Subject, SpireError> {
         if let Some(subject) = lock(&self.inner.subjects).get(id) {
             return Ok(subject.clone());
@@ -304,8 +319,12 @@ impl SpireSource {
     /// current one if still valid, else the subscription's last error. An identity without
     /// an entry waits for the deadline too: an entry registered a moment ago reaches the
     /// agent within its sync interval, and the stream then pushes its SVID.
-    async fn svid(&self, id: &SpiffeId, until: Instant) -> Result<Arc<X509Svid>, SpireError> {
-        let subject = self.subject_for(id)?;
+    async fn svid(
+        &self,
+        id: &SpiffeId,
+        subject: Subject,
+        until: Instant,
+    ) -> Result<Arc<X509Svid>, SpireError> {
         let (mut rx, handed) = self.subscription(id, subject);
         loop {
             {
@@ -348,12 +367,12 @@ impl SpireSource {
 impl CertificateSource for SpireSource {
     type Error = SpireError;
 
+    /// Fetches `id`'s SVID attested through the subject set for it
+    /// ([`set_subject`](Self::set_subject)), else through the selectors of its
+    /// `ns/<ns>/sa/<sa>` path.
     async fn fetch(&self, id: &SpiffeId) -> Result<FetchedSvid, SpireError> {
-        let until = Instant::now() + self.inner.config.timeout;
-        let svid = self.svid(id, until).await?;
-        let roots = self.roots(id, until).await?;
-        self.record_handed(id, &svid);
-        Ok(FetchedSvid::new(X509Svid::clone(&svid), roots))
+        let subject = self.subject_for(id)?;
+        self.fetch_as(id, subject).await
     }
 
     /// Ends the identity's subscription (see [`SpireSource::forget`]).
