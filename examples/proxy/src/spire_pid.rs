@@ -3,11 +3,14 @@
 //! whose network namespace is the pod's (the namespace descriptor ZDS gave the proxy).
 //!
 //! [`PidSource`] wraps the [`SpireSource`]: before each fetch it picks the process (keeping
-//! the one picked before while it still lives in one of the identity's pods), sets it as the
-//! identity's [`Subject::Pid`], and fetches. When no process is found within the deadline,
-//! the fetch fails with [`PidError::NoProcess`]; the certificate manager retries it later.
+//! the one picked before while it still lives in one of the identity's pods) and asks SPIRE
+//! by exactly that [`Subject::Pid`]. When SPIRE has no entry of the identity for that
+//! process (in Kubernetes the lowest PID is the sandbox's pause process, which entries may
+//! not match), the next fetch asks by another process of the identity's pods; when every
+//! process was refused, it starts over. When no process is found within the deadline, the
+//! fetch fails with [`PidError::NoProcess`]; the certificate manager retries it later.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -52,6 +55,9 @@ pub(crate) enum PidError {
     /// `/proc` could not be read.
     #[error("scanning /proc: {0}")]
     Scan(#[from] meshwire_netns::Error),
+    /// The blocking task scanning `/proc` did not finish.
+    #[error("scanning /proc: {0}")]
+    ScanTask(#[from] tokio::task::JoinError),
     /// The SPIRE agent issued no SVID for the process.
     #[error(transparent)]
     Spire(#[from] SpireError),
@@ -65,8 +71,18 @@ pub(crate) struct PidSource<P> {
     wait: Duration,
     /// How often it looks meanwhile.
     poll: Duration,
-    /// The process each identity was attested through last.
-    picked: Mutex<HashMap<SpiffeId, u32>>,
+    /// The processes of each identity: picked, and refused by SPIRE.
+    picks: Mutex<HashMap<SpiffeId, Picks>>,
+}
+
+/// What the source knows of one identity's processes.
+#[derive(Debug, Default)]
+struct Picks {
+    /// The process the identity was attested through last.
+    picked: Option<u32>,
+    /// Processes SPIRE issued no SVID of the identity for, while they live: passed over
+    /// for another process of the identity's pods.
+    refused: BTreeSet<u32>,
 }
 
 impl<P: PodNamespaces> PidSource<P> {
@@ -76,42 +92,58 @@ impl<P: PodNamespaces> PidSource<P> {
             pods,
             wait,
             poll: Duration::from_millis(250),
-            picked: Mutex::new(HashMap::new()),
+            picks: Mutex::new(HashMap::new()),
         }
     }
 
+    fn picks(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, Picks>> {
+        self.picks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A process of one of `id`'s pods: the one picked before if it is still there, else
-    /// the lowest process id found; `None` if none of the pods has a process.
-    fn find(&self, id: &SpiffeId) -> Result<(Option<u32>, usize), PidError> {
+    /// the lowest process id found that SPIRE has not refused (all refused: the lowest,
+    /// starting over); `None` if none of the pods has a process.
+    async fn find(&self, id: &SpiffeId) -> Result<(Option<u32>, usize), PidError> {
         let namespaces = self.pods.namespaces_of(id);
-        let mut picked = self.picked.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pid) = picked.get(id)
-            && namespaces.iter().any(|ns| ns::is_in(*pid, *ns))
+        let pods = namespaces.len();
+        let kept = self.picks().get(id).and_then(|p| p.picked);
+        if let Some(pid) = kept
+            && namespaces.iter().any(|ns| ns::is_in(pid, *ns))
         {
-            return Ok((Some(*pid), namespaces.len()));
+            return Ok((Some(pid), pods));
         }
-        let mut found = None;
-        for netns in &namespaces {
-            if let Some(pid) = ns::processes_in(*netns)?.first() {
-                found = Some(found.map_or(*pid, |f: u32| f.min(*pid)));
-            }
+        // One pass over /proc for all the identity's pods, off the runtime's workers.
+        let pids = tokio::task::spawn_blocking(move || ns::processes_in_any(&namespaces)).await??;
+        let mut picks = self.picks();
+        let entry = picks.entry(id.clone()).or_default();
+        entry.refused.retain(|pid| pids.contains(pid));
+        let mut pick = pids
+            .iter()
+            .find(|pid| !entry.refused.contains(pid))
+            .copied();
+        if pick.is_none() && !pids.is_empty() {
+            entry.refused.clear();
+            pick = pids.first().copied();
         }
-        match found {
-            Some(pid) => {
-                picked.insert(id.clone(), pid);
-            }
-            None => {
-                picked.remove(id);
-            }
+        entry.picked = pick;
+        Ok((pick, pods))
+    }
+
+    /// SPIRE issued no SVID of `id` for `pid`: the next fetch asks by another process.
+    fn refuse(&self, id: &SpiffeId, pid: u32) {
+        let mut picks = self.picks();
+        let entry = picks.entry(id.clone()).or_default();
+        entry.refused.insert(pid);
+        if entry.picked == Some(pid) {
+            entry.picked = None;
         }
-        Ok((found, namespaces.len()))
     }
 
     /// Waits up to the deadline for a process of one of `id`'s pods.
     async fn process_of(&self, id: &SpiffeId) -> Result<u32, PidError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            let (found, pods) = self.find(id)?;
+            let (found, pods) = self.find(id).await?;
             if let Some(pid) = found {
                 return Ok(pid);
             }
@@ -135,14 +167,23 @@ impl<P: PodNamespaces> CertificateSource for PidSource<P> {
         tracing::debug!(identity = %id, pid, "asking SPIRE by PID");
         // A new PID replaces the identity's subscription; the same one keeps it. Asked by
         // exactly this PID: never by the selectors the proxy would assert itself.
-        Ok(self.spire.fetch_as(id, Subject::Pid(pid)).await?)
+        match self.spire.fetch_as(id, Subject::Pid(pid)).await {
+            Ok(fetched) => Ok(fetched),
+            Err(e) => {
+                if matches!(
+                    e.root(),
+                    SpireError::NoEntry { .. } | SpireError::OtherIdentity { .. }
+                ) {
+                    tracing::info!(identity = %id, pid, "SPIRE has no SVID of this identity for the process; the next attempt asks by another process of its pods");
+                    self.refuse(id, pid);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn forget(&self, id: &SpiffeId) {
-        self.picked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+        self.picks().remove(id);
         CertificateSource::forget(&self.spire, id);
     }
 
@@ -238,5 +279,26 @@ mod tests {
         first.kill().unwrap();
         first.wait().unwrap();
         assert_eq!(src.process_of(&id()).await.unwrap(), second.id());
+    }
+
+    #[tokio::test]
+    async fn a_process_spire_refused_is_passed_over_for_another_of_the_pods() {
+        let Some((_p, pod, src)) = pod_source("spire_pid::refused", Duration::from_secs(5)) else {
+            return;
+        };
+        let first = pod.spawn(Command::new("sleep").arg("30")).unwrap();
+        let second = pod.spawn(Command::new("sleep").arg("30")).unwrap();
+        let (low, high) = if first.id() < second.id() {
+            (first.id(), second.id())
+        } else {
+            (second.id(), first.id())
+        };
+        assert_eq!(src.process_of(&id()).await.unwrap(), low);
+        // SPIRE has no entry for the lowest (e.g. the pause process): the next one is asked.
+        src.refuse(&id(), low);
+        assert_eq!(src.process_of(&id()).await.unwrap(), high);
+        // Every process refused: start over from the lowest (an entry may have appeared).
+        src.refuse(&id(), high);
+        assert_eq!(src.process_of(&id()).await.unwrap(), low);
     }
 }

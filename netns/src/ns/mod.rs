@@ -16,7 +16,7 @@ use crate::error::Error;
 mod procs;
 mod thread;
 
-pub use procs::{is_in, namespace_of, processes_in};
+pub use procs::{is_in, namespace_of, processes_in, processes_in_any};
 pub use thread::{NsThread, RunIn};
 
 /// The identity of a namespace: the device and inode of its `nsfs` file.

@@ -34,6 +34,12 @@ pub fn namespace_of(pid: u32) -> Result<NsId, Error> {
 /// calling process itself. Processes that exit during the scan, or whose namespace cannot
 /// be read, are skipped. Fails only when `/proc` itself cannot be read.
 pub fn processes_in(id: NsId) -> Result<Vec<u32>, Error> {
+    processes_in_any(&[id])
+}
+
+/// The processes whose network namespace is any of `ids`, in ascending process-id order:
+/// one pass over `/proc` for all of them (see [`processes_in`]).
+pub fn processes_in_any(ids: &[NsId]) -> Result<Vec<u32>, Error> {
     let own = std::process::id();
     let entries = std::fs::read_dir(PROC).map_err(|source| Error::Open {
         path: PROC.into(),
@@ -42,7 +48,7 @@ pub fn processes_in(id: NsId) -> Result<Vec<u32>, Error> {
     let mut pids: Vec<u32> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != own)
-        .filter(|pid| namespace_of(*pid).is_ok_and(|ns| ns == id))
+        .filter(|pid| namespace_of(*pid).is_ok_and(|ns| ids.contains(&ns)))
         .collect();
     pids.sort_unstable();
     Ok(pids)
@@ -97,6 +103,9 @@ mod tests {
         let elsewhere = other.spawn(Command::new("sleep").arg("30")).unwrap();
         assert_eq!(processes_in(pod_id).unwrap(), vec![inside.id()]);
         assert_eq!(processes_in(other_id).unwrap(), vec![elsewhere.id()]);
+        let mut both = vec![inside.id(), elsewhere.id()];
+        both.sort_unstable();
+        assert_eq!(processes_in_any(&[pod_id, other_id]).unwrap(), both);
         assert!(is_in(inside.id(), pod_id));
         assert!(!is_in(elsewhere.id(), pod_id));
         // The test process's own namespace does not list the pod's process either.
