@@ -75,8 +75,10 @@ pub(crate) async fn run(
     // starve the periodic pass. Its first tick is immediate.
     let mut ticker = tokio::time::interval(role.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The desired entries the server was last made equal to, without failures.
-    let mut in_place: Option<Vec<EntrySpec>> = None;
+    // The desired entries last sent to the server. A cluster change that leaves them as
+    // they are costs no call, even when the last pass failed (the server down, an entry
+    // refused): failures are retried at the next tick, not at every pod update.
+    let mut sent: Option<Vec<EntrySpec>> = None;
     let mut due = false;
     loop {
         tokio::select! {
@@ -86,16 +88,18 @@ pub(crate) async fn run(
         }
         let snapshot = cluster.borrow_and_update().clone();
         let desired = desired_entries(&snapshot, &role);
-        if !due && in_place.as_ref() == Some(&desired) {
+        if !due && sent.as_ref() == Some(&desired) {
             continue;
         }
         due = false;
-        in_place = None;
-        match registrar.reconcile(&role.parent, &desired).await {
+        let result = registrar.reconcile(&role.parent, &desired).await;
+        let entries = desired.len();
+        sent = Some(desired);
+        match result {
             Ok(report) => {
                 if report.created + report.updated + report.deleted > 0 {
                     info!(
-                        entries = desired.len(),
+                        entries,
                         created = report.created,
                         updated = report.updated,
                         deleted = report.deleted,
@@ -103,13 +107,12 @@ pub(crate) async fn run(
                     );
                 }
                 for f in &report.failed {
-                    warn!(entry = %f.entry, operation = f.operation, code = ?f.code, message = %f.message, "SPIRE refused an entry");
-                }
-                if report.failed.is_empty() {
-                    in_place = Some(desired);
+                    warn!(entry = %f.entry, operation = f.operation, code = ?f.code, message = %f.message, "SPIRE refused an entry; retrying at the next periodic pass");
                 }
             }
-            Err(e) => warn!(error = %e, "reconciling SPIRE entries failed; retrying"),
+            Err(e) => {
+                warn!(error = %e, "reconciling SPIRE entries failed; retrying at the next periodic pass");
+            }
         }
     }
 }
