@@ -110,6 +110,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Some((ca, callers))
         }
         CaMode::None => {
+            // A root left by an earlier run with the CA on would have TLS-configured
+            // proxies trust it and wait for an endpoint that no longer exists.
+            let stale = args.state_dir.join(crate::ca::files::ROOT_CERT_FILE);
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {
+                    tracing::warn!(file = %stale.display(), "removed the root certificate of an earlier run with the built-in CA");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing the stale root certificate {}", stale.display())
+                    });
+                }
+            }
             info!("built-in CA off: no CA key, no root certificate, no TLS endpoint");
             None
         }

@@ -50,6 +50,13 @@ fn without_the_ca_xds_is_on_the_unix_socket_only_and_no_key_exists() {
         ),
     )
     .unwrap();
+    // The root an earlier run with the CA on left behind: removed at start.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("root-cert.pem"),
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
     cmd.args(["--workloads", file.to_str().unwrap(), "--node-name", "n1"])
         .args(["--ca", "none"])

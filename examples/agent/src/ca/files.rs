@@ -13,6 +13,9 @@ use tracing::info;
 use crate::safe_file;
 
 /// Longest workload certificate the CA signs (the proxy asks for 24 h by default).
+/// The CA root's file in the state directory, for proxies that verify the TLS endpoint.
+pub(crate) const ROOT_CERT_FILE: &str = "root-cert.pem";
+
 pub(crate) const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lifetime of the gRPC serving certificate.
 const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -89,7 +92,7 @@ fn load_or_create_waiting(
         .issue_server_cert(SERVING_DNS, SERVING_IPS, SERVING_TTL)
         .context("issuing the gRPC serving certificate")?;
 
-    let root_file = state_dir.join("root-cert.pem");
+    let root_file = state_dir.join(ROOT_CERT_FILE);
     safe_file::replace(&root_file, ca.root_pem().as_bytes(), 0o644)
         .with_context(|| format!("writing {}", root_file.display()))?;
     info!(root = %root_file.display(), trust_domain = %trust_domain, "CA ready; root certificate written");
