@@ -175,3 +175,74 @@ async fn pushes_do_not_stop_the_refresh_at_half_life() {
     );
     assert_eq!(leaf(&h.current().unwrap()), rotated_leaf);
 }
+
+/// No certificate at first (an entry not registered yet), then one, pushed.
+struct Late {
+    pki: TestPki,
+    ready: Mutex<Option<FetchedSvid>>,
+    pushed: watch::Sender<()>,
+    fetches: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct NotYet;
+
+impl std::fmt::Display for NotYet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no certificate yet")
+    }
+}
+
+impl std::error::Error for NotYet {}
+
+impl CertificateSource for Late {
+    type Error = NotYet;
+
+    async fn fetch(&self, _: &SpiffeId) -> Result<FetchedSvid, NotYet> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        self.ready.lock().unwrap().clone().ok_or(NotYet)
+    }
+
+    fn pushes(&self, _: &SpiffeId) -> Option<watch::Receiver<()>> {
+        Some(self.pushed.subscribe())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_after_failed_fetches_brings_the_retry_forward() {
+    let source = Arc::new(Late {
+        pki: TestPki::new("cluster.local"),
+        ready: Mutex::new(None),
+        pushed: watch::channel(()).0,
+        fetches: AtomicUsize::new(0),
+    });
+    let mut config = ManagerConfig::default();
+    config.jitter = false;
+    let mgr = CertificateManager::new(source.clone(), config);
+    let h = mgr.hold(&id(), Priority::OnDemand);
+    // Failing, retried after 1, 2, 4, 8, 16 s: the fetches at 0, 1, 3, 7, 15 and 31 s;
+    // the next one would come at 63 s.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let failed = source.fetches.load(Ordering::SeqCst);
+    assert_eq!(failed, 6);
+    assert!(h.current().is_none());
+
+    let pushed_at = Instant::now();
+    *source.ready.lock().unwrap() = Some(FetchedSvid::new(
+        source.pki.svid_for(&id(), TTL),
+        vec![source.pki.ca().root().clone()],
+    ));
+    source.pushed.send_replace(());
+    let mut changes = h.subscribe();
+    while h.current().is_none() {
+        changes.changed().await.unwrap();
+    }
+    // Brought forward to the first back-off delay (1 s), not left for the 23 s still to go.
+    assert!(
+        pushed_at.elapsed() <= Duration::from_secs(2),
+        "installed {:?} after the push",
+        pushed_at.elapsed()
+    );
+    assert_eq!(source.fetches.load(Ordering::SeqCst), failed + 1);
+    drop(mgr);
+}

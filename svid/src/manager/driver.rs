@@ -125,14 +125,12 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             Ok(Err(e)) => Err(Arc::new(e)),
             Err(_) => Err(Arc::new(SourcePanicked)),
         };
-    // Asked before taking the lock: the source may take locks of its own.
-    let pushes = match &result {
-        Ok(_) => {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.source.pushes(&id)))
-                .unwrap_or_default()
-        }
-        Err(_) => None,
-    };
+    // Asked before taking the lock: the source may take locks of its own. Asked after a
+    // failure too, so that a certificate the source pushes later (an entry registered a
+    // moment after the first fetch) does not wait for the back-off.
+    let pushes =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.source.pushes(&id)))
+            .unwrap_or_default();
     let cfg = &shared.config;
     let mut st = shared.lock();
     let st = &mut *st;
@@ -153,15 +151,7 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             if let Some(w) = e.watcher.take() {
                 w.abort();
             }
-            e.watcher = pushes.map(|rx| {
-                tokio::spawn(watch_pushes(
-                    Arc::downgrade(&shared),
-                    id.clone(),
-                    generation,
-                    rx,
-                ))
-                .abort_handle()
-            });
+            e.watcher = pushes.map(|rx| spawn_watcher(&shared, &id, generation, rx));
             e.state.send_if_modified(|s| {
                 s.attempts += 1;
                 let same = s.certificate.as_deref().is_some_and(|held| {
@@ -199,6 +189,11 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
             let priority = e.queued.map_or(priority, |(p, _)| p.max(priority));
             e.queued = None;
             e.scheduled = Some((at, priority));
+            // A watcher already running is kept: a new one would report at once an SVID the
+            // source holds but could not hand out (e.g. without its roots), every failure.
+            if e.watcher.is_none() {
+                e.watcher = pushes.map(|rx| spawn_watcher(&shared, &id, generation, rx));
+            }
             tracing::warn!(identity = %id, error = %err, retry_in = ?at.saturating_duration_since(now), "certificate fetch failed");
             e.state.send_modify(|s| {
                 s.last_error = Some(err);
@@ -209,9 +204,26 @@ async fn fetch_one<S: CertificateSource>(shared: Arc<Shared<S>>, id: SpiffeId, g
     shared.wake.notify_one();
 }
 
+fn spawn_watcher<S: CertificateSource>(
+    shared: &Arc<Shared<S>>,
+    id: &SpiffeId,
+    generation: u64,
+    pushes: watch::Receiver<()>,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(watch_pushes(
+        Arc::downgrade(shared),
+        id.clone(),
+        generation,
+        pushes,
+    ))
+    .abort_handle()
+}
+
 /// Follows the pushes of `id`'s source: each one queues a fetch at [`Priority::Rotation`]
-/// unless one is running (whose end asks the source again). Ends when the source drops its
-/// sender, the entry is gone, or the manager is.
+/// unless one is running (whose end asks the source again). After a failed fetch, a push
+/// brings the retry forward to the first back-off delay instead, so a source that keeps
+/// failing is not asked in a tight loop. Ends when the source drops its sender, the entry
+/// is gone, or the manager is.
 async fn watch_pushes<S: CertificateSource>(
     weak: Weak<Shared<S>>,
     id: SpiffeId,
@@ -231,8 +243,15 @@ async fn watch_pushes<S: CertificateSource>(
             if e.task.is_some() {
                 continue;
             }
-            tracing::debug!(identity = %id, "the source pushed a certificate");
-            e.enqueue(Priority::Rotation, seq);
+            if e.backoff.is_some() {
+                let soon = Instant::now() + shared.config.initial_backoff;
+                let (at, priority) = e.scheduled.unwrap_or((soon, Priority::Rotation));
+                tracing::debug!(identity = %id, "the source pushed a certificate; retrying soon");
+                e.scheduled = Some((at.min(soon), priority));
+            } else {
+                tracing::debug!(identity = %id, "the source pushed a certificate");
+                e.enqueue(Priority::Rotation, seq);
+            }
         }
         shared.wake.notify_one();
     }

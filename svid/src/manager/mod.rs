@@ -40,12 +40,13 @@ pub trait CertificateSource: Send + Sync + 'static {
         let _ = id;
     }
 
-    /// Pushed certificates: called after each successful fetch of `id`, returns a receiver
+    /// Pushed certificates: called after each fetch of `id` (after a failed one only while
+    /// no receiver of `id` is being watched), returns a receiver
     /// that changes when the source holds a certificate for `id` other than the one that
     /// fetch returned (a rotation the SPIRE agent pushed on its stream). The manager then
     /// fetches again at once instead of at the refresh time; the receiver must therefore be
     /// marked changed already if such a certificate arrived before this call. A receiver
-    /// whose sender is gone stops the watch until the next successful fetch. The default,
+    /// whose sender is gone stops the watch until the next fetch. The default,
     /// `None`, suits sources that only answer fetches (the CA client).
     fn pushes(&self, id: &SpiffeId) -> Option<watch::Receiver<()>> {
         let _ = id;
@@ -242,8 +243,10 @@ impl<S> Shared<S> {
 ///   once; queued fetches start by priority.
 /// - A source that pushes rotations ([`CertificateSource::pushes`], e.g. SPIRE's stream) has
 ///   its new certificate fetched and installed as soon as it announces it, also with
-///   [`Priority::Rotation`], without waiting for the refresh time (a push while a retry
-///   waits fetches at once too; a failure still lengthens the back-off). A fetch returning
+///   [`Priority::Rotation`], without waiting for the refresh time. A push while a retry
+///   waits after a failure (an entry registered after the first fetch) brings the retry
+///   forward to [`initial_backoff`](ManagerConfig::initial_backoff) from the push; a failure
+///   still lengthens the back-off. A fetch returning
 ///   the certificate already held (same chain, same roots) changes nothing for holders.
 /// - A failed fetch is retried after an exponential back-off (backon's `ExponentialBuilder`:
 ///   from [`initial_backoff`](ManagerConfig::initial_backoff), doubling, up to
