@@ -108,13 +108,7 @@ impl<S: CertificateSource> Managed<S> {
         crypto: Arc<CryptoProvider>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            manager: CertificateManager::new(source, ManagerConfig::default()),
-            crypto,
-            metrics,
-            live_roots: None,
-            held: Mutex::new(HashMap::new()),
-        })
+        Self::build(source, crypto, metrics, None)
     }
 
     /// Like [`Managed::new`], but every configuration verifies peers against `roots` as they
@@ -126,11 +120,20 @@ impl<S: CertificateSource> Managed<S> {
         metrics: Arc<crate::metrics::Metrics>,
         roots: SharedTrustBundles,
     ) -> Arc<Self> {
+        Self::build(source, crypto, metrics, Some(roots))
+    }
+
+    fn build(
+        source: S,
+        crypto: Arc<CryptoProvider>,
+        metrics: Arc<crate::metrics::Metrics>,
+        live_roots: Option<SharedTrustBundles>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             manager: CertificateManager::new(source, ManagerConfig::default()),
             crypto,
             metrics,
-            live_roots: Some(roots),
+            live_roots,
             held: Mutex::new(HashMap::new()),
         })
     }
