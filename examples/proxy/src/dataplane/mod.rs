@@ -206,8 +206,9 @@ impl DataPlane {
         let pods: Vec<Arc<Pod>> = self.pod_states().values().map(|s| s.pod.clone()).collect();
         pods.iter()
             .filter(|p| {
+                // The identity the pod's certificate is fetched for (see `pod_added`).
                 self.find_local(p)
-                    .is_some_and(|w| w.identity().to_string() == id.to_string())
+                    .is_some_and(|w| SpiffeId::try_from(w.identity()).is_ok_and(|w| w == *id))
             })
             .filter_map(|p| p.net.netns())
             .collect()
