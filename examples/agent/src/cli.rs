@@ -243,6 +243,12 @@ impl Args {
                     "--ca-cert and --ca-key load the built-in CA: drop them, or drop --ca none",
                 ));
             }
+            if parsed.proxy_tokens.is_some() || parsed.ca_trust_loopback.is_some() {
+                return Err(Self::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--proxy-tokens and --ca-trust-loopback decide who may call the CA and xDS over TLS; with --ca none there is neither (xDS is served on the unix socket only, to its owner): drop them, or drop --ca none",
+                ));
+            }
         }
         if parsed.source == SourceKind::Kubernetes && parsed.ca_trust_loopback == Some(true) {
             return Err(Self::command().error(
@@ -543,6 +549,21 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        for unused in [
+            &["--proxy-tokens", "/etc/tokens"][..],
+            &["--ca-trust-loopback", "true"][..],
+            &["--ca-trust-loopback", "false"][..],
+        ] {
+            let none = ["--ca", "none", "--xds-unix-socket", "/run/xds.sock"];
+            let e = with(&[&none[..], unused].concat()).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{unused:?}"
+            );
+            assert!(e.to_string().contains("--ca none"), "{e}");
+            assert!(with(unused).is_ok(), "{unused:?} with the built-in CA");
+        }
         assert!(with(&["--ca", "builtin"]).is_ok());
         assert!(with(&["--ca", "spire"]).is_err(), "only builtin or none");
     }
