@@ -18,6 +18,7 @@ pub mod report;
 mod traffic;
 
 pub use procstat::{cpu_time, rss_kib};
+use traffic::FirstClose;
 pub use traffic::Servers;
 
 /// How long and how often to measure.
@@ -93,10 +94,12 @@ pub struct PathFigures {
     /// HBONE: TLS connections the source proxy opened per new connection while
     /// `conns_per_s` was measured (about 0: the pooled connection carried them all).
     pub handshakes_per_conn: Option<f64>,
-    /// New connections per second with a cold pool. HBONE: the source proxy releases each
-    /// connection with its tunnel (`POOL_UNUSED_RELEASE_TIMEOUT=0s`), so every new
-    /// connection makes its own TLS handshake. Direct: `conns_per_s` again (no proxy, so no
-    /// pool either way), the base of the ratio. Passthrough: not measured.
+    /// New connections per second with a cold pool, the client closing first (so that a
+    /// connection starts only after the previous one has ended in the source proxy). HBONE:
+    /// the source proxy releases each connection with its tunnel
+    /// (`POOL_UNUSED_RELEASE_TIMEOUT=0s`), so every new connection makes its own TLS
+    /// handshake. Direct: the same connections without a proxy, the base of the ratio.
+    /// Passthrough: not measured.
     pub cold_conns_per_s: Option<f64>,
     /// HBONE: TLS connections the source proxy opened per new connection while
     /// `cold_conns_per_s` was measured (1.0 when each one made its own handshake).
@@ -217,9 +220,11 @@ fn measure_path(cluster: &Cluster, path: Path, opts: &Options) -> Result<PathFig
     rtts.sort_unstable();
     f.rr_p50_us = percentile_us(&rtts, 50.0);
     f.rr_p99_us = percentile_us(&rtts, 99.0);
-    (f.conns_per_s, f.handshakes_per_conn) = connection_rate(cluster, path, opts.duration / 2)?;
+    let rate = |first_close| connection_rate(cluster, path, opts.duration / 2, first_close);
+    (f.conns_per_s, f.handshakes_per_conn) = rate(FirstClose::Server)?;
     if path == Path::Direct {
-        f.cold_conns_per_s = Some(f.conns_per_s);
+        // The base of the cold HBONE connections: the same exchange.
+        f.cold_conns_per_s = Some(rate(FirstClose::Client)?.0);
     }
     Ok(f)
 }
@@ -230,6 +235,7 @@ fn connection_rate(
     cluster: &Cluster,
     path: Path,
     duration: Duration,
+    first_close: FirstClose,
 ) -> Result<(f64, Option<f64>)> {
     let opened = || cluster.hbone_connections_opened(Role::Client);
     let before = if path == Path::Hbone {
@@ -241,6 +247,7 @@ fn connection_rate(
         cluster.pod(Role::Client),
         address(cluster, path.destination(), traffic::ONCE_PORT),
         duration,
+        first_close,
     )?;
     let handshakes = match before {
         // Every connection's dial completed before its exchange, so all are counted.
@@ -252,13 +259,15 @@ fn connection_rate(
 
 /// The HBONE connection rate with a cold pool: the source's proxy restarted with
 /// `POOL_UNUSED_RELEASE_TIMEOUT=0s`, so that it closes each HBONE connection with its
-/// tunnel and every new connection makes its own TLS handshake; then restarted as before.
-/// Only the source's proxy dials, so the destination's keeps running.
+/// tunnel, and the client closing first, so that each connection starts after the previous
+/// tunnel ended: every new connection makes its own TLS handshake. Then the proxy is
+/// restarted as before. Only the source's proxy dials, so the destination's keeps running.
 fn measure_cold_pool(cluster: &mut Cluster, opts: &Options) -> Result<(f64, Option<f64>)> {
     let node = Role::Client.node();
     cluster.restart_proxy_with_env(node, &[("POOL_UNUSED_RELEASE_TIMEOUT", "0s")])?;
-    let measured = wait_for_hbone(cluster)
-        .and_then(|()| connection_rate(cluster, Path::Hbone, opts.duration / 2));
+    let measured = wait_for_hbone(cluster).and_then(|()| {
+        connection_rate(cluster, Path::Hbone, opts.duration / 2, FirstClose::Client)
+    });
     cluster.restart_proxy_with_env(node, &[])?;
     measured
 }
