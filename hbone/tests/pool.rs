@@ -183,12 +183,17 @@ async fn open_sequentially(f: &Fixture, pool: &Pool<TcpConnector, SvidClientTls>
     }
 }
 
+/// A pool of the fixture's client that releases connections with their last tunnel.
+fn zero_idle_pool(f: &Fixture) -> Pool<TcpConnector, SvidClientTls> {
+    let mut pc = PoolConfig::default();
+    pc.idle_timeout = Duration::ZERO;
+    f.pool(pc)
+}
+
 #[tokio::test]
 async fn zero_idle_timeout_gives_each_sequential_tunnel_its_own_connection() {
     let f = Fixture::start().await;
-    let mut pc = PoolConfig::default();
-    pc.idle_timeout = Duration::ZERO;
-    let pool = f.pool(pc);
+    let pool = zero_idle_pool(&f);
     // Each connect follows the previous drop at once, without yielding to the connection
     // task: the released connection is refused all the same.
     open_sequentially(&f, &pool, 5).await;
@@ -212,9 +217,7 @@ async fn default_idle_timeout_shares_one_connection_between_sequential_tunnels()
 #[tokio::test]
 async fn zero_idle_timeout_keeps_a_busy_connection_usable() {
     let f = Fixture::start().await;
-    let mut pc = PoolConfig::default();
-    pc.idle_timeout = Duration::ZERO;
-    let pool = f.pool(pc);
+    let pool = zero_idle_pool(&f);
     let mut first = f.open(&pool, PORT_ECHO).await;
     echo_once(&mut first).await;
     // While `first` is open, tunnels come and go on its connection.
