@@ -1,6 +1,6 @@
-//! Pool behaviour over loopback TLS: stream limits, shared dials, idle release, GOAWAY,
-//! keepalive and server drain. Flow control is in `flow_control.rs`, closing the pool in
-//! `pool_close.rs`.
+//! Pool behaviour over loopback TLS: stream limits, shared dials, idle release (a zero
+//! timeout included), GOAWAY, keepalive and server drain. Flow control is in
+//! `flow_control.rs`, closing the pool in `pool_close.rs`.
 
 // Helpers outside #[test] functions: a failed step should abort the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,17 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshwire_hbone::client::{ClientError, Pool, PoolConfig, PoolKey};
+use meshwire_hbone::client::{ClientError, Pool, PoolConfig, PoolKey, SvidClientTls, TcpConnector};
 use meshwire_hbone::server::{ServeConfig, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Opens `n` tunnels at once and holds them all open before closing any.
-async fn hold_concurrent(
-    pool: &Pool<meshwire_hbone::client::TcpConnector, meshwire_hbone::client::SvidClientTls>,
-    key: &PoolKey,
-    n: usize,
-) {
+async fn hold_concurrent(pool: &Pool<TcpConnector, SvidClientTls>, key: &PoolKey, n: usize) {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for _ in 0..n {
@@ -178,6 +174,72 @@ async fn idle_connections_are_released() {
     assert_eq!(pool.stats().opened, 2);
 }
 
+/// Opens `n` tunnels one after the other, each dropped before the next starts.
+async fn open_sequentially(f: &Fixture, pool: &Pool<TcpConnector, SvidClientTls>, n: usize) {
+    for _ in 0..n {
+        let mut t = f.open(pool, PORT_ECHO).await;
+        echo_once(&mut t).await;
+        drop(t);
+    }
+}
+
+/// A pool of the fixture's client that releases connections with their last tunnel.
+fn zero_idle_pool(f: &Fixture) -> Pool<TcpConnector, SvidClientTls> {
+    let mut pc = PoolConfig::default();
+    pc.idle_timeout = Duration::ZERO;
+    f.pool(pc)
+}
+
+#[tokio::test]
+async fn zero_idle_timeout_gives_each_sequential_tunnel_its_own_connection() {
+    let f = Fixture::start().await;
+    let pool = zero_idle_pool(&f);
+    // Each connect follows the previous drop at once, without yielding to the connection
+    // task: the released connection is refused all the same.
+    open_sequentially(&f, &pool, 5).await;
+    assert_eq!(f.server.stats().connections, 5, "TLS connections accepted");
+    let s = pool.stats();
+    assert_eq!((s.opened, s.reused), (5, 0), "{s:?}");
+    eventually("released connections closed", || pool.stats().closed == 5).await;
+    assert_eq!(pool.stats().pooled, 0);
+}
+
+#[tokio::test]
+async fn default_idle_timeout_shares_one_connection_between_sequential_tunnels() {
+    let f = Fixture::start().await;
+    let pool = f.pool(PoolConfig::default());
+    open_sequentially(&f, &pool, 5).await;
+    assert_eq!(f.server.stats().connections, 1, "TLS connections accepted");
+    let s = pool.stats();
+    assert_eq!((s.opened, s.reused, s.closed), (1, 4, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn zero_idle_timeout_keeps_a_busy_connection_usable() {
+    let f = Fixture::start().await;
+    let pool = zero_idle_pool(&f);
+    let mut first = f.open(&pool, PORT_ECHO).await;
+    echo_once(&mut first).await;
+    // While `first` is open, tunnels come and go on its connection.
+    for _ in 0..3 {
+        let mut t = f.open(&pool, PORT_ECHO).await;
+        echo_once(&mut t).await;
+        drop(t);
+        tokio::task::yield_now().await;
+        echo_once(&mut first).await;
+    }
+    assert_eq!(f.server.stats().connections, 1, "TLS connections accepted");
+    let s = pool.stats();
+    assert_eq!((s.opened, s.reused, s.closed), (1, 3, 0), "{s:?}");
+    // Its last tunnel gone, the connection is released.
+    drop(first);
+    eventually("connection released", || pool.stats().closed == 1).await;
+    assert_eq!(pool.stats().pooled, 0);
+    let mut t = f.open(&pool, PORT_ECHO).await;
+    echo_once(&mut t).await;
+    assert_eq!(f.server.stats().connections, 2, "TLS connections accepted");
+}
+
 /// A TCP relay whose current connections can be frozen (bytes stop flowing both ways,
 /// sockets stay open), like a peer that vanished without a FIN.
 struct Relay {
@@ -310,7 +372,7 @@ async fn goaway_moves_new_tunnels_to_a_new_connection() {
         }
     });
     let pool = Pool::new(
-        meshwire_hbone::client::TcpConnector::new(),
+        TcpConnector::new(),
         pki.client_tls(&client_id),
         PoolConfig::default(),
     );

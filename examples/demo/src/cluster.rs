@@ -60,6 +60,8 @@ pub(crate) struct NodeProcs {
     pub(crate) dir: PathBuf,
     pub(crate) agent: Option<Process>,
     pub(crate) proxy: Option<Process>,
+    /// Environment of this node's proxy on top of [`ClusterOptions::proxy_env`].
+    pub(crate) proxy_env: Vec<(String, String)>,
 }
 
 /// Where the agents read the cluster from.
@@ -158,6 +160,7 @@ impl Cluster {
                 dir,
                 agent: None,
                 proxy: None,
+                proxy_env: Vec::new(),
             });
         }
         if cluster.opts.source == Source::Kubernetes {

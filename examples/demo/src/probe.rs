@@ -128,12 +128,7 @@ impl Cluster {
     /// The tunnel protocol (`HBONE` or `NONE`) node `i`'s proxy has for each workload uid,
     /// from its admin `/config_dump`.
     pub fn proxy_protocols(&self, i: usize) -> Result<BTreeMap<String, String>> {
-        let (code, body) = self.http_get(i, 15000, "/config_dump")?;
-        if code != 200 {
-            bail!("proxy admin on node-{}: HTTP {code}", i + 1);
-        }
-        let dump: serde_json::Value =
-            serde_json::from_str(&body).context("the proxy's /config_dump is not JSON")?;
+        let dump = self.proxy_config_dump(i)?;
         let workloads = dump["workloads"]
             .as_array()
             .context("no workloads in /config_dump")?;
@@ -146,6 +141,27 @@ impl Cluster {
                 ))
             })
             .collect())
+    }
+
+    /// The TLS connections the outbound HBONE pool of `role`'s pod has opened (each one a
+    /// TLS handshake with the destination's proxy), since its proxy started, from the
+    /// proxy's admin `/config_dump` (`hbone_pool.opened` of the pod).
+    pub fn hbone_connections_opened(&self, role: Role) -> Result<u64> {
+        let dump = self.proxy_config_dump(role.node())?;
+        let pods = dump["pods"].as_array().context("no pods in /config_dump")?;
+        pods.iter()
+            .find(|p| p["name"] == role.name() && p["namespace"] == role.namespace())
+            .and_then(|p| p["hbone_pool"]["opened"].as_u64())
+            .with_context(|| format!("no HBONE pool of {} in /config_dump", role.label()))
+    }
+
+    /// Node `i`'s proxy's admin `/config_dump`.
+    fn proxy_config_dump(&self, i: usize) -> Result<serde_json::Value> {
+        let (code, body) = self.http_get(i, 15000, "/config_dump")?;
+        if code != 200 {
+            bail!("proxy admin on node-{}: HTTP {code}", i + 1);
+        }
+        serde_json::from_str(&body).context("the proxy's /config_dump is not JSON")
     }
 
     /// The proxy metrics of node `i`.

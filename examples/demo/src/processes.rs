@@ -66,7 +66,8 @@ impl Cluster {
         cmd.arg("--zds-socket")
             .arg(node.dir.join("ztunnel.sock"))
             .args(["--node-name", &node.name])
-            .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)));
+            .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)))
+            .envs(node.proxy_env.iter().map(|(k, v)| (k, v)));
         match &self.spire {
             Some(spire) => {
                 cmd.env("SPIRE_ENABLED", "true")
@@ -106,6 +107,17 @@ impl Cluster {
     pub fn restart_proxy(&mut self, i: usize) -> Result<()> {
         stop(self.nodes[i].proxy.take())?;
         self.start_proxy(i)
+    }
+
+    /// Restarts node `i`'s proxy (as [`Cluster::restart_proxy`]) with `env` added to the
+    /// environment of [`ClusterOptions::proxy_env`](crate::ClusterOptions::proxy_env)
+    /// (overriding it); the proxy keeps it over later restarts, until the next call.
+    pub fn restart_proxy_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
+        self.nodes[i].proxy_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.restart_proxy(i)
     }
 
     /// Stops node `i`'s agent and starts it again.

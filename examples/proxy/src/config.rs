@@ -136,6 +136,13 @@ pub(crate) struct Cli {
     #[arg(long, env = "STRICT_HBONE_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) strict_hbone_wait: Duration,
 
+    /// How long an outbound HBONE connection (pooled per source pod and destination) stays
+    /// open without tunnels before it is closed; `0s` closes it as soon as its last tunnel
+    /// ends, so that every new connection that does not overlap another one makes its own
+    /// TLS handshake.
+    #[arg(long, env = "POOL_UNUSED_RELEASE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) pool_unused_release_timeout: Duration,
+
     /// Connections the metrics and readiness endpoints may hold together; beyond it the
     /// oldest connection still waiting for its request headers is closed.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 256)]
@@ -201,6 +208,7 @@ pub(crate) struct Config {
     pub(crate) hbone_limit: meshwire_hbone::server::ConnectionLimitConfig,
     pub(crate) hbone_accept_timeout: Duration,
     pub(crate) strict_hbone_wait: Duration,
+    pub(crate) pool_unused_release_timeout: Duration,
     pub(crate) http: crate::http::HttpLimits,
     /// SPIRE instead of the certificate service, when enabled.
     pub(crate) spire: Option<SpireSettings>,
@@ -329,6 +337,7 @@ impl Cli {
             hbone_limit,
             hbone_accept_timeout: self.hbone_accept_timeout,
             strict_hbone_wait: self.strict_hbone_wait,
+            pool_unused_release_timeout: self.pool_unused_release_timeout,
             http: crate::http::HttpLimits {
                 max_connections: self.http_max_connections,
                 header_read_timeout: self.http_header_read_timeout,

@@ -203,6 +203,7 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
             hbone_limit: config.hbone_limit,
             hbone_accept_timeout: config.hbone_accept_timeout,
             strict_hbone_wait: config.strict_hbone_wait,
+            pool_idle_timeout: config.pool_unused_release_timeout,
             ..DataPlaneConfig::default()
         },
         metrics.clone(),

@@ -13,7 +13,18 @@ pub struct PoolConfig {
     /// Most concurrent tunnels per connection; the peer's
     /// SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Default 100.
     pub max_streams_per_connection: usize,
-    /// A connection without tunnels for this long is closed. Default 5 min.
+    /// A connection without tunnels for this long is released: from then on no new tunnel
+    /// is given to it (even before its task has run), and it leaves the pool, sends GOAWAY
+    /// and closes. The time counts from the end of its last tunnel (the [`Tunnel`] or
+    /// both of its halves dropped).
+    ///
+    /// Zero releases a connection as soon as its last tunnel ends, so every tunnel that
+    /// starts after the previous tunnel of its [`PoolKey`](super::PoolKey) has ended gets a
+    /// new connection (its own TLS handshake); tunnels open at the same time still share
+    /// connections up to [`max_streams_per_connection`](Self::max_streams_per_connection).
+    /// Default 5 min.
+    ///
+    /// [`Tunnel`]: crate::Tunnel
     pub idle_timeout: Duration,
     /// Limit for the TCP connect of the connector. Default 10 s.
     pub connect_timeout: Duration,

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
@@ -18,13 +18,15 @@ pub mod report;
 mod traffic;
 
 pub use procstat::{cpu_time, rss_kib};
+use traffic::FirstClose;
 pub use traffic::Servers;
 
 /// How long and how often to measure.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
-    /// Length of each throughput measurement; latency and connection rate take half of it.
+    /// Length of each throughput measurement; latency and each connection rate take half
+    /// of it.
     pub duration: Duration,
     /// Idle tunnels held open for the memory figure.
     pub idle_tunnels: usize,
@@ -89,6 +91,19 @@ pub struct PathFigures {
     pub rr_p99_us: f64,
     /// New connections per second (for HBONE: over the warm pool).
     pub conns_per_s: f64,
+    /// HBONE: TLS connections the source proxy opened per new connection while
+    /// `conns_per_s` was measured (about 0: the pooled connection carried them all).
+    pub handshakes_per_conn: Option<f64>,
+    /// New connections per second with a cold pool, the client closing first (so that a
+    /// connection starts only after the previous one has ended in the source proxy). HBONE:
+    /// the source proxy releases each connection with its tunnel
+    /// (`POOL_UNUSED_RELEASE_TIMEOUT=0s`), so every new connection makes its own TLS
+    /// handshake. Direct: the same connections without a proxy, the base of the ratio.
+    /// Passthrough: not measured.
+    pub cold_conns_per_s: Option<f64>,
+    /// HBONE: TLS connections the source proxy opened per new connection while
+    /// `cold_conns_per_s` was measured (1.0 when each one made its own handshake).
+    pub cold_handshakes_per_conn: Option<f64>,
 }
 
 /// Resident memory of the two proxies, KiB.
@@ -132,16 +147,23 @@ impl Round {
     }
 }
 
-/// One round: the enrolled paths (passthrough, HBONE) and the proxies' memory, then
-/// `shop` unenrolled for the direct path, then enrolled again. Only the first round's
-/// memory figure means much: later rounds reuse what the allocator kept from the first. The benchmark servers must
-/// run in `shop/server-far` and `legacy/legacy` ([`Servers::start`]).
+/// One round: the enrolled paths (passthrough, HBONE) and the proxies' memory, the HBONE
+/// connection rate with a cold pool (the source's proxy restarted for it, see
+/// [`PathFigures::cold_conns_per_s`]), then `shop` unenrolled for the direct path, then
+/// enrolled again. Only the first round's memory figure means much: later rounds reuse
+/// what the allocator kept from the first. The benchmark servers must run in
+/// `shop/server-far` and `legacy/legacy` ([`Servers::start`]).
 pub fn measure(cluster: &mut Cluster, opts: &Options) -> Result<Round> {
     let mut round = Round::default();
     for path in [Path::Passthrough, Path::Hbone] {
         round.paths.push((path, measure_path(cluster, path, opts)?));
     }
     round.memory = measure_memory(cluster, opts)?;
+    let (rate, handshakes) = measure_cold_pool(cluster, opts)?;
+    if let Some((_, hbone)) = round.paths.iter_mut().find(|(p, _)| *p == Path::Hbone) {
+        hbone.cold_conns_per_s = Some(rate);
+        hbone.cold_handshakes_per_conn = handshakes;
+    }
     cluster.set_enrolled(ENROLLED_NS, false)?;
     cluster.wait_enrolled(Duration::from_secs(60))?;
     let direct = measure_path(cluster, Path::Direct, opts);
@@ -198,12 +220,72 @@ fn measure_path(cluster: &Cluster, path: Path, opts: &Options) -> Result<PathFig
     rtts.sort_unstable();
     f.rr_p50_us = percentile_us(&rtts, 50.0);
     f.rr_p99_us = percentile_us(&rtts, 99.0);
-    f.conns_per_s = traffic::connection_rate(
-        client,
-        address(cluster, to, traffic::ONCE_PORT),
-        opts.duration / 2,
-    )?;
+    let rate = |first_close| connection_rate(cluster, path, opts.duration / 2, first_close);
+    (f.conns_per_s, f.handshakes_per_conn) = rate(FirstClose::Server)?;
+    if path == Path::Direct {
+        // The base of the cold HBONE connections: the same exchange.
+        f.cold_conns_per_s = Some(rate(FirstClose::Client)?.0);
+    }
     Ok(f)
+}
+
+/// New connections per second on `path`, and for HBONE the TLS connections the source
+/// proxy opened per new connection meanwhile.
+fn connection_rate(
+    cluster: &Cluster,
+    path: Path,
+    duration: Duration,
+    first_close: FirstClose,
+) -> Result<(f64, Option<f64>)> {
+    let opened = || cluster.hbone_connections_opened(Role::Client);
+    let before = if path == Path::Hbone {
+        Some(opened()?)
+    } else {
+        None
+    };
+    let (n, elapsed) = traffic::connection_rate(
+        cluster.pod(Role::Client),
+        address(cluster, path.destination(), traffic::ONCE_PORT),
+        duration,
+        first_close,
+    )?;
+    let handshakes = match before {
+        // Every connection's dial completed before its exchange, so all are counted.
+        Some(before) => Some(opened()?.saturating_sub(before) as f64 / n.max(1) as f64),
+        None => None,
+    };
+    Ok((n as f64 / elapsed.as_secs_f64(), handshakes))
+}
+
+/// The HBONE connection rate with a cold pool: the source's proxy restarted with
+/// `POOL_UNUSED_RELEASE_TIMEOUT=0s`, so that it closes each HBONE connection with its
+/// tunnel, and the client closing first, so that each connection starts after the previous
+/// tunnel ended: every new connection makes its own TLS handshake. Then the proxy is
+/// restarted as before. Only the source's proxy dials, so the destination's keeps running.
+fn measure_cold_pool(cluster: &mut Cluster, opts: &Options) -> Result<(f64, Option<f64>)> {
+    let node = Role::Client.node();
+    cluster.restart_proxy_with_env(node, &[("POOL_UNUSED_RELEASE_TIMEOUT", "0s")])?;
+    let measured = wait_for_hbone(cluster).and_then(|()| {
+        connection_rate(cluster, Path::Hbone, opts.duration / 2, FirstClose::Client)
+    });
+    cluster.restart_proxy_with_env(node, &[])?;
+    measured
+}
+
+/// Waits until a connection goes through on the HBONE path (after a proxy restart: its
+/// listeners, xDS and the pod's certificate).
+fn wait_for_hbone(cluster: &Cluster) -> Result<()> {
+    let to = address(cluster, Path::Hbone.destination(), traffic::ONCE_PORT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match traffic::one_connection(cluster.pod(Role::Client), to) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("no HBONE connection after the proxy restart"));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 fn measure_memory(cluster: &Cluster, opts: &Options) -> Result<MemoryFigures> {

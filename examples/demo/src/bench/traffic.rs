@@ -190,30 +190,64 @@ pub(crate) fn request_response(
     Ok(samples)
 }
 
-/// New connections per second to the one-exchange server at `to`, one after the other for
-/// `duration`: connect, one byte each way, close.
-pub(crate) fn connection_rate(from: &Pod, to: SocketAddr, duration: Duration) -> Result<f64> {
+/// Which side of a one-exchange connection closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstClose {
+    /// The server closes after its answer; the client closes once it has read that. The
+    /// server side holds the `TIME_WAIT`. Through a proxy, the client's next connection may
+    /// start before the proxy has read the client's close and ended the previous one.
+    Server,
+    /// The client half-closes right after its byte and waits for the end of the answer.
+    /// Through a proxy, the close the client waits for is the proxy's last act on the
+    /// connection (it has long read the client's half-close), so the next connection starts
+    /// only after the previous one ended in the proxy too. The client holds the `TIME_WAIT`.
+    Client,
+}
+
+/// New connections to the one-exchange server at `to`, one after the other for `duration`:
+/// connect, one byte each way, close. Returns how many, and how long they took.
+pub(crate) fn connection_rate(
+    from: &Pod,
+    to: SocketAddr,
+    duration: Duration,
+    first_close: FirstClose,
+) -> Result<(u64, Duration)> {
     // Connect from inside the namespace on one thread: `Pod::ns().run` per connection
     // would measure thread start-up.
     from.ns()
-        .run(move || -> Result<f64> {
+        .run(move || -> Result<(u64, Duration)> {
             let start = Instant::now();
             let deadline = start + duration;
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                s.set_nodelay(true)?;
-                let mut b = [1u8; 1];
-                s.write_all(&b)?;
-                s.read_exact(&mut b)?;
-                // Wait for the server's close, so the server side holds the TIME_WAIT.
-                let _ = s.read(&mut b);
+                exchange_once(to, first_close)?;
                 n += 1;
             }
-            Ok(n as f64 / start.elapsed().as_secs_f64())
+            Ok((n, start.elapsed()))
         })?
         .context("connection rate")
+}
+
+/// One connection to the one-exchange server at `to`, as [`connection_rate`] makes them.
+pub(crate) fn one_connection(from: &Pod, to: SocketAddr) -> Result<()> {
+    from.ns()
+        .run(move || exchange_once(to, FirstClose::Server))?
+}
+
+/// Connects to the one-exchange server at `to`, sends a byte, reads the answer and waits
+/// for the end of the connection.
+fn exchange_once(to: SocketAddr, first_close: FirstClose) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    let mut b = [1u8; 1];
+    s.write_all(&b)?;
+    if first_close == FirstClose::Client {
+        s.shutdown(Shutdown::Write)?;
+    }
+    s.read_exact(&mut b)?;
+    let _ = s.read(&mut b);
+    Ok(())
 }
 
 /// Opens `n` connections to the request/response server at `to` and makes one exchange on

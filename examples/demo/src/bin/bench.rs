@@ -14,7 +14,7 @@ use demo::{Cluster, ClusterOptions, Role};
 const USAGE: &str = "usage: bench [--runs N] [--seconds S] [--tunnels N] [--json FILE]
   --runs N      rounds over every path; the report shows medians (default 1)
   --seconds S   length of each throughput measurement (default 2; latency and
-                connection rate take half of it)
+                each connection rate take half of it)
   --tunnels N   idle tunnels held open for the memory figure (default 1000)
   --json FILE   write the JSON report to FILE instead of standard output
   --proxy-env K=V  extra environment of both proxies (repeatable), for experiments";
@@ -92,7 +92,7 @@ fn run() -> Result<()> {
     let mut rounds: Vec<Round> = Vec::new();
     for i in 0..args.runs {
         step(&format!(
-            "round {}/{}: passthrough, HBONE, memory, then direct ({:?} per throughput figure)",
+            "round {}/{}: passthrough, HBONE, memory, HBONE with a cold pool (node-1's proxy restarted), then direct ({:?} per throughput figure)",
             i + 1,
             args.runs,
             args.opts.duration

@@ -47,6 +47,7 @@ fn defaults_match_the_contract() {
     assert_eq!(cfg.hbone_limit.max_total, 16384);
     assert_eq!(cfg.hbone_accept_timeout, Duration::from_secs(10));
     assert_eq!(cfg.strict_hbone_wait, Duration::from_secs(5));
+    assert_eq!(cfg.pool_unused_release_timeout, Duration::from_secs(300));
     assert_eq!(cfg.http.max_connections, 256);
     assert_eq!(cfg.http.header_read_timeout, Duration::from_secs(10));
 }
@@ -157,6 +158,7 @@ fn env_names_match_the_contract() {
         ("hbone_max_connections", "HBONE_MAX_CONNECTIONS"),
         ("hbone_accept_timeout", "HBONE_ACCEPT_TIMEOUT"),
         ("strict_hbone_wait", "STRICT_HBONE_WAIT"),
+        ("pool_unused_release_timeout", "POOL_UNUSED_RELEASE_TIMEOUT"),
         ("http_max_connections", "HTTP_MAX_CONNECTIONS"),
         ("http_header_read_timeout", "HTTP_HEADER_READ_TIMEOUT"),
         ("spire_enabled", "SPIRE_ENABLED"),
@@ -329,6 +331,29 @@ fn limits_take_humantime_durations_and_refuse_zero() {
         let args = ["--node-name", "n", bad[0], bad[1]];
         assert!(parse(&args).unwrap().into_config().is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn pool_unused_release_timeout_takes_zero() {
+    for (value, want) in [
+        ("0s", Duration::ZERO),
+        ("0", Duration::ZERO),
+        ("90s", Duration::from_secs(90)),
+        ("1h", Duration::from_secs(3600)),
+    ] {
+        let cfg = parse(&["--node-name", "n", "--pool-unused-release-timeout", value])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(cfg.pool_unused_release_timeout, want, "{value}");
+    }
+    let err = parse(&["--node-name", "n", "--pool-unused-release-timeout", "never"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--pool-unused-release-timeout") && err.contains("never"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -70,6 +70,9 @@ pub(crate) struct DataPlaneConfig {
     /// How long an outbound connection of a strict pod waits for a destination that is
     /// `hbone_pending` to become HBONE before it fails closed.
     pub(crate) strict_hbone_wait: Duration,
+    /// How long an outbound HBONE connection stays open without tunnels (zero: it closes
+    /// when its last tunnel ends).
+    pub(crate) pool_idle_timeout: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -83,6 +86,7 @@ impl Default for DataPlaneConfig {
             hbone_limit: ConnectionLimitConfig::default(),
             hbone_accept_timeout: Duration::from_secs(10),
             strict_hbone_wait: Duration::from_secs(5),
+            pool_idle_timeout: PoolConfig::default().idle_timeout,
         }
     }
 }
@@ -294,6 +298,8 @@ impl Handler for Dispatch {
 
     fn pod_added(&self, pod: &Arc<Pod>) {
         let dp = &self.0;
+        let mut pool_config = PoolConfig::default();
+        pool_config.idle_timeout = dp.config.pool_idle_timeout;
         let pool = Pool::new(
             PodConnector {
                 net: pod.net.clone(),
@@ -301,7 +307,7 @@ impl Handler for Dispatch {
             ClientTls {
                 certs: dp.certs.clone(),
             },
-            PoolConfig::default(),
+            pool_config,
         );
         let mut serve = ServeConfig::default();
         serve.drain_deadline = dp.config.drain_deadline;

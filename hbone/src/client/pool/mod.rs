@@ -1,11 +1,11 @@
 //! The outbound connection pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -232,6 +232,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
     async fn acquire(&self, key: &PoolKey) -> Result<Arc<PooledConn>, ClientError> {
         let state = &*self.inner.state;
         let max = self.inner.config.max_streams_per_connection.max(1);
+        let idle = self.inner.config.idle_timeout;
         loop {
             let next = {
                 let mut keys = state.lock();
@@ -240,7 +241,7 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
                 }
                 let ks = keys.entry(key.clone()).or_default();
                 ks.conns.retain(|c| c.usable());
-                if let Some(c) = ks.conns.iter().find(|c| c.try_reserve(max)) {
+                if let Some(c) = ks.conns.iter().find(|c| c.try_reserve(max, idle)) {
                     state.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(c.clone());
                 }
@@ -352,13 +353,9 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
             .await
             .map_err(|_| ClientError::ConnectTimeout)?
             .map_err(|e| ClientError::Connect(Arc::new(e)))?;
-        let shared = Arc::new(ConnShared {
-            id: inner.state.next_id.fetch_add(1, Ordering::Relaxed),
-            active: AtomicUsize::new(1),
-            settings_known: AtomicBool::new(false),
-            retired: AtomicBool::new(false),
-            last_used: Mutex::new(Instant::now()),
-        });
+        let shared = Arc::new(ConnShared::new(
+            inner.state.next_id.fetch_add(1, Ordering::Relaxed),
+        ));
         let probe: Box<dyn FnOnce() + Send> = {
             let state = Arc::downgrade(&inner.state);
             let key = key.clone();
@@ -392,27 +389,15 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
         let state: Weak<PoolState> = Arc::downgrade(&self.inner.state);
         let idle = self.inner.config.idle_timeout;
         tokio::spawn(async move {
-            let mut evicted = false;
-            let exit = loop {
-                let since = if shared.active.load(Ordering::Acquire) == 0 {
-                    *shared.last_used()
-                } else {
-                    Instant::now()
-                };
-                let deadline = deadline_after(since, idle);
-                tokio::select! {
-                    exit = &mut driver => break exit,
-                    () = tokio::time::sleep_until(deadline), if !evicted => {
-                        if let Some(state) = state.upgrade() {
-                            evicted = state.evict_if_idle(&key, &shared, idle);
-                        } else {
-                            evicted = true;
-                        }
-                        if evicted {
-                            tracing::debug!(next_hop = %key.next_hop, "idle HBONE connection released");
-                        }
-                    }
-                }
+            let released = tokio::select! {
+                exit = &mut driver => Some(exit),
+                () = release_when_idle(&state, &key, &shared, idle) => None,
+            };
+            // Released: the pool dropped its handle, so HTTP/2 sends GOAWAY and the driver
+            // ends once the last stream has.
+            let exit = match released {
+                Some(exit) => exit,
+                None => driver.await,
             };
             match &exit {
                 ClientExit::Closed(Ok(())) => {
@@ -429,5 +414,27 @@ impl<C: Connector, T: ClientTlsProvider> Pool<C, T> {
                 state.on_closed(&key, &shared);
             }
         });
+    }
+}
+
+/// Returns once the connection has been out of use for `idle` and is removed from the
+/// pool (or the pool is gone). Waits for the last tunnel to end rather than polling, so a
+/// zero `idle` releases the connection as soon as that happens.
+async fn release_when_idle(
+    state: &Weak<PoolState>,
+    key: &PoolKey,
+    shared: &ConnShared,
+    idle: Duration,
+) {
+    loop {
+        shared.wait_idle().await;
+        let deadline = deadline_after(*shared.last_used(), idle);
+        tokio::time::sleep_until(deadline).await;
+        let Some(state) = state.upgrade() else { return };
+        // Fails when a tunnel came in meanwhile: wait for it to end.
+        if state.evict_if_idle(key, shared, idle) {
+            tracing::debug!(next_hop = %key.next_hop, "idle HBONE connection released");
+            return;
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -20,14 +21,37 @@ pub(super) struct ConnShared {
     pub(super) settings_known: AtomicBool,
     /// Closed, or not to be used for new tunnels (GOAWAY, refused stream).
     pub(super) retired: AtomicBool,
+    /// When the last tunnel ended (the dial time until one has), written before `active`
+    /// drops, so whoever sees `active` at zero reads the time of that last end.
     pub(super) last_used: Mutex<Instant>,
+    /// Signalled (one stored permit) whenever `active` drops to zero.
+    pub(super) idle: Notify,
 }
 
 impl ConnShared {
+    pub(super) fn new(id: u64) -> Self {
+        Self {
+            id,
+            active: AtomicUsize::new(1),
+            settings_known: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+            idle: Notify::new(),
+        }
+    }
+
     pub(super) fn last_used(&self) -> MutexGuard<'_, Instant> {
         self.last_used
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the connection carries no tunnel (returns at once if it carries none).
+    pub(super) async fn wait_idle(&self) {
+        // A drop to zero between the load and the wait leaves a permit: no lost wake-up.
+        while self.active.load(Ordering::Acquire) != 0 {
+            self.idle.notified().await;
+        }
     }
 }
 
@@ -39,8 +63,10 @@ pub(super) struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // The time first: `try_reserve` and the connection task read it once they see zero.
+        *self.conn.last_used() = Instant::now();
         if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.conn.last_used() = Instant::now();
+            self.conn.idle.notify_one();
         }
     }
 }
@@ -69,7 +95,11 @@ impl PooledConn {
     /// Takes one stream slot if the connection is below its limit: the configured
     /// maximum, lowered by the server's SETTINGS_MAX_CONCURRENT_STREAMS. Until the
     /// server's SETTINGS are known only the dialing request uses the connection.
-    pub(super) fn try_reserve(&self, max: usize) -> bool {
+    ///
+    /// A connection without tunnels for `idle` or longer is not taken, whether or not its
+    /// task has released it yet: with a zero `idle`, a connection whose last tunnel has
+    /// ended is never used again.
+    pub(super) fn try_reserve(&self, max: usize, idle: Duration) -> bool {
         let limit = if self.shared.settings_known.load(Ordering::Acquire) {
             max.min(self.send.current_max_send_streams())
         } else {
@@ -77,7 +107,9 @@ impl PooledConn {
         };
         let mut cur = self.shared.active.load(Ordering::Acquire);
         loop {
-            if cur >= limit {
+            // At zero no guard is left to change `last_used`, and only reservations
+            // (under the pool lock, which the caller holds) raise the count.
+            if cur >= limit || (cur == 0 && self.shared.last_used().elapsed() >= idle) {
                 return false;
             }
             match self.shared.active.compare_exchange_weak(
@@ -160,12 +192,7 @@ impl PoolState {
     }
 
     /// Removes the connection if it has had no tunnels for `idle`. Returns whether it did.
-    pub(super) fn evict_if_idle(
-        &self,
-        key: &PoolKey,
-        conn: &ConnShared,
-        idle: std::time::Duration,
-    ) -> bool {
+    pub(super) fn evict_if_idle(&self, key: &PoolKey, conn: &ConnShared, idle: Duration) -> bool {
         let mut keys = self.lock();
         if conn.active.load(Ordering::Acquire) != 0 || conn.last_used().elapsed() < idle {
             return false;

@@ -1,4 +1,5 @@
-//! Pods leaving: listeners, pooled connections and certificates go with them.
+//! Pods leaving: listeners, pooled connections and certificates go with them; pooled
+//! connections released with their last tunnel.
 
 use super::*;
 
@@ -64,4 +65,22 @@ async fn a_pod_removed_before_its_workload_arrived_fetches_no_certificate() {
         held.is_empty(),
         "certificates held for a removed pod: {held:?}"
     );
+}
+
+#[tokio::test]
+async fn zero_pool_idle_timeout_closes_an_outbound_hbone_connection_with_its_tunnel() {
+    let mut env = Env::with_config(|c| c.pool_idle_timeout = Duration::ZERO).await;
+    env.pod("client-1", "shop", "client", [127, 0, 0, 75], true)
+        .await;
+    env.pod("server-1", "shop", "server", [127, 0, 0, 76], true)
+        .await;
+    let app = echo_app([127, 0, 0, 76], "server-1:").await;
+    let pool = env.dp.pod_state("uid-client-1").unwrap().pool.clone();
+    for closed in 1..=2 {
+        assert_eq!(env.outbound("client-1", app, b"1").await, b"server-1:1");
+        // Closed once its tunnel ended, not after the default idle timeout (minutes).
+        wait_for(|| pool.stats().closed == closed).await;
+    }
+    let s = pool.stats();
+    assert_eq!((s.opened, s.reused, s.open), (2, 0, 0), "{s:?}");
 }
