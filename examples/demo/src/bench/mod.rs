@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::{Cluster, ENROLLED_NS, Role};
 
@@ -150,8 +150,9 @@ impl Round {
 /// One round: the enrolled paths (passthrough, HBONE) and the proxies' memory, the HBONE
 /// connection rate with a cold pool (the source's proxy restarted for it, see
 /// [`PathFigures::cold_conns_per_s`]), then `shop` unenrolled for the direct path, then
-/// enrolled again. Only the first round's memory figure means much: later rounds reuse
-/// what the allocator kept from the first. The benchmark servers must run in
+/// enrolled again. Only the first round's memory figure means much: in later rounds the
+/// destination's proxy holds what its allocator kept from the earlier ones, and the
+/// source's was restarted by the cold-pool measurement. The benchmark servers must run in
 /// `shop/server-far` and `legacy/legacy` ([`Servers::start`]).
 pub fn measure(cluster: &mut Cluster, opts: &Options) -> Result<Round> {
     let mut round = Round::default();
@@ -264,12 +265,20 @@ fn connection_rate(
 /// restarted as before. Only the source's proxy dials, so the destination's keeps running.
 fn measure_cold_pool(cluster: &mut Cluster, opts: &Options) -> Result<(f64, Option<f64>)> {
     let node = Role::Client.node();
-    cluster.restart_proxy_with_env(node, &[("POOL_UNUSED_RELEASE_TIMEOUT", "0s")])?;
-    let measured = wait_for_hbone(cluster).and_then(|()| {
-        connection_rate(cluster, Path::Hbone, opts.duration / 2, FirstClose::Client)
-    });
-    cluster.restart_proxy_with_env(node, &[])?;
-    measured
+    let measured = cluster
+        .restart_proxy_with_env(node, &[("POOL_UNUSED_RELEASE_TIMEOUT", "0s")])
+        .and_then(|()| wait_for_hbone(cluster))
+        .and_then(|()| {
+            connection_rate(cluster, Path::Hbone, opts.duration / 2, FirstClose::Client)
+        });
+    // Restored whatever happened, and a failed measurement is reported before a failed
+    // restore.
+    let restored = cluster
+        .restart_proxy_with_env(node, &[])
+        .context("restarting the source's proxy with its usual environment");
+    let measured = measured.context("the cold-pool connection rate")?;
+    restored?;
+    Ok(measured)
 }
 
 /// Waits until a connection goes through on the HBONE path (after a proxy restart: its

@@ -228,10 +228,12 @@ pub(crate) fn connection_rate(
         .context("connection rate")
 }
 
-/// One connection to the one-exchange server at `to`, as [`connection_rate`] makes them.
+/// One connection to the one-exchange server at `to`, the client closing first: it returns
+/// once a proxy on the way has ended the connection, so a measurement that follows does not
+/// find its tunnel still open.
 pub(crate) fn one_connection(from: &Pod, to: SocketAddr) -> Result<()> {
     from.ns()
-        .run(move || exchange_once(to, FirstClose::Server))?
+        .run(move || exchange_once(to, FirstClose::Client))?
 }
 
 /// Connects to the one-exchange server at `to`, sends a byte, reads the answer and waits
