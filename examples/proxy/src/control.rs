@@ -40,7 +40,7 @@ pub(crate) async fn wait_for_root_pem(value: &str, stop: &CancellationToken) -> 
             Ok(pem) => return Some(pem),
             Err(e) => {
                 if !warned {
-                    tracing::warn!(error = %format!("{e:#}"), "waiting for the control-plane root certificate");
+                    tracing::warn!(error = %crate::error_text::chain(&e), "waiting for the control-plane root certificate");
                     warned = true;
                 }
             }

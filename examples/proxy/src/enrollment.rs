@@ -61,7 +61,7 @@ async fn run_zds(
             async move {
                 apply_zds(&supervisor, mark, update)
                     .await
-                    .map_err(|e| Nack(format!("{e:#}")))
+                    .map_err(|e| Nack(crate::error_text::chain(&e)))
             }
         });
     let mut events = client.events();

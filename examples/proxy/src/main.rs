@@ -12,6 +12,7 @@ mod control;
 mod copy;
 mod dataplane;
 mod enrollment;
+mod error_text;
 mod http;
 #[path = "../../shared/http_gate.rs"]
 mod http_gate;
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("invalid configuration: {e:#}");
+            tracing::error!("invalid configuration: {}", error_text::chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("proxy failed: {e:#}");
+            tracing::error!("proxy failed: {}", error_text::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ use meshwire_svid::SpiffeId;
 
 use self::certs::Certificates;
 use crate::dataplane::DataPlane;
+use crate::error_text::chain;
 use crate::pods::Pod;
 
 /// TLS client configurations from the certificate of the key's source identity.
@@ -38,7 +39,7 @@ impl ClientTlsProvider for ClientTls {
             certs
                 .client_config(&source, policy)
                 .await
-                .map_err(|e| TlsSetupError(format!("certificate for {source}: {e:#}")))
+                .map_err(|e| TlsSetupError(format!("certificate for {source}: {}", chain(&e))))
         }
     }
 }
@@ -66,6 +67,6 @@ impl ServerTlsProvider for PodServerTls {
             .certs()
             .server_config(&id)
             .await
-            .map_err(|e| TlsSetupError(format!("certificate for {id}: {e:#}")))
+            .map_err(|e| TlsSetupError(format!("certificate for {id}: {}", chain(&e))))
     }
 }
