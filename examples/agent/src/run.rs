@@ -110,6 +110,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             Some((ca, callers))
         }
         CaMode::None => {
+            if !args.ca_trusted_node_accounts.is_empty() {
+                warn!(
+                    "CA_TRUSTED_NODE_ACCOUNTS is unused with --ca none: no CA or TLS endpoint takes tokens, xDS is served only on the unix socket"
+                );
+            }
             // A root left by an earlier run with the CA on would have TLS-configured
             // proxies trust it and wait for an endpoint that no longer exists.
             let stale = args.state_dir.join(crate::ca::files::ROOT_CERT_FILE);

@@ -20,13 +20,18 @@ impl Cluster {
         let node = &self.nodes[i];
         let mut cmd = Command::new(&self.opts.binaries.agent);
         match &self.kube {
-            Some(kube) => cmd
-                .args(["--source", "kubernetes", "--kubeconfig"])
-                .arg(kube.server.kubeconfig())
-                .arg("--cni-socket")
-                .arg(self.cni_socket(i))
-                .arg("--ca-trusted-node-accounts")
-                .arg(ProxyAccount::default().qualified()),
+            Some(kube) => {
+                cmd.args(["--source", "kubernetes", "--kubeconfig"])
+                    .arg(kube.server.kubeconfig())
+                    .arg("--cni-socket")
+                    .arg(self.cni_socket(i));
+                // The built-in CA's callers; with SPIRE there is no CA to call.
+                if self.spire.is_none() {
+                    cmd.arg("--ca-trusted-node-accounts")
+                        .arg(ProxyAccount::default().qualified());
+                }
+                &mut cmd
+            }
             None => cmd.arg("--workloads").arg(self.workloads_path()),
         };
         cmd.args(["--node-name", &node.name])
