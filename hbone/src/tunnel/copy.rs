@@ -106,7 +106,9 @@ impl CopyObserver for CopyCounters {
 }
 
 const COPY_MIN_READ: usize = 16 * 1024;
-const COPY_MAX_READ: usize = 256 * 1024;
+/// HBONE's usual HTTP/2 frame size: a bulk transfer goes out in DATA frames of up to this
+/// size, each one write to the socket on the receiving side.
+const COPY_MAX_READ: usize = 1024 * 1024;
 
 /// Splices a tunnel with another byte stream (usually a TCP socket) until both
 /// directions are finished, propagating half-closes: EOF on `io` sends END_STREAM, and
@@ -114,7 +116,9 @@ const COPY_MAX_READ: usize = 256 * 1024;
 ///
 /// Data read from `io` goes into HTTP/2 without another copy, and received chunks are
 /// written to `io` straight from the frames. The read buffer starts at 16 KiB and grows
-/// to 256 KiB while reads keep filling it.
+/// to 1 MiB (the HTTP/2 frame size HBONE uses) while reads keep filling it: a bulk
+/// transfer holds up to that much read but not yet taken by HTTP/2, besides HTTP/2's own
+/// send buffer.
 ///
 /// The first error ends both directions. Shutting down `io`'s write side after the peer
 /// of `io` has gone away (`NotConnected`) is not an error: the other direction goes on.
