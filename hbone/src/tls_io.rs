@@ -7,7 +7,7 @@
 //!
 //! On the way out, rustls accepts at most its buffer limit (64 KiB by default) of
 //! plaintext per write before the records must go to the socket: [`TLS_SEND_BUFFER`]
-//! lets one HTTP/2 DATA frame of up to that size leave in one vectored write.
+//! lets one HTTP/2 DATA frame of HBONE's 1 MiB frame size leave in one vectored write.
 
 use tokio::io::{AsyncRead, BufReader};
 
@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, BufReader};
 pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// Most encrypted bytes rustls holds before they are written to the socket (its
-/// `set_buffer_limit`); memory is only used while records wait for the socket.
-pub(crate) const TLS_SEND_BUFFER: usize = 256 * 1024;
+/// `set_buffer_limit`): a whole 1 MiB DATA frame in records, with room for the next frame's
+/// start. Memory is only used while records wait for the socket, once per connection.
+pub(crate) const TLS_SEND_BUFFER: usize = 2 * 1024 * 1024;
 
 /// A connection's socket as TLS sees it.
 pub(crate) type BufferedIo<T> = BufReader<T>;
