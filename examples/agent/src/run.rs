@@ -120,7 +120,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let stale = args.state_dir.join(crate::ca::files::ROOT_CERT_FILE);
             match std::fs::remove_file(&stale) {
                 Ok(()) => {
-                    tracing::warn!(file = %stale.display(), "removed the root certificate of an earlier run with the built-in CA");
+                    warn!(file = %stale.display(), "removed the root certificate of an earlier run with the built-in CA");
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {

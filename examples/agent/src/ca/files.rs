@@ -12,10 +12,10 @@ use tracing::info;
 
 use crate::safe_file;
 
-/// Longest workload certificate the CA signs (the proxy asks for 24 h by default).
 /// The CA root's file in the state directory, for proxies that verify the TLS endpoint.
 pub(crate) const ROOT_CERT_FILE: &str = "root-cert.pem";
 
+/// Longest workload certificate the CA signs (the proxy asks for 24 h by default).
 pub(crate) const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lifetime of the gRPC serving certificate.
 const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
